@@ -1,1 +1,65 @@
+//! fleetbench agent: runs on each GPU host, dials the controller, starts engines for the
+//! points it is assigned and measures them with its load generator.
+//!
+//! Modules, one concept each: [`config`] (agent config), [`session`] (the gRPC stream to
+//! the controller), [`outbox`] (results until acknowledged), [`runner`] (points in order,
+//! engine reuse), [`engine`] (engine lifecycle), [`load`] (burst load for a point),
+//! [`request`] (one measured request), [`sse`] (stream parser), [`prompt`] (exact-length
+//! prompts).
 
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod load;
+pub mod outbox;
+pub mod prompt;
+pub mod request;
+pub mod runner;
+pub mod session;
+pub mod sse;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use config::AgentConfig;
+pub use error::AgentError;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span};
+
+/// The HTTP client the load generator uses: no overall timeout (points set deadlines),
+/// connections kept for reuse, no proxy (engines are local).
+pub fn http_client() -> Result<reqwest::Client, AgentError> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+/// Runs the agent until `shutdown` is cancelled; stops its engine on the way out.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let cfg = Arc::new(cfg.finish()?);
+    let client = http_client()?;
+    let outbox = Arc::new(outbox::Outbox::new());
+    let cancels: runner::CancelMap = Arc::default();
+    let status = Arc::new(Mutex::new(runner::AgentStatus::default()));
+    let (runner_tx, runner_rx) = mpsc::channel(64);
+    let tracker = TaskTracker::new();
+    let span = info_span!("agent", agent = %cfg.name);
+    let runner = runner::Runner::new(cfg.clone(), client, outbox.clone(), cancels.clone(), status.clone());
+    tracker.spawn(runner.run(runner_rx, shutdown.clone()).instrument(span.clone()));
+    let ctx = session::SessionContext {
+        cfg,
+        outbox,
+        runner: runner_tx,
+        cancels,
+        status,
+    };
+    tracker.spawn(session::run(ctx, shutdown.clone()).instrument(span));
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}

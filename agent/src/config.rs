@@ -1,0 +1,183 @@
+//! Agent configuration: a TOML file merged with command-line flags.
+//!
+//! Secrets (HF_TOKEN, proxies) belong in `engine_env` here: they are handed to engines the
+//! agent starts and never travel to the controller.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::AgentError;
+
+/// One GPU of this host as reported at registration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GpuConfig {
+    /// `intel`, `nvidia`, `none` or `sim`.
+    pub vendor: String,
+    pub model: String,
+    #[serde(default)]
+    pub memory_gib: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Unique agent name in the fleet; defaults to the host name.
+    #[serde(default)]
+    pub name: String,
+    /// Controller address, e.g. `http://controller.lab:50051`.
+    #[serde(default = "default_controller")]
+    pub controller: String,
+    /// Host name reported with results; defaults to this machine's.
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub labels: HashMap<String, String>,
+    /// GPU inventory (discovery is a later addition; set it here for now).
+    #[serde(default)]
+    pub gpus: Vec<GpuConfig>,
+    /// Command that starts vLLM with the `process` runtime; the model and vLLM flags are
+    /// appended, e.g. `["vllm", "serve"]` or `["/opt/venv/bin/vllm", "serve"]`.
+    #[serde(default = "default_vllm_command")]
+    pub vllm_command: Vec<String>,
+    /// Address engines bind to and the load generator targets.
+    #[serde(default = "default_engine_host")]
+    pub engine_host: String,
+    /// Extra environment for engines the agent starts (secrets stay on this host).
+    #[serde(default)]
+    pub engine_env: BTreeMap<String, String>,
+    /// Records per batch sent to the controller.
+    #[serde(default = "default_batch_records")]
+    pub batch_records: usize,
+    /// A partial batch is sent after this many milliseconds.
+    #[serde(default = "default_batch_flush_ms")]
+    pub batch_flush_ms: u64,
+    /// Engine log lines kept for crash forensics.
+    #[serde(default = "default_log_tail")]
+    pub log_tail_lines: usize,
+    /// Seconds between heartbeats.
+    #[serde(default = "default_heartbeat_s")]
+    pub heartbeat_s: u64,
+}
+
+fn default_controller() -> String {
+    "http://127.0.0.1:50051".into()
+}
+fn default_vllm_command() -> Vec<String> {
+    vec!["vllm".into(), "serve".into()]
+}
+fn default_engine_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_batch_records() -> usize {
+    64
+}
+fn default_batch_flush_ms() -> u64 {
+    250
+}
+fn default_log_tail() -> usize {
+    200
+}
+fn default_heartbeat_s() -> u64 {
+    5
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            name: String::new(),
+            controller: default_controller(),
+            host: String::new(),
+            labels: HashMap::new(),
+            gpus: Vec::new(),
+            vllm_command: default_vllm_command(),
+            engine_host: default_engine_host(),
+            engine_env: BTreeMap::new(),
+            batch_records: default_batch_records(),
+            batch_flush_ms: default_batch_flush_ms(),
+            log_tail_lines: default_log_tail(),
+            heartbeat_s: default_heartbeat_s(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads a TOML config file; unknown keys are errors naming the line.
+    pub fn from_file(path: &Path) -> Result<Self, AgentError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AgentError::Config {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, AgentError> {
+        toml::from_str(text).map_err(|e| AgentError::Config {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Fills defaults that depend on the machine and checks what must hold.
+    pub fn finish(mut self) -> Result<Self, AgentError> {
+        if self.host.is_empty() {
+            self.host = local_hostname();
+        }
+        if self.name.is_empty() {
+            self.name = self.host.clone();
+        }
+        if self.vllm_command.is_empty() {
+            return Err(AgentError::Config {
+                path: "vllm_command".into(),
+                message: "must name a program".into(),
+            });
+        }
+        if self.batch_records == 0 {
+            return Err(AgentError::Config {
+                path: "batch_records".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(self)
+    }
+}
+
+/// This machine's host name (from the kernel), or `unknown-host`.
+pub fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected_with_line() {
+        let err = AgentConfig::from_toml("name = \"a\"\ngpuz = []\n", "agent.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("gpuz"), "{msg}");
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let cfg = AgentConfig::from_toml(
+            "[[gpus]]\nvendor = \"intel\"\nmodel = \"Arc Pro B60\"\nmemory_gib = 24\n",
+            "a",
+        )
+        .unwrap()
+        .finish()
+        .unwrap();
+        assert!(!cfg.name.is_empty());
+        assert_eq!(cfg.name, cfg.host);
+        assert_eq!(cfg.gpus.len(), 1);
+        assert_eq!(cfg.vllm_command, vec!["vllm", "serve"]);
+    }
+}

@@ -1,0 +1,383 @@
+//! Engine lifecycle: start an engine for a point's engine configuration, gate on
+//! readiness, keep its log tail for forensics, stop it (the whole process group: vLLM
+//! starts child processes).
+//!
+//! Runtimes: `process` (spawn `vllm serve …` or `vllm-sim serve …` natively) and
+//! `external` (an engine that already runs; no lifecycle).
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleetbench_proto::pb;
+use fleetbench_proto::spec::vllm_flags;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+
+/// What decides whether a running engine can serve the next point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineKey {
+    pub spec: pb::EngineSpec,
+    pub gpus: u32,
+}
+
+/// Bounded ring of the engine's most recent log lines.
+#[derive(Debug, Clone)]
+pub struct LogTail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    cap: usize,
+}
+
+impl LogTail {
+    pub fn new(cap: usize) -> Self {
+        LogTail {
+            lines: Arc::new(Mutex::new(VecDeque::with_capacity(cap.min(1024)))),
+            cap: cap.max(1),
+        }
+    }
+
+    pub fn push(&self, line: String) {
+        if let Ok(mut l) = self.lines.lock() {
+            if l.len() == self.cap {
+                l.pop_front();
+            }
+            l.push_back(line);
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// How an engine process ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub log_tail: Vec<String>,
+}
+
+#[derive(Debug)]
+enum Runtime {
+    Process {
+        child: Child,
+        pgid: i32,
+        followers: Vec<tokio::task::JoinHandle<()>>,
+    },
+    External,
+}
+
+/// A started (or attached) engine.
+#[derive(Debug)]
+pub struct Engine {
+    pub key: EngineKey,
+    pub base_url: String,
+    pub args: Vec<String>,
+    pub version: String,
+    pub log_tail: LogTail,
+    runtime: Runtime,
+}
+
+impl Engine {
+    /// Starts (or attaches to) the engine for `key` and waits until it serves the model.
+    pub async fn start(
+        key: EngineKey,
+        cfg: &AgentConfig,
+        client: &reqwest::Client,
+        cancel: &CancellationToken,
+    ) -> Result<Engine, AgentError> {
+        let log_tail = LogTail::new(cfg.log_tail_lines);
+        let deadline = Instant::now() + Duration::from_secs(u64::from(key.spec.startup_timeout_s));
+        match key.spec.runtime.as_str() {
+            "external" => {
+                let base_url = key.spec.external_url.trim_end_matches('/').to_string();
+                let mut engine = Engine {
+                    base_url,
+                    args: Vec::new(),
+                    version: String::new(),
+                    log_tail,
+                    runtime: Runtime::External,
+                    key,
+                };
+                engine.wait_ready(client, deadline, cancel).await?;
+                Ok(engine)
+            }
+            "process" => Self::start_process(key, cfg, client, log_tail, deadline, cancel).await,
+            other => Err(AgentError::Engine(format!("runtime {other:?} is not supported by this agent"))),
+        }
+    }
+
+    async fn start_process(
+        key: EngineKey,
+        cfg: &AgentConfig,
+        client: &reqwest::Client,
+        log_tail: LogTail,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<Engine, AgentError> {
+        let port = free_port(&cfg.engine_host)?;
+        let mut args: Vec<String> = cfg.vllm_command[1..].to_vec();
+        args.push(key.spec.model.clone());
+        args.extend(vllm_flags(&key.spec, key.gpus));
+        args.extend(["--host".to_string(), cfg.engine_host.clone(), "--port".into(), port.to_string()]);
+        info!(program = %cfg.vllm_command[0], args = %args.join(" "), "starting engine process");
+        let mut cmd = Command::new(&cfg.vllm_command[0]);
+        cmd.args(&args)
+            .envs(&cfg.engine_env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| AgentError::EngineStart {
+            message: format!("cannot run {:?}: {e}", cfg.vllm_command[0]),
+            exit_code: None,
+            log_tail: Vec::new(),
+        })?;
+        let pgid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .ok_or_else(|| AgentError::Engine("engine process has no pid".into()))?;
+        let mut followers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            followers.push(tokio::spawn(follow_log(out, log_tail.clone())));
+        }
+        if let Some(err) = child.stderr.take() {
+            followers.push(tokio::spawn(follow_log(err, log_tail.clone())));
+        }
+        let host = if cfg.engine_host == "0.0.0.0" { "127.0.0.1" } else { cfg.engine_host.as_str() };
+        let mut engine = Engine {
+            base_url: format!("http://{host}:{port}"),
+            args,
+            version: String::new(),
+            log_tail,
+            runtime: Runtime::Process {
+                child,
+                pgid,
+                followers,
+            },
+            key,
+        };
+        if let Err(e) = engine.wait_ready(client, deadline, cancel).await {
+            engine.stop().await;
+            return Err(e);
+        }
+        Ok(engine)
+    }
+
+    /// Polls `/health`, then `/v1/models` for the served name, until the deadline; fails
+    /// fast with the exit code and log tail when the process dies during start-up.
+    async fn wait_ready(
+        &mut self,
+        client: &reqwest::Client,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<(), AgentError> {
+        let started = Instant::now();
+        loop {
+            if let Some(exit) = self.exited().await {
+                return Err(AgentError::EngineStart {
+                    message: format!("engine exited during start-up with code {:?}", exit.code),
+                    exit_code: exit.code,
+                    log_tail: exit.log_tail,
+                });
+            }
+            if self.is_ready(client).await {
+                self.version = fetch_version(client, &self.base_url).await;
+                info!(url = %self.base_url, version = %self.version, after_s = started.elapsed().as_secs_f64(), "engine ready");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(AgentError::EngineStart {
+                    message: format!("engine not ready after {:.0}s", started.elapsed().as_secs_f64()),
+                    exit_code: None,
+                    log_tail: self.log_tail.snapshot(),
+                });
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Err(AgentError::Cancelled),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    async fn is_ready(&self, client: &reqwest::Client) -> bool {
+        let health = client
+            .get(format!("{}/health", self.base_url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if !health.is_ok_and(|r| r.status().is_success()) {
+            return false;
+        }
+        let models = client
+            .get(format!("{}/v1/models", self.base_url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let Ok(models) = models else { return false };
+        let Ok(body) = models.json::<serde_json::Value>().await else {
+            return false;
+        };
+        body["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|m| m["id"] == self.key.spec.served_model_name.as_str()))
+    }
+
+    /// `Some` once the engine process has exited (never for external engines). The log
+    /// tail includes everything the process wrote before it died.
+    pub async fn exited(&mut self) -> Option<ExitInfo> {
+        let Runtime::Process {
+            child, followers, ..
+        } = &mut self.runtime
+        else {
+            return None;
+        };
+        let status = match child.try_wait() {
+            Ok(Some(status)) => status,
+            Ok(None) => return None,
+            Err(e) => {
+                warn!(error = %e, "cannot poll engine process");
+                return None;
+            }
+        };
+        // The pipes close when the group exits; let the followers drain them.
+        for f in followers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), f).await;
+        }
+        Some(ExitInfo {
+            code: status.code(),
+            log_tail: self.log_tail.snapshot(),
+        })
+    }
+
+    /// Stops the engine: SIGTERM to the whole process group, SIGKILL after a grace period.
+    pub async fn stop(&mut self) {
+        let Runtime::Process { child, pgid, .. } = &mut self.runtime else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
+            return;
+        }
+        info!(pgid = *pgid, "stopping engine process group");
+        signal_group(*pgid, nix::sys::signal::Signal::SIGTERM);
+        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+            Ok(_) => {}
+            Err(_) => warn!(pgid = *pgid, "engine ignored SIGTERM for 20s; killing"),
+        }
+        // Children of the leader may outlive it: make sure the group is gone.
+        signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) {
+    if let Err(e) = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig) {
+        if e != nix::errno::Errno::ESRCH {
+            warn!(pgid, error = %e, "killpg failed");
+        }
+    }
+}
+
+async fn follow_log(stream: impl AsyncRead + Unpin, tail: LogTail) {
+    let mut lines = BufReader::new(stream).lines();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => {
+                debug!(target: "engine", "{line}");
+                tail.push(line);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                // Non-UTF-8 output must not kill the follower; keep a marker instead.
+                tail.push(format!("<unreadable engine output: {e}>"));
+                break;
+            }
+        }
+    }
+}
+
+/// The engine's version from `/version`, or empty.
+async fn fetch_version(client: &reqwest::Client, base_url: &str) -> String {
+    let Ok(resp) = client
+        .get(format!("{base_url}/version"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    else {
+        return String::new();
+    };
+    resp.json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|v| v["version"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A port that was free a moment ago on `host` (the engine binds it right after).
+fn free_port(host: &str) -> Result<u16, AgentError> {
+    let bind_host = if host == "0.0.0.0" { "127.0.0.1" } else { host };
+    let listener = std::net::TcpListener::bind((bind_host, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let t = LogTail::new(3);
+        for i in 0..5 {
+            t.push(format!("l{i}"));
+        }
+        assert_eq!(t.snapshot(), vec!["l2", "l3", "l4"]);
+    }
+
+    #[tokio::test]
+    async fn a_process_that_dies_at_startup_fails_fast_with_its_log() {
+        let cfg = AgentConfig {
+            vllm_command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo loading weights; echo 'RuntimeError: out of memory' >&2; exit 3".into(),
+                "sh".into(),
+            ],
+            ..AgentConfig::default()
+        };
+        let key = EngineKey {
+            spec: pb::EngineSpec {
+                runtime: "process".into(),
+                model: "m".into(),
+                served_model_name: "m".into(),
+                startup_timeout_s: 60,
+                ..Default::default()
+            },
+            gpus: 1,
+        };
+        let client = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        let err = Engine::start(key, &cfg, &client, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(30));
+        match err {
+            AgentError::EngineStart { exit_code, log_tail, .. } => {
+                assert_eq!(exit_code, Some(3));
+                assert!(log_tail.iter().any(|l| l.contains("out of memory")), "{log_tail:?}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,28 @@
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("config {path}: {message}")]
+    Config { path: String, message: String },
+    #[error("protocol: {0}")]
+    Proto(#[from] fleetbench_proto::ProtoError),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("gRPC: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("engine failed to start: {message}")]
+    EngineStart {
+        message: String,
+        exit_code: Option<i32>,
+        log_tail: Vec<String>,
+    },
+    #[error("engine: {0}")]
+    Engine(String),
+    #[error("prompt: {0}")]
+    Prompt(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cancelled")]
+    Cancelled,
+}

@@ -1,0 +1,213 @@
+//! Synthetic prompts of an exact token count, counted the way the server counts them.
+//!
+//! Prompts are seeded sequences of common English words, each a single token in the usual
+//! BPE vocabularies (and in vllm-sim's tokenizer). The count comes from the server's own
+//! `/tokenize` endpoint — with the chat template applied for chat requests — so the input
+//! length is what the server will see, not a characters-per-token guess (the seed's
+//! 2-chars/token rule). When the server has no `/tokenize`, prompts are built at one word
+//! per token and marked inexact.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::AgentError;
+use crate::request::ApiEndpoint;
+
+const WORDS: &[&str] = &[
+    "the", "of", "and", "to", "in", "is", "that", "for", "it", "with", "as", "was", "on",
+    "be", "at", "by", "this", "have", "from", "or", "one", "had", "not", "but", "what",
+    "all", "were", "when", "we", "there", "can", "an", "your", "which", "their", "said",
+    "if", "do", "will", "each", "about", "how", "up", "out", "them", "then", "she", "many",
+    "some", "so", "these", "would", "other", "into", "has", "more", "her", "two", "like",
+    "him", "see", "time", "could", "no", "make", "than", "first", "been", "its", "who",
+    "now", "people", "my", "made", "over", "did", "down", "only", "way", "find", "use",
+    "may", "water", "long", "little", "very", "after", "words", "called", "just", "where",
+    "most", "know", "get", "through", "back", "much", "before", "go", "good", "new",
+    "write", "our", "used", "me", "man", "too", "any", "day", "same", "right", "look",
+];
+
+/// A prompt and what the server said its length is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    pub text: String,
+    /// Token count by the server's `/tokenize` (None when it has none).
+    pub counted_tokens: Option<u32>,
+}
+
+impl Prompt {
+    pub fn is_exact(&self, target: u32) -> bool {
+        self.counted_tokens == Some(target)
+    }
+}
+
+/// SplitMix64: small, seedable, good enough to pick words reproducibly.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// `words` seeded words joined by spaces.
+pub fn words(seed: u64, count: usize) -> String {
+    let mut rng = SplitMix64::new(seed);
+    let mut out = String::with_capacity(count * 6);
+    for i in 0..count {
+        if i > 0 {
+            out.push(' ');
+        }
+        let idx = usize::try_from(rng.next_u64() % WORDS.len() as u64).unwrap_or(0);
+        out.push_str(WORDS[idx]);
+    }
+    out
+}
+
+/// Counts tokens of a prompt as the server will for the given endpoint.
+#[derive(Debug, Clone)]
+pub struct TokenCounter {
+    client: reqwest::Client,
+    url: String,
+    model: String,
+}
+
+#[derive(Deserialize)]
+struct TokenizeResponse {
+    count: u32,
+}
+
+impl TokenCounter {
+    pub fn new(client: reqwest::Client, base_url: &str, model: &str) -> Self {
+        TokenCounter {
+            client,
+            url: format!("{}/tokenize", base_url.trim_end_matches('/')),
+            model: model.to_string(),
+        }
+    }
+
+    /// Token count, or `None` when the server has no `/tokenize`.
+    pub async fn count(&self, endpoint: ApiEndpoint, text: &str) -> Result<Option<u32>, AgentError> {
+        let body = match endpoint {
+            ApiEndpoint::Chat => json!({
+                "model": self.model,
+                "messages": [{"role": "user", "content": text}],
+                "add_generation_prompt": true,
+            }),
+            ApiEndpoint::Completions => json!({"model": self.model, "prompt": text}),
+        };
+        let resp = self.client.post(&self.url).json(&body).send().await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(AgentError::Prompt(format!(
+                "/tokenize answered {status}: {}",
+                text.chars().take(300).collect::<String>()
+            )));
+        }
+        Ok(Some(resp.json::<TokenizeResponse>().await?.count))
+    }
+}
+
+/// Builds `count` distinct prompts of exactly `target` tokens (as the server counts them
+/// for `endpoint`), seeded by `seed`.
+pub async fn build_prompts(
+    counter: &TokenCounter,
+    endpoint: ApiEndpoint,
+    target: u32,
+    count: usize,
+    seed: u64,
+) -> Result<Vec<Prompt>, AgentError> {
+    let target_words = usize::try_from(target).unwrap_or(usize::MAX);
+    // Find how many words hit the target for the first variant.
+    let Some(mut k) = solve_word_count(counter, endpoint, target, seed).await? else {
+        return Ok((0..count)
+            .map(|i| Prompt {
+                text: words(mix(seed, i as u64), target_words),
+                counted_tokens: None,
+            })
+            .collect());
+    };
+    let mut prompts = Vec::with_capacity(count);
+    for i in 0..count {
+        let variant_seed = mix(seed, i as u64);
+        let mut text = words(variant_seed, k);
+        let mut counted = counter.count(endpoint, &text).await?;
+        let mut tries = 0;
+        while let Some(c) = counted {
+            if c == target || tries >= 6 {
+                break;
+            }
+            k = adjust(k, target, c);
+            text = words(variant_seed, k);
+            counted = counter.count(endpoint, &text).await?;
+            tries += 1;
+        }
+        prompts.push(Prompt {
+            text,
+            counted_tokens: counted,
+        });
+    }
+    Ok(prompts)
+}
+
+async fn solve_word_count(
+    counter: &TokenCounter,
+    endpoint: ApiEndpoint,
+    target: u32,
+    seed: u64,
+) -> Result<Option<usize>, AgentError> {
+    let variant_seed = mix(seed, 0);
+    let mut k = usize::try_from(target).unwrap_or(1).max(1);
+    for _ in 0..12 {
+        let Some(c) = counter.count(endpoint, &words(variant_seed, k)).await? else {
+            return Ok(None);
+        };
+        if c == target {
+            return Ok(Some(k));
+        }
+        k = adjust(k, target, c);
+    }
+    Ok(Some(k))
+}
+
+fn adjust(k: usize, target: u32, counted: u32) -> usize {
+    let diff = i64::from(target) - i64::from(counted);
+    let next = i64::try_from(k).unwrap_or(i64::MAX).saturating_add(diff).max(1);
+    usize::try_from(next).unwrap_or(1)
+}
+
+/// Mixes the point seed with a request index into an independent seed.
+pub fn mix(seed: u64, index: u64) -> u64 {
+    SplitMix64::new(seed ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_seeded_and_distinct() {
+        assert_eq!(words(7, 50), words(7, 50));
+        assert_ne!(words(7, 50), words(8, 50));
+        assert_eq!(words(7, 50).split(' ').count(), 50);
+        assert_ne!(words(mix(1, 0), 20), words(mix(1, 1), 20));
+    }
+
+    #[test]
+    fn adjust_moves_toward_target() {
+        assert_eq!(adjust(100, 128, 120), 108);
+        assert_eq!(adjust(100, 128, 140), 88);
+        assert_eq!(adjust(1, 1, 50), 1);
+    }
+}

@@ -1,0 +1,312 @@
+//! One streamed request, measured the way vLLM's `benchmark_serving` measures it.
+//!
+//! Timestamps are taken once per network read, when the bytes arrive; every event parsed
+//! from that read gets that time. TTFT comes from the first chunk carrying generated
+//! content (the role-only chunk does not count), E2EL from the last content chunk, ITL
+//! from the gaps between content chunks, TPOT from (E2EL − TTFT) / (output tokens − 1).
+
+use std::time::Duration;
+
+use fleetbench_proto::record::{ErrorKind, RequestRecord, tpot};
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::sse::{SseEvent, SseParser};
+
+/// The two OpenAI-compatible endpoints the load generator drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiEndpoint {
+    Chat,
+    Completions,
+}
+
+impl ApiEndpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            ApiEndpoint::Chat => "/v1/chat/completions",
+            ApiEndpoint::Completions => "/v1/completions",
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiEndpoint::Chat => "chat",
+            ApiEndpoint::Completions => "completions",
+        }
+    }
+}
+
+/// Everything needed to send one request.
+#[derive(Debug, Clone)]
+pub struct RequestPlan {
+    pub index: u32,
+    pub wave: u32,
+    pub endpoint: ApiEndpoint,
+    pub model: String,
+    pub prompt: String,
+    pub target_input_tokens: u32,
+    pub target_output_tokens: u32,
+}
+
+/// JSON body of a streaming request that forces exactly `max_tokens` of output on vLLM.
+pub fn request_body(plan: &RequestPlan) -> serde_json::Value {
+    let mut body = json!({
+        "model": plan.model,
+        "max_tokens": plan.target_output_tokens,
+        "min_tokens": plan.target_output_tokens,
+        "ignore_eos": true,
+        "temperature": 0.0,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    match plan.endpoint {
+        ApiEndpoint::Chat => {
+            body["messages"] = json!([{"role": "user", "content": plan.prompt}]);
+        }
+        ApiEndpoint::Completions => {
+            body["prompt"] = json!(plan.prompt);
+        }
+    }
+    body
+}
+
+/// What the stream delivered, with arrival times relative to the send.
+#[derive(Debug, Default)]
+struct StreamTrace {
+    content_times: Vec<Duration>,
+    prompt_tokens: Option<u32>,
+    completion_tokens: Option<u32>,
+    finished: bool,
+    done: bool,
+}
+
+/// Sends one request and measures it. Never fails: every problem becomes the record's
+/// error kind, so a failed request is counted, not dropped.
+pub async fn measure(
+    client: &reqwest::Client,
+    base_url: &str,
+    plan: &RequestPlan,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> RequestRecord {
+    let url = format!("{}{}", base_url.trim_end_matches('/'), plan.endpoint.path());
+    let body = request_body(plan);
+    let send_wall = fleetbench_proto::unix_micros_now();
+    let sent = Instant::now();
+    let mut record = RequestRecord {
+        request_index: plan.index,
+        wave: plan.wave,
+        send_time_unix_us: send_wall,
+        target_input_tokens: plan.target_input_tokens,
+        target_output_tokens: plan.target_output_tokens,
+        endpoint: plan.endpoint.as_str().to_string(),
+        ..RequestRecord::default()
+    };
+    let mut trace = StreamTrace::default();
+    let outcome = tokio::select! {
+        r = stream(client, &url, &body, sent, &mut trace) => r,
+        () = tokio::time::sleep_until(deadline) => Err((ErrorKind::Timeout, "point deadline passed".to_string())),
+        () = cancel.cancelled() => Err((ErrorKind::Cancelled, "point cancelled".to_string())),
+    };
+    finish_record(&mut record, &trace, outcome);
+    record
+}
+
+async fn stream(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+    sent: Instant,
+    trace: &mut StreamTrace,
+) -> Result<(), (ErrorKind, String)> {
+    let mut resp = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| (ErrorKind::Connect, error_chain(&e)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        return Err((
+            ErrorKind::HttpStatus,
+            format!("HTTP {status}: {}", text.chars().take(500).collect::<String>()),
+        ));
+    }
+    let mut parser = SseParser::new();
+    loop {
+        let chunk = resp
+            .chunk()
+            .await
+            .map_err(|e| (ErrorKind::Truncated, error_chain(&e)))?;
+        let Some(bytes) = chunk else { break };
+        let at = sent.elapsed();
+        let events = parser
+            .push(&bytes)
+            .map_err(|e| (ErrorKind::Malformed, e.to_string()))?;
+        for ev in events {
+            match ev {
+                SseEvent::Chunk {
+                    content,
+                    finish_reason,
+                } => {
+                    if !content.is_empty() {
+                        trace.content_times.push(at);
+                    }
+                    if finish_reason.is_some() {
+                        trace.finished = true;
+                    }
+                }
+                SseEvent::Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                } => {
+                    trace.prompt_tokens = prompt_tokens;
+                    trace.completion_tokens = completion_tokens;
+                }
+                SseEvent::Error(msg) => return Err((ErrorKind::ServerError, msg)),
+                SseEvent::Done => {
+                    trace.done = true;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    if parser.has_partial() {
+        return Err((ErrorKind::Truncated, "stream ended inside an event".into()));
+    }
+    if !trace.done && !trace.finished {
+        return Err((ErrorKind::Truncated, "stream ended without [DONE]".into()));
+    }
+    Ok(())
+}
+
+fn finish_record(
+    record: &mut RequestRecord,
+    trace: &StreamTrace,
+    outcome: Result<(), (ErrorKind, String)>,
+) {
+    record.content_chunks = u32::try_from(trace.content_times.len()).unwrap_or(u32::MAX);
+    record.input_tokens = trace.prompt_tokens;
+    record.usage_reported = trace.completion_tokens.is_some();
+    record.output_tokens = trace.completion_tokens.or(Some(record.content_chunks));
+    if let (Some(first), Some(last)) = (trace.content_times.first(), trace.content_times.last()) {
+        record.ttft_s = Some(first.as_secs_f64());
+        record.e2el_s = Some(last.as_secs_f64());
+        record.itl_s = trace
+            .content_times
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64())
+            .collect();
+    }
+    match outcome {
+        Err((kind, msg)) => {
+            record.error_kind = Some(kind);
+            record.error = msg;
+        }
+        Ok(()) if trace.content_times.is_empty() => {
+            record.error_kind = Some(ErrorKind::NoContent);
+            record.error = "stream finished without generated content".into();
+        }
+        Ok(()) => {}
+    }
+    if let (Some(ttft), Some(e2el), Some(out), true) = (
+        record.ttft_s,
+        record.e2el_s,
+        record.output_tokens,
+        record.success(),
+    ) {
+        record.tpot_s = tpot(ttft, e2el, out);
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(times_ms: &[u64], usage: Option<u32>) -> StreamTrace {
+        StreamTrace {
+            content_times: times_ms.iter().map(|t| Duration::from_millis(*t)).collect(),
+            prompt_tokens: Some(10),
+            completion_tokens: usage,
+            finished: true,
+            done: true,
+        }
+    }
+
+    #[test]
+    fn metrics_follow_the_definitions() {
+        let mut r = RequestRecord::default();
+        finish_record(&mut r, &trace(&[100, 150, 250, 300], Some(4)), Ok(()));
+        assert!(r.success());
+        assert_eq!(r.ttft_s, Some(0.1));
+        assert_eq!(r.e2el_s, Some(0.3));
+        assert_eq!(r.itl_s, vec![0.05, 0.1, 0.05]);
+        let tpot = r.tpot_s.unwrap();
+        assert!((tpot - (0.3 - 0.1) / 3.0).abs() < 1e-12, "{tpot}");
+        assert_eq!(r.output_tokens, Some(4));
+        assert!(r.usage_reported);
+    }
+
+    #[test]
+    fn multi_token_chunks_use_usage_for_tpot() {
+        // 2 chunks but 8 tokens: TPOT divides by tokens, ITL lists chunk gaps.
+        let mut r = RequestRecord::default();
+        finish_record(&mut r, &trace(&[100, 800], Some(8)), Ok(()));
+        let tpot = r.tpot_s.unwrap();
+        assert!((tpot - 0.1).abs() < 1e-12, "{tpot}");
+        assert_eq!(r.itl_s.len(), 1);
+    }
+
+    #[test]
+    fn failures_keep_partial_timing_but_no_tpot() {
+        let mut r = RequestRecord::default();
+        finish_record(
+            &mut r,
+            &trace(&[100, 200], None),
+            Err((ErrorKind::Truncated, "eof".into())),
+        );
+        assert_eq!(r.error_kind, Some(ErrorKind::Truncated));
+        assert_eq!(r.ttft_s, Some(0.1));
+        assert_eq!(r.tpot_s, None);
+        assert!(!r.usage_reported);
+        assert_eq!(r.output_tokens, Some(2));
+    }
+
+    #[test]
+    fn empty_stream_is_no_content() {
+        let mut r = RequestRecord::default();
+        finish_record(&mut r, &trace(&[], Some(0)), Ok(()));
+        assert_eq!(r.error_kind, Some(ErrorKind::NoContent));
+    }
+
+    #[test]
+    fn body_forces_output_length() {
+        let plan = RequestPlan {
+            index: 0,
+            wave: 0,
+            endpoint: ApiEndpoint::Chat,
+            model: "m".into(),
+            prompt: "hi".into(),
+            target_input_tokens: 2,
+            target_output_tokens: 32,
+        };
+        let b = request_body(&plan);
+        assert_eq!(b["max_tokens"], 32);
+        assert_eq!(b["min_tokens"], 32);
+        assert_eq!(b["ignore_eos"], true);
+        assert_eq!(b["stream_options"]["include_usage"], true);
+        assert_eq!(b["messages"][0]["content"], "hi");
+    }
+}

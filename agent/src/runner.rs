@@ -1,0 +1,386 @@
+//! Runs assigned points one after another: keeps the engine up across points that share
+//! its configuration, restarts it when the configuration or GPU count changes, streams
+//! records in batches while a point runs, and reports how the point ended.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleetbench_proto::pb::{self, agent_message::Msg};
+use fleetbench_proto::record::RequestRecord;
+use fleetbench_proto::{unix_micros_now, unix_millis_now};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::AgentConfig;
+use crate::engine::{Engine, EngineKey};
+use crate::error::AgentError;
+use crate::load;
+use crate::outbox::Outbox;
+
+/// What the session asks the runner to do, in order.
+#[derive(Debug)]
+pub enum RunnerCommand {
+    Run(pb::PointSpec),
+    /// The controller has no more work of this sweep for us: stop its engine.
+    Release { sweep_id: String },
+}
+
+/// What the agent is doing, for heartbeats.
+#[derive(Debug, Clone, Default)]
+pub struct AgentStatus {
+    pub state: String,
+    pub current_point: String,
+}
+
+/// Cancellation tokens of assigned points, by point id.
+pub type CancelMap = Arc<Mutex<HashMap<String, CancellationToken>>>;
+
+pub struct Runner {
+    cfg: Arc<AgentConfig>,
+    client: reqwest::Client,
+    outbox: Arc<Outbox>,
+    cancels: CancelMap,
+    status: Arc<Mutex<AgentStatus>>,
+    engine: Option<(String, Engine)>,
+}
+
+struct PointResult {
+    ok: bool,
+    error: String,
+    endpoint: String,
+}
+
+impl Runner {
+    pub fn new(
+        cfg: Arc<AgentConfig>,
+        client: reqwest::Client,
+        outbox: Arc<Outbox>,
+        cancels: CancelMap,
+        status: Arc<Mutex<AgentStatus>>,
+    ) -> Self {
+        Runner {
+            cfg,
+            client,
+            outbox,
+            cancels,
+            status,
+            engine: None,
+        }
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<RunnerCommand>, shutdown: CancellationToken) {
+        self.set_status("idle", "");
+        loop {
+            let cmd = tokio::select! {
+                c = rx.recv() => c,
+                () = shutdown.cancelled() => None,
+            };
+            match cmd {
+                Some(RunnerCommand::Run(point)) => {
+                    let span = info_span!("point", sweep_id = %point.sweep_id, point_id = %point.point_id, attempt = point.attempt, agent = %self.cfg.name);
+                    self.run_point(point).instrument(span).await;
+                    self.set_status("idle", "");
+                }
+                Some(RunnerCommand::Release { sweep_id }) => {
+                    if self.engine.as_ref().is_some_and(|(s, _)| *s == sweep_id) {
+                        self.stop_engine(&sweep_id, "", "sweep finished").await;
+                    }
+                }
+                None => break,
+            }
+        }
+        if let Some((sweep, _)) = &self.engine {
+            let sweep = sweep.clone();
+            self.stop_engine(&sweep, "", "agent shutting down").await;
+        }
+    }
+
+    fn set_status(&self, state: &str, point: &str) {
+        if let Ok(mut s) = self.status.lock() {
+            s.state = state.to_string();
+            s.current_point = point.to_string();
+        }
+    }
+
+    fn event(&self, sweep_id: &str, point_id: &str, kind: &str, message: String) -> pb::EngineEvent {
+        pb::EngineEvent {
+            sweep_id: sweep_id.to_string(),
+            point_id: point_id.to_string(),
+            kind: kind.to_string(),
+            message,
+            unix_ms: unix_millis_now(),
+            ..Default::default()
+        }
+    }
+
+    fn send_event(&self, ev: pb::EngineEvent) {
+        self.outbox.push(pb::AgentMessage {
+            msg: Some(Msg::EngineEvent(ev)),
+        });
+    }
+
+    async fn stop_engine(&mut self, sweep_id: &str, point_id: &str, why: &str) {
+        if let Some((_, mut engine)) = self.engine.take() {
+            info!(why, "stopping engine");
+            engine.stop().await;
+            self.send_event(self.event(sweep_id, point_id, "stopped", why.to_string()));
+        }
+    }
+
+    /// Makes sure an engine for `key` is ready; reuses the running one when it matches.
+    async fn ensure_engine(
+        &mut self,
+        point: &pb::PointSpec,
+        key: EngineKey,
+        cancel: &CancellationToken,
+    ) -> Result<(), String> {
+        if let Some((sweep, engine)) = &mut self.engine {
+            if engine.key == key && engine.exited().await.is_none() {
+                *sweep = point.sweep_id.clone();
+                return Ok(());
+            }
+        }
+        self.stop_engine(&point.sweep_id, &point.point_id, "engine configuration changed")
+            .await;
+        self.set_status("starting-engine", &point.point_id);
+        self.send_event(self.event(
+            &point.sweep_id,
+            &point.point_id,
+            "starting",
+            format!("runtime {} with {} GPU(s)", key.spec.runtime, key.gpus),
+        ));
+        match Engine::start(key, &self.cfg, &self.client, cancel).await {
+            Ok(engine) => {
+                let mut ev = self.event(&point.sweep_id, &point.point_id, "ready", engine.base_url.clone());
+                ev.engine_version = engine.version.clone();
+                self.send_event(ev);
+                self.engine = Some((point.sweep_id.clone(), engine));
+                Ok(())
+            }
+            Err(AgentError::EngineStart {
+                message,
+                exit_code,
+                log_tail,
+            }) => {
+                let mut ev = self.event(&point.sweep_id, &point.point_id, "start-failed", message.clone());
+                ev.exit_code = exit_code;
+                ev.log_tail = log_tail;
+                self.send_event(ev);
+                Err(message)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn run_point(&mut self, point: pb::PointSpec) {
+        let cancel = self
+            .cancels
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&point.point_id).cloned())
+            .unwrap_or_default();
+        let started = unix_micros_now();
+        let key = EngineKey {
+            spec: point.engine.clone().unwrap_or_default(),
+            gpus: point.gpus,
+        };
+        info!(batch = point.batch_size, gpus = point.gpus, "point assigned");
+        let (tx, rx) = mpsc::channel::<RequestRecord>(256);
+        let batcher = tokio::spawn(batch_records(
+            rx,
+            self.outbox.clone(),
+            point.clone(),
+            self.cfg.batch_records,
+            Duration::from_millis(self.cfg.batch_flush_ms),
+        ));
+        let result = match self.ensure_engine(&point, key, &cancel).await {
+            Err(error) => PointResult {
+                ok: false,
+                error: format!("engine start failed: {error}"),
+                endpoint: String::new(),
+            },
+            Ok(()) => {
+                self.set_status("running", &point.point_id);
+                self.load_point(&point, &tx, &cancel).await
+            }
+        };
+        drop(tx);
+        let batches = batcher.await.unwrap_or_else(|e| {
+            warn!(error = %e, "record batcher failed");
+            0
+        });
+        let (engine_version, engine_args) = self
+            .engine
+            .as_ref()
+            .map(|(_, e)| (e.version.clone(), e.args.clone()))
+            .unwrap_or_default();
+        info!(ok = result.ok, error = %result.error, batches, "point finished");
+        self.outbox.push(pb::AgentMessage {
+            msg: Some(Msg::PointFinished(pb::PointFinished {
+                sweep_id: point.sweep_id.clone(),
+                point_id: point.point_id.clone(),
+                attempt: point.attempt,
+                batches,
+                ok: result.ok,
+                error: result.error,
+                endpoint: result.endpoint,
+                engine_version,
+                engine_args,
+                started_unix_us: started,
+                finished_unix_us: unix_micros_now(),
+            })),
+        });
+        if let Ok(mut m) = self.cancels.lock() {
+            m.remove(&point.point_id);
+        }
+    }
+
+    async fn load_point(
+        &mut self,
+        point: &pb::PointSpec,
+        tx: &mpsc::Sender<RequestRecord>,
+        cancel: &CancellationToken,
+    ) -> PointResult {
+        let Some((_, engine)) = self.engine.as_mut() else {
+            return PointResult {
+                ok: false,
+                error: "no engine".into(),
+                endpoint: String::new(),
+            };
+        };
+        let base_url = engine.base_url.clone();
+        let outcome = load::run_point(&self.client, &base_url, point, tx, cancel).await;
+        // An engine that died during the point fails it; forensics travel as an event.
+        let exit = match self.engine.as_mut() {
+            Some((_, engine)) => engine.exited().await,
+            None => None,
+        };
+        if let Some(exit) = exit {
+            let mut ev = self.event(
+                &point.sweep_id,
+                &point.point_id,
+                "exited",
+                format!("engine exited during the point with code {:?}", exit.code),
+            );
+            ev.exit_code = exit.code;
+            ev.log_tail = exit.log_tail;
+            self.send_event(ev);
+            self.engine = None;
+            return PointResult {
+                ok: false,
+                error: format!("engine exited during the point with code {:?}", exit.code),
+                endpoint: outcome.map(|o| o.endpoint.as_str().to_string()).unwrap_or_default(),
+            };
+        }
+        match outcome {
+            Ok(o) => PointResult {
+                ok: true,
+                error: if o.inexact_prompts > 0 {
+                    format!("{} prompt(s) not at the exact input length", o.inexact_prompts)
+                } else {
+                    String::new()
+                },
+                endpoint: o.endpoint.as_str().to_string(),
+            },
+            Err(AgentError::Cancelled) => PointResult {
+                ok: false,
+                error: "cancelled".into(),
+                endpoint: String::new(),
+            },
+            Err(e) => PointResult {
+                ok: false,
+                error: e.to_string(),
+                endpoint: String::new(),
+            },
+        }
+    }
+}
+
+/// Groups records into batches of `max` (or whatever arrived within `flush`) and queues
+/// them with consecutive sequence numbers. Returns how many batches were queued.
+async fn batch_records(
+    mut rx: mpsc::Receiver<RequestRecord>,
+    outbox: Arc<Outbox>,
+    point: pb::PointSpec,
+    max: usize,
+    flush: Duration,
+) -> u64 {
+    let mut seq = 0u64;
+    let mut pending: Vec<pb::RequestRecord> = Vec::with_capacity(max);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + flush, flush);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let emit = |pending: &mut Vec<pb::RequestRecord>, seq: &mut u64| {
+        if pending.is_empty() {
+            return;
+        }
+        outbox.push(pb::AgentMessage {
+            msg: Some(Msg::RecordBatch(pb::RecordBatch {
+                sweep_id: point.sweep_id.clone(),
+                point_id: point.point_id.clone(),
+                attempt: point.attempt,
+                seq: *seq,
+                records: std::mem::take(pending),
+            })),
+        });
+        *seq += 1;
+    };
+    loop {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(record) => {
+                    pending.push(pb::RequestRecord::from(&record));
+                    if pending.len() >= max {
+                        emit(&mut pending, &mut seq);
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => emit(&mut pending, &mut seq),
+        }
+    }
+    emit(&mut pending, &mut seq);
+    seq
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_fill_up_or_flush_on_time() {
+        let outbox = Arc::new(Outbox::new());
+        let (tx, rx) = mpsc::channel(16);
+        let point = pb::PointSpec {
+            point_id: "p".into(),
+            ..Default::default()
+        };
+        let task = tokio::spawn(batch_records(rx, outbox.clone(), point, 3, Duration::from_millis(250)));
+        for i in 0..4 {
+            tx.send(RequestRecord {
+                request_index: i,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        // 3 records make a full batch at once; the 4th waits for the flush tick.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.send(RequestRecord {
+            request_index: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        assert_eq!(task.await.unwrap(), 3);
+        let mut sizes = Vec::new();
+        for _ in 0..3 {
+            if let Some(Msg::RecordBatch(b)) = outbox.next().await.msg {
+                sizes.push((b.seq, b.records.len()));
+            }
+        }
+        assert_eq!(sizes, vec![(0, 3), (1, 1), (2, 1)]);
+    }
+}

@@ -1,0 +1,176 @@
+//! The agent's one long-lived gRPC stream to the controller: register with inventory,
+//! heartbeat, receive assignments and acknowledgements, send what the outbox holds.
+//! Reconnects with exponential backoff; unacknowledged results are re-sent each time.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleetbench_proto::pb::agent_service_client::AgentServiceClient;
+use fleetbench_proto::pb::{self, agent_message::Msg, controller_message::Msg as CMsg};
+use fleetbench_proto::{FLEETBENCH_VERSION, unix_millis_now};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+use crate::outbox::Outbox;
+use crate::runner::{AgentStatus, CancelMap, RunnerCommand};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Everything a session needs; shared with the runner.
+#[derive(Clone)]
+pub struct SessionContext {
+    pub cfg: Arc<AgentConfig>,
+    pub outbox: Arc<Outbox>,
+    pub runner: mpsc::Sender<RunnerCommand>,
+    pub cancels: CancelMap,
+    pub status: Arc<Mutex<AgentStatus>>,
+}
+
+/// This agent's inventory as reported at registration.
+pub fn inventory(cfg: &AgentConfig) -> pb::Inventory {
+    pb::Inventory {
+        agent_name: cfg.name.clone(),
+        host: cfg.host.clone(),
+        gpus: cfg
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| pb::Gpu {
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+                vendor: g.vendor.clone(),
+                model: g.model.clone(),
+                memory_bytes: (g.memory_gib * 1024.0 * 1024.0 * 1024.0) as u64,
+            })
+            .collect(),
+        driver: String::new(),
+        labels: cfg.labels.clone().into_iter().collect(),
+        engine_images: Vec::new(),
+        fleetbench_version: FLEETBENCH_VERSION.to_string(),
+    }
+}
+
+/// Keeps a session to the controller open until `shutdown`.
+pub async fn run(ctx: SessionContext, shutdown: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    while !shutdown.is_cancelled() {
+        match session_once(&ctx, &shutdown, &mut backoff).await {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(agent = %ctx.cfg.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "controller session lost");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn session_once(
+    ctx: &SessionContext,
+    shutdown: &CancellationToken,
+    backoff: &mut Duration,
+) -> Result<(), AgentError> {
+    let mut client = AgentServiceClient::connect(ctx.cfg.controller.clone()).await?;
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
+    let mut active = ctx.outbox.unacked_points();
+    if let Ok(s) = ctx.status.lock() {
+        if !s.current_point.is_empty() {
+            active.push(s.current_point.clone());
+        }
+    }
+    let register = pb::AgentMessage {
+        msg: Some(Msg::Register(pb::Register {
+            inventory: Some(inventory(&ctx.cfg)),
+            active_points: active,
+        })),
+    };
+    tx.send(register)
+        .await
+        .map_err(|_| AgentError::Engine("session channel closed".into()))?;
+    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    ctx.outbox.requeue_unacked();
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(ctx.cfg.heartbeat_s.max(1)));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = ctx.outbox.next() => {
+                if tx.send(msg).await.is_err() {
+                    return Err(AgentError::Engine("controller stream closed".into()));
+                }
+            }
+            m = inbound.message() => {
+                match m? {
+                    Some(cm) => handle(ctx, cm, backoff).await?,
+                    None => return Err(AgentError::Engine("controller closed the stream".into())),
+                }
+            }
+            _ = heartbeat.tick() => {
+                let (state, current_point) = ctx
+                    .status
+                    .lock()
+                    .map(|s| (s.state.clone(), s.current_point.clone()))
+                    .unwrap_or_default();
+                let hb = pb::AgentMessage {
+                    msg: Some(Msg::Heartbeat(pb::Heartbeat { unix_ms: unix_millis_now(), state, current_point })),
+                };
+                if tx.send(hb).await.is_err() {
+                    return Err(AgentError::Engine("controller stream closed".into()));
+                }
+            }
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+async fn handle(
+    ctx: &SessionContext,
+    msg: pb::ControllerMessage,
+    backoff: &mut Duration,
+) -> Result<(), AgentError> {
+    match msg.msg {
+        Some(CMsg::Registered(r)) => {
+            info!(agent = %ctx.cfg.name, agent_id = %r.agent_id, "registered with controller");
+            *backoff = BACKOFF_MIN;
+        }
+        Some(CMsg::Assignment(a)) => {
+            let Some(point) = a.point else {
+                return Ok(());
+            };
+            if let Ok(mut m) = ctx.cancels.lock() {
+                m.entry(point.point_id.clone()).or_default();
+            }
+            ctx.runner
+                .send(RunnerCommand::Run(point))
+                .await
+                .map_err(|_| AgentError::Engine("runner stopped".into()))?;
+        }
+        Some(CMsg::BatchAck(a)) => ctx.outbox.ack_batch(&a.point_id, a.attempt, a.seq),
+        Some(CMsg::PointAck(a)) => {
+            debug!(point_id = %a.point_id, "point results stored by controller");
+            ctx.outbox.ack_point(&a.point_id, a.attempt);
+        }
+        Some(CMsg::CancelPoint(c)) => {
+            info!(point_id = %c.point_id, reason = %c.reason, "point cancelled by controller");
+            if let Ok(mut m) = ctx.cancels.lock() {
+                m.entry(c.point_id.clone()).or_default().cancel();
+            }
+        }
+        Some(CMsg::ReleaseEngine(r)) => {
+            ctx.runner
+                .send(RunnerCommand::Release {
+                    sweep_id: r.sweep_id,
+                })
+                .await
+                .map_err(|_| AgentError::Engine("runner stopped".into()))?;
+        }
+        None => {}
+    }
+    Ok(())
+}
