@@ -70,7 +70,7 @@ pub struct ExitInfo {
 #[derive(Debug)]
 enum Runtime {
     Process {
-        child: Child,
+        child: Box<Child>,
         pgid: i32,
         followers: Vec<tokio::task::JoinHandle<()>>,
     },
@@ -113,7 +113,9 @@ impl Engine {
                 Ok(engine)
             }
             "process" => Self::start_process(key, cfg, client, log_tail, deadline, cancel).await,
-            other => Err(AgentError::Engine(format!("runtime {other:?} is not supported by this agent"))),
+            other => Err(AgentError::Engine(format!(
+                "runtime {other:?} is not supported by this agent"
+            ))),
         }
     }
 
@@ -129,7 +131,12 @@ impl Engine {
         let mut args: Vec<String> = cfg.vllm_command[1..].to_vec();
         args.push(key.spec.model.clone());
         args.extend(vllm_flags(&key.spec, key.gpus));
-        args.extend(["--host".to_string(), cfg.engine_host.clone(), "--port".into(), port.to_string()]);
+        args.extend([
+            "--host".to_string(),
+            cfg.engine_host.clone(),
+            "--port".into(),
+            port.to_string(),
+        ]);
         info!(program = %cfg.vllm_command[0], args = %args.join(" "), "starting engine process");
         let mut cmd = Command::new(&cfg.vllm_command[0]);
         cmd.args(&args)
@@ -155,14 +162,18 @@ impl Engine {
         if let Some(err) = child.stderr.take() {
             followers.push(tokio::spawn(follow_log(err, log_tail.clone())));
         }
-        let host = if cfg.engine_host == "0.0.0.0" { "127.0.0.1" } else { cfg.engine_host.as_str() };
+        let host = if cfg.engine_host == "0.0.0.0" {
+            "127.0.0.1"
+        } else {
+            cfg.engine_host.as_str()
+        };
         let mut engine = Engine {
             base_url: format!("http://{host}:{port}"),
             args,
             version: String::new(),
             log_tail,
             runtime: Runtime::Process {
-                child,
+                child: Box::new(child),
                 pgid,
                 followers,
             },
@@ -199,7 +210,10 @@ impl Engine {
             }
             if Instant::now() >= deadline {
                 return Err(AgentError::EngineStart {
-                    message: format!("engine not ready after {:.0}s", started.elapsed().as_secs_f64()),
+                    message: format!(
+                        "engine not ready after {:.0}s",
+                        started.elapsed().as_secs_f64()
+                    ),
                     exit_code: None,
                     log_tail: self.log_tail.snapshot(),
                 });
@@ -229,9 +243,10 @@ impl Engine {
         let Ok(body) = models.json::<serde_json::Value>().await else {
             return false;
         };
-        body["data"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|m| m["id"] == self.key.spec.served_model_name.as_str()))
+        body["data"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|m| m["id"] == self.key.spec.served_model_name.as_str())
+        })
     }
 
     /// `Some` once the engine process has exited (never for external engines). The log
@@ -373,9 +388,16 @@ mod tests {
             .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(30));
         match err {
-            AgentError::EngineStart { exit_code, log_tail, .. } => {
+            AgentError::EngineStart {
+                exit_code,
+                log_tail,
+                ..
+            } => {
                 assert_eq!(exit_code, Some(3));
-                assert!(log_tail.iter().any(|l| l.contains("out of memory")), "{log_tail:?}");
+                assert!(
+                    log_tail.iter().any(|l| l.contains("out of memory")),
+                    "{log_tail:?}"
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

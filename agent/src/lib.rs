@@ -49,8 +49,18 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     let (runner_tx, runner_rx) = mpsc::channel(64);
     let tracker = TaskTracker::new();
     let span = info_span!("agent", agent = %cfg.name);
-    let runner = runner::Runner::new(cfg.clone(), client, outbox.clone(), cancels.clone(), status.clone());
-    tracker.spawn(runner.run(runner_rx, shutdown.clone()).instrument(span.clone()));
+    let runner = runner::Runner::new(
+        cfg.clone(),
+        client,
+        outbox.clone(),
+        cancels.clone(),
+        status.clone(),
+    );
+    tracker.spawn(
+        runner
+            .run(runner_rx, shutdown.clone())
+            .instrument(span.clone()),
+    );
     let ctx = session::SessionContext {
         cfg,
         outbox,

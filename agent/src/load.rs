@@ -97,7 +97,11 @@ pub async fn run_point(
         .filter(|p| !p.is_exact(workload.input_tokens))
         .count();
     if inexact > 0 {
-        warn!(inexact, target = workload.input_tokens, "prompts whose server-counted length is not the target");
+        warn!(
+            inexact,
+            target = workload.input_tokens,
+            "prompts whose server-counted length is not the target"
+        );
     }
     let plan = |index: u32, wave: u32, text: &str| RequestPlan {
         index,
@@ -131,7 +135,11 @@ pub async fn run_point(
             return Err(AgentError::Cancelled);
         }
         let plans: Vec<RequestPlan> = (0..point.batch_size)
-            .filter_map(|i| prompts.next().map(|p| plan(wave * point.batch_size + i, wave, &p.text)))
+            .filter_map(|i| {
+                prompts
+                    .next()
+                    .map(|p| plan(wave * point.batch_size + i, wave, &p.text))
+            })
             .collect();
         // All N futures are created first and polled together: the burst leaves at once.
         let mut inflight: FuturesUnordered<_> = plans

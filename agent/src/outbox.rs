@@ -67,11 +67,8 @@ impl Outbox {
     /// messages queued since.
     pub fn requeue_unacked(&self) {
         if let Ok(mut s) = self.state.lock() {
-            let fresh: Vec<pb::AgentMessage> = s
-                .queue
-                .drain(..)
-                .filter(|m| ack_key(m).is_none())
-                .collect();
+            let fresh: Vec<pb::AgentMessage> =
+                s.queue.drain(..).filter(|m| ack_key(m).is_none()).collect();
             let resend: Vec<pb::AgentMessage> = s.unacked.values().cloned().collect();
             s.queue.extend(resend);
             s.queue.extend(fresh);

@@ -14,16 +14,16 @@ use crate::error::AgentError;
 use crate::request::ApiEndpoint;
 
 const WORDS: &[&str] = &[
-    "the", "of", "and", "to", "in", "is", "that", "for", "it", "with", "as", "was", "on",
-    "be", "at", "by", "this", "have", "from", "or", "one", "had", "not", "but", "what",
-    "all", "were", "when", "we", "there", "can", "an", "your", "which", "their", "said",
-    "if", "do", "will", "each", "about", "how", "up", "out", "them", "then", "she", "many",
-    "some", "so", "these", "would", "other", "into", "has", "more", "her", "two", "like",
-    "him", "see", "time", "could", "no", "make", "than", "first", "been", "its", "who",
-    "now", "people", "my", "made", "over", "did", "down", "only", "way", "find", "use",
-    "may", "water", "long", "little", "very", "after", "words", "called", "just", "where",
-    "most", "know", "get", "through", "back", "much", "before", "go", "good", "new",
-    "write", "our", "used", "me", "man", "too", "any", "day", "same", "right", "look",
+    "the", "of", "and", "to", "in", "is", "that", "for", "it", "with", "as", "was", "on", "be",
+    "at", "by", "this", "have", "from", "or", "one", "had", "not", "but", "what", "all", "were",
+    "when", "we", "there", "can", "an", "your", "which", "their", "said", "if", "do", "will",
+    "each", "about", "how", "up", "out", "them", "then", "she", "many", "some", "so", "these",
+    "would", "other", "into", "has", "more", "her", "two", "like", "him", "see", "time", "could",
+    "no", "make", "than", "first", "been", "its", "who", "now", "people", "my", "made", "over",
+    "did", "down", "only", "way", "find", "use", "may", "water", "long", "little", "very", "after",
+    "words", "called", "just", "where", "most", "know", "get", "through", "back", "much", "before",
+    "go", "good", "new", "write", "our", "used", "me", "man", "too", "any", "day", "same", "right",
+    "look",
 ];
 
 /// A prompt and what the server said its length is.
@@ -94,7 +94,11 @@ impl TokenCounter {
     }
 
     /// Token count, or `None` when the server has no `/tokenize`.
-    pub async fn count(&self, endpoint: ApiEndpoint, text: &str) -> Result<Option<u32>, AgentError> {
+    pub async fn count(
+        &self,
+        endpoint: ApiEndpoint,
+        text: &str,
+    ) -> Result<Option<u32>, AgentError> {
         let body = match endpoint {
             ApiEndpoint::Chat => json!({
                 "model": self.model,
@@ -183,7 +187,10 @@ async fn solve_word_count(
 
 fn adjust(k: usize, target: u32, counted: u32) -> usize {
     let diff = i64::from(target) - i64::from(counted);
-    let next = i64::try_from(k).unwrap_or(i64::MAX).saturating_add(diff).max(1);
+    let next = i64::try_from(k)
+        .unwrap_or(i64::MAX)
+        .saturating_add(diff)
+        .max(1);
     usize::try_from(next).unwrap_or(1)
 }
 

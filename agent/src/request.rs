@@ -130,7 +130,10 @@ async fn stream(
         let text = resp.text().await.unwrap_or_default();
         return Err((
             ErrorKind::HttpStatus,
-            format!("HTTP {status}: {}", text.chars().take(500).collect::<String>()),
+            format!(
+                "HTTP {status}: {}",
+                text.chars().take(500).collect::<String>()
+            ),
         ));
     }
     let mut parser = SseParser::new();

@@ -22,9 +22,11 @@ use crate::outbox::Outbox;
 /// What the session asks the runner to do, in order.
 #[derive(Debug)]
 pub enum RunnerCommand {
-    Run(pb::PointSpec),
+    Run(Box<pb::PointSpec>),
     /// The controller has no more work of this sweep for us: stop its engine.
-    Release { sweep_id: String },
+    Release {
+        sweep_id: String,
+    },
 }
 
 /// What the agent is doing, for heartbeats.
@@ -80,7 +82,7 @@ impl Runner {
             match cmd {
                 Some(RunnerCommand::Run(point)) => {
                     let span = info_span!("point", sweep_id = %point.sweep_id, point_id = %point.point_id, attempt = point.attempt, agent = %self.cfg.name);
-                    self.run_point(point).instrument(span).await;
+                    self.run_point(*point).instrument(span).await;
                     self.set_status("idle", "");
                 }
                 Some(RunnerCommand::Release { sweep_id }) => {
@@ -104,7 +106,13 @@ impl Runner {
         }
     }
 
-    fn event(&self, sweep_id: &str, point_id: &str, kind: &str, message: String) -> pb::EngineEvent {
+    fn event(
+        &self,
+        sweep_id: &str,
+        point_id: &str,
+        kind: &str,
+        message: String,
+    ) -> pb::EngineEvent {
         pb::EngineEvent {
             sweep_id: sweep_id.to_string(),
             point_id: point_id.to_string(),
@@ -142,8 +150,12 @@ impl Runner {
                 return Ok(());
             }
         }
-        self.stop_engine(&point.sweep_id, &point.point_id, "engine configuration changed")
-            .await;
+        self.stop_engine(
+            &point.sweep_id,
+            &point.point_id,
+            "engine configuration changed",
+        )
+        .await;
         self.set_status("starting-engine", &point.point_id);
         self.send_event(self.event(
             &point.sweep_id,
@@ -153,7 +165,12 @@ impl Runner {
         ));
         match Engine::start(key, &self.cfg, &self.client, cancel).await {
             Ok(engine) => {
-                let mut ev = self.event(&point.sweep_id, &point.point_id, "ready", engine.base_url.clone());
+                let mut ev = self.event(
+                    &point.sweep_id,
+                    &point.point_id,
+                    "ready",
+                    engine.base_url.clone(),
+                );
                 ev.engine_version = engine.version.clone();
                 self.send_event(ev);
                 self.engine = Some((point.sweep_id.clone(), engine));
@@ -164,7 +181,12 @@ impl Runner {
                 exit_code,
                 log_tail,
             }) => {
-                let mut ev = self.event(&point.sweep_id, &point.point_id, "start-failed", message.clone());
+                let mut ev = self.event(
+                    &point.sweep_id,
+                    &point.point_id,
+                    "start-failed",
+                    message.clone(),
+                );
                 ev.exit_code = exit_code;
                 ev.log_tail = log_tail;
                 self.send_event(ev);
@@ -186,7 +208,11 @@ impl Runner {
             spec: point.engine.clone().unwrap_or_default(),
             gpus: point.gpus,
         };
-        info!(batch = point.batch_size, gpus = point.gpus, "point assigned");
+        info!(
+            batch = point.batch_size,
+            gpus = point.gpus,
+            "point assigned"
+        );
         let (tx, rx) = mpsc::channel::<RequestRecord>(256);
         let batcher = tokio::spawn(batch_records(
             rx,
@@ -271,14 +297,19 @@ impl Runner {
             return PointResult {
                 ok: false,
                 error: format!("engine exited during the point with code {:?}", exit.code),
-                endpoint: outcome.map(|o| o.endpoint.as_str().to_string()).unwrap_or_default(),
+                endpoint: outcome
+                    .map(|o| o.endpoint.as_str().to_string())
+                    .unwrap_or_default(),
             };
         }
         match outcome {
             Ok(o) => PointResult {
                 ok: true,
                 error: if o.inexact_prompts > 0 {
-                    format!("{} prompt(s) not at the exact input length", o.inexact_prompts)
+                    format!(
+                        "{} prompt(s) not at the exact input length",
+                        o.inexact_prompts
+                    )
                 } else {
                     String::new()
                 },
@@ -356,7 +387,13 @@ mod tests {
             point_id: "p".into(),
             ..Default::default()
         };
-        let task = tokio::spawn(batch_records(rx, outbox.clone(), point, 3, Duration::from_millis(250)));
+        let task = tokio::spawn(batch_records(
+            rx,
+            outbox.clone(),
+            point,
+            3,
+            Duration::from_millis(250),
+        ));
         for i in 0..4 {
             tx.send(RequestRecord {
                 request_index: i,

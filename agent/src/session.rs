@@ -147,7 +147,7 @@ async fn handle(
                 m.entry(point.point_id.clone()).or_default();
             }
             ctx.runner
-                .send(RunnerCommand::Run(point))
+                .send(RunnerCommand::Run(Box::new(point)))
                 .await
                 .map_err(|_| AgentError::Engine("runner stopped".into()))?;
         }

@@ -312,7 +312,10 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut p = SseParser::new();
-        assert!(matches!(p.push(b"data: {not json\n\n"), Err(SseError::BadJson(_))));
+        assert!(matches!(
+            p.push(b"data: {not json\n\n"),
+            Err(SseError::BadJson(_))
+        ));
         let mut p = SseParser::new();
         assert_eq!(p.push(b"data: \xff\xfe\n\n"), Err(SseError::NotUtf8));
         let mut p = SseParser::new();

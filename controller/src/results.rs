@@ -1,0 +1,1019 @@
+//! Results on disk: per-request records and per-point summaries as Parquet, partitioned the
+//! Hive way so DuckDB, Polars, pandas and Spark read a whole fleet's results in one call:
+//!
+//! ```text
+//! ROOT/model=<model-slug>/gpus=<N>/<sweep-id>.requests.parquet   one row per measured request
+//! ROOT/model=<model-slug>/gpus=<N>/<sweep-id>.points.parquet     one row per point attempt
+//! ```
+//!
+//! No column is called `model` or `gpus`: those are the partition keys, and readers that add
+//! partition columns would clash; the columns are `model_name` and `gpu_count` instead.
+//! Timestamps are `Timestamp(µs, "UTC")`; files are zstd-compressed and carry the sweep's
+//! key-value metadata. Files are written under a temporary name and renamed into place, so
+//! a reader never sees half a file.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{Float64Builder, ListBuilder};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float64Array, ListArray, PrimitiveArray, RecordBatch,
+    StringArray, TimestampMicrosecondArray, UInt32Array, types::ArrowPrimitiveType,
+};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use fleetbench_proto::record::{ErrorKind, RequestRecord};
+use fleetbench_proto::spec::model_slug;
+use parquet::arrow::ARROW_SCHEMA_META_KEY;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use crate::error::ControllerError;
+use crate::summary::{Percentiles, PointMeta, PointSummary};
+
+const REQUESTS_SUFFIX: &str = ".requests.parquet";
+const POINTS_SUFFIX: &str = ".points.parquet";
+
+/// Picks one distribution out of a point summary.
+type Distribution = fn(&PointSummary) -> Percentiles;
+/// Picks one statistic out of a distribution.
+type Statistic = fn(&Percentiles) -> Option<f64>;
+
+/// The distributions of a point summary, in column order; each becomes the columns
+/// `<metric>_mean`, `<metric>_p50`, `<metric>_p90`, `<metric>_p99`.
+const METRICS: [(&str, Distribution); 5] = [
+    ("output_speed", |s| s.output_speed),
+    ("ttft_s", |s| s.ttft_s),
+    ("tpot_s", |s| s.tpot_s),
+    ("itl_s", |s| s.itl_s),
+    ("e2el_s", |s| s.e2el_s),
+];
+/// The statistics of one distribution, in column order.
+const STATS: [(&str, Statistic); 4] = [
+    ("mean", |p| p.mean),
+    ("p50", |p| p.p50),
+    ("p90", |p| p.p90),
+    ("p99", |p| p.p99),
+];
+
+/// The two files of one (model, gpus) partition of a sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionFiles {
+    pub requests: PathBuf,
+    pub points: PathBuf,
+}
+
+/// `root/model=<model_slug(model)>/gpus=<gpus>`.
+pub fn partition_dir(root: &Path, model: &str, gpus: u32) -> PathBuf {
+    root.join(format!("model={}", model_slug(model)))
+        .join(format!("gpus={gpus}"))
+}
+
+/// Writes (replacing) both files of one (model, gpus) partition of a sweep, atomically: write
+/// `<name>.tmp-<pid>` in the same dir, then rename.
+///
+/// Every point must belong to this sweep and partition (same sweep id, same model slug, same
+/// GPU count); otherwise nothing is written. The requests file is renamed into place first, so
+/// a visible points file always has its requests file next to it. `metadata` becomes the
+/// key-value metadata of both files.
+pub fn write_partition(
+    root: &Path,
+    sweep_id: &str,
+    model: &str,
+    gpus: u32,
+    points: &[(PointSummary, &[RequestRecord])],
+    metadata: &BTreeMap<String, String>,
+) -> Result<PartitionFiles, ControllerError> {
+    let dir = partition_dir(root, model, gpus);
+    if sweep_id.is_empty() || sweep_id == "." || sweep_id == ".." || sweep_id.contains(['/', '\\'])
+    {
+        return Err(bad(
+            &dir,
+            format!("sweep id {sweep_id:?} is not a file name"),
+        ));
+    }
+    let slug = model_slug(model);
+    if let Some((s, _)) = points.iter().find(|(s, _)| {
+        s.meta.sweep_id != sweep_id || s.meta.gpus != gpus || model_slug(&s.meta.model) != slug
+    }) {
+        return Err(bad(
+            &dir,
+            format!(
+                "point {} (sweep {}, model {}, {} GPUs) does not belong in this partition",
+                s.meta.point_id, s.meta.sweep_id, s.meta.model, s.meta.gpus
+            ),
+        ));
+    }
+    fs::create_dir_all(&dir).map_err(|e| ControllerError::io(&dir, e))?;
+    let files = PartitionFiles {
+        requests: dir.join(format!("{sweep_id}{REQUESTS_SUFFIX}")),
+        points: dir.join(format!("{sweep_id}{POINTS_SUFFIX}")),
+    };
+    write_atomically(&files.requests, &requests_batch(points)?, metadata)?;
+    let summaries: Vec<&PointSummary> = points.iter().map(|(s, _)| s).collect();
+    write_atomically(&files.points, &points_batch(&summaries)?, metadata)?;
+    Ok(files)
+}
+
+/// Reads every point summary of a `.points.parquet` file, in file order.
+pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ControllerError> {
+    let mut out = Vec::new();
+    for batch in read_batches(path, &points_schema())? {
+        let c = Columns {
+            batch: &batch,
+            path,
+        };
+        let sweep_id = c.get::<StringArray>("sweep_id")?;
+        let point_id = c.get::<StringArray>("point_id")?;
+        let point_index = c.get::<UInt32Array>("point_index")?;
+        let attempt = c.get::<UInt32Array>("attempt")?;
+        let state = c.get::<StringArray>("state")?;
+        let error = c.get::<StringArray>("error")?;
+        let agent = c.get::<StringArray>("agent")?;
+        let host = c.get::<StringArray>("host")?;
+        let model_name = c.get::<StringArray>("model_name")?;
+        let gpu_count = c.get::<UInt32Array>("gpu_count")?;
+        let batch_size = c.get::<UInt32Array>("batch_size")?;
+        let input_tokens = c.get::<UInt32Array>("input_tokens")?;
+        let output_tokens = c.get::<UInt32Array>("output_tokens")?;
+        let endpoint = c.get::<StringArray>("endpoint")?;
+        let started_at = c.get::<TimestampMicrosecondArray>("started_at")?;
+        let finished_at = c.get::<TimestampMicrosecondArray>("finished_at")?;
+        let completed = c.get::<UInt32Array>("completed")?;
+        let failed = c.get::<UInt32Array>("failed")?;
+        let duration_s = c.get::<Float64Array>("duration_s")?;
+        let request_throughput = c.get::<Float64Array>("request_throughput")?;
+        let output_throughput = c.get::<Float64Array>("output_throughput")?;
+        let total_token_throughput = c.get::<Float64Array>("total_token_throughput")?;
+        // One [mean, p50, p90, p99] column set per distribution, in METRICS order.
+        let [output_speed, ttft_s, tpot_s, itl_s, e2el_s] = METRICS.map(|(metric, _)| {
+            let [mean, p50, p90, p99] =
+                STATS.map(|(stat, _)| c.get::<Float64Array>(&format!("{metric}_{stat}")));
+            Ok::<_, ControllerError>([mean?, p50?, p90?, p99?])
+        });
+        let (output_speed, ttft_s, tpot_s, itl_s, e2el_s) =
+            (output_speed?, ttft_s?, tpot_s?, itl_s?, e2el_s?);
+        let distribution = |columns: &[&Float64Array; 4], row: usize| {
+            let [mean, p50, p90, p99] = columns.map(|column| opt(column, row));
+            Percentiles {
+                mean,
+                p50,
+                p90,
+                p99,
+            }
+        };
+        for i in 0..batch.num_rows() {
+            out.push(PointSummary {
+                meta: PointMeta {
+                    sweep_id: sweep_id.value(i).to_owned(),
+                    point_id: point_id.value(i).to_owned(),
+                    point_index: point_index.value(i),
+                    attempt: attempt.value(i),
+                    model: model_name.value(i).to_owned(),
+                    gpus: gpu_count.value(i),
+                    host: host.value(i).to_owned(),
+                    agent: agent.value(i).to_owned(),
+                    batch_size: batch_size.value(i),
+                    input_tokens: input_tokens.value(i),
+                    output_tokens: output_tokens.value(i),
+                    state: state.value(i).to_owned(),
+                    error: error.value(i).to_owned(),
+                    endpoint: endpoint.value(i).to_owned(),
+                    started_unix_us: started_at.value(i),
+                    finished_unix_us: finished_at.value(i),
+                },
+                completed: completed.value(i),
+                failed: failed.value(i),
+                duration_s: duration_s.value(i),
+                request_throughput: request_throughput.value(i),
+                output_throughput: output_throughput.value(i),
+                total_token_throughput: total_token_throughput.value(i),
+                output_speed: distribution(&output_speed, i),
+                ttft_s: distribution(&ttft_s, i),
+                tpot_s: distribution(&tpot_s, i),
+                itl_s: distribution(&itl_s, i),
+                e2el_s: distribution(&e2el_s, i),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Reads every request of a `.requests.parquet` file as (point id, attempt, record), in file
+/// order.
+pub fn read_requests(path: &Path) -> Result<Vec<(String, u32, RequestRecord)>, ControllerError> {
+    let mut out = Vec::new();
+    for batch in read_batches(path, &requests_schema())? {
+        let c = Columns {
+            batch: &batch,
+            path,
+        };
+        let point_id = c.get::<StringArray>("point_id")?;
+        let attempt = c.get::<UInt32Array>("attempt")?;
+        let request_index = c.get::<UInt32Array>("request_index")?;
+        let wave = c.get::<UInt32Array>("wave")?;
+        let send_time = c.get::<TimestampMicrosecondArray>("send_time")?;
+        let ttft_s = c.get::<Float64Array>("ttft_s")?;
+        let e2el_s = c.get::<Float64Array>("e2el_s")?;
+        let tpot_s = c.get::<Float64Array>("tpot_s")?;
+        let itl_s = c.get::<ListArray>("itl_s")?;
+        let itl_values = itl_s
+            .values()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .ok_or_else(|| bad(path, "column `itl_s` does not hold Float64 values"))?
+            .values();
+        let input_tokens = c.get::<UInt32Array>("input_tokens")?;
+        let output_tokens = c.get::<UInt32Array>("output_tokens")?;
+        let target_input_tokens = c.get::<UInt32Array>("target_input_tokens")?;
+        let target_output_tokens = c.get::<UInt32Array>("target_output_tokens")?;
+        let content_chunks = c.get::<UInt32Array>("content_chunks")?;
+        let success = c.get::<BooleanArray>("success")?;
+        let error_kind = c.get::<StringArray>("error_kind")?;
+        let error = c.get::<StringArray>("error")?;
+        let endpoint = c.get::<StringArray>("endpoint")?;
+        let usage_reported = c.get::<BooleanArray>("usage_reported")?;
+        let offsets = itl_s.value_offsets();
+        for i in 0..batch.num_rows() {
+            let kind = error_kind.is_valid(i).then(|| error_kind.value(i));
+            let kind = match kind {
+                None => None,
+                Some(k) => Some(
+                    ErrorKind::parse(k)
+                        .ok_or_else(|| bad(path, format!("row {i}: unknown error_kind {k:?}")))?,
+                ),
+            };
+            if success.value(i) != kind.is_none() {
+                return Err(bad(
+                    path,
+                    format!("row {i}: success disagrees with error_kind {kind:?}"),
+                ));
+            }
+            let itl = offsets
+                .get(i)
+                .zip(offsets.get(i + 1))
+                .and_then(|(&start, &end)| {
+                    itl_values.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+                })
+                .ok_or_else(|| bad(path, format!("row {i}: itl_s offsets out of range")))?;
+            out.push((
+                point_id.value(i).to_owned(),
+                attempt.value(i),
+                RequestRecord {
+                    request_index: request_index.value(i),
+                    wave: wave.value(i),
+                    send_time_unix_us: send_time.value(i),
+                    ttft_s: opt(ttft_s, i),
+                    e2el_s: opt(e2el_s, i),
+                    tpot_s: opt(tpot_s, i),
+                    itl_s: itl.to_vec(),
+                    input_tokens: opt(input_tokens, i),
+                    output_tokens: opt(output_tokens, i),
+                    target_input_tokens: target_input_tokens.value(i),
+                    target_output_tokens: target_output_tokens.value(i),
+                    content_chunks: content_chunks.value(i),
+                    error_kind: kind,
+                    error: error.value(i).to_owned(),
+                    endpoint: endpoint.value(i).to_owned(),
+                    usage_reported: usage_reported.value(i),
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The key-value metadata of a results file, without the Arrow schema parquet stores there
+/// (`ARROW:schema`). A key without a value reads as the empty string.
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, ControllerError> {
+    let builder = open(path)?;
+    let metadata = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .into_iter()
+        .flatten()
+        .filter(|kv| kv.key != ARROW_SCHEMA_META_KEY)
+        .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+        .collect();
+    Ok(metadata)
+}
+
+/// All `*.points.parquet` files under `root` (recursively, sorted), or only those of sweep
+/// `sweep_id` (`<sweep_id>.points.parquet`). A missing `root` has no results.
+pub fn find_result_files(
+    root: &Path,
+    sweep_id: Option<&str>,
+) -> Result<Vec<PathBuf>, ControllerError> {
+    let wanted = sweep_id.map(|id| format!("{id}{POINTS_SUFFIX}"));
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir == root => break,
+            Err(e) => return Err(ControllerError::io(&dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| ControllerError::io(&dir, e))?;
+            let path = entry.path();
+            let file_type = entry
+                .file_type()
+                .map_err(|e| ControllerError::io(&path, e))?;
+            if file_type.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let matches = match &wanted {
+                Some(wanted) => name == wanted,
+                None => name.ends_with(POINTS_SUFFIX),
+            };
+            if matches {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+// ---- schemas -------------------------------------------------------------------------------
+
+fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn itl_item_field() -> Field {
+    Field::new_list_field(DataType::Float64, false)
+}
+
+/// Columns of `<sweep-id>.requests.parquet`: the point's identity, then one request record.
+fn requests_schema() -> Schema {
+    let utf8 = |name: &str| Field::new(name, DataType::Utf8, false);
+    let u32 = |name: &str| Field::new(name, DataType::UInt32, false);
+    let opt_f64 = |name: &str| Field::new(name, DataType::Float64, true);
+    Schema::new(vec![
+        utf8("sweep_id"),
+        utf8("point_id"),
+        u32("point_index"),
+        u32("attempt"),
+        utf8("agent"),
+        utf8("host"),
+        utf8("model_name"),
+        u32("gpu_count"),
+        u32("batch_size"),
+        u32("request_index"),
+        u32("wave"),
+        Field::new("send_time", timestamp_type(), false),
+        opt_f64("ttft_s"),
+        opt_f64("e2el_s"),
+        opt_f64("tpot_s"),
+        Field::new("itl_s", DataType::List(Arc::new(itl_item_field())), false),
+        Field::new("input_tokens", DataType::UInt32, true),
+        Field::new("output_tokens", DataType::UInt32, true),
+        u32("target_input_tokens"),
+        u32("target_output_tokens"),
+        u32("content_chunks"),
+        Field::new("success", DataType::Boolean, false),
+        Field::new("error_kind", DataType::Utf8, true),
+        utf8("error"),
+        utf8("endpoint"),
+        Field::new("usage_reported", DataType::Boolean, false),
+    ])
+}
+
+/// Columns of `<sweep-id>.points.parquet`: one point summary per row.
+fn points_schema() -> Schema {
+    let utf8 = |name: &str| Field::new(name, DataType::Utf8, false);
+    let u32 = |name: &str| Field::new(name, DataType::UInt32, false);
+    let f64 = |name: &str| Field::new(name, DataType::Float64, false);
+    let mut fields = vec![
+        utf8("sweep_id"),
+        utf8("point_id"),
+        u32("point_index"),
+        u32("attempt"),
+        utf8("state"),
+        utf8("error"),
+        utf8("agent"),
+        utf8("host"),
+        utf8("model_name"),
+        u32("gpu_count"),
+        u32("batch_size"),
+        u32("input_tokens"),
+        u32("output_tokens"),
+        utf8("endpoint"),
+        Field::new("started_at", timestamp_type(), false),
+        Field::new("finished_at", timestamp_type(), false),
+        u32("completed"),
+        u32("failed"),
+        f64("duration_s"),
+        f64("request_throughput"),
+        f64("output_throughput"),
+        f64("total_token_throughput"),
+    ];
+    for (metric, _) in METRICS {
+        for (stat, _) in STATS {
+            fields.push(Field::new(
+                format!("{metric}_{stat}"),
+                DataType::Float64,
+                true,
+            ));
+        }
+    }
+    Schema::new(fields)
+}
+
+// ---- writing -------------------------------------------------------------------------------
+
+fn utf8<'a, R: 'a>(rows: &'a [R], f: impl Fn(&'a R) -> &'a str) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+}
+
+fn opt_utf8<'a, R: 'a>(rows: &'a [R], f: impl Fn(&'a R) -> Option<&'a str>) -> ArrayRef {
+    Arc::new(rows.iter().map(f).collect::<StringArray>())
+}
+
+fn u32s<R>(rows: &[R], f: impl Fn(&R) -> u32) -> ArrayRef {
+    Arc::new(UInt32Array::from_iter_values(rows.iter().map(f)))
+}
+
+fn opt_u32s<R>(rows: &[R], f: impl Fn(&R) -> Option<u32>) -> ArrayRef {
+    Arc::new(rows.iter().map(f).collect::<UInt32Array>())
+}
+
+fn f64s<R>(rows: &[R], f: impl Fn(&R) -> f64) -> ArrayRef {
+    Arc::new(Float64Array::from_iter_values(rows.iter().map(f)))
+}
+
+fn opt_f64s<R>(rows: &[R], f: impl Fn(&R) -> Option<f64>) -> ArrayRef {
+    Arc::new(rows.iter().map(f).collect::<Float64Array>())
+}
+
+fn bools<R>(rows: &[R], f: impl Fn(&R) -> bool) -> ArrayRef {
+    Arc::new(BooleanArray::from(
+        rows.iter().map(f).collect::<Vec<bool>>(),
+    ))
+}
+
+fn timestamps<R>(rows: &[R], f: impl Fn(&R) -> i64) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC"))
+}
+
+fn requests_batch(
+    points: &[(PointSummary, &[RequestRecord])],
+) -> Result<RecordBatch, ControllerError> {
+    let rows: Vec<(&PointMeta, &RequestRecord)> = points
+        .iter()
+        .flat_map(|(s, records)| records.iter().map(move |r| (&s.meta, r)))
+        .collect();
+    let mut itl = ListBuilder::new(Float64Builder::new()).with_field(Arc::new(itl_item_field()));
+    for (_, r) in &rows {
+        itl.values().append_slice(&r.itl_s);
+        itl.append(true);
+    }
+    let columns = vec![
+        utf8(&rows, |(m, _)| &m.sweep_id),
+        utf8(&rows, |(m, _)| &m.point_id),
+        u32s(&rows, |(m, _)| m.point_index),
+        u32s(&rows, |(m, _)| m.attempt),
+        utf8(&rows, |(m, _)| &m.agent),
+        utf8(&rows, |(m, _)| &m.host),
+        utf8(&rows, |(m, _)| &m.model),
+        u32s(&rows, |(m, _)| m.gpus),
+        u32s(&rows, |(m, _)| m.batch_size),
+        u32s(&rows, |(_, r)| r.request_index),
+        u32s(&rows, |(_, r)| r.wave),
+        timestamps(&rows, |(_, r)| r.send_time_unix_us),
+        opt_f64s(&rows, |(_, r)| r.ttft_s),
+        opt_f64s(&rows, |(_, r)| r.e2el_s),
+        opt_f64s(&rows, |(_, r)| r.tpot_s),
+        Arc::new(itl.finish()),
+        opt_u32s(&rows, |(_, r)| r.input_tokens),
+        opt_u32s(&rows, |(_, r)| r.output_tokens),
+        u32s(&rows, |(_, r)| r.target_input_tokens),
+        u32s(&rows, |(_, r)| r.target_output_tokens),
+        u32s(&rows, |(_, r)| r.content_chunks),
+        bools(&rows, |(_, r)| r.success()),
+        opt_utf8(&rows, |(_, r)| r.error_kind.map(ErrorKind::as_str)),
+        utf8(&rows, |(_, r)| &r.error),
+        utf8(&rows, |(_, r)| &r.endpoint),
+        bools(&rows, |(_, r)| r.usage_reported),
+    ];
+    Ok(RecordBatch::try_new(Arc::new(requests_schema()), columns)?)
+}
+
+fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, ControllerError> {
+    let mut columns = vec![
+        utf8(rows, |s| &s.meta.sweep_id),
+        utf8(rows, |s| &s.meta.point_id),
+        u32s(rows, |s| s.meta.point_index),
+        u32s(rows, |s| s.meta.attempt),
+        utf8(rows, |s| &s.meta.state),
+        utf8(rows, |s| &s.meta.error),
+        utf8(rows, |s| &s.meta.agent),
+        utf8(rows, |s| &s.meta.host),
+        utf8(rows, |s| &s.meta.model),
+        u32s(rows, |s| s.meta.gpus),
+        u32s(rows, |s| s.meta.batch_size),
+        u32s(rows, |s| s.meta.input_tokens),
+        u32s(rows, |s| s.meta.output_tokens),
+        utf8(rows, |s| &s.meta.endpoint),
+        timestamps(rows, |s| s.meta.started_unix_us),
+        timestamps(rows, |s| s.meta.finished_unix_us),
+        u32s(rows, |s| s.completed),
+        u32s(rows, |s| s.failed),
+        f64s(rows, |s| s.duration_s),
+        f64s(rows, |s| s.request_throughput),
+        f64s(rows, |s| s.output_throughput),
+        f64s(rows, |s| s.total_token_throughput),
+    ];
+    for (_, distribution) in METRICS {
+        for (_, stat) in STATS {
+            columns.push(opt_f64s(rows, |s| stat(&distribution(s))));
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(points_schema()), columns)?)
+}
+
+fn writer_properties(metadata: &BTreeMap<String, String>) -> WriterProperties {
+    let key_values = metadata
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_key_value_metadata(Some(key_values))
+        .build()
+}
+
+/// Writes `batch` to `<path>.tmp-<pid>`, syncs it, then renames it to `path`; the temporary
+/// file is removed if anything fails.
+fn write_atomically(
+    path: &Path,
+    batch: &RecordBatch,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), ControllerError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let result = write_file(&tmp, batch, writer_properties(metadata))
+        .and_then(|()| fs::rename(&tmp, path).map_err(|e| ControllerError::io(path, e)));
+    if result.is_err() {
+        // Best effort: the original error is what matters.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_file(
+    path: &Path,
+    batch: &RecordBatch,
+    properties: WriterProperties,
+) -> Result<(), ControllerError> {
+    let file = File::create(path).map_err(|e| ControllerError::io(path, e))?;
+    let mut writer = ArrowWriter::try_new(&file, batch.schema(), Some(properties))?;
+    writer.write(batch)?;
+    writer.close()?;
+    file.sync_all().map_err(|e| ControllerError::io(path, e))
+}
+
+// ---- reading -------------------------------------------------------------------------------
+
+fn bad(path: &Path, reason: impl Into<String>) -> ControllerError {
+    ControllerError::BadResults {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn open(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, ControllerError> {
+    let file = File::open(path).map_err(|e| ControllerError::io(path, e))?;
+    Ok(ParquetRecordBatchReaderBuilder::try_new(file)?)
+}
+
+/// All record batches of `path`, after checking that every column of `expected` is present
+/// with the same type and nullability (extra columns are allowed).
+fn read_batches(path: &Path, expected: &Schema) -> Result<Vec<RecordBatch>, ControllerError> {
+    let builder = open(path)?;
+    let actual = builder.schema();
+    for want in expected.fields() {
+        let Some((_, have)) = actual.column_with_name(want.name()) else {
+            return Err(bad(path, format!("missing column `{}`", want.name())));
+        };
+        if have.data_type() != want.data_type() || (have.is_nullable() && !want.is_nullable()) {
+            return Err(bad(
+                path,
+                format!(
+                    "column `{}` is {}{}, expected {}{}",
+                    want.name(),
+                    have.data_type(),
+                    if have.is_nullable() {
+                        " (nullable)"
+                    } else {
+                        ""
+                    },
+                    want.data_type(),
+                    if want.is_nullable() {
+                        " (nullable)"
+                    } else {
+                        ""
+                    },
+                ),
+            ));
+        }
+    }
+    let batches = builder.build()?.collect::<Result<Vec<_>, _>>()?;
+    Ok(batches)
+}
+
+/// Typed access to the columns of one batch, naming the column in errors.
+struct Columns<'a> {
+    batch: &'a RecordBatch,
+    path: &'a Path,
+}
+
+impl<'a> Columns<'a> {
+    fn get<T: Array + 'static>(&self, name: &str) -> Result<&'a T, ControllerError> {
+        let column = self
+            .batch
+            .column_by_name(name)
+            .ok_or_else(|| bad(self.path, format!("missing column `{name}`")))?;
+        column.as_any().downcast_ref::<T>().ok_or_else(|| {
+            bad(
+                self.path,
+                format!("column `{name}` has unexpected type {}", column.data_type()),
+            )
+        })
+    }
+}
+
+fn opt<T: ArrowPrimitiveType>(array: &PrimitiveArray<T>, i: usize) -> Option<T::Native> {
+    array.is_valid(i).then(|| array.value(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::summary::summarize;
+    use fleetbench_proto::record::tpot;
+
+    const T0: i64 = 1_700_000_000_000_000;
+
+    fn meta(point_index: u32) -> PointMeta {
+        PointMeta {
+            sweep_id: "sw-20260101-abc".into(),
+            point_id: format!("p-{point_index:04}"),
+            point_index,
+            attempt: 2,
+            model: "meta-llama/Llama-3.2-1B".into(),
+            gpus: 2,
+            host: "gpu-host-1".into(),
+            agent: "agent-a".into(),
+            batch_size: 3,
+            input_tokens: 128,
+            output_tokens: 16,
+            state: "done".into(),
+            error: String::new(),
+            endpoint: "chat".into(),
+            started_unix_us: T0 - 2_000_000,
+            finished_unix_us: T0 + 5_000_000,
+        }
+    }
+
+    fn records() -> Vec<RequestRecord> {
+        vec![
+            RequestRecord {
+                request_index: 0,
+                wave: 0,
+                send_time_unix_us: T0,
+                ttft_s: Some(0.125),
+                e2el_s: Some(1.625),
+                tpot_s: tpot(0.125, 1.625, 16),
+                itl_s: vec![0.1, 0.2, 0.30000000000000004],
+                input_tokens: Some(128),
+                output_tokens: Some(16),
+                target_input_tokens: 128,
+                target_output_tokens: 16,
+                content_chunks: 4,
+                error_kind: None,
+                error: String::new(),
+                endpoint: "chat".into(),
+                usage_reported: true,
+            },
+            RequestRecord {
+                request_index: 1,
+                wave: 0,
+                send_time_unix_us: T0 + 17,
+                ttft_s: Some(0.25),
+                e2el_s: Some(0.25),
+                tpot_s: None,
+                itl_s: vec![],
+                input_tokens: None,
+                output_tokens: Some(1),
+                target_input_tokens: 128,
+                target_output_tokens: 16,
+                content_chunks: 1,
+                error_kind: None,
+                error: String::new(),
+                endpoint: "completions".into(),
+                usage_reported: false,
+            },
+            RequestRecord {
+                request_index: 2,
+                wave: 1,
+                send_time_unix_us: T0 + 1_000_000,
+                ttft_s: None,
+                e2el_s: None,
+                tpot_s: None,
+                itl_s: vec![],
+                input_tokens: None,
+                output_tokens: None,
+                target_input_tokens: 128,
+                target_output_tokens: 16,
+                content_chunks: 0,
+                error_kind: Some(ErrorKind::HttpStatus),
+                error: "HTTP 500: boom".into(),
+                endpoint: "chat".into(),
+                usage_reported: false,
+            },
+        ]
+    }
+
+    fn metadata() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("sweep_id".to_owned(), "sw-20260101-abc".to_owned()),
+            ("engine_args".to_owned(), "--max-num-seqs 256".to_owned()),
+            ("fleetbench_version".to_owned(), "0.1.0".to_owned()),
+        ])
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn partition_dir_is_hive_style() {
+        assert_eq!(
+            partition_dir(Path::new("/r"), "meta-llama/Llama-3.2-1B", 4),
+            PathBuf::from("/r/model=meta-llama--Llama-3.2-1B/gpus=4")
+        );
+    }
+
+    #[test]
+    fn partition_round_trips_exactly() {
+        let root = tempfile::tempdir().unwrap();
+        let recs = records();
+        let done = summarize(meta(0), &recs);
+        let mut failed_meta = meta(1);
+        failed_meta.state = "failed".into();
+        failed_meta.error = "engine OOM-killed".into();
+        failed_meta.attempt = 1;
+        let failed = summarize(failed_meta, &[]);
+        let points: Vec<(PointSummary, &[RequestRecord])> =
+            vec![(done.clone(), recs.as_slice()), (failed.clone(), &[][..])];
+
+        let files = write_partition(
+            root.path(),
+            "sw-20260101-abc",
+            "meta-llama/Llama-3.2-1B",
+            2,
+            &points,
+            &metadata(),
+        )
+        .unwrap();
+
+        let dir = root.path().join("model=meta-llama--Llama-3.2-1B/gpus=2");
+        assert_eq!(
+            files,
+            PartitionFiles {
+                requests: dir.join("sw-20260101-abc.requests.parquet"),
+                points: dir.join("sw-20260101-abc.points.parquet"),
+            }
+        );
+        assert_eq!(
+            files_in(&dir),
+            [
+                "sw-20260101-abc.points.parquet",
+                "sw-20260101-abc.requests.parquet"
+            ]
+        );
+
+        let summaries = read_point_summaries(&files.points).unwrap();
+        assert_eq!(summaries, vec![done, failed]);
+        // the failed point really carries None percentiles
+        assert_eq!(summaries[1].ttft_s, Percentiles::default());
+
+        let read = read_requests(&files.requests).unwrap();
+        let expected: Vec<(String, u32, RequestRecord)> = recs
+            .iter()
+            .map(|r| ("p-0000".to_owned(), 2, r.clone()))
+            .collect();
+        assert_eq!(read, expected);
+
+        assert_eq!(read_metadata(&files.points).unwrap(), metadata());
+        assert_eq!(read_metadata(&files.requests).unwrap(), metadata());
+    }
+
+    #[test]
+    fn columns_avoid_partition_keys_and_use_utc_micros() {
+        let root = tempfile::tempdir().unwrap();
+        let recs = records();
+        let points = vec![(summarize(meta(0), &recs), recs.as_slice())];
+        let files = write_partition(
+            root.path(),
+            "sw-20260101-abc",
+            "meta-llama/Llama-3.2-1B",
+            2,
+            &points,
+            &metadata(),
+        )
+        .unwrap();
+        for path in [&files.points, &files.requests] {
+            let builder = open(path).unwrap();
+            let schema = builder.schema();
+            assert!(schema.field_with_name("model").is_err());
+            assert!(schema.field_with_name("gpus").is_err());
+            assert!(schema.field_with_name("model_name").is_ok());
+            assert!(schema.field_with_name("gpu_count").is_ok());
+            let column = builder.metadata().row_group(0).column(0);
+            assert!(matches!(column.compression(), Compression::ZSTD(_)));
+        }
+        let builder = open(&files.requests).unwrap();
+        assert_eq!(
+            builder
+                .schema()
+                .field_with_name("send_time")
+                .unwrap()
+                .data_type(),
+            &timestamp_type()
+        );
+    }
+
+    #[test]
+    fn rewriting_a_partition_replaces_it() {
+        let root = tempfile::tempdir().unwrap();
+        let recs = records();
+        let model = "meta-llama/Llama-3.2-1B";
+        let first = vec![(summarize(meta(0), &recs), recs.as_slice())];
+        write_partition(
+            root.path(),
+            "sw-20260101-abc",
+            model,
+            2,
+            &first,
+            &metadata(),
+        )
+        .unwrap();
+        let second = vec![(summarize(meta(5), &recs[..1]), &recs[..1])];
+        let files = write_partition(
+            root.path(),
+            "sw-20260101-abc",
+            model,
+            2,
+            &second,
+            &metadata(),
+        )
+        .unwrap();
+        assert_eq!(read_requests(&files.requests).unwrap().len(), 1);
+        let summaries = read_point_summaries(&files.points).unwrap();
+        assert_eq!(summaries.len(), 1);
+        assert_eq!(summaries[0].meta.point_index, 5);
+        assert_eq!(files_in(&partition_dir(root.path(), model, 2)).len(), 2);
+    }
+
+    #[test]
+    fn points_of_another_partition_are_rejected() {
+        let root = tempfile::tempdir().unwrap();
+        let points = vec![(summarize(meta(0), &[]), &[][..])];
+        let err = write_partition(
+            root.path(),
+            "sw-20260101-abc",
+            "other/model",
+            2,
+            &points,
+            &metadata(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ControllerError::BadResults { .. }), "{err}");
+        let err = write_partition(
+            root.path(),
+            "../escape",
+            "meta-llama/Llama-3.2-1B",
+            2,
+            &points,
+            &metadata(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ControllerError::BadResults { .. }), "{err}");
+        assert!(fs::read_dir(root.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn wrong_schema_names_the_missing_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.points.parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "sweep_id",
+            DataType::Utf8,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec!["sw"])) as ArrayRef],
+        )
+        .unwrap();
+        let mut writer = ArrowWriter::try_new(File::create(&path).unwrap(), schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+
+        match read_point_summaries(&path).unwrap_err() {
+            ControllerError::BadResults { path: p, reason } => {
+                assert_eq!(p, path);
+                assert!(reason.contains("`point_id`"), "{reason}");
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        match read_requests(&path).unwrap_err() {
+            ControllerError::BadResults { reason, .. } => {
+                assert!(reason.contains("missing column `point_id`"), "{reason}")
+            }
+            other => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn wrong_column_type_is_bad_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.requests.parquet");
+        let mut fields: Vec<Field> = requests_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields[2] = Field::new("point_index", DataType::Utf8, false);
+        let schema = Arc::new(Schema::new(fields));
+        let writer = ArrowWriter::try_new(File::create(&path).unwrap(), schema, None).unwrap();
+        writer.close().unwrap();
+        match read_requests(&path).unwrap_err() {
+            ControllerError::BadResults { reason, .. } => {
+                assert!(reason.contains("`point_index`"), "{reason}")
+            }
+            other => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn finds_points_files_recursively_and_by_sweep() {
+        let root = tempfile::tempdir().unwrap();
+        let recs = records();
+        let mut other = meta(0);
+        other.sweep_id = "sw-2".into();
+        other.gpus = 1;
+        let a = write_partition(
+            root.path(),
+            "sw-20260101-abc",
+            "meta-llama/Llama-3.2-1B",
+            2,
+            &[(summarize(meta(0), &recs), recs.as_slice())],
+            &metadata(),
+        )
+        .unwrap();
+        let b = write_partition(
+            root.path(),
+            "sw-2",
+            "meta-llama/Llama-3.2-1B",
+            1,
+            &[(summarize(other, &recs), recs.as_slice())],
+            &metadata(),
+        )
+        .unwrap();
+        fs::write(a.points.with_extension("parquet.tmp-1"), b"partial").unwrap();
+
+        let mut all = vec![a.points.clone(), b.points.clone()];
+        all.sort();
+        assert_eq!(find_result_files(root.path(), None).unwrap(), all);
+        assert_eq!(
+            find_result_files(root.path(), Some("sw-2")).unwrap(),
+            vec![b.points]
+        );
+        assert_eq!(
+            find_result_files(root.path(), Some("nope")).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+        assert_eq!(
+            find_result_files(&root.path().join("missing"), None).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+    }
+}

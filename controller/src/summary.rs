@@ -1,0 +1,420 @@
+//! Per-point summaries: the numbers a sweep reports for one load level, computed from the
+//! point's request records with vLLM `benchmark_serving`'s definitions.
+//!
+//! - `completed`: records that succeeded; `failed`: all other records (counted, never dropped).
+//! - `duration_s`: first send (earliest `send_time_unix_us` of any record) → last completion
+//!   (latest `send_time_unix_us + e2el_s` of any record that has an E2EL); 0 when nothing
+//!   completed.
+//! - `request_throughput` = completed / duration; `output_throughput` = Σ output tokens of the
+//!   completed requests / duration; `total_token_throughput` = Σ (input + output tokens) of the
+//!   completed requests / duration. All three are 0 when the duration is 0.
+//! - Latency distributions cover completed requests only: TTFT, E2EL and per-request output
+//!   speed (output tokens / E2EL) over those that have them, TPOT over those with more than
+//!   one output token, ITL pooled over every completed request's inter-chunk gaps.
+
+use fleetbench_proto::pb;
+use fleetbench_proto::record::RequestRecord;
+
+/// What the controller knows about a finished point attempt, besides its records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointMeta {
+    pub sweep_id: String,
+    pub point_id: String,
+    pub point_index: u32,
+    pub attempt: u32,
+    pub model: String,
+    pub gpus: u32,
+    pub host: String,
+    pub agent: String,
+    pub batch_size: u32,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    /// "done" | "failed" | "cancelled"
+    pub state: String,
+    pub error: String,
+    pub endpoint: String,
+    pub started_unix_us: i64,
+    pub finished_unix_us: i64,
+}
+
+/// Mean and percentiles of one metric; all `None` when there were no values.
+///
+/// Percentiles are exact and use numpy's default linear interpolation (what `np.percentile`
+/// returns in vLLM's `benchmark_serving`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Percentiles {
+    pub mean: Option<f64>,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// The summary of one point attempt (definitions in the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointSummary {
+    pub meta: PointMeta,
+    pub completed: u32,
+    pub failed: u32,
+    pub duration_s: f64,
+    pub request_throughput: f64,
+    pub output_throughput: f64,
+    pub total_token_throughput: f64,
+    /// Per-request output speed: output tokens / E2EL, in tokens per second.
+    pub output_speed: Percentiles,
+    pub ttft_s: Percentiles,
+    pub tpot_s: Percentiles,
+    pub itl_s: Percentiles,
+    pub e2el_s: Percentiles,
+}
+
+/// Summarizes one point attempt from all of its measured records (warm-up excluded upstream).
+///
+/// Input tokens of a request are `usage.prompt_tokens` when the server reported it, else the
+/// exact prompt length the load generator built (`target_input_tokens`); output tokens are
+/// `output_tokens` (0 when unknown).
+pub fn summarize(meta: PointMeta, records: &[RequestRecord]) -> PointSummary {
+    let completed_records = || records.iter().filter(|r| r.success());
+    let completed = saturating_u32(completed_records().count());
+    let failed = saturating_u32(records.len()).saturating_sub(completed);
+
+    let duration_s = if completed == 0 {
+        0.0
+    } else {
+        duration_s(records)
+    };
+    let output_tokens: u64 = completed_records()
+        .map(|r| u64::from(r.output_tokens.unwrap_or(0)))
+        .sum();
+    let input_tokens: u64 = completed_records()
+        .map(|r| u64::from(r.input_tokens.unwrap_or(r.target_input_tokens)))
+        .sum();
+    let per_second = |count: f64| {
+        if duration_s > 0.0 {
+            count / duration_s
+        } else {
+            0.0
+        }
+    };
+
+    let collect = |f: fn(&RequestRecord) -> Option<f64>| -> Vec<f64> {
+        completed_records().filter_map(f).collect()
+    };
+    let itl: Vec<f64> = completed_records()
+        .flat_map(|r| r.itl_s.iter().copied())
+        .collect();
+
+    PointSummary {
+        meta,
+        completed,
+        failed,
+        duration_s,
+        request_throughput: per_second(f64::from(completed)),
+        output_throughput: per_second(output_tokens as f64),
+        total_token_throughput: per_second((input_tokens + output_tokens) as f64),
+        output_speed: percentiles(&collect(RequestRecord::output_speed)),
+        ttft_s: percentiles(&collect(|r| r.ttft_s)),
+        tpot_s: percentiles(&collect(|r| r.tpot_s)),
+        itl_s: percentiles(&itl),
+        e2el_s: percentiles(&collect(|r| r.e2el_s)),
+    }
+}
+
+/// First send → last completion, in seconds (0 when no record has an E2EL).
+///
+/// Computed relative to the first send so that microsecond timestamps (~1.7e15) do not eat
+/// the precision of the second-scale latencies.
+fn duration_s(records: &[RequestRecord]) -> f64 {
+    let Some(first_send) = records.iter().map(|r| r.send_time_unix_us).min() else {
+        return 0.0;
+    };
+    records
+        .iter()
+        .filter_map(|r| {
+            let e2el = r.e2el_s?;
+            let offset_us = r.send_time_unix_us.saturating_sub(first_send);
+            Some(offset_us as f64 / 1e6 + e2el)
+        })
+        .fold(0.0, f64::max)
+}
+
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Mean, p50, p90 and p99 of `values`, ignoring NaNs; all `None` when nothing is left.
+///
+/// Percentiles are exact, with numpy's default (`linear`) method: for quantile q over the n
+/// sorted values, index h = (n − 1)·q, result = v[⌊h⌋] + (h − ⌊h⌋)·(v[⌊h⌋+1] − v[⌊h⌋]),
+/// evaluated the way numpy's `_lerp` does so results match `np.percentile` bit for bit.
+pub fn percentiles(values: &[f64]) -> Percentiles {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+    if sorted.is_empty() {
+        return Percentiles::default();
+    }
+    // Summed in the given order (before sorting), as `np.mean` does for short inputs.
+    let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
+    sorted.sort_by(f64::total_cmp);
+    Percentiles {
+        mean: Some(mean),
+        p50: Some(quantile_of_sorted(&sorted, 50.0 / 100.0)),
+        p90: Some(quantile_of_sorted(&sorted, 90.0 / 100.0)),
+        p99: Some(quantile_of_sorted(&sorted, 99.0 / 100.0)),
+    }
+}
+
+/// Linear-interpolated quantile `q` (0..=1) of a non-empty ascending slice.
+fn quantile_of_sorted(sorted: &[f64], q: f64) -> f64 {
+    let last = sorted.len().saturating_sub(1);
+    let h = last as f64 * q;
+    let below = h.floor();
+    let gamma = h - below;
+    let lo = (below as usize).min(last);
+    let hi = (lo + 1).min(last);
+    let (a, b) = (sorted[lo], sorted[hi]);
+    // numpy's `_lerp`: interpolate from the nearer end to keep monotonicity and exactness.
+    let diff = b - a;
+    if gamma >= 0.5 {
+        b - diff * (1.0 - gamma)
+    } else {
+        a + diff * gamma
+    }
+}
+
+fn to_pb_percentiles(p: Percentiles) -> pb::Percentiles {
+    pb::Percentiles {
+        mean: p.mean,
+        p50: p.p50,
+        p90: p.p90,
+        p99: p.p99,
+    }
+}
+
+impl From<&PointSummary> for pb::PointSummary {
+    fn from(s: &PointSummary) -> Self {
+        let m = &s.meta;
+        pb::PointSummary {
+            sweep_id: m.sweep_id.clone(),
+            point_id: m.point_id.clone(),
+            point_index: m.point_index,
+            model: m.model.clone(),
+            gpus: m.gpus,
+            host: m.host.clone(),
+            agent: m.agent.clone(),
+            batch_size: m.batch_size,
+            input_tokens: m.input_tokens,
+            output_tokens: m.output_tokens,
+            completed: s.completed,
+            failed: s.failed,
+            duration_s: s.duration_s,
+            request_throughput: s.request_throughput,
+            output_throughput: s.output_throughput,
+            total_token_throughput: s.total_token_throughput,
+            per_request_output_speed_mean: s.output_speed.mean,
+            ttft_s: Some(to_pb_percentiles(s.ttft_s)),
+            tpot_s: Some(to_pb_percentiles(s.tpot_s)),
+            itl_s: Some(to_pb_percentiles(s.itl_s)),
+            e2el_s: Some(to_pb_percentiles(s.e2el_s)),
+            state: m.state.clone(),
+            error: m.error.clone(),
+            endpoint: m.endpoint.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetbench_proto::record::{ErrorKind, tpot};
+
+    const T0: i64 = 1_700_000_000_000_000;
+
+    fn meta() -> PointMeta {
+        PointMeta {
+            sweep_id: "sw-1".into(),
+            point_id: "p-0003".into(),
+            point_index: 3,
+            attempt: 1,
+            model: "meta-llama/Llama-3.2-1B".into(),
+            gpus: 2,
+            host: "gpu-host-1".into(),
+            agent: "agent-a".into(),
+            batch_size: 4,
+            input_tokens: 100,
+            output_tokens: 21,
+            state: "done".into(),
+            error: String::new(),
+            endpoint: "chat".into(),
+            started_unix_us: T0 - 1_000_000,
+            finished_unix_us: T0 + 3_000_000,
+        }
+    }
+
+    fn ok(send_offset_us: i64, ttft: f64, e2el: f64, output: u32, itl: &[f64]) -> RequestRecord {
+        RequestRecord {
+            send_time_unix_us: T0 + send_offset_us,
+            ttft_s: Some(ttft),
+            e2el_s: Some(e2el),
+            tpot_s: tpot(ttft, e2el, output),
+            itl_s: itl.to_vec(),
+            input_tokens: Some(100),
+            output_tokens: Some(output),
+            target_input_tokens: 100,
+            target_output_tokens: output,
+            content_chunks: output,
+            endpoint: "chat".into(),
+            usage_reported: true,
+            ..RequestRecord::default()
+        }
+    }
+
+    fn failed(send_offset_us: i64) -> RequestRecord {
+        RequestRecord {
+            send_time_unix_us: T0 + send_offset_us,
+            // A failed request may have partial timings; they must not reach the stats.
+            ttft_s: Some(0.05),
+            e2el_s: None,
+            itl_s: vec![0.05],
+            output_tokens: Some(3),
+            input_tokens: Some(100),
+            target_input_tokens: 100,
+            error_kind: Some(ErrorKind::Truncated),
+            error: "stream ended early".into(),
+            endpoint: "chat".into(),
+            ..RequestRecord::default()
+        }
+    }
+
+    fn assert_close(actual: f64, expected: f64) {
+        assert!(
+            (actual - expected).abs() <= 1e-12 * expected.abs().max(1.0),
+            "{actual} != {expected}"
+        );
+    }
+
+    #[test]
+    fn percentiles_match_numpy_linear() {
+        // numpy 2.4.6: np.percentile([0.1, 0.2, 0.4, 0.8], 99) == 0.7879999999999999
+        let p = percentiles(&[0.8, 0.1, 0.4, 0.2]);
+        assert_eq!(p.p99, Some(0.7879999999999999));
+        // numpy: np.percentile([3, 1, 4, 1, 5, 9, 2, 6], [50, 90, 99])
+        //   == [3.5, 6.8999999999999995, 8.79]
+        let p = percentiles(&[3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]);
+        assert_eq!(p.p50, Some(3.5));
+        assert_eq!(p.p90, Some(6.8999999999999995));
+        assert_eq!(p.p99, Some(8.79));
+        assert_eq!(p.mean, Some(31.0 / 8.0));
+    }
+
+    #[test]
+    fn percentiles_of_nothing_are_none_and_nans_are_ignored() {
+        assert_eq!(percentiles(&[]), Percentiles::default());
+        assert_eq!(percentiles(&[f64::NAN]), Percentiles::default());
+        let p = percentiles(&[f64::NAN, 2.0, f64::NAN]);
+        assert_eq!(
+            p,
+            Percentiles {
+                mean: Some(2.0),
+                p50: Some(2.0),
+                p90: Some(2.0),
+                p99: Some(2.0)
+            }
+        );
+    }
+
+    #[test]
+    fn summary_counts_failures_but_keeps_them_out_of_latency_stats() {
+        let records = [
+            // 11 tokens in 1.1 s: TPOT (1.1 − 0.1) / 10 = 0.1
+            ok(0, 0.1, 1.1, 11, &[0.1, 0.3]),
+            // sent at +0.5 s, done at +2.7 s (the last completion)
+            ok(500_000, 0.2, 2.2, 21, &[0.2]),
+            // one output token: no TPOT
+            ok(1_000_000, 0.4, 0.4, 1, &[]),
+            // sent first, at −0.5 s: starts the duration although it failed
+            failed(-500_000),
+        ];
+        let s = summarize(meta(), &records);
+        assert_eq!(s.meta, meta());
+        assert_eq!((s.completed, s.failed), (3, 1));
+        // −0.5 s → +2.7 s
+        assert_close(s.duration_s, 3.2);
+        assert_close(s.request_throughput, 3.0 / 3.2);
+        // 11 + 21 + 1 = 33 output tokens; 3 × 100 input tokens
+        assert_close(s.output_throughput, 33.0 / 3.2);
+        assert_close(s.total_token_throughput, 333.0 / 3.2);
+
+        // TTFT [0.1, 0.2, 0.4]; numpy: percentile(.., [50, 90, 99]) == [0.2,
+        // 0.36000000000000004, 0.396], mean 0.23333333333333336. The failed 0.05 is excluded.
+        assert_eq!(
+            s.ttft_s,
+            Percentiles {
+                mean: Some(0.23333333333333336),
+                p50: Some(0.2),
+                p90: Some(0.36000000000000004),
+                p99: Some(0.396)
+            }
+        );
+        // E2EL sorted [0.4, 1.1, 2.2]
+        assert_close(s.e2el_s.mean.unwrap(), 3.7 / 3.0);
+        assert_eq!(s.e2el_s.p50, Some(1.1));
+        // p90: h = 1.8 → 2.2 − 1.1 × 0.2 = 1.98
+        assert_close(s.e2el_s.p90.unwrap(), 1.98);
+        // TPOT only from the two multi-token requests, both 0.1
+        assert_close(s.tpot_s.mean.unwrap(), 0.1);
+        assert_close(s.tpot_s.p99.unwrap(), 0.1);
+        // ITL pooled [0.1, 0.3, 0.2] (the failed request's 0.05 excluded)
+        assert_close(s.itl_s.mean.unwrap(), 0.2);
+        assert_eq!(s.itl_s.p50, Some(0.2));
+        // output speed: 11/1.1 = 10, 21/2.2 = 9.5454…, 1/0.4 = 2.5
+        assert_close(s.output_speed.p50.unwrap(), 21.0 / 2.2);
+        assert_close(
+            s.output_speed.mean.unwrap(),
+            (10.0 + 21.0 / 2.2 + 2.5) / 3.0,
+        );
+    }
+
+    #[test]
+    fn all_failed_point_has_zero_throughput_and_no_latencies() {
+        let s = summarize(meta(), &[failed(0), failed(1_000)]);
+        assert_eq!((s.completed, s.failed), (0, 2));
+        assert_eq!(s.duration_s, 0.0);
+        assert_eq!(s.request_throughput, 0.0);
+        assert_eq!(s.output_throughput, 0.0);
+        assert_eq!(s.total_token_throughput, 0.0);
+        for p in [s.output_speed, s.ttft_s, s.tpot_s, s.itl_s, s.e2el_s] {
+            assert_eq!(p, Percentiles::default());
+        }
+    }
+
+    #[test]
+    fn empty_point_summarizes_to_zeros() {
+        let s = summarize(meta(), &[]);
+        assert_eq!((s.completed, s.failed, s.duration_s), (0, 0, 0.0));
+        assert_eq!(s.ttft_s, Percentiles::default());
+    }
+
+    #[test]
+    fn missing_prompt_usage_falls_back_to_the_exact_target() {
+        let mut r = ok(0, 0.5, 1.0, 10, &[]);
+        r.input_tokens = None;
+        r.target_input_tokens = 90;
+        let s = summarize(meta(), &[r]);
+        assert_close(s.total_token_throughput, 100.0);
+    }
+
+    #[test]
+    fn wire_summary_carries_meta_and_output_speed_mean() {
+        let s = summarize(meta(), &[ok(0, 0.1, 1.1, 11, &[0.1])]);
+        let wire = pb::PointSummary::from(&s);
+        assert_eq!(wire.state, "done");
+        assert_eq!(wire.endpoint, "chat");
+        assert_eq!(wire.host, "gpu-host-1");
+        assert_eq!(wire.agent, "agent-a");
+        assert_eq!(wire.model, "meta-llama/Llama-3.2-1B");
+        assert_eq!((wire.gpus, wire.completed, wire.failed), (2, 1, 0));
+        assert_eq!(wire.per_request_output_speed_mean, s.output_speed.mean);
+        assert_eq!(wire.ttft_s.and_then(|p| p.p50), Some(0.1));
+        let empty = pb::PointSummary::from(&summarize(meta(), &[]));
+        assert_eq!(empty.tpot_s.and_then(|p| p.mean), None);
+    }
+}

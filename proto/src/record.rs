@@ -123,7 +123,10 @@ impl From<&RequestRecord> for pb::RequestRecord {
             target_output_tokens: r.target_output_tokens,
             content_chunks: r.content_chunks,
             success: r.success(),
-            error_kind: r.error_kind.map(|k| k.as_str().to_string()).unwrap_or_default(),
+            error_kind: r
+                .error_kind
+                .map(|k| k.as_str().to_string())
+                .unwrap_or_default(),
             error: r.error.clone(),
             endpoint: r.endpoint.clone(),
             usage_reported: r.usage_reported,
@@ -138,10 +141,12 @@ impl TryFrom<pb::RequestRecord> for RequestRecord {
         let error_kind = if r.success {
             None
         } else {
-            Some(ErrorKind::parse(&r.error_kind).ok_or_else(|| crate::ProtoError::InvalidField {
-                message: "RequestRecord",
-                field: "error_kind",
-                reason: format!("unknown error kind {:?} on a failed request", r.error_kind),
+            Some(ErrorKind::parse(&r.error_kind).ok_or_else(|| {
+                crate::ProtoError::InvalidField {
+                    message: "RequestRecord",
+                    field: "error_kind",
+                    reason: format!("unknown error kind {:?} on a failed request", r.error_kind),
+                }
             })?)
         };
         Ok(RequestRecord {

@@ -247,7 +247,11 @@ pub struct PlacementSection {
 
 impl PlacementSection {
     /// Whether an agent with this name and labels may run the sweep.
-    pub fn matches(&self, agent_name: &str, labels: &std::collections::HashMap<String, String>) -> bool {
+    pub fn matches(
+        &self,
+        agent_name: &str,
+        labels: &std::collections::HashMap<String, String>,
+    ) -> bool {
         let name_ok = self.agents.is_empty() || self.agents.iter().any(|a| a == agent_name);
         let labels_ok = self
             .labels
@@ -299,12 +303,21 @@ impl SweepSpec {
         let e = &self.engine;
         match (e.runtime, &e.url) {
             (Runtime::External, None) => {
-                return err(0..0, "engine.url", "runtime \"external\" needs `url`".into());
+                return err(
+                    0..0,
+                    "engine.url",
+                    "runtime \"external\" needs `url`".into(),
+                );
             }
             (Runtime::External, Some(url))
-                if !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://")) =>
+                if !(url.get_ref().starts_with("http://")
+                    || url.get_ref().starts_with("https://")) =>
             {
-                return err(url.span(), "engine.url", "must start with http:// or https://".into());
+                return err(
+                    url.span(),
+                    "engine.url",
+                    "must start with http:// or https://".into(),
+                );
             }
             (Runtime::Process, Some(url)) => {
                 return err(
@@ -335,11 +348,19 @@ impl SweepSpec {
             }
         }
         if self.matrix.gpus.get_ref().is_empty() {
-            return err(self.matrix.gpus.span(), "matrix.gpus", "must not be empty".into());
+            return err(
+                self.matrix.gpus.span(),
+                "matrix.gpus",
+                "must not be empty".into(),
+            );
         }
         for (i, g) in self.matrix.gpus.get_ref().iter().enumerate() {
             if *g.get_ref() == 0 {
-                return err(g.span(), &format!("matrix.gpus[{i}]"), "GPU count must be at least 1".into());
+                return err(
+                    g.span(),
+                    &format!("matrix.gpus[{i}]"),
+                    "GPU count must be at least 1".into(),
+                );
             }
         }
         match self.matrix.batch_sizes.get_ref() {
@@ -388,16 +409,28 @@ impl SweepSpec {
             },
         }
         if self.matrix.workloads.get_ref().is_empty() {
-            return err(self.matrix.workloads.span(), "matrix.workloads", "must not be empty".into());
+            return err(
+                self.matrix.workloads.span(),
+                "matrix.workloads",
+                "must not be empty".into(),
+            );
         }
         let max_len = *e.max_model_len.get_ref();
         for (i, w) in self.matrix.workloads.get_ref().iter().enumerate() {
             let wl = w.get_ref();
             if wl.input == 0 {
-                return err(w.span(), &format!("matrix.workloads[{i}].input"), "must be at least 1 token".into());
+                return err(
+                    w.span(),
+                    &format!("matrix.workloads[{i}].input"),
+                    "must be at least 1 token".into(),
+                );
             }
             if wl.output == 0 {
-                return err(w.span(), &format!("matrix.workloads[{i}].output"), "must be at least 1 token".into());
+                return err(
+                    w.span(),
+                    &format!("matrix.workloads[{i}].output"),
+                    "must be at least 1 token".into(),
+                );
             }
             if u64::from(wl.input) + u64::from(wl.output) > u64::from(max_len) {
                 return err(
@@ -411,10 +444,18 @@ impl SweepSpec {
             }
         }
         if *self.load.timeout_s.get_ref() == 0 {
-            return err(self.load.timeout_s.span(), "load.timeout_s", "must be at least 1".into());
+            return err(
+                self.load.timeout_s.span(),
+                "load.timeout_s",
+                "must be at least 1".into(),
+            );
         }
         if *self.load.waves.get_ref() == 0 {
-            return err(self.load.waves.span(), "load.waves", "must be at least 1".into());
+            return err(
+                self.load.waves.span(),
+                "load.waves",
+                "must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -424,7 +465,11 @@ impl SweepSpec {
         match self.matrix.batch_sizes.get_ref() {
             BatchSizes::List(list) => list.iter().map(|b| *b.get_ref()).collect(),
             BatchSizes::PowersOf2 => {
-                let max = self.matrix.max_batch_size.as_ref().map_or(1, |m| *m.get_ref());
+                let max = self
+                    .matrix
+                    .max_batch_size
+                    .as_ref()
+                    .map_or(1, |m| *m.get_ref());
                 std::iter::successors(Some(1u32), |b| b.checked_mul(2))
                     .take_while(|b| *b <= max)
                     .collect()
@@ -482,7 +527,11 @@ impl SweepSpec {
             enforce_eager: e.enforce_eager,
             enable_prefix_caching: e.prefix_caching,
             extra_args: e.extra_args.clone(),
-            external_url: e.url.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default(),
+            external_url: e
+                .url
+                .as_ref()
+                .map(|u| u.get_ref().clone())
+                .unwrap_or_default(),
             startup_timeout_s: *e.startup_timeout_s.get_ref(),
         }
     }
@@ -551,7 +600,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |p| p + 1);
     let column = text
         .get(line_start..offset)
         .map_or(1, |s| s.chars().count() + 1);
@@ -607,7 +659,8 @@ fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
     let s = text.get(span.clone())?.trim();
     let rest = text.get(span.end..)?.trim_start();
     let is_key = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && rest.starts_with('=');
     is_key.then(|| s.to_string())
 }
@@ -648,7 +701,13 @@ timeout_s = 600
         assert!(points[..8].iter().all(|p| p.gpus == 1));
         assert!(points[8..].iter().all(|p| p.gpus == 2));
         assert_eq!(points[3].batch_size, 8);
-        assert_eq!(points[4].workload, WorkloadEntry { input: 128, output: 128 });
+        assert_eq!(
+            points[4].workload,
+            WorkloadEntry {
+                input: 128,
+                output: 128
+            }
+        );
         assert_eq!(spec.load.endpoint, Endpoint::Auto);
         let flags = vllm_flags(&spec.engine_wire(), 2);
         let joined = flags.join(" ");
@@ -675,16 +734,26 @@ timeout_s = 600
         let err = SweepSpec::parse(&bad, "bad.toml").unwrap_err();
         assert_eq!(err.field, "matrix.batch_sizes[1]", "{err}");
         assert_eq!((err.line, err.column), (14, 19), "{err}");
-        assert!(err.to_string().starts_with("bad.toml:14:19: field `matrix.batch_sizes[1]`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("bad.toml:14:19: field `matrix.batch_sizes[1]`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn output_above_max_model_len_is_rejected() {
-        let bad = GOOD.replace("{ input = 128, output = 128 }", "{ input = 128, output = 4000 }");
+        let bad = GOOD.replace(
+            "{ input = 128, output = 128 }",
+            "{ input = 128, output = 4000 }",
+        );
         let err = SweepSpec::parse(&bad, "bad.toml").unwrap_err();
         assert_eq!(err.field, "matrix.workloads[1].output", "{err}");
         assert_eq!(err.line, 16, "{err}");
-        assert!(err.message.contains("exceed engine.max_model_len 4096"), "{err}");
+        assert!(
+            err.message.contains("exceed engine.max_model_len 4096"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -709,7 +778,10 @@ timeout_s = 600
 
     #[test]
     fn model_slug_is_a_safe_partition_value() {
-        assert_eq!(model_slug("meta-llama/Llama-3.2-1B"), "meta-llama--Llama-3.2-1B");
+        assert_eq!(
+            model_slug("meta-llama/Llama-3.2-1B"),
+            "meta-llama--Llama-3.2-1B"
+        );
         assert_eq!(model_slug("/models/x y=z"), "models--x_y_z");
     }
 

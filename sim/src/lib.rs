@@ -1,1 +1,141 @@
+//! `vllm-sim`: a stand-in for a vLLM 0.32 OpenAI-compatible server.
+//!
+//! It accepts `vllm serve`'s flags, serves vLLM's endpoints with vLLM's JSON and SSE shapes,
+//! reports vLLM's Prometheus metric names, logs vLLM's start-up lines ("Application startup
+//! complete." once the listener accepts), and produces tokens on a deterministic
+//! continuous-batching timeline (see [`scheduler`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), fleetbench_sim::SimError> {
+//! use fleetbench_sim::{SimConfig, run};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! run(SimConfig::new("smol"), listener, CancellationToken::new()).await
+//! # }
+//! ```
 
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod protocol;
+pub mod scheduler;
+pub mod stream;
+pub mod tokenizer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use crate::cli::{Args, ServeOptions};
+pub use crate::config::{EngineConfig, SimConfig, TimingModel, VLLM_VERSION};
+pub use crate::error::SimError;
+
+/// Interval of the "Engine 000: Avg prompt throughput ..." log lines (vLLM's 10 s).
+pub const LOG_STATS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Serves `config` on an already bound `listener` until `shutdown` is cancelled, then stops the
+/// engine (open streams end), drains connections and returns.
+pub async fn run(
+    config: SimConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), SimError> {
+    config.validate()?;
+    let addr = listener.local_addr()?;
+    tracing::info!("Using max model len {}", config.max_model_len);
+    let engine_config = &config.engine;
+    tracing::info!(
+        "KV cache size: {} tokens, Maximum concurrency for {} tokens per request: {:.2}x",
+        engine_config.kv_cache_tokens,
+        config.max_model_len,
+        engine_config.kv_cache_tokens as f64 / f64::from(config.max_model_len)
+    );
+    tracing::info!("Supported tasks: ['generate']");
+
+    let stats = Arc::new(metrics::EngineStats::new());
+    let tracker = TaskTracker::new();
+    // A child token: the engine stops with `shutdown`, and also when serving fails on its own,
+    // without cancelling the caller's token.
+    let engine_shutdown = shutdown.child_token();
+    let engine = scheduler::spawn_engine(
+        config.engine.clone(),
+        stats.clone(),
+        engine_shutdown.clone(),
+        &tracker,
+    );
+    if config.log_stats {
+        tracker.spawn(metrics::log_stats_loop(
+            stats.clone(),
+            LOG_STATS_INTERVAL,
+            engine_shutdown.clone(),
+        ));
+    }
+    let disable_completions = config.disable_completions;
+    let app = api::router(api::AppState::new(config, engine, stats));
+
+    tracing::info!("Starting vLLM server on http://{addr}");
+    tracing::info!("Available routes are:");
+    for (path, methods) in api::ROUTES {
+        if !(disable_completions && *path == "/v1/completions") {
+            tracing::info!("Route: {path}, Methods: {methods}");
+        }
+    }
+    tracing::info!("Started server process [{}]", std::process::id());
+    tracing::info!("Waiting for application startup.");
+    tracing::info!("Application startup complete.");
+
+    // vLLM (uvicorn on asyncio) sets TCP_NODELAY; without it each small SSE chunk that
+    // follows another waits for a delayed ACK and token timing is distorted by Nagle.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    .into_future();
+    // The engine stops as soon as shutdown starts (child token), so open streams end and the
+    // graceful shutdown of the connections can complete.
+    let result = served.await;
+    tracing::info!("Shutting down");
+    engine_shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("Waiting for application shutdown.");
+    tracing::info!("Application shutdown complete.");
+    result.map_err(SimError::Io)
+}
+
+/// Waits the simulated start-up time, then binds `host:port`. Returns `None` if `shutdown`
+/// fires first.
+pub async fn bind_after_startup(
+    options: &ServeOptions,
+    shutdown: &CancellationToken,
+) -> Result<Option<TcpListener>, SimError> {
+    if !options.startup_delay.is_zero() {
+        tracing::info!(
+            "Simulating engine start-up: {} ms",
+            options.startup_delay.as_millis()
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(options.startup_delay) => {}
+        }
+    }
+    let addr = format!("{}:{}", options.host, options.port);
+    let listener = TcpListener::bind((options.host.as_str(), options.port))
+        .await
+        .map_err(|source| SimError::Bind { addr, source })?;
+    Ok(Some(listener))
+}

@@ -1,1 +1,80 @@
-fn main() {}
+//! `vllm-sim` binary: parse `vllm serve`-style flags, set up logging and signals, run the lib.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use fleetbench_sim::{Args, VLLM_VERSION};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// `EX_USAGE` from sysexits.h.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse_vllm(std::env::args_os()) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(args.log_level()));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_env_filter(filter)
+        .init();
+    tracing::info!("vLLM API server version {VLLM_VERSION}");
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    tracing::info!("args: {}", argv.join(" "));
+    let (config, serve) = match args.into_config() {
+        Ok(parts) => parts,
+        Err(e) => {
+            eprintln!("vllm-sim: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vllm-sim: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let Some(listener) = fleetbench_sim::bind_after_startup(&serve, &shutdown).await? else {
+            return Ok(());
+        };
+        fleetbench_sim::run(config, listener, shutdown)
+            .await
+            .context("vllm-sim stopped with an error")
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT (leaves it alone if signals cannot be watched).
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let result: anyhow::Result<()> = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("received SIGTERM"),
+            r = tokio::signal::ctrl_c() => { r?; tracing::info!("received SIGINT"); }
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => shutdown.cancel(),
+        Err(e) => tracing::error!("cannot listen for signals: {e}"),
+    }
+}

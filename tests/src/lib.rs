@@ -1,1 +1,157 @@
+//! Test harness for fleetbench's end-to-end tests: an in-process controller and agents on
+//! real `127.0.0.1:0` sockets (real gRPC), engines as real `vllm-sim` processes, each test
+//! in its own temporary directory.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleetbench_agent::config::{AgentConfig, GpuConfig};
+use fleetbench_controller::ControllerConfig;
+use fleetbench_proto::pb::control_service_client::ControlServiceClient;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// A workspace binary built by `cargo build --workspace --bins` (the README's test command
+/// builds them first). Panics with instructions when it is missing: a test that needs it
+/// must not silently skip.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: run `cargo build --workspace --bins` before the tests (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+pub struct Cluster {
+    pub addr: String,
+    pub results: PathBuf,
+    pub shutdown: CancellationToken,
+    controller: Option<JoinHandle<Result<(), fleetbench_controller::ControllerError>>>,
+    agents: Vec<JoinHandle<Result<(), fleetbench_agent::AgentError>>>,
+    _tmp: tempfile::TempDir,
+}
+
+/// One agent of a test cluster.
+pub struct AgentSpec {
+    pub name: String,
+    pub gpus: usize,
+    pub labels: Vec<(String, String)>,
+    /// Arguments appended after `vllm-sim serve` (simulator settings).
+    pub sim_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts a controller on 127.0.0.1:0 and the given agents (each starts its own
+    /// `vllm-sim` processes for the points it runs).
+    pub async fn start(agents: Vec<AgentSpec>) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let results = tmp.path().join("results");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let controller = tokio::spawn(fleetbench_controller::run(
+            ControllerConfig {
+                results_dir: results.clone(),
+                agent_grace: Duration::from_secs(30),
+            },
+            listener,
+            shutdown.clone(),
+        ));
+        let sim = workspace_bin("vllm-sim");
+        let handles = agents
+            .into_iter()
+            .map(|a| {
+                let mut vllm_command = vec![sim.display().to_string(), "serve".into()];
+                vllm_command.extend(a.sim_args);
+                let cfg = AgentConfig {
+                    name: a.name.clone(),
+                    host: format!("{}-host", a.name),
+                    controller: addr.clone(),
+                    labels: a.labels.into_iter().collect(),
+                    gpus: (0..a.gpus)
+                        .map(|_| GpuConfig {
+                            vendor: "sim".into(),
+                            model: "vllm-sim".into(),
+                            memory_gib: 24.0,
+                        })
+                        .collect(),
+                    vllm_command,
+                    heartbeat_s: 1,
+                    ..AgentConfig::default()
+                };
+                tokio::spawn(fleetbench_agent::run(cfg, shutdown.clone()))
+            })
+            .collect();
+        Cluster {
+            addr,
+            results,
+            shutdown,
+            controller: Some(controller),
+            agents: handles,
+            _tmp: tmp,
+        }
+    }
+
+    pub async fn client(&self) -> ControlServiceClient<Channel> {
+        for _ in 0..100 {
+            if let Ok(c) = ControlServiceClient::connect(self.addr.clone()).await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("controller at {} never answered", self.addr);
+    }
+
+    /// Waits until `n` agents are connected.
+    pub async fn wait_agents(&self, n: usize) {
+        let mut client = self.client().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let agents = client
+                .list_agents(fleetbench_proto::pb::ListAgentsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .agents;
+            if agents.iter().filter(|a| a.connected).count() >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "agents did not connect: {agents:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops agents (and their engines) and the controller, waiting for both.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        for a in self.agents.drain(..) {
+            a.await.unwrap().unwrap();
+        }
+        if let Some(c) = self.controller.take() {
+            c.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Exact percentile with numpy's default linear interpolation, for checking summaries.
+pub fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = q / 100.0 * (v.len() - 1) as f64;
+    let lo = rank.floor() as usize;
+    let hi = rank.ceil() as usize;
+    v[lo] + (v[hi] - v[lo]) * (rank - lo as f64)
+}

@@ -1,1 +1,70 @@
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use fleetbench_controller::ControllerConfig;
+use tokio_util::sync::CancellationToken;
+
+/// fleetbench controller: receives sweeps, drives agents, writes Parquet results.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Address for agents and controllerctl (gRPC).
+    #[arg(long, env = "FLEETBENCH_LISTEN", default_value = "0.0.0.0:50051")]
+    listen: SocketAddr,
+    /// Root of the Hive-partitioned results tree.
+    #[arg(long, env = "FLEETBENCH_RESULTS", default_value = "results")]
+    results: PathBuf,
+    /// Seconds a disconnected agent keeps its running point before it is re-queued.
+    #[arg(long, default_value_t = 60)]
+    agent_grace_s: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = ControllerConfig {
+        results_dir: args.results,
+        agent_grace: Duration::from_secs(args.agent_grace_s),
+    };
+    // Bind before anything else runs: a taken port is a usage error, reported at once.
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("controller: cannot listen on {}: {e}", args.listen);
+            return std::process::ExitCode::from(64);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+        tracing::info!("signal received; draining");
+        signal.cancel();
+    });
+    match fleetbench_controller::run(config, listener, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("controller: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Runs the controller: both gRPC services and the health service on one listener, the
+//! results writer, and the reaper that re-queues points of lost agents.
+
+use std::time::Duration;
+
+use fleetbench_proto::pb::agent_service_server::AgentServiceServer;
+use fleetbench_proto::pb::control_service_server::ControlServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+/// How long open connections may take to finish after shutdown is requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+use crate::agent_service::AgentServiceImpl;
+use crate::control_service::ControlServiceImpl;
+use crate::error::ControllerError;
+use crate::service::{Controller, ControllerConfig};
+use crate::writer;
+
+/// Serves until `shutdown` is cancelled, then drains: pending partition writes are
+/// flushed before this returns.
+pub async fn run(
+    config: ControllerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ControllerError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ControllerError::io("listener", e))?;
+    let (write_tx, write_rx) = mpsc::channel(256);
+    let ctl = Controller::new(config, write_tx);
+    let tracker = TaskTracker::new();
+    let writer_task = tokio::spawn(
+        writer::run(ctl.clone(), write_rx, shutdown.clone())
+            .instrument(info_span!("results_writer")),
+    );
+
+    let reaper_ctl = ctl.clone();
+    let reaper_stop = shutdown.clone();
+    tracker.spawn(
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = reaper_stop.cancelled() => break,
+                }
+                let grace = reaper_ctl.config.agent_grace;
+                let out = reaper_ctl.state().reap(grace);
+                reaper_ctl.dispatch(out);
+            }
+        }
+        .instrument(info_span!("reaper")),
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AgentServiceServer<AgentServiceImpl>>()
+        .await;
+    health
+        .set_serving::<ControlServiceServer<ControlServiceImpl>>()
+        .await;
+    let agents = AgentServiceImpl {
+        ctl: ctl.clone(),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    };
+    let control = ControlServiceImpl {
+        ctl: ctl.clone(),
+        shutdown: shutdown.clone(),
+    };
+    info!(%addr, results = %ctl.config.results_dir.display(), "controller listening");
+    {
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(15)))
+            .add_service(health_service)
+            .add_service(AgentServiceServer::new(agents))
+            .add_service(ControlServiceServer::new(control))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled());
+        tokio::pin!(server);
+        // Graceful shutdown waits for open connections; an idle client must not hold the
+        // controller up forever, so draining gets a deadline.
+        let drain_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        };
+        tokio::select! {
+            r = &mut server => r?,
+            () = drain_deadline => warn!("connections still open {DRAIN_TIMEOUT:?} after shutdown; closing them"),
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    // The writer flushes what is queued, then stops.
+    let _ = writer_task.await;
+    info!("controller stopped");
+    Ok(())
+}

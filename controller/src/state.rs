@@ -1,0 +1,892 @@
+//! The controller's model of the fleet: sweeps and their points, agents and what they run.
+//!
+//! Everything here is plain data changed under one lock by short, synchronous methods that
+//! return the messages to send afterwards ([`Outgoing`]): no I/O and no `.await` happens
+//! while the state is locked, and the scheduling rules can be unit-tested directly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use fleetbench_proto::pb::{self, controller_message::Msg as CMsg};
+use fleetbench_proto::record::RequestRecord;
+use fleetbench_proto::spec::{PlannedPoint, SweepSpec};
+use fleetbench_proto::unix_millis_now;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::summary::{PointMeta, PointSummary, summarize};
+
+/// Messages to send to agents once the state lock is released: (agent name, message).
+pub type Outgoing = Vec<(String, pb::ControllerMessage)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointState {
+    Pending,
+    Running { agent: String },
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl PointState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PointState::Pending => "pending",
+            PointState::Running { .. } => "running",
+            PointState::Done => "done",
+            PointState::Failed => "failed",
+            PointState::Cancelled => "cancelled",
+        }
+    }
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            PointState::Done | PointState::Failed | PointState::Cancelled
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PointEntry {
+    pub planned: PlannedPoint,
+    pub point_id: String,
+    pub state: PointState,
+    /// Attempt number of the current/last run (0 before the first assignment).
+    pub attempt: u32,
+    /// Record batches of the current attempt, by sequence number (de-duplicated).
+    pub batches: BTreeMap<u64, Vec<RequestRecord>>,
+    pub summary: Option<PointSummary>,
+    pub finished: Option<pb::PointFinished>,
+    pub engine_events: Vec<pb::EngineEvent>,
+    pub agent: String,
+    pub host: String,
+    pub error: String,
+}
+
+impl PointEntry {
+    /// All records of the current attempt in sequence order.
+    pub fn records(&self) -> Vec<RequestRecord> {
+        self.batches.values().flatten().cloned().collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepState {
+    Running,
+    Done,
+    Cancelled,
+}
+
+impl SweepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SweepState::Running => "running",
+            SweepState::Done => "done",
+            SweepState::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Sweep {
+    pub id: String,
+    pub spec: SweepSpec,
+    pub engine: pb::EngineSpec,
+    pub load: pb::LoadSpec,
+    pub points: Vec<PointEntry>,
+    pub state: SweepState,
+    pub submitted_ms: i64,
+    pub finished_ms: i64,
+    pub result_files: BTreeSet<String>,
+    pub agents_used: BTreeSet<String>,
+    /// Partition writes queued but not yet on disk; a finished sweep reports `writing`
+    /// until they are, so a watcher that sees `done` finds every file in place.
+    pub pending_writes: u32,
+    /// Bumped on every change; `watch` streams follow it.
+    pub version: tokio::sync::watch::Sender<u64>,
+}
+
+impl Sweep {
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    pub fn status(&self, with_points: bool) -> pb::SweepStatus {
+        let done = self
+            .points
+            .iter()
+            .filter(|p| p.state == PointState::Done)
+            .count();
+        let failed = self
+            .points
+            .iter()
+            .filter(|p| p.state == PointState::Failed)
+            .count();
+        pb::SweepStatus {
+            sweep_id: self.id.clone(),
+            name: self.spec.name.get_ref().clone(),
+            model: self.spec.model.get_ref().clone(),
+            state: if self.state != SweepState::Running && self.pending_writes > 0 {
+                "writing".into()
+            } else {
+                self.state.as_str().into()
+            },
+            points_total: count(self.points.len()),
+            points_done: count(done),
+            points_failed: count(failed),
+            points: if with_points {
+                self.points.iter().map(point_status).collect()
+            } else {
+                Vec::new()
+            },
+            submitted_unix_ms: self.submitted_ms,
+            finished_unix_ms: self.finished_ms,
+            result_files: self.result_files.iter().cloned().collect(),
+        }
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn point_status(p: &PointEntry) -> pb::PointStatus {
+    pb::PointStatus {
+        point_id: p.point_id.clone(),
+        index: p.planned.index,
+        state: p.state.as_str().into(),
+        agent: p.agent.clone(),
+        gpus: p.planned.gpus,
+        batch_size: p.planned.batch_size,
+        workload: Some(pb::Workload {
+            input_tokens: p.planned.workload.input,
+            output_tokens: p.planned.workload.output,
+        }),
+        error: p.error.clone(),
+        completed: p.summary.as_ref().map_or(0, |s| s.completed),
+        failed: p.summary.as_ref().map_or(0, |s| s.failed),
+        attempt: p.attempt,
+    }
+}
+
+#[derive(Debug)]
+pub struct AgentEntry {
+    pub name: String,
+    pub inventory: pb::Inventory,
+    pub connected: bool,
+    /// Increases with every registration, so a stale session's disconnect is ignored.
+    pub generation: u64,
+    pub disconnected_at: Option<Instant>,
+    pub state: String,
+    pub current_point: Option<(String, usize)>,
+    pub last_seen_ms: i64,
+    /// (sweep id, GPU count) of the engine the agent last ran, to keep engines warm.
+    pub engine: Option<(String, u32)>,
+}
+
+/// Where a point lives: sweep id and index into its points.
+type PointRef = (String, usize);
+
+/// A partition (sweep, GPU count) whose results changed, and who waits for the write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteJob {
+    pub sweep_id: String,
+    pub gpus: u32,
+    /// Point acknowledgements to send once the files are on disk.
+    pub acks: Vec<(String, pb::PointAck)>,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    /// Sweeps in submission order (the order the scheduler serves them).
+    pub sweeps: Vec<Sweep>,
+    pub agents: HashMap<String, AgentEntry>,
+    next_generation: u64,
+}
+
+fn msg(m: CMsg) -> pb::ControllerMessage {
+    pb::ControllerMessage { msg: Some(m) }
+}
+
+impl State {
+    pub fn sweep(&self, id: &str) -> Option<&Sweep> {
+        self.sweeps.iter().find(|s| s.id == id)
+    }
+
+    fn sweep_mut(&mut self, id: &str) -> Option<&mut Sweep> {
+        self.sweeps.iter_mut().find(|s| s.id == id)
+    }
+
+    fn find_point(&self, point_id: &str) -> Option<PointRef> {
+        self.sweeps.iter().find_map(|s| {
+            s.points
+                .iter()
+                .position(|p| p.point_id == point_id)
+                .map(|i| (s.id.clone(), i))
+        })
+    }
+
+    /// Adds a validated sweep; returns the number of points.
+    pub fn add_sweep(&mut self, id: String, spec: SweepSpec) -> usize {
+        let engine = spec.engine_wire();
+        let load = spec.load_wire();
+        let points: Vec<PointEntry> = spec
+            .expand()
+            .into_iter()
+            .map(|planned| PointEntry {
+                point_id: format!("{id}/p{:03}", planned.index),
+                planned,
+                state: PointState::Pending,
+                attempt: 0,
+                batches: BTreeMap::new(),
+                summary: None,
+                finished: None,
+                engine_events: Vec::new(),
+                agent: String::new(),
+                host: String::new(),
+                error: String::new(),
+            })
+            .collect();
+        let n = points.len();
+        let (version, _) = tokio::sync::watch::channel(0);
+        self.sweeps.push(Sweep {
+            id,
+            spec,
+            engine,
+            load,
+            points,
+            state: SweepState::Running,
+            submitted_ms: unix_millis_now(),
+            finished_ms: 0,
+            result_files: BTreeSet::new(),
+            agents_used: BTreeSet::new(),
+            pending_writes: 0,
+            version,
+        });
+        n
+    }
+
+    /// An agent registered (or re-registered after a reconnect). Points this agent was
+    /// running but no longer knows about are re-queued.
+    pub fn register(&mut self, inventory: pb::Inventory, active_points: &[String]) -> u64 {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let name = inventory.agent_name.clone();
+        let running_point_id = self
+            .agents
+            .get(&name)
+            .and_then(|a| a.current_point.clone())
+            .and_then(|(sweep, idx)| {
+                self.sweep(&sweep)
+                    .and_then(|s| s.points.get(idx))
+                    .map(|p| (sweep.clone(), idx, p.point_id.clone()))
+            });
+        let entry = self
+            .agents
+            .entry(name.clone())
+            .or_insert_with(|| AgentEntry {
+                name: name.clone(),
+                inventory: inventory.clone(),
+                connected: false,
+                generation,
+                disconnected_at: None,
+                state: "idle".into(),
+                current_point: None,
+                last_seen_ms: 0,
+                engine: None,
+            });
+        entry.inventory = inventory;
+        entry.connected = true;
+        entry.generation = generation;
+        entry.disconnected_at = None;
+        entry.last_seen_ms = unix_millis_now();
+        let lost = running_point_id
+            .filter(|(_, _, pid)| !active_points.contains(pid))
+            .map(|(sweep, idx, _)| (sweep, idx));
+        if let Some(pref) = lost {
+            warn!(agent = %name, "agent re-registered without its running point; re-queueing it");
+            self.requeue(&pref, "agent restarted during the point");
+        }
+        generation
+    }
+
+    /// The session of `generation` ended. The agent keeps its point for a grace period.
+    pub fn disconnect(&mut self, name: &str, generation: u64) {
+        if let Some(a) = self.agents.get_mut(name) {
+            if a.generation == generation {
+                a.connected = false;
+                a.disconnected_at = Some(Instant::now());
+            }
+        }
+    }
+
+    pub fn heartbeat(&mut self, name: &str, hb: &pb::Heartbeat) {
+        if let Some(a) = self.agents.get_mut(name) {
+            a.last_seen_ms = unix_millis_now();
+            a.state = hb.state.clone();
+        }
+    }
+
+    fn requeue(&mut self, pref: &PointRef, why: &str) {
+        if let Some(agent) = self
+            .sweep(&pref.0)
+            .and_then(|s| s.points.get(pref.1))
+            .and_then(|p| match &p.state {
+                PointState::Running { agent } => Some(agent.clone()),
+                _ => None,
+            })
+        {
+            if let Some(a) = self.agents.get_mut(&agent) {
+                if a.current_point.as_ref() == Some(pref) {
+                    a.current_point = None;
+                }
+            }
+        }
+        if let Some(s) = self.sweep_mut(&pref.0) {
+            if let Some(p) = s.points.get_mut(pref.1) {
+                if !p.state.is_terminal() {
+                    info!(point_id = %p.point_id, why, "point re-queued; partial records of the attempt discarded");
+                    p.state = PointState::Pending;
+                    p.batches.clear();
+                    p.error = why.to_string();
+                }
+            }
+            s.bump();
+        }
+    }
+
+    /// Re-queues the points of agents disconnected for longer than `grace`.
+    pub fn reap(&mut self, grace: Duration) -> Outgoing {
+        let now = Instant::now();
+        let gone: Vec<PointRef> = self
+            .agents
+            .values_mut()
+            .filter(|a| !a.connected && a.disconnected_at.is_some_and(|t| now - t >= grace))
+            .filter_map(|a| a.current_point.take())
+            .collect();
+        for pref in &gone {
+            // current_point was taken above; requeue only resets the point.
+            self.requeue(pref, "agent lost during the point");
+        }
+        if gone.is_empty() {
+            Vec::new()
+        } else {
+            self.schedule()
+        }
+    }
+
+    /// Stores a record batch of a running attempt (duplicates are ignored). Returns the
+    /// acknowledgement to send (stale batches are acknowledged too, so agents drop them).
+    pub fn record_batch(&mut self, agent: &str, batch: pb::RecordBatch) -> pb::ControllerMessage {
+        let ack = msg(CMsg::BatchAck(pb::BatchAck {
+            point_id: batch.point_id.clone(),
+            attempt: batch.attempt,
+            seq: batch.seq,
+        }));
+        let Some((sweep_id, idx)) = self.find_point(&batch.point_id) else {
+            warn!(point_id = %batch.point_id, "record batch for an unknown point");
+            return ack;
+        };
+        let Some(p) = self
+            .sweep_mut(&sweep_id)
+            .and_then(|s| s.points.get_mut(idx))
+        else {
+            return ack;
+        };
+        let current = p.attempt == batch.attempt
+            && matches!(&p.state, PointState::Running { agent: a } if a == agent);
+        if !current {
+            warn!(point_id = %batch.point_id, attempt = batch.attempt, "record batch of a stale attempt ignored");
+            return ack;
+        }
+        if p.batches.contains_key(&batch.seq) {
+            return ack;
+        }
+        let mut records = Vec::with_capacity(batch.records.len());
+        for r in batch.records {
+            match RequestRecord::try_from(r) {
+                Ok(r) => records.push(r),
+                Err(e) => warn!(point_id = %batch.point_id, error = %e, "unreadable record"),
+            }
+        }
+        p.batches.insert(batch.seq, records);
+        ack
+    }
+
+    pub fn engine_event(&mut self, agent: &str, ev: pb::EngineEvent) {
+        info!(agent, sweep_id = %ev.sweep_id, point_id = %ev.point_id, kind = %ev.kind, exit_code = ?ev.exit_code, message = %ev.message, "engine event");
+        if let Some((sweep_id, idx)) = self.find_point(&ev.point_id) {
+            if let Some(s) = self.sweep_mut(&sweep_id) {
+                if let Some(p) = s.points.get_mut(idx) {
+                    p.engine_events.push(ev);
+                }
+                s.bump();
+            }
+        }
+    }
+
+    /// A point attempt ended on `agent`. Returns the partition write to make (which
+    /// acknowledges the point once on disk) or, for a duplicate, the acknowledgement.
+    pub fn point_finished(
+        &mut self,
+        agent: &str,
+        pf: pb::PointFinished,
+    ) -> (Option<WriteJob>, Outgoing) {
+        let ack = pb::PointAck {
+            point_id: pf.point_id.clone(),
+            attempt: pf.attempt,
+        };
+        let Some((sweep_id, idx)) = self.find_point(&pf.point_id) else {
+            return (None, vec![(agent.to_string(), msg(CMsg::PointAck(ack)))]);
+        };
+        let host = self
+            .agents
+            .get(agent)
+            .map(|a| a.inventory.host.clone())
+            .unwrap_or_default();
+        let Some(sweep) = self.sweep_mut(&sweep_id) else {
+            return (None, Vec::new());
+        };
+        let model = sweep.spec.model.get_ref().clone();
+        let cancelled = sweep.state == SweepState::Cancelled;
+        let Some(p) = sweep.points.get_mut(idx) else {
+            return (None, Vec::new());
+        };
+        let current = p.attempt == pf.attempt
+            && matches!(&p.state, PointState::Running { agent: a } if a == agent);
+        if !current {
+            // A resend after reconnect, or an attempt that was re-queued: already handled.
+            return (None, vec![(agent.to_string(), msg(CMsg::PointAck(ack)))]);
+        }
+        let missing: Vec<u64> = (0..pf.batches)
+            .filter(|s| !p.batches.contains_key(s))
+            .collect();
+        if !missing.is_empty() {
+            warn!(point_id = %pf.point_id, ?missing, "point finished but record batches are missing; waiting for the resend");
+            return (None, Vec::new());
+        }
+        let records = p.records();
+        let state = if pf.ok {
+            PointState::Done
+        } else if cancelled || pf.error == "cancelled" {
+            PointState::Cancelled
+        } else {
+            PointState::Failed
+        };
+        let meta = PointMeta {
+            sweep_id: sweep_id.clone(),
+            point_id: p.point_id.clone(),
+            point_index: p.planned.index,
+            attempt: p.attempt,
+            model,
+            gpus: p.planned.gpus,
+            host: host.clone(),
+            agent: agent.to_string(),
+            batch_size: p.planned.batch_size,
+            input_tokens: p.planned.workload.input,
+            output_tokens: p.planned.workload.output,
+            state: state.as_str().into(),
+            error: pf.error.clone(),
+            endpoint: pf.endpoint.clone(),
+            started_unix_us: pf.started_unix_us,
+            finished_unix_us: pf.finished_unix_us,
+        };
+        p.summary = Some(summarize(meta, &records));
+        p.state = state;
+        p.error = pf.error.clone();
+        p.host = host;
+        p.finished = Some(pf);
+        let gpus = p.planned.gpus;
+        sweep.pending_writes += 1;
+        sweep.bump();
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.current_point = None;
+        }
+        let mut out = self.finish_sweep_if_complete(&sweep_id);
+        out.extend(self.schedule());
+        let job = WriteJob {
+            sweep_id,
+            gpus,
+            acks: vec![(agent.to_string(), ack)],
+        };
+        (Some(job), out)
+    }
+
+    /// Marks the sweep finished when every point is terminal, and releases its engines.
+    fn finish_sweep_if_complete(&mut self, sweep_id: &str) -> Outgoing {
+        let Some(s) = self.sweep_mut(sweep_id) else {
+            return Vec::new();
+        };
+        if !s.points.iter().all(|p| p.state.is_terminal()) || s.finished_ms != 0 {
+            return Vec::new();
+        }
+        if s.state == SweepState::Running {
+            s.state = SweepState::Done;
+        }
+        s.finished_ms = unix_millis_now();
+        s.bump();
+        info!(sweep_id, state = s.state.as_str(), "sweep finished");
+        release_engines(s)
+    }
+
+    /// Cancels a sweep: pending points are cancelled, running ones are told to stop, and
+    /// the sweep's engines are released. Finished points keep their results.
+    pub fn cancel(&mut self, sweep_id: &str) -> Option<Outgoing> {
+        let s = self.sweep_mut(sweep_id)?;
+        if s.state != SweepState::Running {
+            return Some(Vec::new());
+        }
+        s.state = SweepState::Cancelled;
+        let mut out = Vec::new();
+        for p in &mut s.points {
+            match &p.state {
+                PointState::Pending => p.state = PointState::Cancelled,
+                PointState::Running { agent } => out.push((
+                    agent.clone(),
+                    msg(CMsg::CancelPoint(pb::CancelPoint {
+                        sweep_id: sweep_id.to_string(),
+                        point_id: p.point_id.clone(),
+                        reason: "sweep cancelled".into(),
+                    })),
+                )),
+                _ => {}
+            }
+        }
+        s.bump();
+        out.extend(self.finish_sweep_if_complete(sweep_id));
+        Some(out)
+    }
+
+    /// Assigns pending points to idle, connected agents that match the sweep's placement
+    /// and have enough GPUs. Sweeps are served in submission order; an agent prefers a
+    /// point for the engine it already runs (same sweep and GPU count) so engines restart
+    /// as rarely as possible.
+    pub fn schedule(&mut self) -> Outgoing {
+        let mut out = Vec::new();
+        let mut idle: Vec<String> = self
+            .agents
+            .values()
+            .filter(|a| a.connected && a.current_point.is_none())
+            .map(|a| a.name.clone())
+            .collect();
+        idle.sort();
+        for name in idle {
+            let Some(agent) = self.agents.get(&name) else {
+                continue;
+            };
+            let gpu_count = count(agent.inventory.gpus.len());
+            let labels: HashMap<String, String> = agent
+                .inventory
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let warm = agent.engine.clone();
+            let mut candidates: Vec<PointRef> = Vec::new();
+            for s in &self.sweeps {
+                if s.state != SweepState::Running || !s.spec.placement.matches(&name, &labels) {
+                    continue;
+                }
+                for (i, p) in s.points.iter().enumerate() {
+                    if p.state == PointState::Pending && p.planned.gpus <= gpu_count.max(1) {
+                        candidates.push((s.id.clone(), i));
+                    }
+                }
+            }
+            let chosen = candidates
+                .iter()
+                .find(|(sid, i)| {
+                    warm.as_ref().is_some_and(|(ws, wg)| {
+                        ws == sid
+                            && self
+                                .sweep(sid)
+                                .and_then(|s| s.points.get(*i))
+                                .is_some_and(|p| p.planned.gpus == *wg)
+                    })
+                })
+                .or_else(|| candidates.first())
+                .cloned();
+            let Some((sid, idx)) = chosen else { continue };
+            let Some(s) = self.sweep_mut(&sid) else {
+                continue;
+            };
+            let (engine, load) = (s.engine.clone(), s.load.clone());
+            s.agents_used.insert(name.clone());
+            let Some(p) = s.points.get_mut(idx) else {
+                continue;
+            };
+            p.attempt += 1;
+            p.state = PointState::Running {
+                agent: name.clone(),
+            };
+            p.agent = name.clone();
+            p.batches.clear();
+            p.error.clear();
+            let spec = pb::PointSpec {
+                sweep_id: sid.clone(),
+                point_id: p.point_id.clone(),
+                index: p.planned.index,
+                engine: Some(engine),
+                gpus: p.planned.gpus,
+                workload: Some(pb::Workload {
+                    input_tokens: p.planned.workload.input,
+                    output_tokens: p.planned.workload.output,
+                }),
+                batch_size: p.planned.batch_size,
+                load: Some(load),
+                attempt: p.attempt,
+            };
+            let gpus = p.planned.gpus;
+            info!(agent = %name, point_id = %spec.point_id, attempt = spec.attempt, "point assigned");
+            s.bump();
+            if let Some(a) = self.agents.get_mut(&name) {
+                a.current_point = Some((sid.clone(), idx));
+                a.engine = Some((sid, gpus));
+            }
+            out.push((
+                name,
+                msg(CMsg::Assignment(pb::Assignment { point: Some(spec) })),
+            ));
+        }
+        out
+    }
+
+    /// A queued partition write ended; `files` are what it wrote (empty when it failed).
+    pub fn write_done(&mut self, sweep_id: &str, files: impl IntoIterator<Item = String>) {
+        if let Some(s) = self.sweep_mut(sweep_id) {
+            s.pending_writes = s.pending_writes.saturating_sub(1);
+            s.result_files.extend(files);
+            s.bump();
+        }
+    }
+
+    pub fn agent_statuses(&self) -> Vec<pb::AgentStatus> {
+        let mut v: Vec<pb::AgentStatus> = self
+            .agents
+            .values()
+            .map(|a| pb::AgentStatus {
+                agent_id: a.name.clone(),
+                inventory: Some(a.inventory.clone()),
+                connected: a.connected,
+                state: if a.connected {
+                    a.state.clone()
+                } else {
+                    "disconnected".into()
+                },
+                current_point: a
+                    .current_point
+                    .as_ref()
+                    .and_then(|(s, i)| self.sweep(s).and_then(|s| s.points.get(*i)))
+                    .map(|p| p.point_id.clone())
+                    .unwrap_or_default(),
+                last_seen_unix_ms: a.last_seen_ms,
+            })
+            .collect();
+        v.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        v
+    }
+}
+
+fn release_engines(s: &Sweep) -> Outgoing {
+    s.agents_used
+        .iter()
+        .map(|a| {
+            (
+                a.clone(),
+                msg(CMsg::ReleaseEngine(pb::ReleaseEngine {
+                    sweep_id: s.id.clone(),
+                })),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+name = "t"
+model = "m/x"
+[engine]
+kind = "vllm"
+runtime = "process"
+[matrix]
+gpus = [1, 2]
+batch_sizes = [1, 2]
+workloads = [{ input = 8, output = 4 }]
+"#;
+
+    fn agent(name: &str, gpus: usize) -> pb::Inventory {
+        pb::Inventory {
+            agent_name: name.into(),
+            host: format!("{name}-host"),
+            gpus: (0..gpus)
+                .map(|i| pb::Gpu {
+                    index: i as u32,
+                    vendor: "sim".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn assignments(out: &Outgoing) -> Vec<(String, String)> {
+        out.iter()
+            .filter_map(|(a, m)| match &m.msg {
+                Some(CMsg::Assignment(x)) => {
+                    Some((a.clone(), x.point.as_ref().unwrap().point_id.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn finish(
+        st: &mut State,
+        agent: &str,
+        point_id: &str,
+        attempt: u32,
+        ok: bool,
+    ) -> (Option<WriteJob>, Outgoing) {
+        st.point_finished(
+            agent,
+            pb::PointFinished {
+                point_id: point_id.into(),
+                attempt,
+                ok,
+                error: if ok { String::new() } else { "boom".into() },
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn points_go_to_agents_with_enough_gpus_and_engines_stay_warm() {
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(SPEC, "t").unwrap());
+        st.register(agent("a", 1), &[]);
+        st.register(agent("b", 2), &[]);
+        let a = assignments(&st.schedule());
+        assert_eq!(
+            a,
+            vec![("a".into(), "s/p000".into()), ("b".into(), "s/p001".into())]
+        );
+        // a finishes p000: the next 1-GPU point... none left for 1 GPU, a idles.
+        let (job, out) = finish(&mut st, "a", "s/p000", 1, true);
+        assert_eq!(job.unwrap().gpus, 1);
+        assert!(assignments(&out).is_empty());
+        // b finishes: it takes a 2-GPU point (p002/p003 need 2 GPUs).
+        let (_, out) = finish(&mut st, "b", "s/p001", 1, true);
+        assert_eq!(assignments(&out), vec![("b".into(), "s/p002".into())]);
+    }
+
+    #[test]
+    fn duplicate_batches_and_stale_attempts_are_ignored() {
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(SPEC, "t").unwrap());
+        st.register(agent("a", 2), &[]);
+        st.schedule();
+        let rec = pb::RecordBatch {
+            point_id: "s/p000".into(),
+            attempt: 1,
+            seq: 0,
+            records: vec![pb::RequestRecord {
+                success: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        st.record_batch("a", rec.clone());
+        st.record_batch("a", rec.clone());
+        st.record_batch(
+            "a",
+            pb::RecordBatch {
+                attempt: 7,
+                seq: 1,
+                ..rec
+            },
+        );
+        let p = &st.sweep("s").unwrap().points[0];
+        assert_eq!(p.records().len(), 1);
+        // Finishing with 2 batches announced but 1 held waits for the resend.
+        let (job, _) = st.point_finished(
+            "a",
+            pb::PointFinished {
+                point_id: "s/p000".into(),
+                attempt: 1,
+                batches: 2,
+                ok: true,
+                ..Default::default()
+            },
+        );
+        assert!(job.is_none());
+        assert_eq!(st.sweep("s").unwrap().points[0].state.as_str(), "running");
+    }
+
+    #[test]
+    fn lost_agent_points_are_requeued_after_grace() {
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(SPEC, "t").unwrap());
+        let g = st.register(agent("a", 2), &[]);
+        st.schedule();
+        st.disconnect("a", g);
+        assert!(st.reap(Duration::from_secs(3600)).is_empty());
+        assert_eq!(st.sweep("s").unwrap().points[0].state.as_str(), "running");
+        let out = st.reap(Duration::ZERO);
+        assert!(
+            assignments(&out).is_empty(),
+            "disconnected agent gets nothing"
+        );
+        assert_eq!(st.sweep("s").unwrap().points[0].state.as_str(), "pending");
+        st.register(agent("b", 2), &[]);
+        let a = assignments(&st.schedule());
+        assert_eq!(a, vec![("b".into(), "s/p000".into())]);
+        assert_eq!(st.sweep("s").unwrap().points[0].attempt, 2);
+    }
+
+    #[test]
+    fn cancel_keeps_finished_points_and_releases_engines() {
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(SPEC, "t").unwrap());
+        st.register(agent("a", 2), &[]);
+        st.schedule();
+        finish(&mut st, "a", "s/p000", 1, true);
+        let out = st.cancel("s").unwrap();
+        assert!(
+            out.iter()
+                .any(|(_, m)| matches!(m.msg, Some(CMsg::CancelPoint(_))))
+        );
+        let (_, out) = st.point_finished(
+            "a",
+            pb::PointFinished {
+                point_id: "s/p001".into(),
+                attempt: 1,
+                ok: false,
+                error: "cancelled".into(),
+                ..Default::default()
+            },
+        );
+        assert!(
+            out.iter()
+                .any(|(_, m)| matches!(m.msg, Some(CMsg::ReleaseEngine(_))))
+        );
+        let s = st.sweep("s").unwrap();
+        assert_eq!(s.state, SweepState::Cancelled);
+        let states: Vec<&str> = s.points.iter().map(|p| p.state.as_str()).collect();
+        assert_eq!(states, vec!["done", "cancelled", "cancelled", "cancelled"]);
+        assert!(s.finished_ms > 0);
+    }
+
+    #[test]
+    fn placement_filters_agents() {
+        let spec = SPEC.replace("[matrix]", "[placement]\nagents = [\"b\"]\n[matrix]");
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(&spec, "t").unwrap());
+        st.register(agent("a", 2), &[]);
+        st.register(agent("b", 2), &[]);
+        let a = assignments(&st.schedule());
+        assert_eq!(a, vec![("b".into(), "s/p000".into())]);
+    }
+}

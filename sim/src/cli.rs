@@ -1,0 +1,405 @@
+//! Command line: `vllm-sim serve MODEL [flags]`, `vllm-sim MODEL [flags]` or
+//! `vllm-sim --model MODEL [flags]`, with `vllm serve`'s flag names.
+//!
+//! Like vLLM's `FlexibleArgumentParser`, `--flag_name` is read as `--flag-name`, and `-tp`/`-pp`
+//! are short for `--tensor-parallel-size`/`--pipeline-parallel-size`. Boolean engine flags
+//! accept their `--no-` form (argparse's `BooleanOptionalAction`). Unknown flags are errors.
+//! `--sim-*` flags control the simulator itself (see `scheduler.rs` for the timing model).
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{EchoedArgs, EngineConfig, MIN_SPEEDUP, SimConfig, TimingModel, scaled};
+use crate::error::SimError;
+
+/// A vLLM stand-in: vLLM's CLI and HTTP API, with a continuous-batching timing model.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "vllm-sim", version = crate::config::VLLM_VERSION)]
+pub struct Args {
+    /// Model to serve (`vllm serve MODEL`).
+    #[arg(value_name = "MODEL")]
+    pub model_tag: Option<String>,
+
+    /// Model to serve (used when no positional MODEL is given).
+    #[arg(long)]
+    pub model: Option<String>,
+
+    /// Host name to listen on.
+    #[arg(long, default_value = "0.0.0.0", env = "VLLM_SIM_HOST")]
+    pub host: String,
+
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8000, env = "VLLM_SIM_PORT")]
+    pub port: u16,
+
+    /// Model names accepted in requests (default: the model).
+    #[arg(long, num_args = 1..)]
+    pub served_model_name: Vec<String>,
+
+    /// Tensor parallel size (`-tp`); accepted, not modelled yet.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tensor_parallel_size: u32,
+
+    /// Pipeline parallel size (`-pp`); accepted, not modelled.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pipeline_parallel_size: u32,
+
+    /// Model context length (prompt + completion).
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_model_len: u32,
+
+    /// Fraction of GPU memory for the engine; accepted, reported only.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+
+    /// KV-cache block size in tokens.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub block_size: u32,
+
+    /// Prompt-token budget of one engine step.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_num_batched_tokens: u64,
+
+    /// Maximum number of sequences in one step.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_num_seqs: u64,
+
+    /// Disable CUDA graphs; accepted, no effect.
+    #[arg(long, overrides_with = "no_enforce_eager")]
+    pub enforce_eager: bool,
+    #[arg(long, hide = true, overrides_with = "enforce_eager")]
+    pub no_enforce_eager: bool,
+
+    /// Prefix caching; accepted, not modelled.
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+    #[arg(long, overrides_with = "enable_prefix_caching")]
+    pub no_enable_prefix_caching: bool,
+
+    /// Chunked prefill; accepted, not modelled.
+    #[arg(long, overrides_with = "no_enable_chunked_prefill")]
+    pub enable_chunked_prefill: bool,
+    #[arg(long, overrides_with = "enable_chunked_prefill")]
+    pub no_enable_chunked_prefill: bool,
+
+    /// KV-cache data type; reported only.
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: String,
+
+    /// Model data type; reported only.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+
+    /// Quantization method; accepted, no effect.
+    #[arg(long, short = 'q')]
+    pub quantization: Option<String>,
+
+    /// Tokenizer name or path; accepted, the synthetic tokenizer is always used.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+
+    /// Trust remote code; accepted, no effect.
+    #[arg(long, overrides_with = "no_trust_remote_code")]
+    pub trust_remote_code: bool,
+    #[arg(long, hide = true, overrides_with = "trust_remote_code")]
+    pub no_trust_remote_code: bool,
+
+    /// Seed of the synthetic outputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Log every request.
+    #[arg(long, overrides_with_all = ["no_enable_log_requests", "disable_log_requests"])]
+    pub enable_log_requests: bool,
+    #[arg(long, overrides_with_all = ["enable_log_requests", "disable_log_requests"])]
+    pub no_enable_log_requests: bool,
+    /// Deprecated alias of --no-enable-log-requests.
+    #[arg(long, overrides_with_all = ["enable_log_requests", "no_enable_log_requests"])]
+    pub disable_log_requests: bool,
+
+    /// Do not log the periodic engine statistics.
+    #[arg(long)]
+    pub disable_log_stats: bool,
+
+    /// Log level of the server.
+    #[arg(long, default_value = "info", value_parser = ["critical", "error", "warning", "info", "debug", "trace"])]
+    pub uvicorn_log_level: String,
+
+    /// Simulated prefill cost per prompt token, in microseconds.
+    #[arg(long, default_value_t = 100.0, value_parser = non_negative, env = "VLLM_SIM_PREFILL_US_PER_TOKEN")]
+    pub sim_prefill_us_per_token: f64,
+
+    /// Simulated fixed cost of one engine step, in milliseconds.
+    #[arg(long, default_value_t = 20.0, value_parser = non_negative, env = "VLLM_SIM_STEP_MS")]
+    pub sim_step_ms: f64,
+
+    /// Simulated cost per running sequence in one step, in milliseconds.
+    #[arg(long, default_value_t = 0.2, value_parser = non_negative, env = "VLLM_SIM_STEP_MS_PER_SEQ")]
+    pub sim_step_ms_per_seq: f64,
+
+    /// Divides every simulated duration (steps and start-up); ≥ 0.001.
+    #[arg(long, default_value_t = 1.0, value_parser = speedup, env = "VLLM_SIM_SPEEDUP")]
+    pub sim_speedup: f64,
+
+    /// Simulated start-up time before the port is bound, in milliseconds (÷ speedup).
+    #[arg(long, default_value_t = 0, env = "VLLM_SIM_STARTUP_MS")]
+    pub sim_startup_ms: u64,
+
+    /// KV-cache capacity in tokens, for vllm:kv_cache_usage_perc.
+    #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sim_kv_cache_tokens: u64,
+
+    /// Answer /v1/completions with 404 like servers that lack it.
+    #[arg(long)]
+    pub disable_completions: bool,
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(v) => Err(format!("must be a finite number >= 0, got {v}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn speedup(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= MIN_SPEEDUP => Ok(v),
+        Ok(v) => Err(format!("must be >= {MIN_SPEEDUP}, got {v}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Where and when `main` binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeOptions {
+    pub host: String,
+    pub port: u16,
+    /// `--sim-startup-ms / --sim-speedup`.
+    pub startup_delay: Duration,
+}
+
+/// Rewrites vLLM spellings clap does not know: drops a leading `serve` subcommand, maps
+/// `-tp`/`-pp` to their long forms and `--flag_name` to `--flag-name`.
+pub fn normalize_args<I, T>(args: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let mut out: Vec<OsString> = Vec::new();
+    for (i, arg) in args.into_iter().map(Into::into).enumerate() {
+        if i == 1 && arg == "serve" {
+            continue;
+        }
+        let Some(s) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        let (name, value) = match s.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (s, None),
+        };
+        let name = match name {
+            "-tp" => "--tensor-parallel-size".to_owned(),
+            "-pp" => "--pipeline-parallel-size".to_owned(),
+            n if n.starts_with("--") => {
+                format!("--{}", n.trim_start_matches("--").replace('_', "-"))
+            }
+            n => n.to_owned(),
+        };
+        out.push(OsString::from(match value {
+            Some(v) => format!("{name}={v}"),
+            None => name,
+        }));
+    }
+    out
+}
+
+impl Args {
+    /// Parses a vLLM-style command line (argv[0] first).
+    pub fn try_parse_vllm<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        Self::try_parse_from(normalize_args(args))
+    }
+
+    /// The tracing level matching `--uvicorn-log-level`.
+    pub fn log_level(&self) -> &'static str {
+        match self.uvicorn_log_level.as_str() {
+            "critical" | "error" => "error",
+            "warning" => "warn",
+            "debug" => "debug",
+            "trace" => "trace",
+            _ => "info",
+        }
+    }
+
+    /// Builds the validated configuration and the bind options.
+    pub fn into_config(self) -> Result<(SimConfig, ServeOptions), SimError> {
+        let model = self.model_tag.or(self.model).ok_or_else(|| {
+            SimError::Config("a model is required: vllm-sim serve MODEL".to_owned())
+        })?;
+        let served_model_names = if self.served_model_name.is_empty() {
+            vec![model.clone()]
+        } else {
+            self.served_model_name
+        };
+        let timing = TimingModel {
+            step_ms: self.sim_step_ms,
+            step_ms_per_seq: self.sim_step_ms_per_seq,
+            prefill_us_per_token: self.sim_prefill_us_per_token,
+            speedup: self.sim_speedup,
+        };
+        let config = SimConfig {
+            model,
+            served_model_names,
+            max_model_len: self.max_model_len,
+            disable_completions: self.disable_completions,
+            enable_log_requests: self.enable_log_requests,
+            log_stats: !self.disable_log_stats,
+            seed: self.seed,
+            echo: EchoedArgs {
+                tensor_parallel_size: self.tensor_parallel_size,
+                gpu_memory_utilization: self.gpu_memory_utilization,
+                kv_cache_dtype: self.kv_cache_dtype,
+                dtype: self.dtype,
+                enable_prefix_caching: !self.no_enable_prefix_caching,
+                enable_chunked_prefill: !self.no_enable_chunked_prefill,
+                enforce_eager: self.enforce_eager,
+            },
+            engine: EngineConfig {
+                max_num_seqs: usize::try_from(self.max_num_seqs).unwrap_or(usize::MAX),
+                max_num_batched_tokens: self.max_num_batched_tokens,
+                block_size: self.block_size,
+                kv_cache_tokens: self.sim_kv_cache_tokens,
+                timing,
+            },
+        };
+        config.validate()?;
+        let serve = ServeOptions {
+            host: self.host,
+            port: self.port,
+            startup_delay: scaled(self.sim_startup_ms as f64, self.sim_speedup),
+        };
+        Ok((config, serve))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<(SimConfig, ServeOptions), String> {
+        let mut argv = vec!["vllm-sim"];
+        argv.extend_from_slice(args);
+        Args::try_parse_vllm(argv)
+            .map_err(|e| e.to_string())?
+            .into_config()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_match_vllm_serve() {
+        let (c, s) = parse(&["serve", "models/smollm2-135m"]).unwrap();
+        assert_eq!(c.model, "models/smollm2-135m");
+        assert_eq!(c.served_model_names, ["models/smollm2-135m"]);
+        assert_eq!(c.max_model_len, 2048);
+        assert_eq!(c.engine.max_num_seqs, 256);
+        assert_eq!(c.engine.max_num_batched_tokens, 8192);
+        assert_eq!(c.engine.timing, TimingModel::default());
+        assert!(!c.enable_log_requests);
+        assert!(c.echo.enable_prefix_caching);
+        assert_eq!((s.host.as_str(), s.port), ("0.0.0.0", 8000));
+        assert_eq!(s.startup_delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn serve_is_optional_and_model_flag_works() {
+        assert_eq!(parse(&["m1"]).unwrap().0.model, "m1");
+        assert_eq!(parse(&["--model", "m2"]).unwrap().0.model, "m2");
+        assert_eq!(parse(&["serve", "--model=m3"]).unwrap().0.model, "m3");
+        assert!(parse(&["serve"]).is_err());
+    }
+
+    #[test]
+    fn vllm_flags_are_accepted() {
+        let (c, s) = parse(&[
+            "serve",
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "18100",
+            "--served-model-name",
+            "llama",
+            "llama8b",
+            "-tp",
+            "2",
+            "--max-model-len",
+            "4096",
+            "--gpu-memory-utilization",
+            "0.92",
+            "--block-size",
+            "64",
+            "--max_num_batched_tokens",
+            "2048",
+            "--max-num-seqs=32",
+            "--enforce-eager",
+            "--no-enable-prefix-caching",
+            "--enable-chunked-prefill",
+            "--kv-cache-dtype",
+            "fp8",
+            "--dtype",
+            "bfloat16",
+            "--trust-remote-code",
+            "--seed",
+            "7",
+            "--enable-log-requests",
+            "--uvicorn-log-level",
+            "warning",
+            "--sim-speedup",
+            "10",
+            "--sim-startup-ms",
+            "500",
+            "--disable-completions",
+        ])
+        .unwrap();
+        assert_eq!(c.served_model_names, ["llama", "llama8b"]);
+        assert_eq!(c.echo.tensor_parallel_size, 2);
+        assert_eq!(c.max_model_len, 4096);
+        assert_eq!(c.engine.block_size, 64);
+        assert_eq!(c.engine.max_num_batched_tokens, 2048);
+        assert_eq!(c.engine.max_num_seqs, 32);
+        assert!(c.echo.enforce_eager && !c.echo.enable_prefix_caching);
+        assert_eq!(c.echo.kv_cache_dtype, "fp8");
+        assert_eq!(c.seed, 7);
+        assert!(c.enable_log_requests && c.disable_completions);
+        assert_eq!(c.engine.timing.speedup, 10.0);
+        assert_eq!(s.startup_delay, Duration::from_millis(50));
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 18100));
+    }
+
+    #[test]
+    fn last_boolean_flag_wins() {
+        let (c, _) = parse(&["m", "--enable-log-requests", "--disable-log-requests"]).unwrap();
+        assert!(!c.enable_log_requests);
+        let (c, _) = parse(&["m", "--no-enable-log-requests", "--enable-log-requests"]).unwrap();
+        assert!(c.enable_log_requests);
+    }
+
+    #[test]
+    fn unknown_flags_and_bad_values_are_rejected() {
+        let err = Args::try_parse_vllm(["vllm-sim", "serve", "m", "--bogus-flag"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnknownArgument);
+        assert!(err.to_string().contains("--bogus-flag"));
+        assert!(parse(&["m", "--sim-speedup", "0"]).is_err());
+        assert!(parse(&["m", "--sim-step-ms", "-1"]).is_err());
+        assert!(parse(&["m", "--max-num-seqs", "0"]).is_err());
+        assert!(parse(&["m", "--uvicorn-log-level", "loud"]).is_err());
+    }
+}

@@ -1,0 +1,245 @@
+//! Validated configuration of one simulated vLLM server.
+//!
+//! [`SimConfig`] is what [`crate::run`] consumes; `cli.rs` builds it from `vllm serve`-style
+//! flags, tests build it directly with [`SimConfig::new`] and struct update syntax.
+
+use std::time::Duration;
+
+use crate::error::SimError;
+
+/// Version string reported by `/version` (vLLM answers `{"version":"0.32.0"}`).
+pub const VLLM_VERSION: &str = "0.32.0+sim";
+
+/// Everything [`crate::run`] needs to serve one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimConfig {
+    /// The model path or Hugging Face id (`vllm serve MODEL`); reported as `root` in `/v1/models`.
+    pub model: String,
+    /// Names accepted in the `model` field of requests (`--served-model-name`); the first one is
+    /// the `model_name` label in `/metrics`, like vLLM. Never empty after [`SimConfig::validate`].
+    pub served_model_names: Vec<String>,
+    /// `--max-model-len`: prompt + completion tokens must fit.
+    pub max_model_len: u32,
+    /// Answer `/v1/completions` with FastAPI's 404 (some vLLM images lacked the route).
+    pub disable_completions: bool,
+    /// `--enable-log-requests`: one log line per received and finished request.
+    pub enable_log_requests: bool,
+    /// Periodic "Engine 000: Avg prompt throughput ..." lines (off with `--disable-log-stats`).
+    pub log_stats: bool,
+    /// `--seed`: mixed into the synthetic output so two seeds give different texts.
+    pub seed: u64,
+    /// Settings only echoed back (logs, `vllm:cache_config_info`); they do not change timing.
+    pub echo: EchoedArgs,
+    /// Scheduler and timing model.
+    pub engine: EngineConfig,
+}
+
+/// vLLM engine arguments the simulator accepts and reports but does not model yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EchoedArgs {
+    pub tensor_parallel_size: u32,
+    pub gpu_memory_utilization: f64,
+    pub kv_cache_dtype: String,
+    pub dtype: String,
+    pub enable_prefix_caching: bool,
+    pub enable_chunked_prefill: bool,
+    pub enforce_eager: bool,
+}
+
+impl Default for EchoedArgs {
+    fn default() -> Self {
+        Self {
+            tensor_parallel_size: 1,
+            gpu_memory_utilization: 0.9,
+            kv_cache_dtype: "auto".to_owned(),
+            dtype: "auto".to_owned(),
+            enable_prefix_caching: true,
+            enable_chunked_prefill: true,
+            enforce_eager: false,
+        }
+    }
+}
+
+/// Continuous-batching limits and the timing model of the engine loop (see `scheduler.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// `--max-num-seqs`: at most this many requests run in one step.
+    pub max_num_seqs: usize,
+    /// `--max-num-batched-tokens`: prompt tokens admitted in one step (see `scheduler.rs`).
+    pub max_num_batched_tokens: u64,
+    /// `--block-size`: KV-cache block size in tokens, for `vllm:kv_cache_usage_perc`.
+    pub block_size: u32,
+    /// KV-cache capacity in tokens (`--sim-kv-cache-tokens`), for `vllm:kv_cache_usage_perc`.
+    pub kv_cache_tokens: u64,
+    /// Step-time model.
+    pub timing: TimingModel,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 256,
+            max_num_batched_tokens: 8192,
+            block_size: 16,
+            kv_cache_tokens: 262_144,
+            timing: TimingModel::default(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Number of KV-cache blocks (at least one).
+    pub fn kv_cache_blocks(&self) -> u64 {
+        (self.kv_cache_tokens / u64::from(self.block_size.max(1))).max(1)
+    }
+}
+
+/// The step-time formula of the engine loop:
+///
+/// `step_ms = step_ms + step_ms_per_seq × seqs + prefill_us_per_token / 1000 × prefill_tokens`,
+/// slept as `step_ms / speedup`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimingModel {
+    /// `--sim-step-ms`: fixed cost of every step (weights read once per step).
+    pub step_ms: f64,
+    /// `--sim-step-ms-per-seq`: extra cost per running sequence (its KV cache read).
+    pub step_ms_per_seq: f64,
+    /// `--sim-prefill-us-per-token`: compute cost of one prompt token prefilled in the step.
+    pub prefill_us_per_token: f64,
+    /// `--sim-speedup`: every simulated duration is divided by it (≥ [`MIN_SPEEDUP`]).
+    pub speedup: f64,
+}
+
+/// Smallest accepted `--sim-speedup`.
+pub const MIN_SPEEDUP: f64 = 1e-3;
+
+impl Default for TimingModel {
+    fn default() -> Self {
+        Self {
+            step_ms: 20.0,
+            step_ms_per_seq: 0.2,
+            prefill_us_per_token: 100.0,
+            speedup: 1.0,
+        }
+    }
+}
+
+impl TimingModel {
+    /// Simulated milliseconds of one step with `seqs` running sequences (newly admitted ones
+    /// included) that prefills `prefill_tokens` prompt tokens, before the speedup.
+    pub fn step_ms(&self, seqs: usize, prefill_tokens: u64) -> f64 {
+        self.step_ms
+            + self.step_ms_per_seq * seqs as f64
+            + self.prefill_us_per_token / 1000.0 * prefill_tokens as f64
+    }
+
+    /// Wall-clock duration of that step: `step_ms / speedup`, rounded to whole nanoseconds.
+    pub fn step_duration(&self, seqs: usize, prefill_tokens: u64) -> Duration {
+        scaled(self.step_ms(seqs, prefill_tokens), self.speedup)
+    }
+}
+
+/// `ms / speedup` as a [`Duration`], rounded to the nanosecond; negative or NaN gives zero.
+pub fn scaled(ms: f64, speedup: f64) -> Duration {
+    let nanos = (ms * 1e6 / speedup).round();
+    if nanos.is_finite() && nanos > 0.0 {
+        Duration::from_nanos(nanos as u64)
+    } else {
+        Duration::ZERO
+    }
+}
+
+impl SimConfig {
+    /// A configuration with vLLM's defaults serving `model` under its own name.
+    pub fn new(model: impl Into<String>) -> Self {
+        let model = model.into();
+        Self {
+            served_model_names: vec![model.clone()],
+            model,
+            max_model_len: 2048,
+            disable_completions: false,
+            enable_log_requests: false,
+            log_stats: true,
+            seed: 0,
+            echo: EchoedArgs::default(),
+            engine: EngineConfig::default(),
+        }
+    }
+
+    /// The name used in `/metrics` labels and responses when a request names no model.
+    pub fn primary_name(&self) -> &str {
+        self.served_model_names
+            .first()
+            .map_or(self.model.as_str(), String::as_str)
+    }
+
+    /// Checks the invariants [`crate::run`] relies on.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |msg: String| Err(SimError::Config(msg));
+        if self.model.is_empty() {
+            return bad("a model is required (vllm-sim serve MODEL)".to_owned());
+        }
+        if self.served_model_names.iter().any(String::is_empty) {
+            return bad("served model names must not be empty".to_owned());
+        }
+        if self.max_model_len == 0 {
+            return bad("--max-model-len must be at least 1".to_owned());
+        }
+        let engine = &self.engine;
+        if engine.max_num_seqs == 0 {
+            return bad("--max-num-seqs must be at least 1".to_owned());
+        }
+        if engine.max_num_batched_tokens == 0 {
+            return bad("--max-num-batched-tokens must be at least 1".to_owned());
+        }
+        if engine.block_size == 0 {
+            return bad("--block-size must be at least 1".to_owned());
+        }
+        let t = &engine.timing;
+        for (name, v) in [
+            ("--sim-step-ms", t.step_ms),
+            ("--sim-step-ms-per-seq", t.step_ms_per_seq),
+            ("--sim-prefill-us-per-token", t.prefill_us_per_token),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} must be a finite number >= 0, got {v}"));
+            }
+        }
+        if !(t.speedup.is_finite() && t.speedup >= MIN_SPEEDUP) {
+            return bad(format!(
+                "--sim-speedup must be >= {MIN_SPEEDUP}, got {}",
+                t.speedup
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_duration_is_exact_for_the_documented_example() {
+        let t = TimingModel::default();
+        assert_eq!(t.step_duration(4, 400), Duration::from_micros(60_800));
+        assert_eq!(t.step_duration(4, 0), Duration::from_micros(20_800));
+        let fast = TimingModel {
+            speedup: 10.0,
+            ..TimingModel::default()
+        };
+        assert_eq!(fast.step_duration(4, 400), Duration::from_micros(6_080));
+    }
+
+    #[test]
+    fn validate_rejects_bad_values() {
+        assert!(SimConfig::new("m").validate().is_ok());
+        let mut c = SimConfig::new("m");
+        c.engine.timing.speedup = 0.0;
+        assert!(c.validate().is_err());
+        let mut c = SimConfig::new("m");
+        c.engine.max_num_seqs = 0;
+        assert!(c.validate().is_err());
+        assert!(SimConfig::new("").validate().is_err());
+    }
+}

@@ -1,0 +1,639 @@
+//! The engine step loop: continuous batching with a deterministic timing model.
+//!
+//! One task owns the `waiting` queue and the `running` batch; requests reach it through a
+//! bounded mpsc ([`REQUEST_QUEUE_CAPACITY`]) and tokens leave through one bounded channel per
+//! request ([`TOKEN_CHANNEL_CAPACITY`]). Like vLLM's scheduler, work happens in steps:
+//!
+//! 1. **Collect**: every request already in the mpsc joins `waiting` (FCFS). Requests whose
+//!    client is gone (token receiver dropped) leave `waiting`/`running` and count as `abort`.
+//! 2. **Admit**: take requests from the head of `waiting` while `running < max_num_seqs` and
+//!    the sum of the prompt tokens of the requests admitted *in this step* stays
+//!    `≤ max_num_batched_tokens`; when nothing is running, the head is always admitted (so a
+//!    prompt longer than the budget still runs, alone). Admission stops at the first request
+//!    that does not fit (no skipping ahead). There is no chunked prefill and no preemption.
+//! 3. **Time**: with `seqs` = running requests in this step (newly admitted included) and
+//!    `prefill` = prompt tokens of the newly admitted requests,
+//!
+//!    ```text
+//!    step_ms = sim_step_ms + sim_step_ms_per_seq × seqs + sim_prefill_us_per_token / 1000 × prefill
+//!    ```
+//!
+//!    and the loop sleeps `step_ms / sim_speedup` ([`tokio::time::sleep_until`], so tests run
+//!    on tokio's paused clock). Steps are laid on an absolute timeline: a step starts where the
+//!    previous one ended (its ideal end, not the wake-up time), unless the loop was idle or fell
+//!    more than [`MAX_LAG`] behind, in which case it starts now. So timer granularity never
+//!    accumulates into drift.
+//! 4. **Emit**: at the step's end every newly admitted request emits its first token and every
+//!    other running request one more token. A request finishes when it has emitted its target
+//!    number of tokens (`finish_reason` as given at submission) and leaves the batch.
+//!
+//! Consequences: a burst of N requests of P prompt tokens that all fit in one step gets
+//! TTFT = step(N, N×P), then one token every `sim_step_ms + sim_step_ms_per_seq × N` (all
+//! divided by the speedup). With the defaults (20 ms, 0.2 ms/seq, 100 µs/token), N = 4 and
+//! P = 100: first tokens at 60.8 ms, then every 20.8 ms.
+//!
+//! Each [`TokenEvent`] carries the ideal instant of its step's end (`at`). If a client reads
+//! slowly and its channel is full, the engine does not wait: tokens accumulate and the next
+//! event carries several (like vLLM, whose stream chunks can hold several tokens).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::config::EngineConfig;
+use crate::error::SimError;
+use crate::metrics::{EngineStats, FinishedRecord, StepRecord};
+
+/// Capacity of the engine's request queue (submitters wait when it is full).
+pub const REQUEST_QUEUE_CAPACITY: usize = 1024;
+/// Capacity of each request's token channel, in events.
+pub const TOKEN_CHANNEL_CAPACITY: usize = 64;
+/// How far behind its ideal timeline the loop may fall before it restarts the timeline at now.
+pub const MAX_LAG: Duration = Duration::from_millis(5);
+
+/// Why a request ended; the `finished_reason` label and the API `finish_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FinishReason {
+    /// Ended on its own (end-of-sequence token).
+    Stop,
+    /// Hit `max_tokens`.
+    Length,
+    /// Client went away.
+    Abort,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Abort => "abort",
+        }
+    }
+}
+
+/// Tokens produced for one request by one engine step (several if the client lagged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenEvent {
+    /// Index of the first token in this event (0-based over the request's output).
+    pub first_index: u32,
+    /// Number of tokens in this event (≥ 1).
+    pub count: u32,
+    /// Set on the event that carries the request's last token.
+    pub finish_reason: Option<FinishReason>,
+    /// Ideal instant of the end of the step that produced the newest token.
+    pub at: Instant,
+}
+
+/// What a caller submits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRequest {
+    pub request_id: String,
+    pub prompt_tokens: u32,
+    /// Tokens to generate (at least 1 is generated).
+    pub output_tokens: u32,
+    /// Reported on the last token.
+    pub finish_reason: FinishReason,
+}
+
+#[derive(Debug)]
+struct EngineRequest {
+    new: NewRequest,
+    arrival: Instant,
+    tokens: mpsc::Sender<TokenEvent>,
+}
+
+/// Cheap handle to submit requests to the engine loop.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<EngineRequest>,
+}
+
+impl EngineHandle {
+    /// Queues a request; its tokens arrive on the returned receiver, which closes after the last
+    /// token (or early if the engine stops). Dropping the receiver aborts the request.
+    pub async fn submit(&self, new: NewRequest) -> Result<mpsc::Receiver<TokenEvent>, SimError> {
+        let (tokens, rx) = mpsc::channel(TOKEN_CHANNEL_CAPACITY);
+        let request = EngineRequest {
+            new,
+            arrival: Instant::now(),
+            tokens,
+        };
+        self.tx
+            .send(request)
+            .await
+            .map_err(|_| SimError::EngineStopped)?;
+        Ok(rx)
+    }
+}
+
+/// Starts the engine loop on `tracker`; it stops when `shutdown` is cancelled or every handle
+/// is dropped, dropping all token senders (open streams end without a final token).
+pub fn spawn_engine(
+    config: EngineConfig,
+    stats: Arc<EngineStats>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> EngineHandle {
+    let (tx, rx) = mpsc::channel(REQUEST_QUEUE_CAPACITY);
+    let engine = Engine {
+        config,
+        stats,
+        shutdown,
+        tracker: tracker.clone(),
+        rx,
+        waiting: VecDeque::new(),
+        running: Vec::new(),
+    };
+    tracker.spawn(
+        engine
+            .run()
+            .instrument(tracing::info_span!("engine", engine = 0)),
+    );
+    EngineHandle { tx }
+}
+
+#[derive(Debug)]
+struct Seq {
+    req: EngineRequest,
+    generated: u32,
+    delivered: u32,
+    last_token_at: Option<Instant>,
+}
+
+impl Seq {
+    fn target(&self) -> u32 {
+        self.req.new.output_tokens.max(1)
+    }
+
+    fn is_gone(&self) -> bool {
+        self.req.tokens.is_closed()
+    }
+}
+
+struct Engine {
+    config: EngineConfig,
+    stats: Arc<EngineStats>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    rx: mpsc::Receiver<EngineRequest>,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+}
+
+impl Engine {
+    async fn run(mut self) {
+        // Ideal end of the previous step, while the engine is busy.
+        let mut timeline: Option<Instant> = None;
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                timeline = None;
+                self.publish_gauges();
+                let next = tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => None,
+                    r = self.rx.recv() => r,
+                };
+                let Some(req) = next else { break };
+                self.enqueue(req);
+            }
+            while let Ok(req) = self.rx.try_recv() {
+                self.enqueue(req);
+            }
+            self.drop_disconnected();
+
+            let arrived = Instant::now();
+            let (admitted, prefill_tokens) = self.admit();
+            if self.running.is_empty() {
+                continue;
+            }
+            let now = Instant::now();
+            let start = match timeline {
+                Some(t) if now.saturating_duration_since(t) <= MAX_LAG => t,
+                _ => now,
+            };
+            let duration = self
+                .config
+                .timing
+                .step_duration(self.running.len(), prefill_tokens);
+            let end = start + duration;
+            self.publish_gauges();
+            if duration.is_zero() {
+                tokio::task::yield_now().await;
+            }
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(end) => {}
+            }
+            timeline = Some(end);
+            self.emit(end, admitted, prefill_tokens, arrived);
+        }
+        tracing::debug!(
+            running = self.running.len(),
+            waiting = self.waiting.len(),
+            "engine loop stopped"
+        );
+        self.stats
+            .record_aborts((self.running.len() + self.waiting.len()) as u64);
+        self.running.clear();
+        self.waiting.clear();
+        self.stats.set_gauges(0, 0, 0.0);
+    }
+
+    fn enqueue(&mut self, req: EngineRequest) {
+        self.waiting.push_back(Seq {
+            req,
+            generated: 0,
+            delivered: 0,
+            last_token_at: None,
+        });
+    }
+
+    fn drop_disconnected(&mut self) {
+        let before = self.running.len() + self.waiting.len();
+        self.running.retain(|s| !s.is_gone());
+        self.waiting.retain(|s| !s.is_gone());
+        let gone = before - self.running.len() - self.waiting.len();
+        if gone > 0 {
+            self.stats.record_aborts(gone as u64);
+        }
+    }
+
+    /// Admission rule of step 2 in the module docs. Returns how many requests were admitted
+    /// (they are the last ones in `running`) and their prompt tokens.
+    fn admit(&mut self) -> (usize, u64) {
+        let budget = self.config.max_num_batched_tokens;
+        let mut admitted = 0;
+        let mut prefill: u64 = 0;
+        while self.running.len() < self.config.max_num_seqs {
+            let Some(head) = self.waiting.front() else {
+                break;
+            };
+            let prompt = u64::from(head.req.new.prompt_tokens);
+            let forced = self.running.is_empty();
+            if !forced && prefill + prompt > budget {
+                break;
+            }
+            let Some(seq) = self.waiting.pop_front() else {
+                break;
+            };
+            prefill += prompt;
+            admitted += 1;
+            self.running.push(seq);
+        }
+        (admitted, prefill)
+    }
+
+    /// Step 4: one token for every running request, delivery, finishing, statistics.
+    fn emit(&mut self, at: Instant, admitted: usize, prefill_tokens: u64, admitted_at: Instant) {
+        let first_new = self.running.len().saturating_sub(admitted);
+        let mut record = StepRecord {
+            prefill_tokens,
+            generation_tokens: self.running.len() as u64,
+            ..StepRecord::default()
+        };
+        let mut aborted = 0u64;
+        let mut index = 0usize;
+        let shutdown = &self.shutdown;
+        let tracker = &self.tracker;
+        self.running.retain_mut(|seq| {
+            let is_new = index >= first_new;
+            index += 1;
+            seq.generated += 1;
+            if is_new {
+                record.ttft.push(at.saturating_duration_since(seq.req.arrival));
+                record
+                    .queue_time
+                    .push(admitted_at.saturating_duration_since(seq.req.arrival));
+            } else if let Some(prev) = seq.last_token_at {
+                record.itl.push(at.saturating_duration_since(prev));
+            }
+            seq.last_token_at = Some(at);
+            let done = seq.generated >= seq.target();
+            let finish = done.then_some(seq.req.new.finish_reason);
+            if !deliver(seq, at, finish, shutdown, tracker) {
+                aborted += 1;
+                return false;
+            }
+            if let Some(reason) = finish {
+                record.finished.push(FinishedRecord {
+                    reason,
+                    e2e: at.saturating_duration_since(seq.req.arrival),
+                    prompt_tokens: seq.req.new.prompt_tokens,
+                    generation_tokens: seq.generated,
+                });
+                tracing::debug!(request_id = %seq.req.new.request_id, reason = reason.as_str(), "finished request");
+            }
+            !done
+        });
+        self.stats.record_step(&record);
+        if aborted > 0 {
+            self.stats.record_aborts(aborted);
+        }
+        self.publish_gauges();
+    }
+
+    fn publish_gauges(&self) {
+        let block = u64::from(self.config.block_size.max(1));
+        let blocks: u64 = self
+            .running
+            .iter()
+            .map(|s| (u64::from(s.req.new.prompt_tokens) + u64::from(s.generated)).div_ceil(block))
+            .sum();
+        let usage = (blocks as f64 / self.config.kv_cache_blocks() as f64).min(1.0);
+        self.stats
+            .set_gauges(self.running.len(), self.waiting.len(), usage);
+    }
+}
+
+/// Sends the undelivered tokens of `seq`. Returns false when the client is gone.
+fn deliver(
+    seq: &mut Seq,
+    at: Instant,
+    finish_reason: Option<FinishReason>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> bool {
+    let event = TokenEvent {
+        first_index: seq.delivered,
+        count: seq.generated - seq.delivered,
+        finish_reason,
+        at,
+    };
+    match seq.req.tokens.try_send(event) {
+        Ok(()) => {
+            seq.delivered = seq.generated;
+            true
+        }
+        Err(TrySendError::Full(event)) => {
+            if finish_reason.is_some() {
+                // The request leaves the batch now; hand its last tokens over in the background.
+                let tx = seq.req.tokens.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        _ = tx.send(event) => {}
+                    }
+                });
+            }
+            true
+        }
+        Err(TrySendError::Closed(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TimingModel;
+
+    fn ms(v: f64) -> Duration {
+        Duration::from_nanos((v * 1e6).round() as u64)
+    }
+
+    struct Harness {
+        handle: EngineHandle,
+        stats: Arc<EngineStats>,
+        shutdown: CancellationToken,
+        t0: Instant,
+    }
+
+    fn start(config: EngineConfig) -> Harness {
+        let stats = Arc::new(EngineStats::new());
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let handle = spawn_engine(config, stats.clone(), shutdown.clone(), &tracker);
+        Harness {
+            handle,
+            stats,
+            shutdown,
+            t0: Instant::now(),
+        }
+    }
+
+    fn request(i: usize, prompt_tokens: u32, output_tokens: u32) -> NewRequest {
+        NewRequest {
+            request_id: format!("r{i}"),
+            prompt_tokens,
+            output_tokens,
+            finish_reason: FinishReason::Length,
+        }
+    }
+
+    /// Receives every event of a request (one token each) and returns their ideal times
+    /// relative to `t0`.
+    async fn token_times(rx: &mut mpsc::Receiver<TokenEvent>, t0: Instant) -> Vec<Duration> {
+        let mut times = Vec::new();
+        let mut expected_index = 0;
+        while let Some(ev) = rx.recv().await {
+            assert_eq!(ev.count, 1, "a prompt reader sees one token per event");
+            assert_eq!(ev.first_index, expected_index);
+            expected_index += 1;
+            times.push(ev.at - t0);
+        }
+        times
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_of_four_fits_in_one_step() {
+        let h = start(EngineConfig::default());
+        let mut rxs = Vec::new();
+        for i in 0..4 {
+            rxs.push(h.handle.submit(request(i, 100, 5)).await.unwrap());
+        }
+        for rx in &mut rxs {
+            let times = token_times(rx, h.t0).await;
+            let expected: Vec<Duration> = (0..5).map(|k| ms(60.8 + 20.8 * k as f64)).collect();
+            assert_eq!(times, expected);
+        }
+        let snap = h.stats.snapshot();
+        assert_eq!(snap.prompt_tokens, 400);
+        assert_eq!(snap.generation_tokens, 20);
+        assert_eq!(snap.success_length, 4);
+        assert_eq!(snap.running, 0);
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_arrive_on_the_first_timer_tick_after_their_ideal_time() {
+        let h = start(EngineConfig::default());
+        let mut rx = h.handle.submit(request(0, 100, 4)).await.unwrap();
+        let mut n = 0;
+        while let Some(ev) = rx.recv().await {
+            let now = Instant::now();
+            assert!(now >= ev.at, "token delivered before its step ended");
+            assert!(now - ev.at < Duration::from_millis(1), "timer tick is 1 ms");
+            n += 1;
+        }
+        assert_eq!(n, 4);
+        // 30.2 ms + 3 × 20.2 ms, with no drift from the 1 ms timer tick.
+        assert!(Instant::now() - h.t0 >= ms(90.8));
+        assert!(Instant::now() - h.t0 < ms(91.8));
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_num_seqs_makes_the_third_request_wait() {
+        let h = start(EngineConfig {
+            max_num_seqs: 2,
+            ..EngineConfig::default()
+        });
+        let mut rxs = Vec::new();
+        for i in 0..3 {
+            rxs.push(h.handle.submit(request(i, 100, 3)).await.unwrap());
+        }
+        // Steps: 2 seqs + 200 prefill = 40.4 ms; decode with 2 seqs = 20.4 ms.
+        let first_two: Vec<Duration> = [40.4, 60.8, 81.2].into_iter().map(ms).collect();
+        assert_eq!(token_times(&mut rxs[0], h.t0).await, first_two);
+        assert_eq!(token_times(&mut rxs[1], h.t0).await, first_two);
+        // The third is admitted after both finish: 20 + 0.2 + 10 = 30.2 ms, then 20.2 ms steps.
+        let third: Vec<Duration> = [111.4, 131.6, 151.8].into_iter().map(ms).collect();
+        assert_eq!(token_times(&mut rxs[2], h.t0).await, third);
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_num_batched_tokens_splits_admission() {
+        let h = start(EngineConfig {
+            max_num_batched_tokens: 250,
+            ..EngineConfig::default()
+        });
+        let mut rxs = Vec::new();
+        for i in 0..4 {
+            rxs.push(h.handle.submit(request(i, 100, 2)).await.unwrap());
+        }
+        // Step 1 admits 0 and 1 (200 tokens; a third would make 300 > 250): 40.4 ms.
+        // Step 2 admits 2 and 3 while 0 and 1 decode: 20 + 0.8 + 20 = 40.8 ms -> 81.2.
+        // Step 3 decodes 2 and 3: 20.4 ms -> 101.6.
+        let early: Vec<Duration> = [40.4, 81.2].into_iter().map(ms).collect();
+        let late: Vec<Duration> = [81.2, 101.6].into_iter().map(ms).collect();
+        assert_eq!(token_times(&mut rxs[0], h.t0).await, early);
+        assert_eq!(token_times(&mut rxs[1], h.t0).await, early);
+        assert_eq!(token_times(&mut rxs[2], h.t0).await, late);
+        assert_eq!(token_times(&mut rxs[3], h.t0).await, late);
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_prompt_runs_alone_when_nothing_runs() {
+        let h = start(EngineConfig {
+            max_num_batched_tokens: 250,
+            ..EngineConfig::default()
+        });
+        let mut big = h.handle.submit(request(0, 1000, 1)).await.unwrap();
+        let mut small = h.handle.submit(request(1, 10, 1)).await.unwrap();
+        // 20 + 0.2 + 100 = 120.2 ms alone; the small one is not admitted past the big one
+        // because the budget is already spent (1000 + 10 > 250).
+        assert_eq!(token_times(&mut big, h.t0).await, vec![ms(120.2)]);
+        assert_eq!(
+            token_times(&mut small, h.t0).await,
+            vec![ms(120.2 + 20.0 + 0.2 + 1.0)]
+        );
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn speedup_divides_every_step() {
+        let h = start(EngineConfig {
+            timing: TimingModel {
+                speedup: 4.0,
+                ..TimingModel::default()
+            },
+            ..EngineConfig::default()
+        });
+        let mut rx = h.handle.submit(request(0, 100, 2)).await.unwrap();
+        // (20 + 0.2 + 10) / 4 = 7.55 ms, then 20.2 / 4 = 5.05 ms.
+        assert_eq!(
+            token_times(&mut rx, h.t0).await,
+            vec![ms(7.55), ms(7.55 + 5.05)]
+        );
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_arrivals_join_at_the_next_step() {
+        let h = start(EngineConfig::default());
+        let mut a = h.handle.submit(request(0, 100, 3)).await.unwrap();
+        // a: first token at 30.2 ms. b arrives at 35 ms, during a's second step (30.2..50.4).
+        tokio::time::sleep(ms(35.0)).await;
+        let mut b = h.handle.submit(request(1, 100, 1)).await.unwrap();
+        // Step 3 starts at 50.4 with a decoding and b prefilling: 20 + 0.4 + 10 = 30.4 -> 80.8.
+        assert_eq!(
+            token_times(&mut a, h.t0).await,
+            vec![ms(30.2), ms(50.4), ms(80.8)]
+        );
+        assert_eq!(token_times(&mut b, h.t0).await, vec![ms(80.8)]);
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_receiver_aborts_and_leaves_the_batch() {
+        let h = start(EngineConfig::default());
+        let mut keep = h.handle.submit(request(0, 100, 4)).await.unwrap();
+        let mut leave = h.handle.submit(request(1, 100, 4)).await.unwrap();
+        let first = leave.recv().await.unwrap();
+        assert_eq!(first.at - h.t0, ms(40.4));
+        drop(leave);
+        // Step 2 still has both (the drop is noticed when delivering): 20.4 -> 60.8.
+        // From step 3 on only one runs: 20.2 ms steps -> 81.0, 101.2.
+        assert_eq!(
+            token_times(&mut keep, h.t0).await,
+            vec![ms(40.4), ms(60.8), ms(81.0), ms(101.2)]
+        );
+        let snap = h.stats.snapshot();
+        assert_eq!(snap.success_abort, 1);
+        assert_eq!(snap.success_length, 1);
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_gets_coalesced_tokens() {
+        let h = start(EngineConfig {
+            timing: TimingModel {
+                step_ms: 1.0,
+                step_ms_per_seq: 0.0,
+                prefill_us_per_token: 0.0,
+                speedup: 1.0,
+            },
+            ..EngineConfig::default()
+        });
+        let n = TOKEN_CHANNEL_CAPACITY as u32 + 10;
+        let mut rx = h.handle.submit(request(0, 1, n)).await.unwrap();
+        // Do not read until the engine is done with it.
+        tokio::time::sleep(Duration::from_millis(u64::from(n) + 5)).await;
+        let mut total = 0;
+        let mut events = 0;
+        let mut last = None;
+        while let Some(ev) = rx.recv().await {
+            assert_eq!(ev.first_index, total);
+            total += ev.count;
+            events += 1;
+            last = ev.finish_reason;
+        }
+        assert_eq!(total, n);
+        assert_eq!(last, Some(FinishReason::Length));
+        assert_eq!(events, TOKEN_CHANNEL_CAPACITY + 1);
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_open_streams() {
+        let h = start(EngineConfig::default());
+        let mut rx = h.handle.submit(request(0, 10, 1000)).await.unwrap();
+        assert!(rx.recv().await.is_some());
+        h.shutdown.cancel();
+        while let Some(ev) = rx.recv().await {
+            assert!(ev.finish_reason.is_none());
+        }
+        assert!(h.handle.submit(request(1, 1, 1)).await.is_err());
+    }
+}

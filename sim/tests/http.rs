@@ -1,0 +1,521 @@
+//! HTTP tests against `fleetbench_sim::run` on a `127.0.0.1:0` listener, with reqwest.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use fleetbench_sim::{SimConfig, SimError, run, tokenizer};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), SimError>>,
+}
+
+impl Server {
+    async fn start(config: SimConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(config, listener, shutdown.clone()));
+        Self {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            shutdown,
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("server did not stop")
+            .unwrap();
+        result.unwrap();
+    }
+}
+
+/// Served as `smol`, 100× faster than real time, no periodic stats.
+fn fast_config() -> SimConfig {
+    let mut config = SimConfig::new("models/smollm2-135m");
+    config.served_model_names = vec!["smol".to_owned()];
+    config.engine.timing.speedup = 100.0;
+    config.log_stats = false;
+    config
+}
+
+/// Splits an SSE body into its `data:` payloads, checking the framing.
+fn sse_payloads(body: &str) -> Vec<String> {
+    assert!(body.ends_with("\n\n"), "events end with a blank line");
+    body.split_terminator("\n\n")
+        .map(|event| {
+            event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {event:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+fn messages() -> Value {
+    json!([
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": [{"type": "text", "text": "Write a haiku about GPUs, please."}]}
+    ])
+}
+
+/// The metric value of an exact series line such as `vllm:foo{...}`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn chat_stream_with_usage_matches_vllm() {
+    let server = Server::start(fast_config()).await;
+    let n = 7;
+    let resp = server
+        .post(
+            "/v1/chat/completions",
+            json!({
+                "model": "smol",
+                "messages": messages(),
+                "max_tokens": n,
+                "ignore_eos": true,
+                "stream": true,
+                "stream_options": {"include_usage": true}
+            }),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let payloads = sse_payloads(&resp.text().await.unwrap());
+    assert_eq!(
+        payloads.len(),
+        1 + n + 1 + 1,
+        "role + {n} tokens + usage + DONE"
+    );
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    let id = chunks[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-"));
+    for c in &chunks {
+        assert_eq!(c["id"], id);
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["model"], "smol");
+    }
+
+    let role = &chunks[0]["choices"][0];
+    assert_eq!(role["delta"], json!({"role": "assistant", "content": ""}));
+    assert_eq!(role["finish_reason"], Value::Null);
+
+    let content = &chunks[1..=n];
+    for (i, c) in content.iter().enumerate() {
+        let choice = &c["choices"][0];
+        let text = choice["delta"]["content"].as_str().unwrap();
+        assert_eq!(
+            tokenizer::count(text),
+            1,
+            "chunk {i} holds one token: {text:?}"
+        );
+        assert!(choice["delta"].get("role").is_none());
+        if i + 1 < n {
+            assert_eq!(choice["finish_reason"], Value::Null);
+            assert!(choice.get("stop_reason").is_none());
+        } else {
+            assert_eq!(choice["finish_reason"], "length");
+            assert_eq!(choice["stop_reason"], Value::Null);
+        }
+    }
+
+    let usage_chunk = &chunks[n + 1];
+    assert_eq!(usage_chunk["choices"], json!([]));
+    let prompt_tokens = usage_chunk["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], n);
+    assert_eq!(
+        usage_chunk["usage"]["total_tokens"].as_u64().unwrap(),
+        prompt_tokens + n as u64
+    );
+
+    // The template count: content tokens + 5 per message + 3 for the generation prompt.
+    let expected = tokenizer::count("You are a helpful assistant.")
+        + tokenizer::count("Write a haiku about GPUs, please.")
+        + 2 * 5
+        + 3;
+    assert_eq!(prompt_tokens, expected as u64);
+
+    // /tokenize agrees with what the server charged.
+    let tok: Value = server
+        .post(
+            "/tokenize",
+            json!({"model": "smol", "messages": messages()}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tok["count"].as_u64(), Some(prompt_tokens));
+    assert_eq!(tok["max_model_len"], 2048);
+    assert_eq!(
+        tok["tokens"].as_array().unwrap().len() as u64,
+        prompt_tokens
+    );
+    assert_eq!(tok["token_strs"], Value::Null);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn completions_stream_has_no_role_chunk() {
+    let server = Server::start(fast_config()).await;
+    let n = 5;
+    let resp = server
+        .post(
+            "/v1/completions",
+            json!({
+                "model": "smol",
+                "prompt": "The quick brown fox",
+                "max_tokens": n,
+                "ignore_eos": true,
+                "stream": true,
+                "stream_options": {"include_usage": true}
+            }),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let payloads = sse_payloads(&resp.text().await.unwrap());
+    assert_eq!(payloads.len(), n + 2);
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = payloads[..=n]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    for (i, c) in chunks[..n].iter().enumerate() {
+        assert!(c["id"].as_str().unwrap().starts_with("cmpl-"));
+        assert_eq!(c["object"], "text_completion");
+        let choice = &c["choices"][0];
+        assert_eq!(tokenizer::count(choice["text"].as_str().unwrap()), 1);
+        assert_eq!(choice["logprobs"], Value::Null);
+        assert_eq!(choice["stop_reason"], Value::Null);
+        let expected = if i + 1 == n {
+            json!("length")
+        } else {
+            Value::Null
+        };
+        assert_eq!(choice["finish_reason"], expected);
+    }
+    let usage = &chunks[n]["usage"];
+    assert_eq!(chunks[n]["choices"], json!([]));
+    assert_eq!(usage["prompt_tokens"], 4);
+    assert_eq!(usage["completion_tokens"], n);
+    assert_eq!(usage["total_tokens"], 4 + n);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn non_streaming_answers_and_natural_stops() {
+    let server = Server::start(fast_config()).await;
+    let body =
+        json!({"model": "smol", "messages": messages(), "max_tokens": 9, "ignore_eos": true});
+    let resp: Value = server
+        .post("/v1/chat/completions", body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["object"], "chat.completion");
+    assert_eq!(resp["choices"][0]["finish_reason"], "length");
+    let text = resp["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(tokenizer::count(text), 9);
+    assert_eq!(resp["usage"]["completion_tokens"], 9);
+
+    // Without ignore_eos the length is a pure function of the prompt, in [min_tokens, max].
+    for i in 0..6 {
+        let body = json!({
+            "model": "smol",
+            "prompt": format!("Prompt number {i} for a natural stop"),
+            "max_tokens": 40,
+            "min_tokens": 3
+        });
+        let a: Value = server
+            .post("/v1/completions", body.clone())
+            .await
+            .json()
+            .await
+            .unwrap();
+        let b: Value = server
+            .post("/v1/completions", body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+        let completion = a["usage"]["completion_tokens"].as_u64().unwrap();
+        assert!((3..=40).contains(&completion), "{completion}");
+        let finish = a["choices"][0]["finish_reason"].as_str().unwrap();
+        assert_eq!(
+            finish == "length",
+            completion == 40,
+            "{finish} at {completion}"
+        );
+        if finish == "stop" {
+            // The end-of-sequence token counts but has no text.
+            let text = a["choices"][0]["text"].as_str().unwrap();
+            assert_eq!(tokenizer::count(text) as u64, completion - 1);
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn errors_have_vllm_bodies() {
+    let mut config = fast_config();
+    config.max_model_len = 64;
+    config.disable_completions = true;
+    let server = Server::start(config).await;
+
+    // --disable-completions: FastAPI's 404, as the seed saw.
+    let resp = server
+        .post("/v1/completions", json!({"model": "smol", "prompt": "hi"}))
+        .await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.text().await.unwrap(), r#"{"detail":"Not Found"}"#);
+    assert_eq!(server.get("/nope").await.status(), 404);
+    assert_eq!(server.get("/v1/chat/completions").await.status(), 405);
+
+    // Unknown model.
+    let resp = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "gpt-4", "messages": messages()}),
+        )
+        .await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(
+        resp.text().await.unwrap(),
+        r#"{"error":{"message":"The model `gpt-4` does not exist.","type":"NotFoundError","param":"model","code":404}}"#
+    );
+
+    // Prompt + max_tokens over max_model_len.
+    let long = "word ".repeat(60);
+    let msgs = json!([{"role": "user", "content": long}]);
+    let prompt = tokenizer::count(&long) + 5 + 3;
+    let resp = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "smol", "messages": msgs, "max_tokens": 10}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let expected = format!(
+        r#"{{"error":{{"message":"This model's maximum context length is 64 tokens. However, you requested {} tokens ({prompt} in the messages, 10 in the completion). Please reduce the length of the messages or completion.","type":"BadRequestError","param":null,"code":400}}}}"#,
+        prompt + 10
+    );
+    assert_eq!(resp.text().await.unwrap(), expected);
+
+    // Malformed JSON is a 400 too.
+    let resp = server
+        .client
+        .post(server.url("/v1/chat/completions"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn info_endpoints() {
+    let server = Server::start(fast_config()).await;
+    let health = server.get("/health").await;
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "");
+
+    let version: Value = server.get("/version").await.json().await.unwrap();
+    assert_eq!(version, json!({"version": "0.32.0+sim"}));
+
+    let models: Value = server.get("/v1/models").await.json().await.unwrap();
+    assert_eq!(models["object"], "list");
+    let card = &models["data"][0];
+    assert_eq!(card["id"], "smol");
+    assert_eq!(card["object"], "model");
+    assert_eq!(card["owned_by"], "vllm");
+    assert_eq!(card["root"], "models/smollm2-135m");
+    assert_eq!(card["parent"], Value::Null);
+    assert_eq!(card["max_model_len"], 2048);
+    assert!(card["created"].as_u64().unwrap() > 1_700_000_000);
+    assert!(card["permission"].is_array());
+
+    let tok: Value = server
+        .post(
+            "/tokenize",
+            json!({"prompt": "Hello, world", "return_token_strs": true}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tok["count"], 3);
+    assert_eq!(tok["token_strs"], json!(["Hello", ",", " world"]));
+    let detok: Value = server
+        .post(
+            "/detokenize",
+            json!({"tokens": tokenizer::encode(" the model, the data")}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detok["prompt"], " the model, the data");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_tokens_and_requests() {
+    let server = Server::start(fast_config()).await;
+    let mut prompt_total = 0;
+    for n in [3u64, 4, 5] {
+        let resp: Value = server
+            .post(
+                "/v1/completions",
+                json!({"model": "smol", "prompt": "a b c d e f", "max_tokens": n, "ignore_eos": true}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        prompt_total += resp["usage"]["prompt_tokens"].as_u64().unwrap();
+    }
+    let resp = server.get("/metrics").await;
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = resp.text().await.unwrap();
+    let labels = r#"{engine="0",model_name="smol"}"#;
+    assert_eq!(
+        metric(&text, &format!("vllm:generation_tokens_total{labels}")),
+        Some(12.0)
+    );
+    assert_eq!(
+        metric(&text, &format!("vllm:prompt_tokens_total{labels}")),
+        Some(prompt_total as f64)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"vllm:request_success_total{engine="0",finished_reason="length",model_name="smol"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&text, &format!("vllm:num_requests_running{labels}")),
+        Some(0.0)
+    );
+    assert!(text.contains("# TYPE vllm:kv_cache_usage_perc gauge"));
+    assert!(text.contains("# HELP vllm:num_requests_waiting "));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_disconnect_aborts_the_request() {
+    let mut config = fast_config();
+    config.engine.timing.speedup = 1.0;
+    let server = Server::start(config).await;
+    let resp = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "smol", "messages": messages(), "max_tokens": 1000, "ignore_eos": true, "stream": true}),
+        )
+        .await;
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    let running = r#"vllm:num_requests_running{engine="0",model_name="smol"}"#;
+    assert_eq!(metric(&server.metrics().await, running), Some(1.0));
+    drop(body);
+
+    let abort =
+        r#"vllm:request_success_total{engine="0",finished_reason="abort",model_name="smol"}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = server.metrics().await;
+        if metric(&text, abort) == Some(1.0) && metric(&text, running) == Some(0.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not aborted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_and_returns() {
+    let mut config = fast_config();
+    config.engine.timing.speedup = 1.0;
+    let server = Server::start(config).await;
+    let resp = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "smol", "messages": messages(), "max_tokens": 1000, "ignore_eos": true, "stream": true}),
+        )
+        .await;
+    let mut body = resp.bytes_stream();
+    assert!(body.next().await.is_some());
+    server.shutdown.cancel();
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut rest = Vec::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            rest.extend_from_slice(&chunk);
+        }
+        rest
+    })
+    .await
+    .expect("stream did not end");
+    assert!(!String::from_utf8_lossy(&rest).contains("[DONE]"));
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .expect("run did not return")
+        .unwrap()
+        .unwrap();
+}
