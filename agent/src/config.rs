@@ -60,6 +60,9 @@ pub struct AgentConfig {
     /// Seconds between heartbeats.
     #[serde(default = "default_heartbeat_s")]
     pub heartbeat_s: u64,
+    /// Milliseconds between scrapes of the engine's `/metrics` during a point.
+    #[serde(default = "default_metrics_interval_ms")]
+    pub metrics_interval_ms: u64,
 }
 
 fn default_controller() -> String {
@@ -83,6 +86,9 @@ fn default_log_tail() -> usize {
 fn default_heartbeat_s() -> u64 {
     5
 }
+fn default_metrics_interval_ms() -> u64 {
+    500
+}
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -99,6 +105,7 @@ impl Default for AgentConfig {
             batch_flush_ms: default_batch_flush_ms(),
             log_tail_lines: default_log_tail(),
             heartbeat_s: default_heartbeat_s(),
+            metrics_interval_ms: default_metrics_interval_ms(),
         }
     }
 }

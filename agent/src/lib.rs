@@ -17,6 +17,7 @@ pub mod request;
 pub mod runner;
 pub mod session;
 pub mod sse;
+pub mod telemetry;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

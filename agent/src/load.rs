@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::error::AgentError;
 use crate::prompt::{TokenCounter, build_prompts, mix};
 use crate::request::{ApiEndpoint, RequestPlan, measure};
+use crate::telemetry::{MetricSample, spawn_scraper};
 
 /// How a point's load run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,8 @@ pub struct LoadOutcome {
     pub measured: u32,
     /// Prompts whose server-counted length differs from the target (or is unknown).
     pub inexact_prompts: u32,
+    /// The engine's `/metrics` during the measured load.
+    pub engine_metrics: Vec<MetricSample>,
 }
 
 /// Decides the endpoint for `auto`: completions when the engine serves it, otherwise chat
@@ -69,6 +72,7 @@ pub async fn run_point(
     base_url: &str,
     point: &pb::PointSpec,
     records: &mpsc::Sender<RequestRecord>,
+    metrics_interval: Duration,
     cancel: &CancellationToken,
 ) -> Result<LoadOutcome, AgentError> {
     let load = point.load.clone().unwrap_or_default();
@@ -130,31 +134,46 @@ pub async fn run_point(
         }
     }
 
-    for wave in 0..waves {
-        if cancel.is_cancelled() {
-            return Err(AgentError::Cancelled);
-        }
-        let plans: Vec<RequestPlan> = (0..point.batch_size)
-            .filter_map(|i| {
-                prompts
-                    .next()
-                    .map(|p| plan(wave * point.batch_size + i, wave, &p.text))
-            })
-            .collect();
-        // All N futures are created first and polled together: the burst leaves at once.
-        let mut inflight: FuturesUnordered<_> = plans
-            .iter()
-            .map(|p| measure(client, base_url, p, deadline, cancel))
-            .collect();
-        while let Some(record) = inflight.next().await {
-            if records.send(record).await.is_err() {
-                return Err(AgentError::Engine("record sink closed".into()));
+    let stop_scraper = CancellationToken::new();
+    let scraper = spawn_scraper(
+        client.clone(),
+        base_url.to_string(),
+        metrics_interval,
+        stop_scraper.clone(),
+    );
+    let measured_run = async {
+        for wave in 0..waves {
+            if cancel.is_cancelled() {
+                return Err(AgentError::Cancelled);
+            }
+            let plans: Vec<RequestPlan> = (0..point.batch_size)
+                .filter_map(|i| {
+                    prompts
+                        .next()
+                        .map(|p| plan(wave * point.batch_size + i, wave, &p.text))
+                })
+                .collect();
+            // All N futures are created first and polled together: the burst leaves at once.
+            let mut inflight: FuturesUnordered<_> = plans
+                .iter()
+                .map(|p| measure(client, base_url, p, deadline, cancel))
+                .collect();
+            while let Some(record) = inflight.next().await {
+                if records.send(record).await.is_err() {
+                    return Err(AgentError::Engine("record sink closed".into()));
+                }
             }
         }
+        Ok(())
     }
+    .await;
+    stop_scraper.cancel();
+    let engine_metrics = scraper.await.unwrap_or_default();
+    measured_run?;
     Ok(LoadOutcome {
         endpoint,
         measured,
         inexact_prompts: u32::try_from(inexact).unwrap_or(u32::MAX),
+        engine_metrics,
     })
 }

@@ -52,6 +52,7 @@ struct PointResult {
     ok: bool,
     error: String,
     endpoint: String,
+    engine_metrics: Vec<pb::MetricSample>,
 }
 
 impl Runner {
@@ -226,6 +227,7 @@ impl Runner {
                 ok: false,
                 error: format!("engine start failed: {error}"),
                 endpoint: String::new(),
+                engine_metrics: Vec::new(),
             },
             Ok(()) => {
                 self.set_status("running", &point.point_id);
@@ -256,6 +258,7 @@ impl Runner {
                 engine_args,
                 started_unix_us: started,
                 finished_unix_us: unix_micros_now(),
+                engine_metrics: result.engine_metrics,
             })),
         });
         if let Ok(mut m) = self.cancels.lock() {
@@ -274,10 +277,12 @@ impl Runner {
                 ok: false,
                 error: "no engine".into(),
                 endpoint: String::new(),
+                engine_metrics: Vec::new(),
             };
         };
         let base_url = engine.base_url.clone();
-        let outcome = load::run_point(&self.client, &base_url, point, tx, cancel).await;
+        let interval = Duration::from_millis(self.cfg.metrics_interval_ms.max(10));
+        let outcome = load::run_point(&self.client, &base_url, point, tx, interval, cancel).await;
         // An engine that died during the point fails it; forensics travel as an event.
         let exit = match self.engine.as_mut() {
             Some((_, engine)) => engine.exited().await,
@@ -294,12 +299,19 @@ impl Runner {
             ev.log_tail = exit.log_tail;
             self.send_event(ev);
             self.engine = None;
+            let (endpoint, engine_metrics) = outcome
+                .map(|o| {
+                    (
+                        o.endpoint.as_str().to_string(),
+                        wire_samples(o.engine_metrics),
+                    )
+                })
+                .unwrap_or_default();
             return PointResult {
                 ok: false,
                 error: format!("engine exited during the point with code {:?}", exit.code),
-                endpoint: outcome
-                    .map(|o| o.endpoint.as_str().to_string())
-                    .unwrap_or_default(),
+                endpoint,
+                engine_metrics,
             };
         }
         match outcome {
@@ -314,19 +326,34 @@ impl Runner {
                     String::new()
                 },
                 endpoint: o.endpoint.as_str().to_string(),
+                engine_metrics: wire_samples(o.engine_metrics),
             },
             Err(AgentError::Cancelled) => PointResult {
                 ok: false,
                 error: "cancelled".into(),
                 endpoint: String::new(),
+                engine_metrics: Vec::new(),
             },
             Err(e) => PointResult {
                 ok: false,
                 error: e.to_string(),
                 endpoint: String::new(),
+                engine_metrics: Vec::new(),
             },
         }
     }
+}
+
+fn wire_samples(samples: Vec<crate::telemetry::MetricSample>) -> Vec<pb::MetricSample> {
+    samples
+        .into_iter()
+        .map(|s| pb::MetricSample {
+            offset_s: s.offset_s,
+            unix_ms: s.unix_ms,
+            name: s.name,
+            value: s.value,
+        })
+        .collect()
 }
 
 /// Groups records into batches of `max` (or whatever arrived within `flush`) and queues

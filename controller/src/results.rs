@@ -33,10 +33,37 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use crate::error::ControllerError;
-use crate::summary::{Percentiles, PointMeta, PointSummary};
+use crate::summary::{Percentiles, PointMeta, PointSummary, ServerStats};
 
 const REQUESTS_SUFFIX: &str = ".requests.parquet";
 const POINTS_SUFFIX: &str = ".points.parquet";
+const METRICS_SUFFIX: &str = ".metrics.parquet";
+
+/// Picks one engine statistic out of a point summary's server stats.
+type ServerStat = fn(&ServerStats) -> Option<f64>;
+
+/// The engine's view of each point, as columns of the points file.
+const SERVER: [(&str, ServerStat); 4] = [
+    ("server_running_max", |s| s.running_max),
+    ("server_waiting_max", |s| s.waiting_max),
+    ("server_kv_cache_usage_max", |s| s.kv_cache_usage_max),
+    ("server_preemptions", |s| s.preemptions),
+];
+
+/// One engine metric sample of one point: a row of `<sweep-id>.metrics.parquet`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRow {
+    pub point_id: String,
+    pub point_index: u32,
+    pub attempt: u32,
+    pub agent: String,
+    /// Seconds since the point's measured load started.
+    pub offset_s: f64,
+    pub unix_ms: i64,
+    /// e.g. `vllm:num_requests_running`
+    pub metric: String,
+    pub value: f64,
+}
 
 /// Picks one distribution out of a point summary.
 type Distribution = fn(&PointSummary) -> Percentiles;
@@ -60,11 +87,13 @@ const STATS: [(&str, Statistic); 4] = [
     ("p99", |p| p.p99),
 ];
 
-/// The two files of one (model, gpus) partition of a sweep.
+/// The files of one (model, gpus) partition of a sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionFiles {
     pub requests: PathBuf,
     pub points: PathBuf,
+    /// Engine `/metrics` samples taken during the points.
+    pub metrics: PathBuf,
 }
 
 /// `root/model=<model_slug(model)>/gpus=<gpus>`.
@@ -86,6 +115,7 @@ pub fn write_partition(
     model: &str,
     gpus: u32,
     points: &[(PointSummary, &[RequestRecord])],
+    metrics: &[MetricRow],
     metadata: &BTreeMap<String, String>,
 ) -> Result<PartitionFiles, ControllerError> {
     let dir = partition_dir(root, model, gpus);
@@ -112,8 +142,10 @@ pub fn write_partition(
     let files = PartitionFiles {
         requests: dir.join(format!("{sweep_id}{REQUESTS_SUFFIX}")),
         points: dir.join(format!("{sweep_id}{POINTS_SUFFIX}")),
+        metrics: dir.join(format!("{sweep_id}{METRICS_SUFFIX}")),
     };
     write_atomically(&files.requests, &requests_batch(points)?, metadata)?;
+    write_atomically(&files.metrics, &metrics_batch(sweep_id, metrics)?, metadata)?;
     let summaries: Vec<&PointSummary> = points.iter().map(|(s, _)| s).collect();
     write_atomically(&files.points, &points_batch(&summaries)?, metadata)?;
     Ok(files)
@@ -157,6 +189,14 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, Controller
         });
         let (output_speed, ttft_s, tpot_s, itl_s, e2el_s) =
             (output_speed?, ttft_s?, tpot_s?, itl_s?, e2el_s?);
+        let [running_max, waiting_max, kv_cache_usage_max, preemptions] =
+            SERVER.map(|(name, _)| c.get::<Float64Array>(name));
+        let (running_max, waiting_max, kv_cache_usage_max, preemptions) = (
+            running_max?,
+            waiting_max?,
+            kv_cache_usage_max?,
+            preemptions?,
+        );
         let distribution = |columns: &[&Float64Array; 4], row: usize| {
             let [mean, p50, p90, p99] = columns.map(|column| opt(column, row));
             Percentiles {
@@ -197,6 +237,12 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, Controller
                 tpot_s: distribution(&tpot_s, i),
                 itl_s: distribution(&itl_s, i),
                 e2el_s: distribution(&e2el_s, i),
+                server: ServerStats {
+                    running_max: opt(running_max, i),
+                    waiting_max: opt(waiting_max, i),
+                    kv_cache_usage_max: opt(kv_cache_usage_max, i),
+                    preemptions: opt(preemptions, i),
+                },
             });
         }
     }
@@ -426,7 +472,25 @@ fn points_schema() -> Schema {
             ));
         }
     }
+    for (name, _) in SERVER {
+        fields.push(Field::new(name, DataType::Float64, true));
+    }
     Schema::new(fields)
+}
+
+/// Columns of `<sweep-id>.metrics.parquet`: one engine metric sample per row (long format).
+fn metrics_schema() -> Schema {
+    Schema::new(vec![
+        Field::new("sweep_id", DataType::Utf8, false),
+        Field::new("point_id", DataType::Utf8, false),
+        Field::new("point_index", DataType::UInt32, false),
+        Field::new("attempt", DataType::UInt32, false),
+        Field::new("agent", DataType::Utf8, false),
+        Field::new("offset_s", DataType::Float64, false),
+        Field::new("sample_time", timestamp_type(), false),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+    ])
 }
 
 // ---- writing -------------------------------------------------------------------------------
@@ -538,7 +602,57 @@ fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, ControllerError> 
             columns.push(opt_f64s(rows, |s| stat(&distribution(s))));
         }
     }
+    for (_, get) in SERVER {
+        columns.push(opt_f64s(rows, |s| get(&s.server)));
+    }
     Ok(RecordBatch::try_new(Arc::new(points_schema()), columns)?)
+}
+
+fn metrics_batch(sweep_id: &str, rows: &[MetricRow]) -> Result<RecordBatch, ControllerError> {
+    let columns = vec![
+        utf8(rows, |_| sweep_id),
+        utf8(rows, |r| &r.point_id),
+        u32s(rows, |r| r.point_index),
+        u32s(rows, |r| r.attempt),
+        utf8(rows, |r| &r.agent),
+        f64s(rows, |r| r.offset_s),
+        timestamps(rows, |r| r.unix_ms.saturating_mul(1000)),
+        utf8(rows, |r| &r.metric),
+        f64s(rows, |r| r.value),
+    ];
+    Ok(RecordBatch::try_new(Arc::new(metrics_schema()), columns)?)
+}
+
+/// Reads every engine metric sample of a `.metrics.parquet` file, in file order.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>, ControllerError> {
+    let mut out = Vec::new();
+    for batch in read_batches(path, &metrics_schema())? {
+        let c = Columns {
+            batch: &batch,
+            path,
+        };
+        let point_id = c.get::<StringArray>("point_id")?;
+        let point_index = c.get::<UInt32Array>("point_index")?;
+        let attempt = c.get::<UInt32Array>("attempt")?;
+        let agent = c.get::<StringArray>("agent")?;
+        let offset_s = c.get::<Float64Array>("offset_s")?;
+        let sample_time = c.get::<TimestampMicrosecondArray>("sample_time")?;
+        let metric = c.get::<StringArray>("metric")?;
+        let value = c.get::<Float64Array>("value")?;
+        for i in 0..batch.num_rows() {
+            out.push(MetricRow {
+                point_id: point_id.value(i).to_owned(),
+                point_index: point_index.value(i),
+                attempt: attempt.value(i),
+                agent: agent.value(i).to_owned(),
+                offset_s: offset_s.value(i),
+                unix_ms: sample_time.value(i) / 1000,
+                metric: metric.value(i).to_owned(),
+                value: value.value(i),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn writer_properties(metadata: &BTreeMap<String, String>) -> WriterProperties {
@@ -780,8 +894,37 @@ mod tests {
         failed_meta.error = "engine OOM-killed".into();
         failed_meta.attempt = 1;
         let failed = summarize(failed_meta, &[]);
+        let mut done = done;
+        done.server = ServerStats {
+            running_max: Some(8.0),
+            waiting_max: Some(0.0),
+            kv_cache_usage_max: Some(0.125),
+            preemptions: None,
+        };
         let points: Vec<(PointSummary, &[RequestRecord])> =
             vec![(done.clone(), recs.as_slice()), (failed.clone(), &[][..])];
+        let samples = vec![
+            MetricRow {
+                point_id: "p-0000".into(),
+                point_index: 0,
+                attempt: 2,
+                agent: "agent-a".into(),
+                offset_s: 0.0,
+                unix_ms: 1_767_225_600_123,
+                metric: "vllm:num_requests_running".into(),
+                value: 0.0,
+            },
+            MetricRow {
+                point_id: "p-0000".into(),
+                point_index: 0,
+                attempt: 2,
+                agent: "agent-a".into(),
+                offset_s: 0.5,
+                unix_ms: 1_767_225_600_623,
+                metric: "vllm:num_requests_running".into(),
+                value: 8.0,
+            },
+        ];
 
         let files = write_partition(
             root.path(),
@@ -789,6 +932,7 @@ mod tests {
             "meta-llama/Llama-3.2-1B",
             2,
             &points,
+            &samples,
             &metadata(),
         )
         .unwrap();
@@ -799,15 +943,18 @@ mod tests {
             PartitionFiles {
                 requests: dir.join("sw-20260101-abc.requests.parquet"),
                 points: dir.join("sw-20260101-abc.points.parquet"),
+                metrics: dir.join("sw-20260101-abc.metrics.parquet"),
             }
         );
         assert_eq!(
             files_in(&dir),
             [
+                "sw-20260101-abc.metrics.parquet",
                 "sw-20260101-abc.points.parquet",
                 "sw-20260101-abc.requests.parquet"
             ]
         );
+        assert_eq!(read_metrics(&files.metrics).unwrap(), samples);
 
         let summaries = read_point_summaries(&files.points).unwrap();
         assert_eq!(summaries, vec![done, failed]);
@@ -836,6 +983,7 @@ mod tests {
             "meta-llama/Llama-3.2-1B",
             2,
             &points,
+            &[],
             &metadata(),
         )
         .unwrap();
@@ -872,6 +1020,7 @@ mod tests {
             model,
             2,
             &first,
+            &[],
             &metadata(),
         )
         .unwrap();
@@ -882,6 +1031,7 @@ mod tests {
             model,
             2,
             &second,
+            &[],
             &metadata(),
         )
         .unwrap();
@@ -889,7 +1039,7 @@ mod tests {
         let summaries = read_point_summaries(&files.points).unwrap();
         assert_eq!(summaries.len(), 1);
         assert_eq!(summaries[0].meta.point_index, 5);
-        assert_eq!(files_in(&partition_dir(root.path(), model, 2)).len(), 2);
+        assert_eq!(files_in(&partition_dir(root.path(), model, 2)).len(), 3);
     }
 
     #[test]
@@ -902,6 +1052,7 @@ mod tests {
             "other/model",
             2,
             &points,
+            &[],
             &metadata(),
         )
         .unwrap_err();
@@ -912,6 +1063,7 @@ mod tests {
             "meta-llama/Llama-3.2-1B",
             2,
             &points,
+            &[],
             &metadata(),
         )
         .unwrap_err();
@@ -986,6 +1138,7 @@ mod tests {
             "meta-llama/Llama-3.2-1B",
             2,
             &[(summarize(meta(0), &recs), recs.as_slice())],
+            &[],
             &metadata(),
         )
         .unwrap();
@@ -995,6 +1148,7 @@ mod tests {
             "meta-llama/Llama-3.2-1B",
             1,
             &[(summarize(other, &recs), recs.as_slice())],
+            &[],
             &metadata(),
         )
         .unwrap();

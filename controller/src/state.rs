@@ -14,7 +14,7 @@ use fleetbench_proto::unix_millis_now;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::summary::{PointMeta, PointSummary, summarize};
+use crate::summary::{PointMeta, PointSummary, server_stats, summarize};
 
 /// Messages to send to agents once the state lock is released: (agent name, message).
 pub type Outgoing = Vec<(String, pb::ControllerMessage)>;
@@ -491,7 +491,9 @@ impl State {
             started_unix_us: pf.started_unix_us,
             finished_unix_us: pf.finished_unix_us,
         };
-        p.summary = Some(summarize(meta, &records));
+        let mut summary = summarize(meta, &records);
+        summary.server = server_stats(&pf.engine_metrics);
+        p.summary = Some(summary);
         p.state = state;
         p.error = pf.error.clone();
         p.host = host;

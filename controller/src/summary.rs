@@ -65,6 +65,42 @@ pub struct PointSummary {
     pub tpot_s: Percentiles,
     pub itl_s: Percentiles,
     pub e2el_s: Percentiles,
+    /// What the engine reported about itself while the point ran.
+    pub server: ServerStats,
+}
+
+/// The engine's view of a point, from its Prometheus `/metrics` scraped during the load:
+/// the most requests it ran and queued at once, its peak KV-cache use (0..1), and the
+/// preemptions during the point (counter increase). `None` when the engine had no metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ServerStats {
+    pub running_max: Option<f64>,
+    pub waiting_max: Option<f64>,
+    pub kv_cache_usage_max: Option<f64>,
+    pub preemptions: Option<f64>,
+}
+
+/// Computes [`ServerStats`] from the samples an agent scraped during a point.
+pub fn server_stats(samples: &[pb::MetricSample]) -> ServerStats {
+    let values = |name: &'static str| {
+        samples
+            .iter()
+            .filter(move |s| s.name == name)
+            .map(|s| s.value)
+    };
+    let max = |name: &'static str| values(name).reduce(f64::max);
+    let increase = |name: &'static str| {
+        let first = values(name).next()?;
+        let last = values(name).next_back()?;
+        Some((last - first).max(0.0))
+    };
+    ServerStats {
+        running_max: max("vllm:num_requests_running"),
+        waiting_max: max("vllm:num_requests_waiting"),
+        kv_cache_usage_max: max("vllm:kv_cache_usage_perc")
+            .or_else(|| max("vllm:gpu_cache_usage_perc")),
+        preemptions: increase("vllm:num_preemptions_total"),
+    }
 }
 
 /// Summarizes one point attempt from all of its measured records (warm-up excluded upstream).
@@ -116,6 +152,7 @@ pub fn summarize(meta: PointMeta, records: &[RequestRecord]) -> PointSummary {
         tpot_s: percentiles(&collect(|r| r.tpot_s)),
         itl_s: percentiles(&itl),
         e2el_s: percentiles(&collect(|r| r.e2el_s)),
+        server: ServerStats::default(),
     }
 }
 
@@ -217,6 +254,10 @@ impl From<&PointSummary> for pb::PointSummary {
             state: m.state.clone(),
             error: m.error.clone(),
             endpoint: m.endpoint.clone(),
+            server_running_max: s.server.running_max,
+            server_waiting_max: s.server.waiting_max,
+            server_kv_cache_usage_max: s.server.kv_cache_usage_max,
+            server_preemptions: s.server.preemptions,
         }
     }
 }
@@ -416,5 +457,30 @@ mod tests {
         assert_eq!(wire.ttft_s.and_then(|p| p.p50), Some(0.1));
         let empty = pb::PointSummary::from(&summarize(meta(), &[]));
         assert_eq!(empty.tpot_s.and_then(|p| p.mean), None);
+    }
+
+    #[test]
+    fn server_stats_take_peaks_and_counter_increase() {
+        let sample = |offset_s: f64, name: &str, value: f64| pb::MetricSample {
+            offset_s,
+            unix_ms: 0,
+            name: name.into(),
+            value,
+        };
+        let samples = vec![
+            sample(0.0, "vllm:num_requests_running", 0.0),
+            sample(0.0, "vllm:num_preemptions_total", 5.0),
+            sample(0.5, "vllm:num_requests_running", 8.0),
+            sample(0.5, "vllm:num_requests_waiting", 2.0),
+            sample(0.5, "vllm:kv_cache_usage_perc", 0.25),
+            sample(1.0, "vllm:num_requests_running", 3.0),
+            sample(1.0, "vllm:num_preemptions_total", 7.0),
+        ];
+        let s = server_stats(&samples);
+        assert_eq!(s.running_max, Some(8.0));
+        assert_eq!(s.waiting_max, Some(2.0));
+        assert_eq!(s.kv_cache_usage_max, Some(0.25));
+        assert_eq!(s.preemptions, Some(2.0));
+        assert_eq!(server_stats(&[]), ServerStats::default());
     }
 }

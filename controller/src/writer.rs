@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::results::write_partition;
+use crate::results::{MetricRow, write_partition};
 use crate::service::Controller;
 use crate::state::WriteJob;
 use crate::summary::PointSummary;
@@ -20,6 +20,7 @@ use crate::summary::PointSummary;
 struct Snapshot {
     model: String,
     points: Vec<(PointSummary, Vec<RequestRecord>)>,
+    metrics: Vec<MetricRow>,
     metadata: BTreeMap<String, String>,
 }
 
@@ -31,12 +32,23 @@ fn snapshot(ctl: &Controller, job: &WriteJob) -> Option<Snapshot> {
     let mut engine_args = None;
     let mut engine_version = None;
     let mut events = Vec::new();
+    let mut metrics = Vec::new();
     for p in sweep.points.iter().filter(|p| p.planned.gpus == job.gpus) {
         if let Some(s) = &p.summary {
             points.push((s.clone(), p.records()));
             hosts.insert(p.host.clone());
         }
         if let Some(f) = &p.finished {
+            metrics.extend(f.engine_metrics.iter().map(|m| MetricRow {
+                point_id: p.point_id.clone(),
+                point_index: p.planned.index,
+                attempt: f.attempt,
+                agent: p.agent.clone(),
+                offset_s: m.offset_s,
+                unix_ms: m.unix_ms,
+                metric: m.name.clone(),
+                value: m.value,
+            }));
             if engine_args.is_none() && !f.engine_args.is_empty() {
                 engine_args = Some(f.engine_args.join(" "));
             }
@@ -87,6 +99,7 @@ fn snapshot(ctl: &Controller, job: &WriteJob) -> Option<Snapshot> {
     Some(Snapshot {
         model: sweep.spec.model.get_ref().clone(),
         points,
+        metrics,
         metadata,
     })
 }
@@ -117,7 +130,15 @@ pub async fn run(
                 .iter()
                 .map(|(s, r)| (s.clone(), r.as_slice()))
                 .collect();
-            write_partition(&root, &sweep_id, &snap.model, gpus, &refs, &snap.metadata)
+            write_partition(
+                &root,
+                &sweep_id,
+                &snap.model,
+                gpus,
+                &refs,
+                &snap.metrics,
+                &snap.metadata,
+            )
         })
         .await;
         match written {

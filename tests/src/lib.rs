@@ -87,6 +87,7 @@ impl Cluster {
                         .collect(),
                     vllm_command,
                     heartbeat_s: 1,
+                    metrics_interval_ms: 20,
                     ..AgentConfig::default()
                 };
                 tokio::spawn(fleetbench_agent::run(cfg, shutdown.clone()))

@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use fleetbench_controller::results::{read_metadata, read_point_summaries, read_requests};
+use fleetbench_controller::results::{
+    read_metadata, read_metrics, read_point_summaries, read_requests,
+};
 use fleetbench_proto::pb;
 use fleetbench_tests::{AgentSpec, Cluster, percentile, workspace_bin};
 
@@ -126,6 +128,11 @@ async fn sweep_on_two_agents_lands_in_hive_parquet_and_matches_the_timing_model(
         );
         assert!(!meta["fleetbench.version"].is_empty());
 
+        // The engine's own view, scraped from vllm-sim's /metrics during each point.
+        let metrics_path = part(gpus).join(format!("{id}.metrics.parquet"));
+        let samples = read_metrics(&metrics_path).unwrap();
+        assert!(!samples.is_empty(), "engine metrics stored with the points");
+
         let rows = read_requests(&requests_path).unwrap();
         let points = read_point_summaries(&points_path).unwrap();
         assert_eq!(points.len(), 6, "3 batch sizes × 2 workloads per GPU count");
@@ -138,6 +145,28 @@ async fn sweep_on_two_agents_lands_in_hive_parquet_and_matches_the_timing_model(
         assert_eq!(rows.len() as u32, expected_rows);
         for p in &points {
             agents_seen.insert(p.meta.agent.clone());
+            let running_max = p
+                .server
+                .running_max
+                .expect("server running requests sampled");
+            assert!(
+                running_max <= f64::from(p.meta.batch_size),
+                "{}: server ran {running_max}",
+                p.meta.point_id
+            );
+            if p.meta.batch_size == 4 {
+                assert_eq!(
+                    running_max, 4.0,
+                    "{}: the server saw the whole burst running",
+                    p.meta.point_id
+                );
+            }
+            assert!(
+                samples
+                    .iter()
+                    .any(|m| m.point_id == p.meta.point_id
+                        && m.metric == "vllm:num_requests_running")
+            );
             assert_eq!(p.meta.host, format!("{}-host", p.meta.agent));
             let recs = &by_point[&p.meta.point_id];
             let b = p.meta.batch_size;

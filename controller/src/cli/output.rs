@@ -58,6 +58,13 @@ pub fn fields(s: &pb::PointSummary) -> Vec<(String, Value)> {
     f.extend(pct("tpot_s", s.tpot_s.as_ref()));
     f.extend(pct("itl_s", s.itl_s.as_ref()));
     f.extend(pct("e2el_s", s.e2el_s.as_ref()));
+    f.push(("server_running_max".into(), json!(s.server_running_max)));
+    f.push(("server_waiting_max".into(), json!(s.server_waiting_max)));
+    f.push((
+        "server_kv_cache_usage_max".into(),
+        json!(s.server_kv_cache_usage_max),
+    ));
+    f.push(("server_preemptions".into(), json!(s.server_preemptions)));
     f.push(("error".into(), json!(s.error)));
     f
 }
@@ -128,6 +135,7 @@ pub fn to_table(points: &[pb::PointSummary]) -> String {
         "tpot p99",
         "itl p50",
         "e2el p50",
+        "srv run",
     ];
     let rows: Vec<Vec<String>> = points
         .iter()
@@ -156,6 +164,8 @@ pub fn to_table(points: &[pb::PointSummary]) -> String {
                 ms(tpot.p99),
                 ms(itl.p50),
                 ms(e2el.p50),
+                s.server_running_max
+                    .map_or_else(|| "-".into(), |v| format!("{v:.0}")),
             ]
         })
         .collect();
@@ -179,7 +189,9 @@ pub fn to_table(points: &[pb::PointSummary]) -> String {
         out.push_str(&line(r));
         out.push('\n');
     }
-    out.push_str("(latencies in ms; tok/s/req = mean per-request output speed)\n");
+    out.push_str(
+        "(latencies in ms; tok/s/req = mean per-request output speed; srv run = most requests the engine reported running)\n",
+    );
     out
 }
 

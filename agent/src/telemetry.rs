@@ -1,0 +1,159 @@
+//! Engine telemetry: the engine's Prometheus `/metrics`, scraped while a point runs, so a
+//! reader can see what the server saw (running and waiting requests, KV-cache use,
+//! preemptions, token counters) next to what the client measured.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+/// vLLM metrics kept from each scrape. Series of one name (e.g. one per engine) are
+/// summed. `vllm:gpu_cache_usage_perc` is the pre-V1 name of `vllm:kv_cache_usage_perc`.
+pub const KEPT_METRICS: &[&str] = &[
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc",
+    "vllm:num_preemptions_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:request_success_total",
+];
+
+/// One value of one metric at one moment of a point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSample {
+    /// Seconds since the scraper started (the start of the measured load).
+    pub offset_s: f64,
+    pub unix_ms: i64,
+    pub name: String,
+    pub value: f64,
+}
+
+/// Parses Prometheus text exposition, returning (metric name, value) for the kept names,
+/// with series of the same name summed. Malformed lines are skipped.
+pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        if !KEPT_METRICS.contains(&name) {
+            continue;
+        }
+        // The value follows the labels (which may contain spaces inside quotes).
+        let rest = match line[name_end..].strip_prefix('{') {
+            Some(labels) => match labels.rfind('}') {
+                Some(close) => &labels[close + 1..],
+                None => continue,
+            },
+            None => &line[name_end..],
+        };
+        let Some(value) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v += value,
+            None => out.push((name.to_string(), value)),
+        }
+    }
+    out
+}
+
+/// Fetches and parses `/metrics` once.
+pub async fn scrape(client: &reqwest::Client, base_url: &str) -> Option<Vec<(String, f64)>> {
+    let resp = client
+        .get(format!("{base_url}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    Some(parse_metrics(&resp.text().await.ok()?))
+}
+
+/// Scrapes every `interval` until `stop`, plus once at the start and once at the end.
+/// An engine without `/metrics` yields no samples.
+pub fn spawn_scraper(
+    client: reqwest::Client,
+    base_url: String,
+    interval: Duration,
+    stop: CancellationToken,
+) -> JoinHandle<Vec<MetricSample>> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                () = stop.cancelled() => true,
+            };
+            let at = started.elapsed().as_secs_f64();
+            let unix_ms = fleetbench_proto::unix_millis_now();
+            match scrape(&client, &base_url).await {
+                Some(values) => {
+                    samples.extend(values.into_iter().map(|(name, value)| MetricSample {
+                        offset_s: at,
+                        unix_ms,
+                        name,
+                        value,
+                    }))
+                }
+                None => debug!("engine /metrics not available"),
+            }
+            if last {
+                break;
+            }
+        }
+        samples
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REAL: &str = include_str!("../../tests/fixtures/vllm-0.32-cpu/metrics.prom");
+
+    #[test]
+    fn parses_the_real_vllm_exposition() {
+        let m = parse_metrics(REAL);
+        let get = |n: &str| m.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+        assert_eq!(get("vllm:num_requests_running"), Some(0.0));
+        assert_eq!(get("vllm:num_requests_waiting"), Some(0.0));
+        assert_eq!(get("vllm:kv_cache_usage_perc"), Some(0.0));
+        assert!(get("vllm:generation_tokens_total").unwrap() > 0.0);
+        // `_created` gauges and histograms are not kept.
+        assert!(m.iter().all(|(k, _)| KEPT_METRICS.contains(&k.as_str())));
+    }
+
+    #[test]
+    fn sums_series_and_survives_odd_lines() {
+        let text = "vllm:num_requests_running{engine=\"0\",model_name=\"a b\"} 3\n\
+                    vllm:num_requests_running{engine=\"1\",model_name=\"a b\"} 4.0\n\
+                    vllm:num_requests_waiting 2 1700000000\n\
+                    vllm:num_requests_waiting{broken 9\n\
+                    vllm:kv_cache_usage_perc{engine=\"0\"} NaN-ish\n";
+        let m = parse_metrics(text);
+        assert_eq!(
+            m,
+            vec![
+                ("vllm:num_requests_running".to_string(), 7.0),
+                ("vllm:num_requests_waiting".to_string(), 2.0)
+            ]
+        );
+    }
+}
