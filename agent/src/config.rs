@@ -48,6 +48,11 @@ pub struct AgentConfig {
     /// Extra environment for engines the agent starts (secrets stay on this host).
     #[serde(default)]
     pub engine_env: BTreeMap<String, String>,
+    /// Local folders for model names, e.g. `"HuggingFaceTB/SmolLM2-135M-Instruct" =
+    /// "/models/smollm2"`: the engine loads the folder and serves it under the sweep's
+    /// model name, so results stay keyed by the name, not the path.
+    #[serde(default)]
+    pub model_paths: BTreeMap<String, String>,
     /// Records per batch sent to the controller.
     #[serde(default = "default_batch_records")]
     pub batch_records: usize,
@@ -101,6 +106,7 @@ impl Default for AgentConfig {
             vllm_command: default_vllm_command(),
             engine_host: default_engine_host(),
             engine_env: BTreeMap::new(),
+            model_paths: BTreeMap::new(),
             batch_records: default_batch_records(),
             batch_flush_ms: default_batch_flush_ms(),
             log_tail_lines: default_log_tail(),

@@ -129,7 +129,13 @@ impl Engine {
     ) -> Result<Engine, AgentError> {
         let port = free_port(&cfg.engine_host)?;
         let mut args: Vec<String> = cfg.vllm_command[1..].to_vec();
-        args.push(key.spec.model.clone());
+        // A local folder for this model, when the agent has one; otherwise the name.
+        let model = cfg
+            .model_paths
+            .get(&key.spec.model)
+            .cloned()
+            .unwrap_or_else(|| key.spec.model.clone());
+        args.push(model);
         args.extend(vllm_flags(&key.spec, key.gpus));
         args.extend([
             "--host".to_string(),

@@ -504,8 +504,10 @@ impl State {
         if let Some(a) = self.agents.get_mut(agent) {
             a.current_point = None;
         }
-        let mut out = self.finish_sweep_if_complete(&sweep_id);
-        out.extend(self.schedule());
+        // Assign the agent's next point before releasing this sweep's engines: an agent
+        // whose next point (of another sweep) needs the same engine keeps it running.
+        let mut out = self.schedule();
+        out.extend(self.finish_sweep_if_complete(&sweep_id));
         let job = WriteJob {
             sweep_id,
             gpus,

@@ -3,6 +3,7 @@
 //! in its own temporary directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -46,8 +47,31 @@ pub struct AgentSpec {
     pub name: String,
     pub gpus: usize,
     pub labels: Vec<(String, String)>,
-    /// Arguments appended after `vllm-sim serve` (simulator settings).
-    pub sim_args: Vec<String>,
+    /// The command that starts vLLM (model and flags are appended).
+    pub vllm_command: Vec<String>,
+    pub engine_env: BTreeMap<String, String>,
+    pub model_paths: BTreeMap<String, String>,
+    pub metrics_interval_ms: u64,
+}
+
+impl AgentSpec {
+    /// An agent whose engines are `vllm-sim serve <sim_args…>`.
+    pub fn sim(name: &str, gpus: usize, sim_args: &[&str]) -> AgentSpec {
+        let mut vllm_command = vec![
+            workspace_bin("vllm-sim").display().to_string(),
+            "serve".into(),
+        ];
+        vllm_command.extend(sim_args.iter().map(|s| s.to_string()));
+        AgentSpec {
+            name: name.into(),
+            gpus,
+            labels: Vec::new(),
+            vllm_command,
+            engine_env: BTreeMap::new(),
+            model_paths: BTreeMap::new(),
+            metrics_interval_ms: 20,
+        }
+    }
 }
 
 impl Cluster {
@@ -67,12 +91,9 @@ impl Cluster {
             listener,
             shutdown.clone(),
         ));
-        let sim = workspace_bin("vllm-sim");
         let handles = agents
             .into_iter()
             .map(|a| {
-                let mut vllm_command = vec![sim.display().to_string(), "serve".into()];
-                vllm_command.extend(a.sim_args);
                 let cfg = AgentConfig {
                     name: a.name.clone(),
                     host: format!("{}-host", a.name),
@@ -85,9 +106,11 @@ impl Cluster {
                             memory_gib: 24.0,
                         })
                         .collect(),
-                    vllm_command,
+                    vllm_command: a.vllm_command,
+                    engine_env: a.engine_env,
+                    model_paths: a.model_paths,
                     heartbeat_s: 1,
-                    metrics_interval_ms: 20,
+                    metrics_interval_ms: a.metrics_interval_ms,
                     ..AgentConfig::default()
                 };
                 tokio::spawn(fleetbench_agent::run(cfg, shutdown.clone()))
@@ -155,4 +178,36 @@ pub fn percentile(values: &[f64], q: f64) -> f64 {
     let lo = rank.floor() as usize;
     let hi = rank.ceil() as usize;
     v[lo] + (v[hi] - v[lo]) * (rank - lo as f64)
+}
+
+/// Follows a sweep's watch stream to its end and returns the last status.
+pub async fn watch_to_end(
+    client: &mut ControlServiceClient<Channel>,
+    sweep_id: &str,
+) -> fleetbench_proto::pb::SweepStatus {
+    let mut watch = client
+        .watch_sweep(fleetbench_proto::pb::WatchSweepRequest {
+            sweep_id: sweep_id.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(s) = watch.message().await.unwrap() {
+        last = Some(s);
+    }
+    last.expect("watch stream sent no status")
+}
+
+/// Submits a sweep file's text; returns the sweep id.
+pub async fn submit(client: &mut ControlServiceClient<Channel>, toml: &str) -> String {
+    client
+        .submit_sweep(fleetbench_proto::pb::SubmitSweepRequest {
+            spec_toml: toml.to_string(),
+            file_name: "test.toml".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sweep_id
 }

@@ -18,19 +18,14 @@ const STEP_MS: f64 = 8.0;
 const PER_SEQ_MS: f64 = 1.0;
 const PREFILL_US: f64 = 20.0;
 
-fn sim_args() -> Vec<String> {
-    [
-        "--sim-step-ms",
-        "8",
-        "--sim-step-ms-per-seq",
-        "1",
-        "--sim-prefill-us-per-token",
-        "20",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
+const SIM_ARGS: &[&str] = &[
+    "--sim-step-ms",
+    "8",
+    "--sim-step-ms-per-seq",
+    "1",
+    "--sim-prefill-us-per-token",
+    "20",
+];
 
 const SWEEP: &str = r#"
 name = "e2e"
@@ -68,12 +63,7 @@ fn step_ms(seqs: u32, prefill_tokens: u32) -> f64 {
 async fn sweep_on_two_agents_lands_in_hive_parquet_and_matches_the_timing_model() {
     let agents = ["alpha", "beta"]
         .into_iter()
-        .map(|n| AgentSpec {
-            name: n.into(),
-            gpus: 2,
-            labels: vec![],
-            sim_args: sim_args(),
-        })
+        .map(|n| AgentSpec::sim(n, 2, SIM_ARGS))
         .collect();
     let cluster = Cluster::start(agents).await;
     cluster.wait_agents(2).await;
