@@ -1,11 +1,14 @@
 //! HTTP routes and handlers, matching vLLM 0.32's OpenAI-compatible server.
 //!
-//! Routes: `GET /health` (200, empty body), `GET|POST /ping`, `GET /version`,
+//! Routes: `GET /health` (200, empty body), `GET|POST /ping`, `GET /load`, `GET /version`,
 //! `GET /v1/models`, `POST /tokenize`, `POST /detokenize`, `GET /metrics`,
 //! `POST /v1/chat/completions`, `POST /v1/completions` (absent with `--disable-completions`).
 //! Unknown routes answer FastAPI's 404 `{"detail":"Not Found"}`, wrong methods its 405.
-//! Every response is logged like uvicorn's access log:
-//! `127.0.0.1:45536 - "GET /health HTTP/1.1" 200 OK`.
+//! Every response carries uvicorn's `server: uvicorn` header and is logged like uvicorn's
+//! access log: `INFO:     127.0.0.1:45536 - "GET /health HTTP/1.1" 200 OK`.
+//!
+//! Request validation follows vLLM 0.32 (see `plan`): over-long requests are clamped to the
+//! context length rather than rejected, and errors carry vLLM's messages, `type` and `param`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderValue;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_TYPE, SERVER};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -26,11 +29,12 @@ use tokio::sync::mpsc;
 
 use crate::config::{SimConfig, VLLM_VERSION};
 use crate::error::SimError;
+use crate::logging::UVICORN_ACCESS;
 use crate::metrics::{self, EngineStats};
 use crate::protocol::{
-    AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessage,
-    CompletionChoice, CompletionRequest, CompletionResponse, DetokenizeRequest, DetokenizeResponse,
-    ModelCard, ModelList, ModelPermission, PromptInput, TokenizeRequest, TokenizeResponse,
+    AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse, CompletionChoice,
+    CompletionRequest, CompletionResponse, DetokenizeRequest, DetokenizeResponse, ModelCard,
+    ModelList, ModelPermission, PromptInput, StreamOptions, TokenizeRequest, TokenizeResponse,
     UsageInfo, VersionResponse,
 };
 use crate::scheduler::{EngineHandle, FinishReason, NewRequest, TokenEvent};
@@ -61,10 +65,7 @@ impl AppState {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let id_salt = tokenizer::mix64(nanos ^ u64::from(std::process::id()) ^ config.seed);
-        let fingerprint = format!(
-            "vllm-{VLLM_VERSION}-{:08x}",
-            tokenizer::fnv1a(config.model.as_bytes()) as u32
-        );
+        let fingerprint = config.system_fingerprint();
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -87,15 +88,18 @@ impl AppState {
         tokenizer::mix64(self.inner.id_salt ^ tokenizer::mix64(n))
     }
 
-    /// The served name a request refers to (`None` means the first served name), or vLLM's 404.
-    fn resolve_model(&self, requested: Option<&str>) -> Result<String, SimError> {
+    /// Checks that a request names a served model (or none, or an empty name), else vLLM's
+    /// 404. Like vLLM, responses always carry the first served name, whichever alias the
+    /// request used.
+    fn check_model(&self, requested: Option<&str>) -> Result<(), SimError> {
         let config = self.config();
         match requested {
-            None => Ok(config.primary_name().to_owned()),
-            Some(name) if config.served_model_names.iter().any(|n| n == name) => {
-                Ok(name.to_owned())
-            }
-            Some(name) => Err(SimError::ModelNotFound(name.to_owned())),
+            None | Some("") => Ok(()),
+            Some(name) if config.served_model_names.iter().any(|n| n == name) => Ok(()),
+            Some(name) => Err(SimError::ModelNotFound {
+                model: name.to_owned(),
+                aliases: config.served_model_names.join(", "),
+            }),
         }
     }
 }
@@ -105,6 +109,7 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/health", get(health))
         .route("/ping", get(health).post(health))
+        .route("/load", get(load))
         .route("/version", get(version))
         .route("/v1/models", get(models))
         .route("/tokenize", post(tokenize))
@@ -123,6 +128,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Route paths in the order the start-up log lists them.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("/load", "GET"),
     ("/version", "GET"),
     ("/health", "GET"),
     ("/metrics", "GET"),
@@ -145,9 +151,13 @@ async fn access_log(request: Request, next: Next) -> Response {
         || request.uri().path().to_owned(),
         |p| p.as_str().to_owned(),
     );
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert(SERVER, HeaderValue::from_static("uvicorn"));
     let status = response.status();
     tracing::info!(
+        target: UVICORN_ACCESS,
         "{peer} - \"{method} {path} HTTP/1.1\" {} {}",
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
@@ -168,6 +178,12 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, SimError> {
 
 async fn health() -> Response {
     Body::empty().into_response()
+}
+
+/// vLLM's `/load`: in-flight generation requests when `--enable-server-load-tracking` is on,
+/// which the simulator does not offer, so always vLLM's default 0.
+async fn load() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"server_load": 0}))
 }
 
 async fn version() -> Json<VersionResponse> {
@@ -221,20 +237,9 @@ async fn prometheus(State(state): State<AppState>) -> Response {
     response
 }
 
-fn chat_prompt_ids(messages: &[ChatMessage], add_generation_prompt: bool) -> Vec<u32> {
-    let texts: Vec<(String, String)> = messages
-        .iter()
-        .map(|m| (m.role.clone(), m.text()))
-        .collect();
-    tokenizer::encode_chat(
-        texts.iter().map(|(r, c)| (r.as_str(), c.as_str())),
-        add_generation_prompt,
-    )
-}
-
 async fn tokenize(State(state): State<AppState>, body: Bytes) -> Result<Response, SimError> {
     let req: TokenizeRequest = parse(&body)?;
-    state.resolve_model(req.model.as_deref())?;
+    state.check_model(req.model.as_deref())?;
     let want_strs = req.return_token_strs.unwrap_or(false);
     let (tokens, strs) = match (&req.messages, &req.prompt) {
         (Some(messages), _) => {
@@ -268,20 +273,30 @@ async fn tokenize(State(state): State<AppState>, body: Bytes) -> Result<Response
 
 async fn detokenize(State(state): State<AppState>, body: Bytes) -> Result<Response, SimError> {
     let req: DetokenizeRequest = parse(&body)?;
-    state.resolve_model(req.model.as_deref())?;
+    state.check_model(req.model.as_deref())?;
     Ok(Json(DetokenizeResponse {
         prompt: tokenizer::decode(&req.tokens),
     })
     .into_response())
 }
 
-/// Sampling parameters that decide the output length.
+/// Sampling parameters that decide the output length, as the request gave them.
 #[derive(Debug, Clone, Copy)]
 struct LengthParams {
-    max_tokens: Option<u32>,
-    default_max_tokens: Option<u32>,
-    min_tokens: u32,
+    /// `max_tokens` (completions: 16 when absent); `None` means "up to the context length".
+    max_tokens: Option<i64>,
+    /// The request field `max_tokens` came from (`max_tokens` or `max_completion_tokens`).
+    max_tokens_param: &'static str,
+    min_tokens: i64,
     ignore_eos: bool,
+}
+
+/// A prompt after the chat template and tokenization.
+#[derive(Debug, Clone)]
+struct Prompt {
+    ids: Vec<u32>,
+    /// Characters of the text vLLM tokenized; `None` for a prompt given as token ids.
+    text_chars: Option<usize>,
 }
 
 /// A validated request, ready for the engine.
@@ -292,30 +307,85 @@ struct Plan {
     finish_reason: FinishReason,
 }
 
-/// Output length and validation:
-/// - `max_tokens` defaults to `max_model_len - prompt` for chat and 16 for completions;
-/// - prompt + `max_tokens` > `max_model_len` is vLLM's 400 "maximum context length";
-/// - with `ignore_eos` exactly `max_tokens` tokens (`finish_reason` "length"); without it a
-///   deterministic natural length in `[1, max_tokens]` from a hash of the prompt (and `--seed`),
-///   never below `min_tokens`; shorter than `max_tokens` means `finish_reason` "stop".
-fn plan(config: &SimConfig, prompt_ids: &[u32], p: LengthParams) -> Result<Plan, SimError> {
-    let prompt = prompt_ids.len() as u64;
-    let max_len = u64::from(config.max_model_len);
-    if p.max_tokens == Some(0) {
-        return Err(SimError::BadRequest(
-            "max_tokens must be at least 1, got 0.".to_owned(),
+/// Validation and output length, in vLLM 0.32's order and with its messages:
+/// 1. `max_tokens` (or `max_completion_tokens`) above `max_model_len` is a 400;
+/// 2. a text prompt of more than `max_model_len × 81` characters is a 400 (`input_text`);
+/// 3. a prompt of more than `max_model_len` tokens is a 400 (`input_tokens`). vLLM stops
+///    tokenizing text at `max_model_len + 1` tokens, so for text it reports "at least
+///    `max_model_len + 1`" whatever the real length;
+/// 4. prompt + `max_tokens` above `max_model_len` is *not* an error: `max_tokens` is clamped
+///    to what is left of the context (`min(max_tokens, max_model_len - prompt)`), and the
+///    request ends with `finish_reason` "length" there. Chat's default `max_tokens` is all of
+///    it, completions' 16;
+/// 5. the clamped `max_tokens` must be at least 1 (so a prompt of exactly `max_model_len`
+///    tokens is a 400) and at least `min_tokens`.
+///
+/// Output: with `ignore_eos` exactly `max_tokens` tokens (`finish_reason` "length"); without
+/// it a deterministic natural length in `[1, max_tokens]` from a hash of the prompt (and
+/// `--seed`), never below `min_tokens`; shorter than `max_tokens` means `finish_reason` "stop".
+fn plan(config: &SimConfig, prompt: &Prompt, p: LengthParams) -> Result<Plan, SimError> {
+    let max_len = i64::from(config.max_model_len);
+    if let Some(n) = p.max_tokens
+        && n > max_len
+    {
+        return Err(SimError::validation(
+            format!(
+                "{}={n} cannot be greater than max_model_len={max_len}. Please request fewer \
+                 output tokens.",
+                p.max_tokens_param
+            ),
+            p.max_tokens_param,
+            Some(n),
         ));
     }
-    let max_tokens = p
-        .max_tokens
-        .or(p.default_max_tokens)
-        .unwrap_or_else(|| max_len.saturating_sub(prompt).min(u64::from(u32::MAX)) as u32);
-    let requested = prompt + u64::from(max_tokens);
-    if requested > max_len || max_tokens == 0 {
+    let context = format!("This model's maximum context length is {max_len} tokens.");
+    if let Some(chars) = prompt.text_chars {
+        let limit = max_len as usize * tokenizer::MAX_CHARS_PER_TOKEN;
+        if chars > limit {
+            return Err(SimError::validation(
+                format!(
+                    "{context} However, your prompt contains {chars} characters (more than \
+                     {limit} characters, which is the upper bound for {max_len} input tokens). \
+                     Please reduce the length of the input prompt."
+                ),
+                "input_text",
+                Some(chars),
+            ));
+        }
+    }
+    let mut prompt_len = prompt.ids.len() as i64;
+    if prompt.text_chars.is_some() {
+        prompt_len = prompt_len.min(max_len + 1);
+    }
+    if prompt_len > max_len {
+        let qualifier = if prompt_len == max_len + 1 {
+            "at least "
+        } else {
+            ""
+        };
+        return Err(SimError::validation(
+            format!(
+                "{context} However, your prompt contains {qualifier}{prompt_len} input tokens, \
+                 which exceeds this limit even without any output tokens. Please reduce the \
+                 length of the input prompt."
+            ),
+            "input_tokens",
+            Some(prompt_len),
+        ));
+    }
+    let room = max_len - prompt_len;
+    let max_tokens = p.max_tokens.map_or(room, |n| n.min(room));
+    if max_tokens < 1 {
+        return Err(SimError::validation(
+            format!("max_tokens must be at least 1, got {max_tokens}."),
+            "max_tokens",
+            Some(max_tokens),
+        ));
+    }
+    if p.min_tokens < 0 {
         return Err(SimError::BadRequest(format!(
-            "This model's maximum context length is {max_len} tokens. However, you requested \
-             {requested} tokens ({prompt} in the messages, {max_tokens} in the completion). \
-             Please reduce the length of the messages or completion."
+            "min_tokens must be greater than or equal to 0, got {}.",
+            p.min_tokens
         )));
     }
     if p.min_tokens > max_tokens {
@@ -324,10 +394,13 @@ fn plan(config: &SimConfig, prompt_ids: &[u32], p: LengthParams) -> Result<Plan,
             p.min_tokens
         )));
     }
+    // Both fit in u32: 1 ≤ min_tokens ≤ max_tokens ≤ max_model_len.
+    let max_tokens = max_tokens as u32;
+    let min_tokens = p.min_tokens as u32;
     let len = if p.ignore_eos {
         max_tokens
     } else {
-        tokenizer::natural_length(prompt_ids, config.seed, max_tokens).max(p.min_tokens)
+        tokenizer::natural_length(&prompt.ids, config.seed, max_tokens).max(min_tokens)
     };
     let finish_reason = if len >= max_tokens {
         FinishReason::Length
@@ -337,7 +410,7 @@ fn plan(config: &SimConfig, prompt_ids: &[u32], p: LengthParams) -> Result<Plan,
     Ok(Plan {
         max_tokens,
         output: SyntheticOutput {
-            seed: tokenizer::mix64(tokenizer::prompt_hash(prompt_ids) ^ config.seed),
+            seed: tokenizer::mix64(tokenizer::prompt_hash(&prompt.ids) ^ config.seed),
             len,
             ends_with_eos: finish_reason == FinishReason::Stop,
         },
@@ -345,16 +418,36 @@ fn plan(config: &SimConfig, prompt_ids: &[u32], p: LengthParams) -> Result<Plan,
     })
 }
 
-fn include_usage(
-    stream: bool,
-    options: Option<&crate::protocol::StreamOptions>,
-) -> Result<bool, SimError> {
+/// vLLM's `repr(SamplingParams)` for a request with the simulator's (default) sampling
+/// settings.
+fn sampling_params_repr(ignore_eos: bool, max_tokens: u32, min_tokens: i64) -> String {
+    let py_bool = |b: bool| if b { "True" } else { "False" };
+    format!(
+        "SamplingParams(n=1, presence_penalty=0.0, frequency_penalty=0.0, \
+         repetition_penalty=1.0, temperature=1.0, watermarking=False, top_p=1.0, top_k=0, \
+         min_p=0.0, seed=None, stop=[], stop_token_ids=[], bad_words=[], \
+         thinking_token_budget=None, include_stop_str_in_output=False, ignore_eos={}, \
+         max_tokens={max_tokens}, min_tokens={min_tokens}, logprobs=None, prompt_logprobs=None, \
+         skip_special_tokens=True, spaces_between_special_tokens=True, \
+         structured_outputs=None, extra_args=None)",
+        py_bool(ignore_eos)
+    )
+}
+
+/// `(include_usage, continuous_usage)` of a request (vLLM's `should_include_usage`); vLLM
+/// rejects truthy `stream_options` without `stream`.
+fn include_usage(stream: bool, options: Option<&StreamOptions>) -> Result<(bool, bool), SimError> {
     match options {
-        Some(_) if !stream => Err(SimError::BadRequest(
-            "Stream options can only be defined when `stream=True`.".to_owned(),
+        Some(o) if !stream && o.is_truthy() => Err(SimError::validation(
+            "Stream options can only be defined when `stream=True`.",
+            "stream_options",
+            None::<String>,
         )),
-        Some(o) => Ok(o.include_usage.unwrap_or(false)),
-        None => Ok(false),
+        Some(o) if stream => {
+            let usage = o.include_usage();
+            Ok((usage, usage && o.continuous_usage_stats()))
+        }
+        _ => Ok((false, false)),
     }
 }
 
@@ -362,51 +455,61 @@ fn include_usage(
 struct Generation {
     endpoint: Endpoint,
     id: String,
-    model: String,
-    prompt_ids: Vec<u32>,
+    prompt: Prompt,
     length: LengthParams,
     stream: bool,
-    include_usage: bool,
+    /// `(include_usage, continuous_usage)`.
+    include_usage: (bool, bool),
+    /// Role of the answer (chat).
+    role: String,
 }
 
 /// Submits a generation and answers with a stream or a complete body.
 async fn generate(state: &AppState, g: Generation) -> Result<Response, SimError> {
     let config = state.config();
-    let plan = plan(config, &g.prompt_ids, g.length)?;
-    let prompt_tokens = g.prompt_ids.len() as u32;
+    let plan = plan(config, &g.prompt, g.length)?;
+    let prompt_tokens = g.prompt.ids.len() as u32;
+    // vLLM's engine request id: completions add the prompt's index.
+    let engine_id = match g.endpoint {
+        Endpoint::Chat => g.id.clone(),
+        Endpoint::Completion => format!("{}-0", g.id),
+    };
     if config.enable_log_requests {
         tracing::info!(
-            "Received request {}: prompt_tokens: {prompt_tokens}, max_tokens: {}, min_tokens: {}, ignore_eos: {}",
-            g.id,
-            plan.max_tokens,
-            g.length.min_tokens,
-            g.length.ignore_eos
+            src = "request_logger.py:65",
+            "Received request {engine_id}: params: {}, lora_request: None.",
+            sampling_params_repr(g.length.ignore_eos, plan.max_tokens, g.length.min_tokens)
         );
     }
     let rx = state
         .inner
         .engine
         .submit(NewRequest {
-            request_id: g.id.clone(),
+            request_id: engine_id.clone(),
             prompt_tokens,
+            max_tokens: plan.max_tokens,
             output_tokens: plan.output.len,
             finish_reason: plan.finish_reason,
         })
         .await?;
     if config.enable_log_requests {
-        tracing::info!("Added request {}.", g.id);
+        tracing::info!(src = "async_llm.py:578", "Added request {engine_id}.");
     }
     let created = unix_now();
+    let model = config.primary_name().to_owned();
+    let system_fingerprint = state.inner.fingerprint.clone();
     if g.stream {
         let ctx = StreamContext {
             endpoint: g.endpoint,
             id: g.id,
             created,
-            model: g.model,
+            model,
             prompt_tokens,
-            include_usage: g.include_usage,
-            system_fingerprint: state.inner.fingerprint.clone(),
+            include_usage: g.include_usage.0,
+            continuous_usage: g.include_usage.1,
+            system_fingerprint,
             output: plan.output,
+            role: g.role,
         };
         return Ok(sse_response(ctx, rx));
     }
@@ -417,43 +520,47 @@ async fn generate(state: &AppState, g: Generation) -> Result<Response, SimError>
         total_tokens: prompt_tokens + completion_tokens,
         completion_tokens,
         prompt_tokens_details: None,
+        completion_tokens_details: None,
     };
     let response = match g.endpoint {
         Endpoint::Chat => Json(ChatCompletionResponse {
             id: g.id,
             object: "chat.completion",
             created,
-            model: g.model,
+            model,
             choices: vec![ChatChoice {
                 index: 0,
                 message: AssistantMessage {
-                    role: "assistant",
+                    role: g.role,
                     content: text,
                     refusal: None,
                     annotations: None,
                     audio: None,
                     function_call: None,
-                    tool_calls: Vec::new(),
-                    reasoning_content: None,
+                    reasoning: None,
                 },
                 logprobs: None,
                 finish_reason: finish.as_str(),
                 stop_reason: None,
                 token_ids: None,
+                routed_experts: None,
             }],
             service_tier: None,
-            system_fingerprint: None,
+            system_fingerprint,
             usage,
             prompt_logprobs: None,
             prompt_token_ids: None,
+            prompt_text: None,
             kv_transfer_params: None,
+            ec_transfer_params: None,
+            metrics: None,
         })
         .into_response(),
         Endpoint::Completion => Json(CompletionResponse {
             id: g.id,
             object: "text_completion",
             created,
-            model: g.model,
+            model,
             choices: vec![CompletionChoice {
                 index: 0,
                 text,
@@ -463,11 +570,14 @@ async fn generate(state: &AppState, g: Generation) -> Result<Response, SimError>
                 token_ids: None,
                 prompt_logprobs: None,
                 prompt_token_ids: None,
+                routed_experts: None,
             }],
             service_tier: None,
-            system_fingerprint: None,
+            system_fingerprint,
             usage,
             kv_transfer_params: None,
+            ec_transfer_params: None,
+            metrics: None,
         })
         .into_response(),
     };
@@ -489,45 +599,81 @@ async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, SimError> {
     let req: ChatCompletionRequest = parse(&body)?;
-    let model = state.resolve_model(req.model.as_deref())?;
+    let stream = req.stream.unwrap_or(false);
+    let include_usage = include_usage(stream, req.stream_options.as_ref())?;
+    state.check_model(req.model.as_deref())?;
     let Some(messages) = &req.messages else {
         return Err(SimError::BadRequest(
             "Invalid request: field `messages` is required.".to_owned(),
         ));
     };
-    let stream = req.stream.unwrap_or(false);
-    let include_usage = include_usage(stream, req.stream_options.as_ref())?;
-    let prompt_ids = chat_prompt_ids(messages, req.add_generation_prompt.unwrap_or(true));
+    let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
+    let texts: Vec<(String, String)> = messages
+        .iter()
+        .map(|m| (m.role.clone(), m.text()))
+        .collect();
+    let pairs = || texts.iter().map(|(r, c)| (r.as_str(), c.as_str()));
+    let prompt = Prompt {
+        ids: tokenizer::encode_chat(pairs(), add_generation_prompt),
+        text_chars: Some(
+            tokenizer::render_chat(pairs(), add_generation_prompt)
+                .chars()
+                .count(),
+        ),
+    };
+    // vLLM answers as the assistant, or as the last message's author without a generation
+    // prompt.
+    let role = if add_generation_prompt {
+        "assistant".to_owned()
+    } else {
+        messages
+            .last()
+            .map_or_else(|| "assistant".to_owned(), |m| m.role.clone())
+    };
     let id = format!("chatcmpl-{:016x}", state.random_hex());
+    let (max_tokens, max_tokens_param) = match (req.max_completion_tokens, req.max_tokens) {
+        (Some(n), _) => (Some(n), "max_completion_tokens"),
+        (None, n) => (n, "max_tokens"),
+    };
     let length = LengthParams {
-        max_tokens: req.max_completion_tokens.or(req.max_tokens),
-        default_max_tokens: None,
+        max_tokens,
+        max_tokens_param,
         min_tokens: req.min_tokens.unwrap_or(0),
         ignore_eos: req.ignore_eos.unwrap_or(false),
     };
     let generation = Generation {
         endpoint: Endpoint::Chat,
         id,
-        model,
-        prompt_ids,
+        prompt,
         length,
         stream,
         include_usage,
+        role,
     };
     generate(&state, generation).await
 }
 
 async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, SimError> {
     let req: CompletionRequest = parse(&body)?;
-    let model = state.resolve_model(req.model.as_deref())?;
-    let prompt_ids = match req.prompt {
-        Some(PromptInput::Text(text)) => tokenizer::encode(&text),
-        Some(PromptInput::Tokens(ids)) => ids,
+    let stream = req.stream.unwrap_or(false);
+    let include_usage = include_usage(stream, req.stream_options.as_ref())?;
+    state.check_model(req.model.as_deref())?;
+    let text_prompt = |text: &str| Prompt {
+        ids: tokenizer::encode(text),
+        text_chars: Some(text.chars().count()),
+    };
+    let token_prompt = |ids: Vec<u32>| Prompt {
+        ids,
+        text_chars: None,
+    };
+    let prompt = match req.prompt {
+        Some(PromptInput::Text(text)) => text_prompt(&text),
+        Some(PromptInput::Tokens(ids)) => token_prompt(ids),
         Some(PromptInput::Texts(mut texts)) if texts.len() == 1 => {
-            tokenizer::encode(&texts.pop().unwrap_or_default())
+            text_prompt(&texts.pop().unwrap_or_default())
         }
         Some(PromptInput::TokenLists(mut lists)) if lists.len() == 1 => {
-            lists.pop().unwrap_or_default()
+            token_prompt(lists.pop().unwrap_or_default())
         }
         Some(_) => {
             return Err(SimError::BadRequest(
@@ -540,27 +686,22 @@ async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Respo
             ));
         }
     };
-    let stream = req.stream.unwrap_or(false);
-    let include_usage = include_usage(stream, req.stream_options.as_ref())?;
-    let id = format!(
-        "cmpl-{:016x}{:016x}",
-        state.random_hex(),
-        state.random_hex()
-    );
+    let id = format!("cmpl-{:016x}", state.random_hex());
     let length = LengthParams {
-        max_tokens: req.max_tokens,
-        default_max_tokens: Some(16),
+        // Absent: vLLM's default 16; `null`: no limit but the context.
+        max_tokens: req.max_tokens.unwrap_or(Some(16)),
+        max_tokens_param: "max_tokens",
         min_tokens: req.min_tokens.unwrap_or(0),
         ignore_eos: req.ignore_eos.unwrap_or(false),
     };
     let generation = Generation {
         endpoint: Endpoint::Completion,
         id,
-        model,
-        prompt_ids,
+        prompt,
         length,
         stream,
         include_usage,
+        role: "assistant".to_owned(),
     };
     generate(&state, generation).await
 }
@@ -569,60 +710,158 @@ async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Respo
 mod tests {
     use super::*;
 
-    fn params(max_tokens: Option<u32>, min_tokens: u32, ignore_eos: bool) -> LengthParams {
+    fn params(max_tokens: Option<i64>, min_tokens: i64, ignore_eos: bool) -> LengthParams {
         LengthParams {
             max_tokens,
-            default_max_tokens: None,
+            max_tokens_param: "max_tokens",
             min_tokens,
             ignore_eos,
+        }
+    }
+
+    fn text(t: &str) -> Prompt {
+        Prompt {
+            ids: tokenizer::encode(t),
+            text_chars: Some(t.chars().count()),
         }
     }
 
     #[test]
     fn plan_honours_ignore_eos_and_min_tokens() {
         let config = SimConfig::new("m");
-        let ids = tokenizer::encode("a prompt of a few tokens");
-        let p = plan(&config, &ids, params(Some(50), 0, true)).unwrap();
+        let prompt = text("a prompt of a few tokens");
+        let p = plan(&config, &prompt, params(Some(50), 0, true)).unwrap();
         assert_eq!((p.output.len, p.finish_reason), (50, FinishReason::Length));
         assert!(!p.output.ends_with_eos);
 
-        let natural = plan(&config, &ids, params(Some(1000), 0, false)).unwrap();
+        let natural = plan(&config, &prompt, params(Some(1000), 0, false)).unwrap();
         assert!((1..=1000).contains(&natural.output.len));
-        let floored = plan(&config, &ids, params(Some(1000), 999, false)).unwrap();
+        let floored = plan(&config, &prompt, params(Some(1000), 999, false)).unwrap();
         assert!(floored.output.len >= 999);
 
         // Chat default: everything left in the context.
-        let default = plan(&config, &ids, params(None, 0, true)).unwrap();
-        assert_eq!(default.max_tokens, 2048 - ids.len() as u32);
+        let default = plan(&config, &prompt, params(None, 0, true)).unwrap();
+        assert_eq!(default.max_tokens, 2048 - prompt.ids.len() as u32);
     }
 
     #[test]
     fn plan_stops_naturally_below_max_tokens() {
         let config = SimConfig::new("m");
         let stopped = (0..20)
-            .map(|i| tokenizer::encode(&format!("prompt number {i}")))
-            .filter_map(|ids| plan(&config, &ids, params(Some(500), 0, false)).ok())
+            .map(|i| text(&format!("prompt number {i}")))
+            .filter_map(|prompt| plan(&config, &prompt, params(Some(500), 0, false)).ok())
             .find(|p| p.output.len < 500)
             .unwrap();
         assert_eq!(stopped.finish_reason, FinishReason::Stop);
         assert!(stopped.output.ends_with_eos);
     }
 
+    /// vLLM 0.32 (`fixtures/vllm-0.32-cpu/too-long.txt`): prompt + max_tokens over the context
+    /// is clamped, not rejected.
     #[test]
-    fn plan_rejects_too_long_requests() {
-        let mut config = SimConfig::new("m");
-        config.max_model_len = 10;
-        let ids = tokenizer::encode("one two three four five six");
-        assert_eq!(ids.len(), 6);
-        let err = plan(&config, &ids, params(Some(5), 0, true)).unwrap_err();
+    fn plan_clamps_max_tokens_to_the_context() {
+        let config = SimConfig::new("m");
+        let hello = text("hello world");
+        assert_eq!(hello.ids.len(), 2);
+        let p = plan(&config, &hello, params(Some(2047), 0, true)).unwrap();
+        assert_eq!((p.max_tokens, p.output.len), (2046, 2046));
+        assert_eq!(p.finish_reason, FinishReason::Length);
+        // Without ignore_eos a natural stop may come first, but never past the context.
+        let natural = plan(&config, &hello, params(Some(2047), 0, false)).unwrap();
+        assert!(natural.output.len <= 2046);
+
+        let long = text(&"hello ".repeat(2039));
+        assert_eq!(long.ids.len(), 2040);
+        let p = plan(&config, &long, params(Some(64), 0, true)).unwrap();
+        assert_eq!((p.max_tokens, p.output.len), (8, 8));
+        // min_tokens is checked against the clamped max_tokens, as vLLM does.
+        let err = plan(&config, &long, params(Some(64), 64, true)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "This model's maximum context length is 10 tokens. However, you requested 11 tokens \
-             (6 in the messages, 5 in the completion). Please reduce the length of the messages \
-             or completion."
+            "min_tokens must be less than or equal to max_tokens=8, got 64."
         );
-        assert!(plan(&config, &ids, params(Some(4), 0, true)).is_ok());
-        assert!(plan(&config, &ids, params(Some(0), 0, true)).is_err());
-        assert!(plan(&config, &ids, params(Some(3), 4, true)).is_err());
+    }
+
+    #[test]
+    fn plan_rejects_prompts_that_do_not_fit() {
+        let config = SimConfig::new("m");
+        let expected = "This model's maximum context length is 2048 tokens. However, your prompt \
+                        contains at least 2049 input tokens, which exceeds this limit even \
+                        without any output tokens. Please reduce the length of the input \
+                        prompt. (parameter=input_tokens, value=2049)";
+        // Text: "at least max_model_len + 1", whatever the real length (2101 here).
+        let err = plan(
+            &config,
+            &text(&"hello ".repeat(2100)),
+            params(Some(16), 0, true),
+        );
+        assert_eq!(err.unwrap_err().to_string(), expected);
+        // Token ids are not truncated: the real count.
+        let ids = Prompt {
+            ids: vec![7; 3000],
+            text_chars: None,
+        };
+        let err = plan(&config, &ids, params(Some(16), 0, true)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("your prompt contains 3000 input tokens")
+        );
+        assert!(
+            err.to_string()
+                .ends_with("(parameter=input_tokens, value=3000)")
+        );
+        // Exactly max_model_len leaves no room for output.
+        let full = Prompt {
+            ids: vec![7; 2048],
+            text_chars: None,
+        };
+        let err = plan(&config, &full, params(None, 0, true)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)"
+        );
+        // Absurdly long text is refused before tokenizing.
+        let huge = Prompt {
+            ids: Vec::new(),
+            text_chars: Some(2048 * 81 + 1),
+        };
+        let err = plan(&config, &huge, params(Some(1), 0, true)).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("(parameter=input_text, value=165889)")
+        );
+    }
+
+    #[test]
+    fn plan_rejects_bad_lengths_like_vllm() {
+        let config = SimConfig::new("m");
+        let prompt = text("one two three");
+        let err = plan(&config, &prompt, params(Some(2049), 0, true)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "max_tokens=2049 cannot be greater than max_model_len=2048. Please request fewer \
+             output tokens. (parameter=max_tokens, value=2049)"
+        );
+        let mut completion = params(Some(4000), 0, true);
+        completion.max_tokens_param = "max_completion_tokens";
+        let err = plan(&config, &prompt, completion).unwrap_err();
+        assert!(matches!(
+            err,
+            SimError::Validation {
+                param: "max_completion_tokens",
+                ..
+            }
+        ));
+        let err = plan(&config, &prompt, params(Some(0), 0, true)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)"
+        );
+        let err = plan(&config, &prompt, params(Some(3), 4, true)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "min_tokens must be less than or equal to max_tokens=3, got 4."
+        );
+        assert!(plan(&config, &prompt, params(Some(3), -1, true)).is_err());
     }
 }

@@ -9,7 +9,8 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, Parser};
 
 use crate::config::{EchoedArgs, EngineConfig, MIN_SPEEDUP, SimConfig, TimingModel, scaled};
 use crate::error::SimError;
@@ -156,6 +157,17 @@ pub struct Args {
     pub disable_completions: bool,
 }
 
+/// A command-line value as Python prints it in a dict: numbers bare, text quoted.
+fn py_literal(raw: &str) -> String {
+    if raw.parse::<i64>().is_ok()
+        || (raw.parse::<f64>().is_ok_and(f64::is_finite) && raw.contains('.'))
+    {
+        raw.to_owned()
+    } else {
+        format!("'{}'", raw.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
 fn non_negative(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
@@ -227,6 +239,54 @@ impl Args {
         Self::try_parse_from(normalize_args(args))
     }
 
+    /// vLLM's start-up line `non-default args: {'model_tag': 'm', 'port': 18100, …}`: the flags
+    /// given on the command line (or by environment), in the parser's order, as a Python dict.
+    pub fn non_default_args<I, T>(args: I) -> String
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let Ok(matches) = Self::command().try_get_matches_from(normalize_args(args)) else {
+            return "{}".to_owned();
+        };
+        let mut entries: Vec<String> = Vec::new();
+        for arg in Self::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if !matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            ) {
+                continue;
+            }
+            let takes_value = arg.get_action().takes_values();
+            let (name, value) = if !takes_value {
+                match id.strip_prefix("no_") {
+                    Some(positive) => (positive.to_owned(), "False".to_owned()),
+                    None => (id.to_owned(), "True".to_owned()),
+                }
+            } else {
+                let values: Vec<String> = matches
+                    .get_raw(id)
+                    .into_iter()
+                    .flatten()
+                    .map(|v| py_literal(&v.to_string_lossy()))
+                    .collect();
+                let value = if id == "served_model_name" {
+                    format!("[{}]", values.join(", "))
+                } else {
+                    values.join(", ")
+                };
+                (id.to_owned(), value)
+            };
+            entries.push(format!("'{name}': {value}"));
+            if id == "model_tag" {
+                // vLLM copies the positional model into `model`.
+                entries.push(format!("'model': {value}"));
+            }
+        }
+        format!("{{{}}}", entries.join(", "))
+    }
+
     /// The tracing level matching `--uvicorn-log-level`.
     pub fn log_level(&self) -> &'static str {
         match self.uvicorn_log_level.as_str() {
@@ -264,6 +324,7 @@ impl Args {
             seed: self.seed,
             echo: EchoedArgs {
                 tensor_parallel_size: self.tensor_parallel_size,
+                pipeline_parallel_size: self.pipeline_parallel_size,
                 gpu_memory_utilization: self.gpu_memory_utilization,
                 kv_cache_dtype: self.kv_cache_dtype,
                 dtype: self.dtype,
@@ -382,6 +443,33 @@ mod tests {
         assert_eq!(c.engine.timing.speedup, 10.0);
         assert_eq!(s.startup_delay, Duration::from_millis(50));
         assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 18100));
+    }
+
+    #[test]
+    fn non_default_args_look_like_vllms() {
+        let line = Args::non_default_args([
+            "vllm-sim",
+            "serve",
+            "models/smollm2-135m",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "18100",
+            "--dtype",
+            "bfloat16",
+            "--max-model-len",
+            "2048",
+            "--served-model-name",
+            "smol",
+            "--no-enable-prefix-caching",
+            "--enforce-eager",
+        ]);
+        assert_eq!(
+            line,
+            "{'model_tag': 'models/smollm2-135m', 'model': 'models/smollm2-135m', 'host': '127.0.0.1', \
+             'port': 18100, 'served_model_name': ['smol'], 'max_model_len': 2048, \
+             'enforce_eager': True, 'enable_prefix_caching': False, 'dtype': 'bfloat16'}"
+        );
     }
 
     #[test]

@@ -7,8 +7,12 @@ use std::time::Duration;
 
 use crate::error::SimError;
 
-/// Version string reported by `/version` (vLLM answers `{"version":"0.32.0"}`).
+/// Version string reported by `/version` (vLLM answers `{"version":"0.32.0"}`; the `+sim`
+/// local version label keeps results recorded against the simulator distinguishable).
 pub const VLLM_VERSION: &str = "0.32.0+sim";
+
+/// The vLLM release the simulator imitates: in the start-up banner and `system_fingerprint`.
+pub const VLLM_RELEASE: &str = "0.32.0";
 
 /// Everything [`crate::run`] needs to serve one model.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,9 +20,11 @@ pub struct SimConfig {
     /// The model path or Hugging Face id (`vllm serve MODEL`); reported as `root` in `/v1/models`.
     pub model: String,
     /// Names accepted in the `model` field of requests (`--served-model-name`); the first one is
-    /// the `model_name` label in `/metrics`, like vLLM. Never empty after [`SimConfig::validate`].
+    /// the `model_name` label in `/metrics` and the `model` of every response, like vLLM.
+    /// Never empty after [`SimConfig::validate`].
     pub served_model_names: Vec<String>,
-    /// `--max-model-len`: prompt + completion tokens must fit.
+    /// `--max-model-len`: the context length. A longer prompt is refused; generation stops
+    /// when prompt + completion reach it (vLLM 0.32 clamps `max_tokens`, see `api.rs`).
     pub max_model_len: u32,
     /// Answer `/v1/completions` with FastAPI's 404 (some vLLM images lacked the route).
     pub disable_completions: bool,
@@ -38,6 +44,7 @@ pub struct SimConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EchoedArgs {
     pub tensor_parallel_size: u32,
+    pub pipeline_parallel_size: u32,
     pub gpu_memory_utilization: f64,
     pub kv_cache_dtype: String,
     pub dtype: String,
@@ -50,6 +57,7 @@ impl Default for EchoedArgs {
     fn default() -> Self {
         Self {
             tensor_parallel_size: 1,
+            pipeline_parallel_size: 1,
             gpu_memory_utilization: 0.9,
             kv_cache_dtype: "auto".to_owned(),
             dtype: "auto".to_owned(),
@@ -173,6 +181,35 @@ impl SimConfig {
             .map_or(self.model.as_str(), String::as_str)
     }
 
+    /// vLLM's `system_fingerprint` (`--fingerprint-mode full`):
+    /// `vllm-<version>[-tp<N>][-pp<N>]-<hash8>`, where vLLM's 8 hex digits hash the engine
+    /// configuration; here they hash the model, the context length and the engine settings.
+    pub fn system_fingerprint(&self) -> String {
+        let e = &self.engine;
+        let key = format!(
+            "{}|{}|{}|{}|{}|{}|{}",
+            self.model,
+            self.max_model_len,
+            e.max_num_seqs,
+            e.max_num_batched_tokens,
+            e.block_size,
+            self.echo.kv_cache_dtype,
+            self.echo.dtype
+        );
+        let mut parts = vec![format!("vllm-{VLLM_RELEASE}")];
+        if self.echo.tensor_parallel_size > 1 {
+            parts.push(format!("tp{}", self.echo.tensor_parallel_size));
+        }
+        if self.echo.pipeline_parallel_size > 1 {
+            parts.push(format!("pp{}", self.echo.pipeline_parallel_size));
+        }
+        parts.push(format!(
+            "{:08x}",
+            crate::tokenizer::fnv1a(key.as_bytes()) as u32
+        ));
+        parts.join("-")
+    }
+
     /// Checks the invariants [`crate::run`] relies on.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |msg: String| Err(SimError::Config(msg));
@@ -241,5 +278,19 @@ mod tests {
         c.engine.max_num_seqs = 0;
         assert!(c.validate().is_err());
         assert!(SimConfig::new("").validate().is_err());
+    }
+
+    #[test]
+    fn fingerprint_has_vllms_shape() {
+        let mut c = SimConfig::new("m");
+        let f = c.system_fingerprint();
+        let hash = f.strip_prefix("vllm-0.32.0-").unwrap();
+        assert_eq!(hash.len(), 8);
+        assert!(
+            hash.chars()
+                .all(|ch| ch.is_ascii_hexdigit() && !ch.is_ascii_uppercase())
+        );
+        c.echo.tensor_parallel_size = 2;
+        assert!(c.system_fingerprint().starts_with("vllm-0.32.0-tp2-"));
     }
 }

@@ -25,11 +25,23 @@ pub enum SimError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The request named a model that is not served: 404 `NotFoundError`, param `model`.
-    #[error("The model `{0}` does not exist.")]
-    ModelNotFound(String),
-    /// An invalid request: 400 `BadRequestError`.
+    /// `aliases` lists the served names (`a, b`).
+    #[error("The model `{model}` does not exist. Valid aliases: {aliases}.")]
+    ModelNotFound { model: String, aliases: String },
+    /// An invalid request: 400 `BadRequestError`, `param` null.
     #[error("{0}")]
     BadRequest(String),
+    /// An invalid request that names the parameter (vLLM's `VLLMValidationError`): 400
+    /// `BadRequestError` with `param`, the message ending in `(parameter=…, value=…)`.
+    #[error(
+        "{message} (parameter={param}{})",
+        value.as_ref().map(|v| format!(", value={v}")).unwrap_or_default()
+    )]
+    Validation {
+        message: String,
+        param: &'static str,
+        value: Option<String>,
+    },
     /// The engine loop has stopped (shutting down): 503.
     #[error("The engine is shutting down.")]
     EngineStopped,
@@ -45,8 +57,8 @@ impl SimError {
     /// HTTP status of the error when it answers a request.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::ModelNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound { .. } | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) | Self::Validation { .. } => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::EngineStopped => StatusCode::SERVICE_UNAVAILABLE,
             Self::Config(_) | Self::Bind { .. } | Self::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -75,6 +87,21 @@ struct DetailBody {
     detail: String,
 }
 
+impl SimError {
+    /// A [`SimError::Validation`].
+    pub fn validation(
+        message: impl Into<String>,
+        param: &'static str,
+        value: Option<impl ToString>,
+    ) -> Self {
+        Self::Validation {
+            message: message.into(),
+            param,
+            value: value.map(|v| v.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for SimError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -83,8 +110,9 @@ impl IntoResponse for SimError {
             Self::RouteNotFound | Self::MethodNotAllowed => {
                 return (status, Json(DetailBody { detail: message })).into_response();
             }
-            Self::ModelNotFound(_) => ("NotFoundError", Some("model")),
+            Self::ModelNotFound { .. } => ("NotFoundError", Some("model")),
             Self::BadRequest(_) => ("BadRequestError", None),
+            Self::Validation { param, .. } => ("BadRequestError", Some(*param)),
             Self::EngineStopped => ("ServiceUnavailableError", None),
             Self::Config(_) | Self::Bind { .. } | Self::Io(_) => ("InternalServerError", None),
         };

@@ -1,9 +1,9 @@
 //! `vllm-sim`: a stand-in for a vLLM 0.32 OpenAI-compatible server.
 //!
 //! It accepts `vllm serve`'s flags, serves vLLM's endpoints with vLLM's JSON and SSE shapes,
-//! reports vLLM's Prometheus metric names, logs vLLM's start-up lines ("Application startup
-//! complete." once the listener accepts), and produces tokens on a deterministic
-//! continuous-batching timeline (see [`scheduler`]).
+//! reports vLLM's Prometheus metrics, logs vLLM's start-up and shutdown lines in vLLM's
+//! formats (see [`logging`]; "Application startup complete." once the listener accepts), and
+//! produces tokens on a deterministic continuous-batching timeline (see [`scheduler`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), fleetbench_sim::SimError> {
@@ -19,6 +19,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod scheduler;
@@ -35,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::cli::{Args, ServeOptions};
-pub use crate::config::{EngineConfig, SimConfig, TimingModel, VLLM_VERSION};
+pub use crate::config::{EngineConfig, SimConfig, TimingModel, VLLM_RELEASE, VLLM_VERSION};
 pub use crate::error::SimError;
 
 /// Interval of the "Engine 000: Avg prompt throughput ..." log lines (vLLM's 10 s).
@@ -50,17 +51,25 @@ pub async fn run(
 ) -> Result<(), SimError> {
     config.validate()?;
     let addr = listener.local_addr()?;
-    tracing::info!("Using max model len {}", config.max_model_len);
+    tracing::info!(
+        src = "model.py:2152",
+        "Using max model len {}",
+        config.max_model_len
+    );
     let engine_config = &config.engine;
     tracing::info!(
-        "KV cache size: {} tokens, Maximum concurrency for {} tokens per request: {:.2}x",
-        engine_config.kv_cache_tokens,
-        config.max_model_len,
+        src = "kv_cache_utils.py:2327",
+        proc = "EngineCore",
+        "GPU KV cache size: {} tokens, Maximum concurrency for {} tokens per request: {:.2}x",
+        thousands(engine_config.kv_cache_tokens),
+        thousands(u64::from(config.max_model_len)),
         engine_config.kv_cache_tokens as f64 / f64::from(config.max_model_len)
     );
-    tracing::info!("Supported tasks: ['generate']");
+    tracing::info!(src = "entry.py:136", "Supported tasks: ['generate']");
 
-    let stats = Arc::new(metrics::EngineStats::new());
+    let stats = Arc::new(metrics::EngineStats::with_max_model_len(
+        config.max_model_len,
+    ));
     let tracker = TaskTracker::new();
     // A child token: the engine stops with `shutdown`, and also when serving fails on its own,
     // without cancelling the caller's token.
@@ -75,22 +84,30 @@ pub async fn run(
         tracker.spawn(metrics::log_stats_loop(
             stats.clone(),
             LOG_STATS_INTERVAL,
+            config.echo.enable_prefix_caching,
             engine_shutdown.clone(),
         ));
     }
     let disable_completions = config.disable_completions;
     let app = api::router(api::AppState::new(config, engine, stats));
 
-    tracing::info!("Starting vLLM server on http://{addr}");
-    tracing::info!("Available routes are:");
+    tracing::info!(
+        src = "entry.py:140",
+        "Starting vLLM server on http://{addr}"
+    );
+    tracing::info!(src = "launcher.py:186", "Available routes are:");
     for (path, methods) in api::ROUTES {
         if !(disable_completions && *path == "/v1/completions") {
-            tracing::info!("Route: {path}, Methods: {methods}");
+            tracing::info!(src = "launcher.py:195", "Route: {path}, Methods: {methods}");
         }
     }
-    tracing::info!("Started server process [{}]", std::process::id());
-    tracing::info!("Waiting for application startup.");
-    tracing::info!("Application startup complete.");
+    tracing::info!(
+        target: logging::UVICORN,
+        "Started server process [{}]",
+        std::process::id()
+    );
+    tracing::info!(target: logging::UVICORN, "Waiting for application startup.");
+    tracing::info!(target: logging::UVICORN, "Application startup complete.");
 
     // vLLM (uvicorn on asyncio) sets TCP_NODELAY; without it each small SSE chunk that
     // follows another waits for a delayed ACK and token timing is distorted by Nagle.
@@ -99,22 +116,71 @@ pub async fn run(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
     });
+    // vLLM's shutdown sequence: abort the engine's requests (open streams end), then stop the
+    // HTTP server, which drains the connections.
+    let stopping = {
+        let shutdown = shutdown.clone();
+        let engine_shutdown = engine_shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tracing::info!(
+                src = "launcher.py:254",
+                "[shutdown] API server: shutdown triggered"
+            );
+            tracing::info!(
+                src = "launcher.py:270",
+                "[shutdown] API server: stopping engine client mode=abort timeout=0s"
+            );
+            engine_shutdown.cancel();
+            tracing::info!(
+                src = "launcher.py:279",
+                "[shutdown] API server: engine client stopped"
+            );
+            tracing::info!(
+                src = "launcher.py:282",
+                "[shutdown] API server: signalling HTTP server shutdown"
+            );
+            tracing::info!(
+                src = "launcher.py:304",
+                "[shutdown] API server: shutting down FastAPI HTTP server"
+            );
+            tracing::info!(target: logging::UVICORN, "Shutting down");
+        }
+    };
     let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    .with_graceful_shutdown(stopping)
     .into_future();
-    // The engine stops as soon as shutdown starts (child token), so open streams end and the
-    // graceful shutdown of the connections can complete.
     let result = served.await;
-    tracing::info!("Shutting down");
     engine_shutdown.cancel();
     tracker.close();
     tracker.wait().await;
-    tracing::info!("Waiting for application shutdown.");
-    tracing::info!("Application shutdown complete.");
+    tracing::info!(target: logging::UVICORN, "Waiting for application shutdown.");
+    tracing::info!(target: logging::UVICORN, "Application shutdown complete.");
     result.map_err(SimError::Io)
+}
+
+/// Python's `f"{n:,}"`: `93,184`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// vLLM's start-up banner (`[api_utils.py:347]`, one message over five lines).
+pub fn log_banner(model: &str) {
+    tracing::info!(
+        src = "api_utils.py:347",
+        "\n       █     █     █▄   ▄█\n ▄▄ ▄█ █     █     █ ▀▄▀ █  version {VLLM_VERSION}\n  █▄█▀ █     █     █     █  model   {model}\n   ▀▀  ▀▀▀▀▀ ▀▀▀▀▀ ▀     ▀\n"
+    );
 }
 
 /// Waits the simulated start-up time, then binds `host:port`. Returns `None` if `shutdown`
@@ -138,4 +204,17 @@ pub async fn bind_after_startup(
         .await
         .map_err(|source| SimError::Bind { addr, source })?;
     Ok(Some(listener))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators_like_python() {
+        assert_eq!(thousands(93_184), "93,184");
+        assert_eq!(thousands(2048), "2,048");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+    }
 }

@@ -3,9 +3,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use fleetbench_sim::{Args, VLLM_VERSION};
+use fleetbench_sim::Args;
+use fleetbench_sim::logging::{UVICORN, VllmFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::MakeWriterExt as _;
 
 /// `EX_USAGE` from sysexits.h.
 const EXIT_USAGE: u8 = 64;
@@ -17,15 +19,24 @@ fn main() -> ExitCode {
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(args.log_level()));
+    // Like vLLM: its own loggers and uvicorn's access log on stdout, uvicorn's server lines
+    // ("Application startup complete.") on stderr.
+    let writer = std::io::stdout
+        .with_filter(|meta: &tracing::Metadata<'_>| meta.target() != UVICORN)
+        .or_else(std::io::stderr);
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(false)
-        .with_target(false)
+        .event_format(VllmFormat::new())
         .with_env_filter(filter)
         .init();
-    tracing::info!("vLLM API server version {VLLM_VERSION}");
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    tracing::info!("args: {}", argv.join(" "));
+    let model = args.model_tag.clone().or_else(|| args.model.clone());
+    fleetbench_sim::log_banner(model.as_deref().unwrap_or(""));
+    tracing::info!(
+        src = "api_utils.py:286",
+        "non-default args: {}",
+        Args::non_default_args(std::env::args_os())
+    );
     let (config, serve) = match args.into_config() {
         Ok(parts) => parts,
         Err(e) => {
@@ -67,8 +78,8 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     let result: anyhow::Result<()> = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = term.recv() => tracing::info!("received SIGTERM"),
-            r = tokio::signal::ctrl_c() => { r?; tracing::info!("received SIGINT"); }
+            _ = term.recv() => tracing::debug!("received SIGTERM"),
+            r = tokio::signal::ctrl_c() => { r?; tracing::debug!("received SIGINT"); }
         }
         Ok(())
     }

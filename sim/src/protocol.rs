@@ -7,12 +7,50 @@ use serde::{Deserialize, Serialize};
 /// A JSON `null` that always serialises as `null`.
 pub type Null = Option<()>;
 
-/// `stream_options` of chat and completion requests.
+/// `stream_options` of chat and completion requests, kept as JSON: vLLM rejects them without
+/// `stream` only when they are truthy (a non-empty object).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct StreamOptions {
-    pub include_usage: Option<bool>,
-    pub continuous_usage_stats: Option<bool>,
+#[serde(transparent)]
+pub struct StreamOptions(pub serde_json::Value);
+
+impl StreamOptions {
+    /// Python truthiness of the value.
+    pub fn is_truthy(&self) -> bool {
+        match &self.0 {
+            serde_json::Value::Null => false,
+            serde_json::Value::Bool(b) => *b,
+            serde_json::Value::Number(n) => n.as_f64().is_some_and(|v| v != 0.0),
+            serde_json::Value::String(s) => !s.is_empty(),
+            serde_json::Value::Array(a) => !a.is_empty(),
+            serde_json::Value::Object(o) => !o.is_empty(),
+        }
+    }
+
+    /// `include_usage`.
+    pub fn include_usage(&self) -> bool {
+        self.flag("include_usage")
+    }
+
+    /// `continuous_usage_stats` (vLLM only honours it with `include_usage`).
+    pub fn continuous_usage_stats(&self) -> bool {
+        self.flag("continuous_usage_stats")
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.0
+            .get(name)
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
+/// Deserialises a field that may be absent (outer `None`), `null` (`Some(None)`) or a value.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// One chat message; `content` is a string or an array of `{type, text}` parts.
@@ -63,9 +101,9 @@ pub struct ChatCompletionRequest {
     pub messages: Option<Vec<ChatMessage>>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
-    pub max_tokens: Option<u32>,
-    pub max_completion_tokens: Option<u32>,
-    pub min_tokens: Option<u32>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub min_tokens: Option<i64>,
     pub ignore_eos: Option<bool>,
     pub add_generation_prompt: Option<bool>,
 }
@@ -88,8 +126,10 @@ pub struct CompletionRequest {
     pub prompt: Option<PromptInput>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
-    pub max_tokens: Option<u32>,
-    pub min_tokens: Option<u32>,
+    /// Absent means vLLM's default 16; `null` means "up to the context length".
+    #[serde(deserialize_with = "present")]
+    pub max_tokens: Option<Option<i64>>,
+    pub min_tokens: Option<i64>,
     pub ignore_eos: Option<bool>,
 }
 
@@ -167,16 +207,17 @@ pub struct ModelPermission {
     pub is_blocking: bool,
 }
 
-/// `usage` of non-streaming responses.
+/// `usage` of non-streaming responses (vLLM's `UsageInfo`, every field).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct UsageInfo {
     pub prompt_tokens: u32,
     pub total_tokens: u32,
     pub completion_tokens: u32,
     pub prompt_tokens_details: Null,
+    pub completion_tokens_details: Null,
 }
 
-/// Non-streaming chat answer.
+/// Non-streaming chat answer (vLLM 0.32's `ChatCompletionResponse`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatCompletionResponse {
     pub id: String,
@@ -185,11 +226,14 @@ pub struct ChatCompletionResponse {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub service_tier: Null,
-    pub system_fingerprint: Null,
+    pub system_fingerprint: String,
     pub usage: UsageInfo,
     pub prompt_logprobs: Null,
     pub prompt_token_ids: Null,
+    pub prompt_text: Null,
     pub kv_transfer_params: Null,
+    pub ec_transfer_params: Null,
+    pub metrics: Null,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,21 +244,22 @@ pub struct ChatChoice {
     pub finish_reason: &'static str,
     pub stop_reason: Null,
     pub token_ids: Null,
+    pub routed_experts: Null,
 }
 
+/// vLLM's `ChatMessage`; an empty `tool_calls` is left out, as vLLM's serializer does.
 #[derive(Debug, Clone, Serialize)]
 pub struct AssistantMessage {
-    pub role: &'static str,
+    pub role: String,
     pub content: String,
     pub refusal: Null,
     pub annotations: Null,
     pub audio: Null,
     pub function_call: Null,
-    pub tool_calls: Vec<()>,
-    pub reasoning_content: Null,
+    pub reasoning: Null,
 }
 
-/// Non-streaming completion answer.
+/// Non-streaming completion answer (vLLM 0.32's `CompletionResponse`).
 #[derive(Debug, Clone, Serialize)]
 pub struct CompletionResponse {
     pub id: String,
@@ -223,9 +268,11 @@ pub struct CompletionResponse {
     pub model: String,
     pub choices: Vec<CompletionChoice>,
     pub service_tier: Null,
-    pub system_fingerprint: Null,
+    pub system_fingerprint: String,
     pub usage: UsageInfo,
     pub kv_transfer_params: Null,
+    pub ec_transfer_params: Null,
+    pub metrics: Null,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -238,4 +285,5 @@ pub struct CompletionChoice {
     pub token_ids: Null,
     pub prompt_logprobs: Null,
     pub prompt_token_ids: Null,
+    pub routed_experts: Null,
 }

@@ -97,6 +97,8 @@ pub struct TokenEvent {
 pub struct NewRequest {
     pub request_id: String,
     pub prompt_tokens: u32,
+    /// The request's (clamped) `max_tokens`, for `vllm:request_params_max_tokens`.
+    pub max_tokens: u32,
     /// Tokens to generate (at least 1 is generated).
     pub output_tokens: u32,
     /// Reported on the last token.
@@ -165,6 +167,8 @@ struct Seq {
     req: EngineRequest,
     generated: u32,
     delivered: u32,
+    scheduled_at: Option<Instant>,
+    first_token_at: Option<Instant>,
     last_token_at: Option<Instant>,
 }
 
@@ -209,8 +213,7 @@ impl Engine {
             }
             self.drop_disconnected();
 
-            let arrived = Instant::now();
-            let (admitted, prefill_tokens) = self.admit();
+            let (admitted, prefill_tokens) = self.admit(Instant::now());
             if self.running.is_empty() {
                 continue;
             }
@@ -234,7 +237,7 @@ impl Engine {
                 () = tokio::time::sleep_until(end) => {}
             }
             timeline = Some(end);
-            self.emit(end, admitted, prefill_tokens, arrived);
+            self.emit(end, admitted, prefill_tokens);
         }
         tracing::debug!(
             running = self.running.len(),
@@ -253,6 +256,8 @@ impl Engine {
             req,
             generated: 0,
             delivered: 0,
+            scheduled_at: None,
+            first_token_at: None,
             last_token_at: None,
         });
     }
@@ -269,7 +274,7 @@ impl Engine {
 
     /// Admission rule of step 2 in the module docs. Returns how many requests were admitted
     /// (they are the last ones in `running`) and their prompt tokens.
-    fn admit(&mut self) -> (usize, u64) {
+    fn admit(&mut self, now: Instant) -> (usize, u64) {
         let budget = self.config.max_num_batched_tokens;
         let mut admitted = 0;
         let mut prefill: u64 = 0;
@@ -282,9 +287,10 @@ impl Engine {
             if !forced && prefill + prompt > budget {
                 break;
             }
-            let Some(seq) = self.waiting.pop_front() else {
+            let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
+            seq.scheduled_at = Some(now);
             prefill += prompt;
             admitted += 1;
             self.running.push(seq);
@@ -293,7 +299,7 @@ impl Engine {
     }
 
     /// Step 4: one token for every running request, delivery, finishing, statistics.
-    fn emit(&mut self, at: Instant, admitted: usize, prefill_tokens: u64, admitted_at: Instant) {
+    fn emit(&mut self, at: Instant, admitted: usize, prefill_tokens: u64) {
         let first_new = self.running.len().saturating_sub(admitted);
         let mut record = StepRecord {
             prefill_tokens,
@@ -310,9 +316,7 @@ impl Engine {
             seq.generated += 1;
             if is_new {
                 record.ttft.push(at.saturating_duration_since(seq.req.arrival));
-                record
-                    .queue_time
-                    .push(admitted_at.saturating_duration_since(seq.req.arrival));
+                seq.first_token_at = Some(at);
             } else if let Some(prev) = seq.last_token_at {
                 record.itl.push(at.saturating_duration_since(prev));
             }
@@ -324,11 +328,18 @@ impl Engine {
                 return false;
             }
             if let Some(reason) = finish {
+                let arrival = seq.req.arrival;
+                let scheduled = seq.scheduled_at.unwrap_or(arrival);
+                let first = seq.first_token_at.unwrap_or(at);
                 record.finished.push(FinishedRecord {
                     reason,
-                    e2e: at.saturating_duration_since(seq.req.arrival),
+                    e2e: at.saturating_duration_since(arrival),
+                    queued: scheduled.saturating_duration_since(arrival),
+                    prefill: first.saturating_duration_since(scheduled),
+                    decode: at.saturating_duration_since(first),
                     prompt_tokens: seq.req.new.prompt_tokens,
                     generation_tokens: seq.generated,
+                    max_tokens: seq.req.new.max_tokens,
                 });
                 tracing::debug!(request_id = %seq.req.new.request_id, reason = reason.as_str(), "finished request");
             }
@@ -424,6 +435,7 @@ mod tests {
         NewRequest {
             request_id: format!("r{i}"),
             prompt_tokens,
+            max_tokens: output_tokens,
             output_tokens,
             finish_reason: FinishReason::Length,
         }

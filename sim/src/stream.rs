@@ -2,13 +2,18 @@
 //! shape (see `fixtures/vllm-0.32-cpu/chat-stream.sse`):
 //!
 //! - every event is `data: {json}\n\n`, the stream ends with `data: [DONE]\n\n`;
-//! - chat: a role chunk `{"role":"assistant","content":""}` (sent with the first token, as
-//!   vLLM does), then one chunk per engine output with `delta.content` (one token unless the
-//!   client lagged), the last one with `finish_reason` and `"stop_reason":null`; a natural stop
-//!   ends with the end-of-sequence token, whose `content` is `""`;
-//! - completions: the same without the role chunk, `object` `text_completion`, `text` instead
-//!   of `delta`;
-//! - with `stream_options.include_usage`, a final chunk with `"choices":[]` and `usage`.
+//! - chat: a role chunk `{"role":"assistant","content":""}` with top-level
+//!   `"prompt_token_ids":null,"prompt_text":null` (sent with the first token, as vLLM does),
+//!   then one chunk per engine output with `delta.content` and `"token_ids":null` (one token
+//!   unless the client lagged), the last one with `finish_reason` and `"stop_reason":null`; a
+//!   natural stop ends with the end-of-sequence token, whose `content` is `""`;
+//! - completions: no role chunk, `object` `text_completion`, `text` instead of `delta`, and
+//!   every choice carries `"stop_reason":null,"prompt_token_ids":null,"token_ids":null`;
+//! - with `stream_options.include_usage`, a final chunk with `"choices":[]`, `usage` and
+//!   `system_fingerprint`; without it the chunk with `finish_reason` carries
+//!   `system_fingerprint` instead;
+//! - with `include_usage` and `continuous_usage_stats`, every chunk also carries `usage` (the
+//!   tokens so far; chat's with `"completion_tokens_details":null`).
 //!
 //! If the engine stops mid-request (shutdown), the stream ends without `[DONE]`.
 
@@ -46,8 +51,13 @@ pub struct StreamContext {
     pub model: String,
     pub prompt_tokens: u32,
     pub include_usage: bool,
+    /// `stream_options.continuous_usage_stats` (with `include_usage`): `usage` in every chunk.
+    pub continuous_usage: bool,
     pub system_fingerprint: String,
     pub output: SyntheticOutput,
+    /// `delta.role` of the chat role chunk: `assistant`, or the last message's role without
+    /// `add_generation_prompt`.
+    pub role: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,22 +66,35 @@ struct RoleChunk<'a> {
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: [RoleChoice; 1],
+    choices: [RoleChoice<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<ContinuousUsage>,
     prompt_token_ids: Null,
     prompt_text: Null,
 }
 
+/// `usage` of every chunk with `continuous_usage_stats`.
 #[derive(Debug, Serialize)]
-struct RoleChoice {
+struct ContinuousUsage {
+    prompt_tokens: u32,
+    total_tokens: u32,
+    completion_tokens: u32,
+    /// Chat sets it (to null), completions do not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completion_tokens_details: Option<Null>,
+}
+
+#[derive(Debug, Serialize)]
+struct RoleChoice<'a> {
     index: u32,
-    delta: RoleDelta,
+    delta: RoleDelta<'a>,
     logprobs: Null,
     finish_reason: Null,
 }
 
 #[derive(Debug, Serialize)]
-struct RoleDelta {
-    role: &'static str,
+struct RoleDelta<'a> {
+    role: &'a str,
     content: &'static str,
 }
 
@@ -82,6 +105,10 @@ struct ChatChunk<'a> {
     created: u64,
     model: &'a str,
     choices: [ChatChoice<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<ContinuousUsage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_fingerprint: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,6 +134,10 @@ struct CompletionChunk<'a> {
     created: u64,
     model: &'a str,
     choices: [CompletionChoice<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<ContinuousUsage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_fingerprint: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,6 +147,8 @@ struct CompletionChoice<'a> {
     logprobs: Null,
     finish_reason: Option<&'static str>,
     stop_reason: Null,
+    prompt_token_ids: Null,
+    token_ids: Null,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,8 +159,7 @@ struct UsageChunk<'a> {
     model: &'a str,
     choices: [(); 0],
     usage: StreamUsage,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system_fingerprint: Option<&'a str>,
+    system_fingerprint: &'a str,
 }
 
 /// `usage` of the final streamed chunk (no `prompt_tokens_details`, as captured).
@@ -156,6 +188,16 @@ impl StreamContext {
         }
     }
 
+    /// The per-chunk `usage` after `completion_tokens` tokens, if continuous usage is on.
+    fn continuous_usage(&self, completion_tokens: u32) -> Option<ContinuousUsage> {
+        self.continuous_usage.then(|| ContinuousUsage {
+            prompt_tokens: self.prompt_tokens,
+            total_tokens: self.prompt_tokens + completion_tokens,
+            completion_tokens,
+            completion_tokens_details: (self.endpoint == Endpoint::Chat).then_some(None),
+        })
+    }
+
     /// The chat role chunk.
     pub fn role_chunk(&self) -> Bytes {
         event(&RoleChunk {
@@ -166,19 +208,29 @@ impl StreamContext {
             choices: [RoleChoice {
                 index: 0,
                 delta: RoleDelta {
-                    role: "assistant",
+                    role: &self.role,
                     content: "",
                 },
                 logprobs: None,
                 finish_reason: None,
             }],
+            usage: self.continuous_usage(0),
             prompt_token_ids: None,
             prompt_text: None,
         })
     }
 
-    /// A content chunk with `text`; `finish_reason` on the last one.
-    pub fn content_chunk(&self, text: &str, finish_reason: Option<&'static str>) -> Bytes {
+    /// A content chunk with `text`, after which `completion_tokens` tokens have been sent;
+    /// `finish_reason` on the last one, which also carries `system_fingerprint` when no usage
+    /// chunk follows.
+    pub fn content_chunk(
+        &self,
+        text: &str,
+        finish_reason: Option<&'static str>,
+        completion_tokens: u32,
+    ) -> Bytes {
+        let system_fingerprint = (finish_reason.is_some() && !self.include_usage)
+            .then_some(self.system_fingerprint.as_str());
         match self.endpoint {
             Endpoint::Chat => event(&ChatChunk {
                 id: &self.id,
@@ -193,6 +245,8 @@ impl StreamContext {
                     stop_reason: finish_reason.map(|_| None),
                     token_ids: None,
                 }],
+                usage: self.continuous_usage(completion_tokens),
+                system_fingerprint,
             }),
             Endpoint::Completion => event(&CompletionChunk {
                 id: &self.id,
@@ -205,7 +259,11 @@ impl StreamContext {
                     logprobs: None,
                     finish_reason,
                     stop_reason: None,
+                    prompt_token_ids: None,
+                    token_ids: None,
                 }],
+                usage: self.continuous_usage(completion_tokens),
+                system_fingerprint,
             }),
         }
     }
@@ -223,10 +281,7 @@ impl StreamContext {
                 total_tokens: self.prompt_tokens + completion_tokens,
                 completion_tokens,
             },
-            system_fingerprint: match self.endpoint {
-                Endpoint::Chat => Some(&self.system_fingerprint),
-                Endpoint::Completion => None,
-            },
+            system_fingerprint: &self.system_fingerprint,
         })
     }
 }
@@ -262,11 +317,11 @@ impl SseState {
         }
         let text = self.ctx.output.text(ev.first_index, ev.count);
         let finish = ev.finish_reason.map(|r| r.as_str());
+        let completion = ev.first_index + ev.count;
         self.pending
-            .push_back(self.ctx.content_chunk(&text, finish));
+            .push_back(self.ctx.content_chunk(&text, finish, completion));
         if finish.is_some() {
             if self.ctx.include_usage {
-                let completion = ev.first_index + ev.count;
                 self.pending.push_back(self.ctx.usage_chunk(completion));
             }
             self.pending.push_back(Bytes::from_static(DONE));
@@ -301,6 +356,11 @@ pub fn sse_response(ctx: StreamContext, rx: mpsc::Receiver<TokenEvent>) -> Respo
 mod tests {
     use super::*;
 
+    const CHAT: &str = include_str!("../../tests/fixtures/vllm-0.32-cpu/chat-stream.sse");
+    const COMPLETIONS: &str =
+        include_str!("../../tests/fixtures/vllm-0.32-cpu/completions-stream.sse");
+    const TOO_LONG: &str = include_str!("../../tests/fixtures/vllm-0.32-cpu/too-long.txt");
+
     fn ctx(endpoint: Endpoint) -> StreamContext {
         StreamContext {
             endpoint,
@@ -309,48 +369,115 @@ mod tests {
             model: "smol".to_owned(),
             prompt_tokens: 33,
             include_usage: true,
+            continuous_usage: false,
             system_fingerprint: "vllm-0.32.0-898fdafa".to_owned(),
             output: SyntheticOutput {
                 seed: 0,
                 len: 128,
                 ends_with_eos: false,
             },
+            role: "assistant".to_owned(),
         }
     }
 
-    /// Lines taken verbatim from `fixtures/vllm-0.32-cpu/chat-stream.sse`.
+    /// Whether `chunk` is, byte for byte, one of the events of the capture `sse`.
+    fn found_in(sse: &str, chunk: &Bytes) -> bool {
+        let chunk = std::str::from_utf8(chunk).unwrap();
+        let line = chunk.strip_suffix("\n\n").unwrap();
+        sse.lines().any(|l| l == line)
+    }
+
+    /// Chunks rebuilt from the id, times and texts of `fixtures/vllm-0.32-cpu/chat-stream.sse`.
     #[test]
     fn chat_chunks_match_the_capture_byte_for_byte() {
         let c = ctx(Endpoint::Chat);
-        assert_eq!(
-            c.role_chunk(),
-            "data: {\"id\":\"chatcmpl-852858eebd06c043\",\"object\":\"chat.completion.chunk\",\"created\":1795813601,\"model\":\"smol\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"prompt_token_ids\":null,\"prompt_text\":null}\n\n"
-        );
-        assert_eq!(
-            c.content_chunk(" here", None),
-            "data: {\"id\":\"chatcmpl-852858eebd06c043\",\"object\":\"chat.completion.chunk\",\"created\":1795813601,\"model\":\"smol\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" here\"},\"logprobs\":null,\"finish_reason\":null,\"token_ids\":null}]}\n\n"
-        );
-        assert_eq!(
-            c.content_chunk("?", Some("length")),
-            "data: {\"id\":\"chatcmpl-852858eebd06c043\",\"object\":\"chat.completion.chunk\",\"created\":1795813601,\"model\":\"smol\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"?\"},\"logprobs\":null,\"finish_reason\":\"length\",\"stop_reason\":null,\"token_ids\":null}]}\n\n"
-        );
-        assert_eq!(
-            c.usage_chunk(128),
-            "data: {\"id\":\"chatcmpl-852858eebd06c043\",\"object\":\"chat.completion.chunk\",\"created\":1795813601,\"model\":\"smol\",\"choices\":[],\"usage\":{\"prompt_tokens\":33,\"total_tokens\":161,\"completion_tokens\":128},\"system_fingerprint\":\"vllm-0.32.0-898fdafa\"}\n\n"
-        );
+        assert!(found_in(CHAT, &c.role_chunk()));
+        assert!(found_in(CHAT, &c.content_chunk(" here", None, 3)));
+        assert!(found_in(CHAT, &c.content_chunk("?", Some("length"), 128)));
+        assert!(found_in(CHAT, &c.usage_chunk(128)));
+    }
+
+    /// The same for `completions-stream.sse` and the streamed over-long request of
+    /// `too-long.txt`.
+    #[test]
+    fn completion_chunks_match_the_capture_byte_for_byte() {
+        let mut c = ctx(Endpoint::Completion);
+        c.id = "cmpl-9fa7fd0861b19162".to_owned();
+        c.created = 1_795_820_271;
+        c.prompt_tokens = 2;
+        c.system_fingerprint = "vllm-0.32.0-05bcb04d".to_owned();
+        assert!(found_in(
+            COMPLETIONS,
+            &c.content_chunk(" positive", None, 2)
+        ));
+        assert!(found_in(
+            COMPLETIONS,
+            &c.content_chunk(" entirely", Some("length"), 32)
+        ));
+        assert!(found_in(COMPLETIONS, &c.usage_chunk(32)));
+
+        c.id = "cmpl-a605052a425b8cb8".to_owned();
+        c.created = 1_795_820_394;
+        c.prompt_tokens = 2040;
+        assert!(found_in(
+            TOO_LONG,
+            &c.content_chunk("where", Some("length"), 8)
+        ));
+        assert!(found_in(TOO_LONG, &c.usage_chunk(8)));
+    }
+
+    /// Without `include_usage` vLLM stamps `system_fingerprint` on the finishing chunk only.
+    #[test]
+    fn fingerprint_moves_to_the_last_chunk_without_usage() {
+        for endpoint in [Endpoint::Chat, Endpoint::Completion] {
+            let mut c = ctx(endpoint);
+            c.include_usage = false;
+            let last = c.content_chunk("x", Some("stop"), 2);
+            let last = std::str::from_utf8(&last).unwrap();
+            assert!(
+                last.ends_with("null}],\"system_fingerprint\":\"vllm-0.32.0-898fdafa\"}\n\n"),
+                "{last}"
+            );
+            let middle = c.content_chunk("x", None, 1);
+            assert!(
+                !std::str::from_utf8(&middle)
+                    .unwrap()
+                    .contains("system_fingerprint")
+            );
+        }
+    }
+
+    /// `continuous_usage_stats`: `usage` after `choices` in every chunk, as vLLM's
+    /// `exclude_unset` serialisation writes it.
+    #[test]
+    fn continuous_usage_rides_on_every_chunk() {
+        let mut c = ctx(Endpoint::Chat);
+        c.continuous_usage = true;
+        let role = c.role_chunk();
+        assert!(std::str::from_utf8(&role).unwrap().ends_with(
+            "\"finish_reason\":null}],\"usage\":{\"prompt_tokens\":33,\"total_tokens\":33,\"completion_tokens\":0,\"completion_tokens_details\":null},\"prompt_token_ids\":null,\"prompt_text\":null}\n\n"
+        ));
+        let content = c.content_chunk(" a", None, 1);
+        assert!(std::str::from_utf8(&content).unwrap().ends_with(
+            "\"token_ids\":null}],\"usage\":{\"prompt_tokens\":33,\"total_tokens\":34,\"completion_tokens\":1,\"completion_tokens_details\":null}}\n\n"
+        ));
+        let mut c = ctx(Endpoint::Completion);
+        c.continuous_usage = true;
+        let content = c.content_chunk(" a", Some("length"), 2);
+        assert!(std::str::from_utf8(&content).unwrap().ends_with(
+            "\"token_ids\":null}],\"usage\":{\"prompt_tokens\":33,\"total_tokens\":35,\"completion_tokens\":2}}\n\n"
+        ));
     }
 
     #[test]
-    fn completion_chunks_have_no_role_and_carry_stop_reason() {
-        let mut c = ctx(Endpoint::Completion);
-        c.id = "cmpl-1".to_owned();
-        assert_eq!(
-            c.content_chunk(" word", None),
-            "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1795813601,\"model\":\"smol\",\"choices\":[{\"index\":0,\"text\":\" word\",\"logprobs\":null,\"finish_reason\":null,\"stop_reason\":null}]}\n\n"
-        );
-        assert_eq!(
-            c.usage_chunk(2),
-            "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1795813601,\"model\":\"smol\",\"choices\":[],\"usage\":{\"prompt_tokens\":33,\"total_tokens\":35,\"completion_tokens\":2}}\n\n"
+    fn role_follows_the_last_message_without_generation_prompt() {
+        let mut c = ctx(Endpoint::Chat);
+        c.role = "user".to_owned();
+        let role = c.role_chunk();
+        assert!(
+            std::str::from_utf8(&role)
+                .unwrap()
+                .contains("\"delta\":{\"role\":\"user\",\"content\":\"\"}")
         );
     }
 }

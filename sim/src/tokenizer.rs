@@ -29,6 +29,9 @@ pub const IM_END: u32 = 2;
 pub const TEMPLATE_TOKENS_PER_MESSAGE: usize = 5;
 /// Tokens of the generation prompt: `<|im_start|>`, `assistant`, `\n`.
 pub const GENERATION_PROMPT_TOKENS: usize = 3;
+/// Characters of SmolLM2's longest vocabulary entry. vLLM rejects a text prompt longer than
+/// `max_model_len × max_chars_per_token` characters before tokenizing it.
+pub const MAX_CHARS_PER_TOKEN: usize = 81;
 
 /// 64-bit FNV-1a.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
@@ -161,6 +164,25 @@ pub fn chat_pieces<'a>(
     }
     if add_generation_prompt {
         out.extend(["<|im_start|>", "assistant", "\n"].map(str::to_owned));
+    }
+    out
+}
+
+/// The text of a conversation under the chat template (what [`chat_pieces`] concatenate).
+pub fn render_chat<'a>(
+    messages: impl IntoIterator<Item = (&'a str, &'a str)>,
+    add_generation_prompt: bool,
+) -> String {
+    let mut out = String::new();
+    for (role, content) in messages {
+        out.push_str("<|im_start|>");
+        out.push_str(role);
+        out.push('\n');
+        out.push_str(content);
+        out.push_str("<|im_end|>\n");
+    }
+    if add_generation_prompt {
+        out.push_str("<|im_start|>assistant\n");
     }
     out
 }
@@ -319,6 +341,7 @@ mod tests {
         assert_eq!(encode_chat(msgs, true).len(), content + 2 * 5 + 3);
         assert_eq!(encode_chat(msgs, false).len(), content + 2 * 5);
         assert_eq!(chat_pieces(msgs, true).len(), encode_chat(msgs, true).len());
+        assert_eq!(chat_pieces(msgs, true).concat(), render_chat(msgs, true));
         let ids = encode_chat([("user", "x")], true);
         assert_eq!(ids.first(), Some(&IM_START));
         assert_eq!(ids.get(4), Some(&IM_END));

@@ -317,7 +317,7 @@ async fn errors_have_vllm_bodies() {
     assert_eq!(server.get("/nope").await.status(), 404);
     assert_eq!(server.get("/v1/chat/completions").await.status(), 405);
 
-    // Unknown model.
+    // Unknown model: vLLM names the served aliases.
     let resp = server
         .post(
             "/v1/chat/completions",
@@ -327,13 +327,14 @@ async fn errors_have_vllm_bodies() {
     assert_eq!(resp.status(), 404);
     assert_eq!(
         resp.text().await.unwrap(),
-        r#"{"error":{"message":"The model `gpt-4` does not exist.","type":"NotFoundError","param":"model","code":404}}"#
+        r#"{"error":{"message":"The model `gpt-4` does not exist. Valid aliases: smol.","type":"NotFoundError","param":"model","code":404}}"#
     );
 
-    // Prompt + max_tokens over max_model_len.
+    // A prompt that alone exceeds max_model_len (69 tokens with the template): vLLM stops
+    // tokenizing at 65 and says "at least 65".
     let long = "word ".repeat(60);
     let msgs = json!([{"role": "user", "content": long}]);
-    let prompt = tokenizer::count(&long) + 5 + 3;
+    assert_eq!(tokenizer::count(&long) + 5 + 3, 69);
     let resp = server
         .post(
             "/v1/chat/completions",
@@ -341,11 +342,52 @@ async fn errors_have_vllm_bodies() {
         )
         .await;
     assert_eq!(resp.status(), 400);
-    let expected = format!(
-        r#"{{"error":{{"message":"This model's maximum context length is 64 tokens. However, you requested {} tokens ({prompt} in the messages, 10 in the completion). Please reduce the length of the messages or completion.","type":"BadRequestError","param":null,"code":400}}}}"#,
-        prompt + 10
+    assert_eq!(
+        resp.text().await.unwrap(),
+        r#"{"error":{"message":"This model's maximum context length is 64 tokens. However, your prompt contains at least 65 input tokens, which exceeds this limit even without any output tokens. Please reduce the length of the input prompt. (parameter=input_tokens, value=65)","type":"BadRequestError","param":"input_tokens","code":400}}"#
     );
-    assert_eq!(resp.text().await.unwrap(), expected);
+
+    // Prompt + max_tokens over max_model_len is not an error (max_tokens alone must fit):
+    // generation stops at the context length with finish_reason "length".
+    let short = "word ".repeat(20);
+    let prompt = (tokenizer::count(&short) + 5 + 3) as u64;
+    let resp: Value = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "smol", "messages": [{"role": "user", "content": short}], "max_tokens": 60, "ignore_eos": true}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["usage"]["prompt_tokens"], prompt);
+    assert_eq!(resp["usage"]["total_tokens"], 64);
+    assert_eq!(resp["usage"]["completion_tokens"], 64 - prompt);
+    assert_eq!(resp["choices"][0]["finish_reason"], "length");
+
+    // max_tokens above the context, and stream_options without stream.
+    let resp = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "smol", "messages": messages(), "max_completion_tokens": 65}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        resp.text().await.unwrap(),
+        r#"{"error":{"message":"max_completion_tokens=65 cannot be greater than max_model_len=64. Please request fewer output tokens. (parameter=max_completion_tokens, value=65)","type":"BadRequestError","param":"max_completion_tokens","code":400}}"#
+    );
+    let resp = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "smol", "messages": messages(), "stream_options": {"include_usage": true}}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        resp.text().await.unwrap(),
+        r#"{"error":{"message":"Stream options can only be defined when `stream=True`. (parameter=stream_options)","type":"BadRequestError","param":"stream_options","code":400}}"#
+    );
 
     // Malformed JSON is a 400 too.
     let resp = server
@@ -364,6 +406,9 @@ async fn info_endpoints() {
     let server = Server::start(fast_config()).await;
     let health = server.get("/health").await;
     assert_eq!(health.status(), 200);
+    assert_eq!(health.headers()["server"], "uvicorn");
+    let load: Value = server.get("/load").await.json().await.unwrap();
+    assert_eq!(load, json!({"server_load": 0}));
     assert_eq!(health.text().await.unwrap(), "");
 
     let version: Value = server.get("/version").await.json().await.unwrap();

@@ -85,18 +85,24 @@ async fn auto_falls_back_to_chat_when_completions_is_disabled() {
     cluster.stop().await;
 }
 
-/// What every vLLM chat stream with `include_usage` and a forced length looks like:
-/// a role-only chunk first, content chunks, one finish reason on the last chunk with
-/// choices, a usage chunk counting exactly `max_tokens`, then `[DONE]` and nothing after.
-pub fn check_chat_stream(events: &[SseEvent], max_tokens: u32) {
-    assert_eq!(
-        events.first(),
-        Some(&SseEvent::Chunk {
-            content: String::new(),
-            finish_reason: None
-        }),
-        "role chunk first"
-    );
+/// What every vLLM stream with `include_usage` and a forced length looks like: for chat a
+/// role-only chunk first (completions have none), content chunks, one finish reason on the
+/// last chunk with choices, a usage chunk counting exactly `max_tokens`, then `[DONE]` and
+/// nothing after.
+pub fn check_stream(events: &[SseEvent], max_tokens: u32, chat: bool) {
+    let role_chunk = SseEvent::Chunk {
+        content: String::new(),
+        finish_reason: None,
+    };
+    if chat {
+        assert_eq!(events.first(), Some(&role_chunk), "role chunk first");
+    } else {
+        assert_ne!(
+            events.first(),
+            Some(&role_chunk),
+            "completions have no role chunk"
+        );
+    }
     let chunks: Vec<&SseEvent> = events
         .iter()
         .filter(|e| matches!(e, SseEvent::Chunk { .. }))
@@ -166,7 +172,11 @@ impl Drop for SimProcess {
 async fn real_vllm_and_vllm_sim_streams_have_the_same_shape() {
     // Real vLLM 0.32 (CPU build), captured.
     let real = include_bytes!("../fixtures/vllm-0.32-cpu/chat-stream.sse");
-    check_chat_stream(&parse_all(real), 128);
+    check_stream(&parse_all(real), 128, true);
+    let real = include_bytes!("../fixtures/vllm-0.32-cpu/chat-stream-32.sse");
+    check_stream(&parse_all(real), 32, true);
+    let real = include_bytes!("../fixtures/vllm-0.32-cpu/completions-stream.sse");
+    check_stream(&parse_all(real), 32, false);
 
     // vllm-sim, live.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -203,20 +213,26 @@ async fn real_vllm_and_vllm_sim_streams_have_the_same_shape() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let body = serde_json::json!({
-        "model": "smol",
-        "messages": [{"role": "user", "content": "hello there"}],
-        "max_tokens": 32, "min_tokens": 32, "ignore_eos": true,
-        "stream": true, "stream_options": {"include_usage": true},
-    });
-    let bytes = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    check_chat_stream(&parse_all(&bytes), 32);
+    for (path, chat) in [("/v1/chat/completions", true), ("/v1/completions", false)] {
+        let mut body = serde_json::json!({
+            "model": "smol",
+            "max_tokens": 32, "min_tokens": 32, "ignore_eos": true,
+            "stream": true, "stream_options": {"include_usage": true},
+        });
+        if chat {
+            body["messages"] = serde_json::json!([{"role": "user", "content": "hello there"}]);
+        } else {
+            body["prompt"] = serde_json::json!("hello there");
+        }
+        let bytes = client
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        check_stream(&parse_all(&bytes), 32, chat);
+    }
 }

@@ -10,30 +10,48 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use fleetbench_controller::cli::output::to_table;
-use fleetbench_controller::results::{partition_dir, read_metrics, read_point_summaries, read_requests};
+use fleetbench_controller::results::{
+    partition_dir, read_metrics, read_point_summaries, read_requests,
+};
 use fleetbench_proto::pb;
 use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end};
 
 const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
-/// `VLLM_BIN` and `VLLM_MODEL` from the set-up script's `env` file.
+/// `VLLM_BIN` and `VLLM_MODEL` from the set-up script's `env` file (shell assignments,
+/// read by the shell so any quoting it used is undone).
 fn vllm_install() -> (String, String) {
     let home = std::env::var_os("FLEETBENCH_VLLM_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/fleetbench/vllm-0.32-cpu"));
-    let env = std::fs::read_to_string(home.join("env")).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}: run tests/engines/setup-vllm.sh first (the README's test command does)",
-            home.join("env").display()
-        )
-    });
-    let get = |key: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .map(|v| v.trim_matches('"').to_string())
-            .unwrap_or_else(|| panic!("{key} missing in {}", home.join("env").display()))
-    };
-    (get("VLLM_BIN"), get("VLLM_MODEL"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/fleetbench/vllm-0.32-cpu")
+        });
+    let env = home.join("env");
+    assert!(
+        env.is_file(),
+        "{} missing: run tests/engines/setup-vllm.sh first (the README's test command does)",
+        env.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#"set -e; . "$1"; printf '%s\n%s' "$VLLM_BIN" "$VLLM_MODEL""#)
+        .arg("bash")
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (bin, model) = text.split_once('\n').unwrap();
+    assert!(
+        !bin.is_empty() && !model.is_empty(),
+        "VLLM_BIN/VLLM_MODEL missing in {}",
+        env.display()
+    );
+    (bin.to_string(), model.to_string())
 }
 
 fn sweep(name: &str, endpoint: &str) -> String {
@@ -73,7 +91,11 @@ seed = 3
 async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency() {
     let (bin, model_dir) = vllm_install();
     // Every vLLM process runs the venv's interpreter, so its path marks them.
-    let venv_marker = PathBuf::from(&bin).parent().and_then(|b| b.parent()).unwrap().join("venv");
+    let venv_marker = PathBuf::from(&bin)
+        .parent()
+        .and_then(|b| b.parent())
+        .unwrap()
+        .join("venv");
     let agent = AgentSpec {
         name: "cpu-host".into(),
         gpus: 1,
@@ -93,13 +115,22 @@ async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency()
     for (id, endpoint) in [(chat, "chat"), (completions, "completions")] {
         let status = watch_to_end(&mut client, &id).await;
         assert_eq!(status.state, "done", "{status:?}");
-        assert_eq!((status.points_done, status.points_failed), (4, 0), "{status:?}");
+        assert_eq!(
+            (status.points_done, status.points_failed),
+            (4, 0),
+            "{status:?}"
+        );
         let results = client
-            .get_results(pb::GetResultsRequest { sweep_id: id.clone() })
+            .get_results(pb::GetResultsRequest {
+                sweep_id: id.clone(),
+            })
             .await
             .unwrap()
             .into_inner();
-        eprintln!("real vLLM, {endpoint} endpoint ({id}):\n{}", to_table(&results.points));
+        eprintln!(
+            "real vLLM, {endpoint} endpoint ({id}):\n{}",
+            to_table(&results.points)
+        );
 
         let dir = partition_dir(&cluster.results, MODEL, 1);
         let points = read_point_summaries(&dir.join(format!("{id}.points.parquet"))).unwrap();
@@ -130,23 +161,36 @@ async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency()
             // vLLM's own /metrics saw the whole burst running at once.
             let running = p.server.running_max.expect("vLLM /metrics sampled");
             assert_eq!(running, f64::from(p.meta.batch_size), "{}", p.meta.point_id);
-            assert!(samples.iter().any(|m| m.point_id == p.meta.point_id && m.metric == "vllm:num_requests_running"));
+            assert!(
+                samples
+                    .iter()
+                    .any(|m| m.point_id == p.meta.point_id
+                        && m.metric == "vllm:num_requests_running")
+            );
         }
         let tput: Vec<f64> = by_batch.iter().map(|p| p.output_throughput).collect();
-        assert!(tput[3] > tput[0] * 1.5, "throughput rises from batch 1 to 8: {tput:?}");
+        assert!(
+            tput[3] > tput[0] * 1.5,
+            "throughput rises from batch 1 to 8: {tput:?}"
+        );
     }
     cluster.stop().await;
     // The engine's whole process group (vLLM starts worker processes) is gone.
     let venv = PathBuf::from(&venv_marker).display().to_string();
     let left = processes_mentioning(&venv);
-    assert!(left.is_empty(), "vLLM processes left after the sweep: {left:?}");
+    assert!(
+        left.is_empty(),
+        "vLLM processes left after the sweep: {left:?}"
+    );
 }
 
 /// Command lines of running processes that mention `needle`.
 fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if cmdline.contains(needle) {
             found.push(cmdline);
