@@ -72,6 +72,9 @@ enum Runtime {
     Process {
         child: Box<Child>,
         pgid: i32,
+        /// Set once [`Engine::stop`] has reaped the group, so `Drop` never signals a
+        /// process group id the kernel may have handed out again.
+        stopped: bool,
         followers: Vec<tokio::task::JoinHandle<()>>,
     },
     External,
@@ -181,6 +184,7 @@ impl Engine {
             runtime: Runtime::Process {
                 child: Box::new(child),
                 pgid,
+                stopped: false,
                 followers,
             },
             key,
@@ -284,11 +288,22 @@ impl Engine {
 
     /// Stops the engine: SIGTERM to the whole process group, SIGKILL after a grace period.
     pub async fn stop(&mut self) {
-        let Runtime::Process { child, pgid, .. } = &mut self.runtime else {
+        let Runtime::Process {
+            child,
+            pgid,
+            stopped,
+            ..
+        } = &mut self.runtime
+        else {
             return;
         };
+        if *stopped {
+            return;
+        }
         if matches!(child.try_wait(), Ok(Some(_))) {
+            // The leader is gone; its workers may not be.
             signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
+            *stopped = true;
             return;
         }
         info!(pgid = *pgid, "stopping engine process group");
@@ -300,6 +315,23 @@ impl Engine {
         // Children of the leader may outlive it: make sure the group is gone.
         signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
         let _ = child.wait().await;
+        *stopped = true;
+    }
+}
+
+impl Drop for Engine {
+    /// An engine must never outlive its agent (a panic, an aborted task, a dropped
+    /// runtime): kill the whole process group. After a clean [`Engine::stop`] the group is
+    /// gone already and this does nothing.
+    fn drop(&mut self) {
+        if let Runtime::Process {
+            pgid,
+            stopped: false,
+            ..
+        } = &self.runtime
+        {
+            signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 
