@@ -10,7 +10,7 @@ use fleetbench_controller::results::{
     read_metadata, read_metrics, read_point_summaries, read_requests,
 };
 use fleetbench_proto::pb;
-use fleetbench_tests::{AgentSpec, Cluster, percentile, workspace_bin};
+use fleetbench_tests::{AgentSpec, Cluster, percentile, watch_to_end, workspace_bin};
 
 // Simulator timing model used by this test (see sim/src/scheduler.rs): a step takes
 // STEP_MS + PER_SEQ_MS × running sequences + PREFILL_US/1000 × prompt tokens prefilled.
@@ -80,18 +80,7 @@ async fn sweep_on_two_agents_lands_in_hive_parquet_and_matches_the_timing_model(
     let id = submitted.sweep_id;
 
     // Follow the watch stream to the end, as controllerctl does.
-    let mut watch = client
-        .watch_sweep(pb::WatchSweepRequest {
-            sweep_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(s) = watch.message().await.unwrap() {
-        last = Some(s);
-    }
-    let status = last.unwrap();
+    let status = watch_to_end(&mut client, &id).await;
     assert_eq!(status.state, "done", "{status:?}");
     assert_eq!(status.points_done, 12, "{status:?}");
     assert_eq!(status.points_failed, 0);
