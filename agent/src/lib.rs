@@ -40,9 +40,27 @@ pub fn http_client() -> Result<reqwest::Client, AgentError> {
         .build()?)
 }
 
+/// Raises this process's open-file limit to its hard limit: every in-flight request holds
+/// a socket, so a burst of thousands must not hit the usual soft limit of 1024. Returns
+/// (old soft limit, new soft limit).
+pub fn raise_open_file_limit() -> Result<(u64, u64), AgentError> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| AgentError::Io(std::io::Error::from(e)))?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .map_err(|e| AgentError::Io(std::io::Error::from(e)))?;
+    }
+    Ok((soft, hard.max(soft)))
+}
+
 /// Runs the agent until `shutdown` is cancelled; stops its engine on the way out.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let cfg = Arc::new(cfg.finish()?);
+    match raise_open_file_limit() {
+        Ok((old, new)) => tracing::info!(old, new, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let client = http_client()?;
     let outbox = Arc::new(outbox::Outbox::new());
     let cancels: runner::CancelMap = Arc::default();
@@ -73,4 +91,16 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn open_file_limit_is_raised_to_the_hard_limit() {
+        let (_, new) = super::raise_open_file_limit().unwrap();
+        let (soft, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(soft, hard);
+        assert_eq!(new, soft);
+    }
 }

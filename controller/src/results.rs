@@ -197,6 +197,9 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, Controller
             kv_cache_usage_max?,
             preemptions?,
         );
+        let input_len_mismatches = c.get::<UInt32Array>("input_len_mismatches")?;
+        let output_len_mismatches = c.get::<UInt32Array>("output_len_mismatches")?;
+        let verdict = c.get::<StringArray>("verdict")?;
         let distribution = |columns: &[&Float64Array; 4], row: usize| {
             let [mean, p50, p90, p99] = columns.map(|column| opt(column, row));
             Percentiles {
@@ -243,6 +246,9 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, Controller
                     kv_cache_usage_max: opt(kv_cache_usage_max, i),
                     preemptions: opt(preemptions, i),
                 },
+                input_len_mismatches: input_len_mismatches.value(i),
+                output_len_mismatches: output_len_mismatches.value(i),
+                verdict: verdict.value(i).to_owned(),
             });
         }
     }
@@ -475,6 +481,9 @@ fn points_schema() -> Schema {
     for (name, _) in SERVER {
         fields.push(Field::new(name, DataType::Float64, true));
     }
+    fields.push(u32("input_len_mismatches"));
+    fields.push(u32("output_len_mismatches"));
+    fields.push(utf8("verdict"));
     Schema::new(fields)
 }
 
@@ -605,6 +614,9 @@ fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, ControllerError> 
     for (_, get) in SERVER {
         columns.push(opt_f64s(rows, |s| get(&s.server)));
     }
+    columns.push(u32s(rows, |s| s.input_len_mismatches));
+    columns.push(u32s(rows, |s| s.output_len_mismatches));
+    columns.push(utf8(rows, |s| &s.verdict));
     Ok(RecordBatch::try_new(Arc::new(points_schema()), columns)?)
 }
 

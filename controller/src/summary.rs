@@ -67,6 +67,13 @@ pub struct PointSummary {
     pub e2el_s: Percentiles,
     /// What the engine reported about itself while the point ran.
     pub server: ServerStats,
+    /// Completed requests whose input length, as the server counted it
+    /// (`usage.prompt_tokens`), is not the target (or was not reported).
+    pub input_len_mismatches: u32,
+    /// Completed requests whose output length (`usage.completion_tokens`) is not the target.
+    pub output_len_mismatches: u32,
+    /// `valid`, or why the point did not measure what it asked for.
+    pub verdict: String,
 }
 
 /// The engine's view of a point, from its Prometheus `/metrics` scraped during the load:
@@ -112,6 +119,23 @@ pub fn summarize(meta: PointMeta, records: &[RequestRecord]) -> PointSummary {
     let completed_records = || records.iter().filter(|r| r.success());
     let completed = saturating_u32(completed_records().count());
     let failed = saturating_u32(records.len()).saturating_sub(completed);
+    let input_len_mismatches = saturating_u32(
+        completed_records()
+            .filter(|r| r.input_tokens != Some(r.target_input_tokens))
+            .count(),
+    );
+    let output_len_mismatches = saturating_u32(
+        completed_records()
+            .filter(|r| r.output_tokens != Some(r.target_output_tokens))
+            .count(),
+    );
+    let verdict = verdict(
+        records.len(),
+        failed,
+        &meta,
+        input_len_mismatches,
+        output_len_mismatches,
+    );
 
     let duration_s = if completed == 0 {
         0.0
@@ -153,6 +177,44 @@ pub fn summarize(meta: PointMeta, records: &[RequestRecord]) -> PointSummary {
         itl_s: percentiles(&itl),
         e2el_s: percentiles(&collect(|r| r.e2el_s)),
         server: ServerStats::default(),
+        input_len_mismatches,
+        output_len_mismatches,
+        verdict,
+    }
+}
+
+/// Why a point's numbers do not describe the requested load, or `valid`. Failed requests
+/// and wrong lengths are named, never hidden.
+fn verdict(
+    measured: usize,
+    failed: u32,
+    meta: &PointMeta,
+    input_mismatches: u32,
+    output_mismatches: u32,
+) -> String {
+    let mut reasons = Vec::new();
+    if measured == 0 {
+        reasons.push("no requests measured".to_string());
+    }
+    if failed > 0 {
+        reasons.push(format!("{failed} of {measured} requests failed"));
+    }
+    if input_mismatches > 0 {
+        reasons.push(format!(
+            "{input_mismatches} request(s) not at {} input tokens as the server counted",
+            meta.input_tokens
+        ));
+    }
+    if output_mismatches > 0 {
+        reasons.push(format!(
+            "{output_mismatches} request(s) not at {} output tokens",
+            meta.output_tokens
+        ));
+    }
+    if reasons.is_empty() {
+        "valid".into()
+    } else {
+        reasons.join("; ")
     }
 }
 
@@ -258,6 +320,9 @@ impl From<&PointSummary> for pb::PointSummary {
             server_waiting_max: s.server.waiting_max,
             server_kv_cache_usage_max: s.server.kv_cache_usage_max,
             server_preemptions: s.server.preemptions,
+            input_len_mismatches: s.input_len_mismatches,
+            output_len_mismatches: s.output_len_mismatches,
+            verdict: s.verdict.clone(),
         }
     }
 }
@@ -482,5 +547,28 @@ mod tests {
         assert_eq!(s.kv_cache_usage_max, Some(0.25));
         assert_eq!(s.preemptions, Some(2.0));
         assert_eq!(server_stats(&[]), ServerStats::default());
+    }
+
+    #[test]
+    fn verdict_names_failures_and_wrong_lengths() {
+        let good = [ok(0, 0.1, 1.1, 21, &[0.1]), ok(0, 0.1, 1.1, 21, &[0.1])];
+        let s = summarize(meta(), &good);
+        assert_eq!((s.input_len_mismatches, s.output_len_mismatches), (0, 0));
+        assert_eq!(s.verdict, "valid");
+
+        // One request stopped early (the server generated 8 of 21 tokens), one counted a
+        // different prompt length, one failed.
+        let mut short = ok(0, 0.1, 1.1, 8, &[0.1]);
+        short.target_output_tokens = 21;
+        let mut long_prompt = ok(0, 0.1, 1.1, 21, &[0.1]);
+        long_prompt.input_tokens = Some(101);
+        let s = summarize(meta(), &[short, long_prompt, failed(0)]);
+        assert_eq!((s.input_len_mismatches, s.output_len_mismatches), (1, 1));
+        assert_eq!(
+            s.verdict,
+            "1 of 3 requests failed; 1 request(s) not at 100 input tokens as the server counted; \
+             1 request(s) not at 21 output tokens"
+        );
+        assert_eq!(summarize(meta(), &[]).verdict, "no requests measured");
     }
 }

@@ -158,6 +158,7 @@ async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency()
         for p in &by_batch {
             assert_eq!(p.meta.endpoint, endpoint);
             assert_eq!(p.completed, p.meta.batch_size);
+            assert_eq!(p.verdict, "valid", "{}", p.meta.point_id);
             // vLLM's own /metrics saw the whole burst running at once.
             let running = p.server.running_max.expect("vLLM /metrics sampled");
             assert_eq!(running, f64::from(p.meta.batch_size), "{}", p.meta.point_id);

@@ -152,6 +152,7 @@ async fn sweep_on_two_agents_lands_in_hive_parquet_and_matches_the_timing_model(
             assert_eq!(recs.len() as u32, b, "{}", p.meta.point_id);
             assert_eq!(p.completed, b);
             assert_eq!(p.failed, 0);
+            assert_eq!(p.verdict, "valid", "{}", p.meta.point_id);
             let mut indices: Vec<u32> = recs.iter().map(|r| r.request_index).collect();
             indices.sort();
             assert_eq!(indices, (0..b).collect::<Vec<_>>());

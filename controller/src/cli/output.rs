@@ -65,6 +65,12 @@ pub fn fields(s: &pb::PointSummary) -> Vec<(String, Value)> {
         json!(s.server_kv_cache_usage_max),
     ));
     f.push(("server_preemptions".into(), json!(s.server_preemptions)));
+    f.push(("input_len_mismatches".into(), json!(s.input_len_mismatches)));
+    f.push((
+        "output_len_mismatches".into(),
+        json!(s.output_len_mismatches),
+    ));
+    f.push(("verdict".into(), json!(s.verdict)));
     f.push(("error".into(), json!(s.error)));
     f
 }
@@ -166,6 +172,7 @@ pub fn to_table(points: &[pb::PointSummary]) -> String {
                 ms(e2el.p50),
                 s.server_running_max
                     .map_or_else(|| "-".into(), |v| format!("{v:.0}")),
+                s.verdict.clone(),
             ]
         })
         .collect();
