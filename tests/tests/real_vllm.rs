@@ -169,13 +169,22 @@ async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency()
                         && m.metric == "vllm:num_requests_running")
             );
         }
-        // On this 2-core CPU prefill dominates (TTFT ≈ 2 s at batch 1, 15 s at batch 8), so
-        // batch 8 measured 1.42-1.64x batch 1's output throughput here; 1.2x leaves room
-        // for a noisy machine while still failing if batching did nothing.
+        // Throughput rises from batch 1 to batch 8. On this 2-core CPU prefill dominates
+        // (TTFT ≈ 2 s at batch 1, ≈ 15 s at batch 8), so output throughput over the whole
+        // point rose only 1.19-1.64x in the runs here; the decode phase shows batching
+        // plainly: B sequences per median TPOT rose 1.9-2.6x. Both must rise.
         let tput: Vec<f64> = by_batch.iter().map(|p| p.output_throughput).collect();
         assert!(
-            tput[3] > tput[0] * 1.2,
-            "throughput rises from batch 1 to 8: {tput:?}"
+            tput[3] > tput[0],
+            "output throughput rises from batch 1 to 8: {tput:?}"
+        );
+        let decode_rate = |p: &&fleetbench_controller::summary::PointSummary| {
+            f64::from(p.meta.batch_size) / p.tpot_s.p50.unwrap()
+        };
+        let (d1, d8) = (decode_rate(&by_batch[0]), decode_rate(&by_batch[3]));
+        assert!(
+            d8 > 1.5 * d1,
+            "decode throughput (batch / TPOT) rises from batch 1 to 8: {d1:.1} -> {d8:.1} tok/s"
         );
     }
     cluster.stop().await;
