@@ -142,6 +142,7 @@ pub fn to_table(points: &[pb::PointSummary]) -> String {
         "itl p50",
         "e2el p50",
         "srv run",
+        "verdict",
     ];
     let rows: Vec<Vec<String>> = points
         .iter()
@@ -254,5 +255,9 @@ mod tests {
         let t = to_table(&[summary()]);
         assert!(t.contains("250.0"), "{t}");
         assert!(t.contains("128/32"), "{t}");
+        // Every row cell has a header: nothing is cut off by the column zip.
+        let header_cells = t.lines().next().unwrap().split_whitespace().count();
+        assert!(t.lines().next().unwrap().ends_with("verdict"), "{t}");
+        assert!(header_cells >= 20, "{t}");
     }
 }
