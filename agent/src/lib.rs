@@ -3,21 +3,27 @@
 //!
 //! Modules, one concept each: [`config`] (agent config), [`session`] (the gRPC stream to
 //! the controller), [`outbox`] (results until acknowledged), [`runner`] (points in order,
-//! engine reuse), [`engine`] (engine lifecycle), [`load`] (burst load for a point),
-//! [`request`] (one measured request), [`sse`] (stream parser), [`prompt`] (exact-length
-//! prompts).
+//! engine reuse), [`engine`] (engine lifecycle), [`load`] (a point's load: burst,
+//! concurrency or rate), [`schedule`] (rate mode's arrival times), [`probe`] (what the
+//! engine accepts), [`request`] (one measured request), [`sse`] (stream parser), [`prompt`]
+//! (exact-length prompts), [`telemetry`] (the engine's `/metrics`), [`cpu`] (the agent's
+//! own CPU time).
 
 pub mod config;
+pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod load;
 pub mod outbox;
+pub mod probe;
 pub mod prompt;
 pub mod request;
 pub mod runner;
+pub mod schedule;
 pub mod session;
 pub mod sse;
 pub mod telemetry;
+pub mod tokenizer;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

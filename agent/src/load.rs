@@ -1,22 +1,44 @@
-//! Load generation for one point: the seed's burst mode (N requests sent together,
-//! repeated for W waves), after optional warm-up requests that are not recorded.
+//! Load generation for one point, in one of three modes:
+//!
+//! - `burst`: the seed's batch — N requests leave together, the next wave when all are
+//!   done, W waves;
+//! - `concurrency`: closed loop — N requests in flight, a new one leaves as soon as one
+//!   finishes, until `requests` were sent or `duration_s` passed;
+//! - `rate`: open loop — requests leave on the absolute timeline of a seeded
+//!   [`RateSchedule`] whatever the server does.
+//!
+//! Every measured request runs as its own task (the load spreads over all cores) and keeps
+//! its scheduled and actual send offsets, so a late client shows as send lag instead of
+//! hiding in the latencies. Warm-up requests go first and are never recorded. The agent's
+//! own CPU time during the load is measured so a saturated client can be called out.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleetbench_proto::pb;
 use fleetbench_proto::record::RequestRecord;
-use fleetbench_proto::spec::Endpoint;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-use tokio::sync::mpsc;
+use fleetbench_proto::spec::{Arrival, Endpoint, LoadMode, TokenizerSource};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
+use crate::cpu::cpu_time;
 use crate::error::AgentError;
-use crate::prompt::{TokenCounter, build_prompts, mix};
-use crate::request::{ApiEndpoint, RequestPlan, measure};
+use crate::probe::{probe_extensions, resolve_endpoint};
+use crate::prompt::{Prompt, TokenCounter, build_prompts, mix};
+use crate::request::{ApiEndpoint, Extensions, RequestContext, RequestPlan, measure};
+use crate::schedule::RateSchedule;
 use crate::telemetry::{MetricSample, spawn_scraper};
+use crate::tokenizer::{LocalTokenizer, find_tokenizer_json};
+
+/// Concurrency mode bounded only by time cycles through this many distinct prompts per
+/// slot (the request count is unknown up front); bounds below and above.
+const PROMPTS_PER_SLOT: usize = 8;
+const MIN_PROMPT_POOL: usize = 64;
+const MAX_PROMPT_POOL: usize = 4096;
 
 /// How a point's load run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,76 +50,164 @@ pub struct LoadOutcome {
     pub inexact_prompts: u32,
     /// The engine's `/metrics` during the measured load.
     pub engine_metrics: Vec<MetricSample>,
+    /// Request extensions the engine refused (see [`crate::probe`]).
+    pub fallbacks: Vec<String>,
+    /// The agent's CPU seconds (user + system, all threads) during the measured load.
+    pub client_cpu_s: f64,
+    /// Wall seconds of the measured load.
+    pub load_wall_s: f64,
+    /// Cores the agent could use.
+    pub client_cores: u32,
 }
 
-/// Decides the endpoint for `auto`: completions when the engine serves it, otherwise chat
-/// (the seed's image answered 404 on `/v1/completions`).
-pub async fn resolve_endpoint(
-    client: &reqwest::Client,
-    base_url: &str,
-    model: &str,
-    wanted: Endpoint,
-) -> Result<ApiEndpoint, AgentError> {
-    match wanted {
-        Endpoint::Chat => Ok(ApiEndpoint::Chat),
-        Endpoint::Completions => Ok(ApiEndpoint::Completions),
-        Endpoint::Auto => {
-            let resp = client
-                .post(format!("{base_url}/v1/completions"))
-                .json(&serde_json::json!({"model": model, "prompt": "hello", "max_tokens": 1}))
-                .timeout(Duration::from_secs(60))
-                .send()
-                .await?;
-            let status = resp.status();
-            if status.is_success() {
-                Ok(ApiEndpoint::Completions)
-            } else if status == reqwest::StatusCode::NOT_FOUND
-                || status == reqwest::StatusCode::METHOD_NOT_ALLOWED
-            {
-                info!(%status, "completions endpoint refused; auto falls back to chat");
-                Ok(ApiEndpoint::Chat)
-            } else {
-                Err(AgentError::Engine(format!(
-                    "probe of /v1/completions answered {status}"
-                )))
+/// The load of one point, decoded from its spec.
+#[derive(Debug, Clone, PartialEq)]
+enum Plan {
+    Burst {
+        batch: u32,
+        waves: u32,
+    },
+    Concurrency {
+        slots: u32,
+        requests: Option<u32>,
+        duration: Option<Duration>,
+    },
+    Rate(Vec<Duration>),
+}
+
+impl Plan {
+    fn from_point(point: &pb::PointSpec, load: &pb::LoadSpec) -> Result<Plan, AgentError> {
+        let mode = LoadMode::parse(&load.mode)
+            .ok_or_else(|| AgentError::Engine(format!("unknown load mode {:?}", load.mode)))?;
+        let requests = (load.requests > 0).then_some(load.requests);
+        let duration = (load.duration_s > 0.0 && load.duration_s.is_finite())
+            .then(|| Duration::from_secs_f64(load.duration_s));
+        Ok(match mode {
+            LoadMode::Burst => Plan::Burst {
+                batch: point.batch_size,
+                waves: load.waves.max(1),
+            },
+            LoadMode::Concurrency => Plan::Concurrency {
+                slots: point.batch_size.max(1),
+                requests,
+                duration,
+            },
+            LoadMode::Rate => {
+                if !(point.request_rate > 0.0 && point.request_rate.is_finite()) {
+                    return Err(AgentError::Engine(format!(
+                        "rate mode needs a positive request rate, got {}",
+                        point.request_rate
+                    )));
+                }
+                let arrival = Arrival::parse(&load.arrival).ok_or_else(|| {
+                    AgentError::Engine(format!("unknown arrival {:?}", load.arrival))
+                })?;
+                Plan::Rate(
+                    RateSchedule {
+                        rate: point.request_rate,
+                        arrival,
+                        burstiness: if load.burstiness > 0.0 {
+                            load.burstiness
+                        } else {
+                            1.0
+                        },
+                        seed: mix(load.seed, point.request_rate.to_bits()),
+                        duration,
+                        max_requests: requests,
+                    }
+                    .offsets(),
+                )
             }
+        })
+    }
+
+    /// How many distinct prompts the measured load needs.
+    fn prompts_needed(&self) -> usize {
+        let n = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
+        match self {
+            Plan::Burst { batch, waves } => n(*batch).saturating_mul(n(*waves)),
+            Plan::Concurrency {
+                requests: Some(r), ..
+            } => n(*r),
+            Plan::Concurrency { slots, .. } => n(*slots)
+                .saturating_mul(PROMPTS_PER_SLOT)
+                .clamp(MIN_PROMPT_POOL, MAX_PROMPT_POOL),
+            Plan::Rate(offsets) => offsets.len(),
         }
     }
 }
 
+/// The local tokenizer a point's prompts are counted with, by the spec's `tokenizer`
+/// setting: `auto` uses the model's `tokenizer.json` when the agent finds one (see
+/// [`find_tokenizer_json`]) and the engine's `/tokenize` otherwise; `local` requires it;
+/// `server` never uses it.
+pub fn local_tokenizer(
+    source: &str,
+    model: &str,
+    model_paths: &BTreeMap<String, String>,
+) -> Result<Option<LocalTokenizer>, AgentError> {
+    let source = TokenizerSource::parse(source)
+        .ok_or_else(|| AgentError::Prompt(format!("unknown tokenizer source {source:?}")))?;
+    let found = || find_tokenizer_json(model, model_paths);
+    match source {
+        TokenizerSource::Server => Ok(None),
+        TokenizerSource::Auto => found().map(LocalTokenizer::from_file).transpose(),
+        TokenizerSource::Local => match found() {
+            Some(path) => LocalTokenizer::from_file(path).map(Some),
+            None => Err(AgentError::Prompt(format!(
+                "tokenizer = \"local\" but no tokenizer.json for {model:?} (looked in the \
+                 agent's model_paths, the model folder and the Hugging Face cache)"
+            ))),
+        },
+    }
+}
+
 /// Runs one point against a ready engine; each measured request's record is sent to
-/// `records` as soon as it completes.
+/// `records` as soon as it completes. Prompts are counted with `tokenizer` when given,
+/// otherwise through the engine's `/tokenize`.
 pub async fn run_point(
     client: &reqwest::Client,
     base_url: &str,
     point: &pb::PointSpec,
     records: &mpsc::Sender<RequestRecord>,
     metrics_interval: Duration,
+    tokenizer: Option<LocalTokenizer>,
     cancel: &CancellationToken,
 ) -> Result<LoadOutcome, AgentError> {
     let load = point.load.clone().unwrap_or_default();
     let workload = point.workload.unwrap_or_default();
     let engine = point.engine.clone().unwrap_or_default();
     let model = engine.served_model_name.clone();
+    let deadline = Instant::now() + Duration::from_secs(u64::from(load.timeout_s.max(1)));
+    let plan = Plan::from_point(point, &load)?;
+
     let wanted = Endpoint::parse(&load.endpoint).unwrap_or(Endpoint::Chat);
     let endpoint = resolve_endpoint(client, base_url, &model, wanted).await?;
-    let deadline = Instant::now() + Duration::from_secs(u64::from(load.timeout_s.max(1)));
+    let accepted = probe_extensions(client, base_url, &model, endpoint).await?;
 
-    let waves = load.waves.max(1);
-    let measured = point.batch_size.saturating_mul(waves);
-    let total = usize::try_from(load.warmup_requests.saturating_add(measured)).unwrap_or(0);
+    let warmups = usize::try_from(load.warmup_requests).unwrap_or(0);
+    let needed = plan.prompts_needed();
     let seed = mix(
         load.seed,
-        (u64::from(workload.input_tokens) << 32) | u64::from(point.batch_size),
+        (u64::from(workload.input_tokens) << 32)
+            ^ u64::from(point.batch_size)
+            ^ point.request_rate.to_bits(),
     );
-    let counter = TokenCounter::new(client.clone(), base_url, &model);
+    let mut counter = TokenCounter::new(client.clone(), base_url, &model);
+    if let Some(local) = tokenizer {
+        info!(
+            tokenizer = local.source(),
+            "prompts counted with a local tokenizer"
+        );
+        counter = counter.with_local(local);
+    }
     let prompts = tokio::select! {
-        p = build_prompts(&counter, endpoint, workload.input_tokens, total, seed) => p?,
+        p = build_prompts(&counter, endpoint, workload.input_tokens, warmups + needed, seed) => p?,
         () = cancel.cancelled() => return Err(AgentError::Cancelled),
     };
     let inexact = prompts
         .iter()
-        .skip(usize::try_from(load.warmup_requests).unwrap_or(0))
+        .skip(warmups)
         .filter(|p| !p.is_exact(workload.input_tokens))
         .count();
     if inexact > 0 {
@@ -107,27 +217,38 @@ pub async fn run_point(
             "prompts whose server-counted length is not the target"
         );
     }
-    let plan = |index: u32, wave: u32, text: &str| RequestPlan {
-        index,
-        wave,
+    let (warmup_prompts, measured_prompts) = prompts.split_at(warmups.min(prompts.len()));
+    let template = PlanTemplate {
         endpoint,
-        model: model.clone(),
-        prompt: text.to_string(),
+        model,
         target_input_tokens: workload.input_tokens,
         target_output_tokens: workload.output_tokens,
+        extensions: accepted.extensions,
     };
+    let idle_timeout = Duration::from_secs_f64(if load.idle_timeout_s > 0.0 {
+        load.idle_timeout_s
+    } else {
+        300.0
+    });
 
-    let mut prompts = prompts.into_iter();
     // Warm-up: sent together, awaited, never recorded.
-    let warmups: Vec<RequestPlan> = (0..load.warmup_requests)
-        .filter_map(|i| prompts.next().map(|p| plan(i, 0, &p.text)))
-        .collect();
-    if !warmups.is_empty() {
-        let mut inflight: FuturesUnordered<_> = warmups
-            .iter()
-            .map(|p| measure(client, base_url, p, deadline, cancel))
-            .collect();
-        while let Some(r) = inflight.next().await {
+    if !warmup_prompts.is_empty() {
+        let (sink, mut drain) = mpsc::channel(warmup_prompts.len());
+        let mut launcher = Launcher::new(
+            client,
+            base_url,
+            Instant::now(),
+            deadline,
+            idle_timeout,
+            cancel,
+            sink,
+        );
+        for (i, p) in warmup_prompts.iter().enumerate() {
+            launcher.launch(template.plan(index(i), 0, p, Duration::ZERO), None);
+        }
+        launcher.finish().await;
+        drain.close();
+        while let Some(r) = drain.recv().await {
             if !r.success() {
                 warn!(error = %r.error, "warm-up request failed");
             }
@@ -141,39 +262,301 @@ pub async fn run_point(
         metrics_interval,
         stop_scraper.clone(),
     );
-    let measured_run = async {
-        for wave in 0..waves {
-            if cancel.is_cancelled() {
-                return Err(AgentError::Cancelled);
-            }
-            let plans: Vec<RequestPlan> = (0..point.batch_size)
-                .filter_map(|i| {
-                    prompts
-                        .next()
-                        .map(|p| plan(wave * point.batch_size + i, wave, &p.text))
-                })
-                .collect();
-            // All N futures are created first and polled together: the burst leaves at once.
-            let mut inflight: FuturesUnordered<_> = plans
-                .iter()
-                .map(|p| measure(client, base_url, p, deadline, cancel))
-                .collect();
-            while let Some(record) = inflight.next().await {
-                if records.send(record).await.is_err() {
-                    return Err(AgentError::Engine("record sink closed".into()));
-                }
-            }
-        }
-        Ok(())
-    }
-    .await;
+    let cpu_before = cpu_time();
+    let origin = Instant::now();
+    let mut launcher = Launcher::new(
+        client,
+        base_url,
+        origin,
+        deadline,
+        idle_timeout,
+        cancel,
+        records.clone(),
+    );
+    let sent = drive(&plan, &template, measured_prompts, &mut launcher, cancel).await;
+    launcher.finish().await;
+    let load_wall_s = origin.elapsed().as_secs_f64();
+    let client_cpu_s = match (cpu_before, cpu_time()) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64(),
+        _ => 0.0,
+    };
     stop_scraper.cancel();
     let engine_metrics = scraper.await.unwrap_or_default();
-    measured_run?;
+    let measured = sent?;
     Ok(LoadOutcome {
         endpoint,
         measured,
         inexact_prompts: u32::try_from(inexact).unwrap_or(u32::MAX),
         engine_metrics,
+        fallbacks: accepted.fallbacks,
+        client_cpu_s,
+        load_wall_s,
+        client_cores: std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
     })
+}
+
+/// Sends the measured requests of `plan`; returns how many were sent.
+async fn drive(
+    plan: &Plan,
+    template: &PlanTemplate,
+    prompts: &[Prompt],
+    launcher: &mut Launcher,
+    cancel: &CancellationToken,
+) -> Result<u32, AgentError> {
+    let prompt = |i: usize| prompts.get(i % prompts.len().max(1));
+    let mut sent = 0usize;
+    match plan {
+        Plan::Burst { batch, waves } => {
+            let batch = usize::try_from(*batch).unwrap_or(0);
+            for wave in 0..*waves {
+                if cancel.is_cancelled() {
+                    return Err(AgentError::Cancelled);
+                }
+                let start = launcher.now_offset();
+                for _ in 0..batch {
+                    let Some(p) = prompt(sent) else { break };
+                    launcher.launch(template.plan(index(sent), wave, p, start), None);
+                    sent += 1;
+                }
+                // The next wave leaves when this one is done.
+                launcher.finish().await;
+            }
+        }
+        Plan::Concurrency {
+            slots,
+            requests,
+            duration,
+        } => {
+            let slots = Arc::new(Semaphore::new(usize::try_from(*slots).unwrap_or(1)));
+            let end = duration.map(|d| launcher.ctx.origin + d);
+            let limit = requests.map_or(usize::MAX, |r| usize::try_from(r).unwrap_or(usize::MAX));
+            while sent < limit {
+                let permit = tokio::select! {
+                    p = Arc::clone(&slots).acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = sleep_until_opt(end) => break,
+                    () = cancel.cancelled() => return Err(AgentError::Cancelled),
+                };
+                if end.is_some_and(|e| Instant::now() >= e) {
+                    break;
+                }
+                let Some(p) = prompt(sent) else { break };
+                let scheduled = launcher.now_offset();
+                launcher.launch(template.plan(index(sent), 0, p, scheduled), Some(permit));
+                sent += 1;
+            }
+        }
+        Plan::Rate(offsets) => {
+            for &offset in offsets {
+                tokio::select! {
+                    () = tokio::time::sleep_until(launcher.ctx.origin + offset) => {}
+                    () = cancel.cancelled() => return Err(AgentError::Cancelled),
+                }
+                let Some(p) = prompt(sent) else { break };
+                launcher.launch(template.plan(index(sent), 0, p, offset), None);
+                sent += 1;
+            }
+        }
+    }
+    Ok(u32::try_from(sent).unwrap_or(u32::MAX))
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn index(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+/// The parts of a [`RequestPlan`] every request of a point shares.
+#[derive(Debug, Clone)]
+struct PlanTemplate {
+    endpoint: ApiEndpoint,
+    model: String,
+    target_input_tokens: u32,
+    target_output_tokens: u32,
+    extensions: Extensions,
+}
+
+impl PlanTemplate {
+    fn plan(&self, index: u32, wave: u32, prompt: &Prompt, scheduled: Duration) -> RequestPlan {
+        RequestPlan {
+            index,
+            wave,
+            endpoint: self.endpoint,
+            model: self.model.clone(),
+            prompt: prompt.text.clone(),
+            target_input_tokens: self.target_input_tokens,
+            target_output_tokens: self.target_output_tokens,
+            scheduled_offset: scheduled,
+            extensions: self.extensions,
+        }
+    }
+}
+
+/// Starts measured requests as tasks and waits for them.
+struct Launcher {
+    client: reqwest::Client,
+    base_url: Arc<str>,
+    ctx: RequestContext,
+    cancel: CancellationToken,
+    sink: mpsc::Sender<RequestRecord>,
+    tasks: JoinSet<()>,
+}
+
+impl Launcher {
+    fn new(
+        client: &reqwest::Client,
+        base_url: &str,
+        origin: Instant,
+        deadline: Instant,
+        idle_timeout: Duration,
+        cancel: &CancellationToken,
+        sink: mpsc::Sender<RequestRecord>,
+    ) -> Self {
+        Launcher {
+            client: client.clone(),
+            base_url: Arc::from(base_url),
+            ctx: RequestContext {
+                origin,
+                deadline,
+                idle_timeout,
+            },
+            cancel: cancel.clone(),
+            sink,
+            tasks: JoinSet::new(),
+        }
+    }
+
+    fn now_offset(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.ctx.origin)
+    }
+
+    /// Sends one request in its own task; its record goes to the sink when it completes,
+    /// after `slot` (a concurrency permit) is released so the next request is not held up.
+    fn launch(&mut self, plan: RequestPlan, slot: Option<OwnedSemaphorePermit>) {
+        let client = self.client.clone();
+        let base_url = Arc::clone(&self.base_url);
+        let ctx = self.ctx;
+        let cancel = self.cancel.clone();
+        let sink = self.sink.clone();
+        self.tasks.spawn(
+            async move {
+                let record = measure(&client, &base_url, &plan, &ctx, &cancel).await;
+                drop(slot);
+                if sink.send(record).await.is_err() {
+                    warn!("record sink closed; a measured record was dropped");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Waits for every launched request.
+    async fn finish(&mut self) {
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(e) = joined {
+                warn!(error = %e, "request task failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(
+        mode: &str,
+        batch: u32,
+        rate: f64,
+        load: pb::LoadSpec,
+    ) -> (pb::PointSpec, pb::LoadSpec) {
+        let load = pb::LoadSpec {
+            mode: mode.into(),
+            ..load
+        };
+        (
+            pb::PointSpec {
+                batch_size: batch,
+                request_rate: rate,
+                load: Some(load.clone()),
+                ..Default::default()
+            },
+            load,
+        )
+    }
+
+    #[test]
+    fn plans_follow_the_mode() {
+        let (p, l) = point(
+            "burst",
+            4,
+            0.0,
+            pb::LoadSpec {
+                waves: 3,
+                ..Default::default()
+            },
+        );
+        let plan = Plan::from_point(&p, &l).unwrap();
+        assert_eq!(plan, Plan::Burst { batch: 4, waves: 3 });
+        assert_eq!(plan.prompts_needed(), 12);
+
+        let (p, l) = point(
+            "concurrency",
+            8,
+            0.0,
+            pb::LoadSpec {
+                requests: 100,
+                ..Default::default()
+            },
+        );
+        assert_eq!(Plan::from_point(&p, &l).unwrap().prompts_needed(), 100);
+        let (p, l) = point(
+            "concurrency",
+            8,
+            0.0,
+            pb::LoadSpec {
+                duration_s: 5.0,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            Plan::from_point(&p, &l).unwrap().prompts_needed(),
+            MIN_PROMPT_POOL
+        );
+
+        let (p, l) = point(
+            "rate",
+            0,
+            100.0,
+            pb::LoadSpec {
+                duration_s: 2.0,
+                arrival: "constant".into(),
+                ..Default::default()
+            },
+        );
+        let plan = Plan::from_point(&p, &l).unwrap();
+        assert!((200..=201).contains(&plan.prompts_needed()), "{plan:?}");
+
+        let (p, l) = point(
+            "rate",
+            0,
+            0.0,
+            pb::LoadSpec {
+                duration_s: 2.0,
+                ..Default::default()
+            },
+        );
+        assert!(Plan::from_point(&p, &l).is_err());
+        let (p, l) = point("zigzag", 1, 0.0, pb::LoadSpec::default());
+        assert!(Plan::from_point(&p, &l).is_err());
+    }
 }

@@ -6,12 +6,19 @@
 //! length is what the server will see, not a characters-per-token guess (the seed's
 //! 2-chars/token rule). When the server has no `/tokenize`, prompts are built at one word
 //! per token and marked inexact.
+//!
+//! With the model's `tokenizer.json` ([`TokenCounter::with_local`]) the count is local:
+//! completions prompts never ask the server; chat prompts ask it once, for the number of
+//! tokens the chat template adds around one user message.
+
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::AgentError;
 use crate::request::ApiEndpoint;
+use crate::tokenizer::LocalTokenizer;
 
 const WORDS: &[&str] = &[
     "the", "of", "and", "to", "in", "is", "that", "for", "it", "with", "as", "was", "on", "be",
@@ -30,7 +37,8 @@ const WORDS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prompt {
     pub text: String,
-    /// Token count by the server's `/tokenize` (None when it has none).
+    /// Token count as the server counts it: by its `/tokenize` or the local tokenizer (None
+    /// when neither is available).
     pub counted_tokens: Option<u32>,
 }
 
@@ -71,12 +79,18 @@ pub fn words(seed: u64, count: usize) -> String {
     out
 }
 
-/// Counts tokens of a prompt as the server will for the given endpoint.
+/// Counts tokens of a prompt as the server will for the given endpoint: through the
+/// server's `/tokenize` ([`TokenCounter::new`]), or with the model's tokenizer
+/// ([`TokenCounter::with_local`]).
 #[derive(Debug, Clone)]
 pub struct TokenCounter {
     client: reqwest::Client,
     url: String,
     model: String,
+    local: Option<LocalTokenizer>,
+    /// Tokens the chat template adds around one user message (with the generation prompt),
+    /// learned from the server once when counting locally.
+    chat_overhead: Arc<tokio::sync::OnceCell<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -85,16 +99,76 @@ struct TokenizeResponse {
 }
 
 impl TokenCounter {
+    /// Counts through `{base_url}/tokenize` for `model`.
     pub fn new(client: reqwest::Client, base_url: &str, model: &str) -> Self {
         TokenCounter {
             client,
             url: format!("{}/tokenize", base_url.trim_end_matches('/')),
             model: model.to_string(),
+            local: None,
+            chat_overhead: Arc::default(),
         }
     }
 
-    /// Token count, or `None` when the server has no `/tokenize`.
+    /// Counts with `tokenizer` (the served model's `tokenizer.json`) instead: completions
+    /// prompts entirely locally (with the special tokens the tokenizer adds, as vLLM does);
+    /// chat prompts as the local count of the content plus the chat template's tokens, which
+    /// one `/tokenize` call with `messages` gives (the first time a chat prompt is counted).
+    /// Chat prompts need the server's `/tokenize` for that: without it, counting fails.
+    pub fn with_local(mut self, tokenizer: LocalTokenizer) -> Self {
+        self.local = Some(tokenizer);
+        self.chat_overhead = Arc::default();
+        self
+    }
+
+    /// The local tokenizer, if counting locally.
+    pub fn local(&self) -> Option<&LocalTokenizer> {
+        self.local.as_ref()
+    }
+
+    /// Token count, or `None` when the server has no `/tokenize` (never `None` when
+    /// counting locally).
     pub async fn count(
+        &self,
+        endpoint: ApiEndpoint,
+        text: &str,
+    ) -> Result<Option<u32>, AgentError> {
+        let Some(local) = &self.local else {
+            return self.count_remote(endpoint, text).await;
+        };
+        match endpoint {
+            ApiEndpoint::Completions => Ok(Some(count_local(local, text, true).await?)),
+            ApiEndpoint::Chat => {
+                let content = count_local(local, text, false).await?;
+                let overhead = *self
+                    .chat_overhead
+                    .get_or_try_init(|| self.learn_chat_overhead(text, content))
+                    .await?;
+                Ok(Some(content.saturating_add(overhead)))
+            }
+        }
+    }
+
+    /// The chat template's tokens around one user message: the server's count of a chat
+    /// request with `text` minus the local count of `text` (`content` tokens).
+    async fn learn_chat_overhead(&self, text: &str, content: u32) -> Result<u32, AgentError> {
+        let Some(total) = self.count_remote(ApiEndpoint::Chat, text).await? else {
+            return Err(AgentError::Prompt(format!(
+                "counting chat prompts with a local tokenizer needs the server's /tokenize to \
+                 learn the chat template's tokens, and {} answered 404",
+                self.url
+            )));
+        };
+        total.checked_sub(content).ok_or_else(|| {
+            AgentError::Prompt(format!(
+                "the server counts {total} tokens for a chat prompt whose content the local \
+                 tokenizer ({}) counts as {content}: is it the served model's tokenizer?",
+                self.local.as_ref().map_or("", LocalTokenizer::source)
+            ))
+        })
+    }
+
+    async fn count_remote(
         &self,
         endpoint: ApiEndpoint,
         text: &str,
@@ -121,6 +195,20 @@ impl TokenCounter {
         }
         Ok(Some(resp.json::<TokenizeResponse>().await?.count))
     }
+}
+
+/// Counts on a blocking thread: a long prompt takes milliseconds, and prompt building must
+/// stay cancellable.
+async fn count_local(
+    tokenizer: &LocalTokenizer,
+    text: &str,
+    add_special_tokens: bool,
+) -> Result<u32, AgentError> {
+    let tokenizer = tokenizer.clone();
+    let text = text.to_owned();
+    tokio::task::spawn_blocking(move || tokenizer.count(&text, add_special_tokens))
+        .await
+        .map_err(|e| AgentError::Prompt(format!("tokenizer task: {e}")))?
 }
 
 /// Builds `count` distinct prompts of exactly `target` tokens (as the server counts them
@@ -209,6 +297,39 @@ mod tests {
         assert_ne!(words(7, 50), words(8, 50));
         assert_eq!(words(7, 50).split(' ').count(), 50);
         assert_ne!(words(mix(1, 0), 20), words(mix(1, 1), 20));
+    }
+
+    fn sim_tokenizer() -> LocalTokenizer {
+        LocalTokenizer::from_json(&fleetbench_sim::tokenizer::tokenizer_json().to_string()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn local_completions_counts_never_ask_the_server() {
+        // Nothing listens on loopback port 9: a server call would fail.
+        let counter = TokenCounter::new(reqwest::Client::new(), "http://127.0.0.1:9/", "m")
+            .with_local(sim_tokenizer());
+        assert!(counter.local().is_some());
+        let text = words(3, 40);
+        assert_eq!(
+            counter
+                .count(ApiEndpoint::Completions, &text)
+                .await
+                .unwrap(),
+            Some(40)
+        );
+        let prompts = build_prompts(&counter, ApiEndpoint::Completions, 33, 4, 5)
+            .await
+            .unwrap();
+        assert!(prompts.iter().all(|p| p.is_exact(33)));
+        // Chat needs the server once, for the template: here it is unreachable.
+        assert!(counter.count(ApiEndpoint::Chat, &text).await.is_err());
+    }
+
+    #[test]
+    fn new_counts_through_the_server() {
+        let counter = TokenCounter::new(reqwest::Client::new(), "http://h:1/", "m");
+        assert_eq!(counter.url, "http://h:1/tokenize");
+        assert!(counter.local().is_none());
     }
 
     #[test]

@@ -46,19 +46,63 @@ pub struct RequestPlan {
     pub prompt: String,
     pub target_input_tokens: u32,
     pub target_output_tokens: u32,
+    /// When the schedule means it to leave, relative to [`RequestContext::origin`].
+    pub scheduled_offset: Duration,
+    pub extensions: Extensions,
 }
 
-/// JSON body of a streaming request that forces exactly `max_tokens` of output on vLLM.
+/// The vLLM request extensions that make the output length exact. Engines that are not
+/// vLLM may refuse some (`transformers serve` answers 422 to `ignore_eos`); the load
+/// generator probes and drops what is refused, and records that on the point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extensions {
+    /// `ignore_eos: true`: generate `max_tokens` even past the end-of-sequence token.
+    pub ignore_eos: bool,
+    /// `min_tokens = max_tokens`: the same, the other way vLLM accepts.
+    pub min_tokens: bool,
+    /// `stream_options.include_usage`: the final chunk carries the server's token counts.
+    pub include_usage: bool,
+}
+
+impl Extensions {
+    /// Everything vLLM accepts.
+    pub const ALL: Extensions = Extensions {
+        ignore_eos: true,
+        min_tokens: true,
+        include_usage: true,
+    };
+}
+
+/// What every request of a point shares: the clock origin of its schedule, the point's
+/// deadline, and how long a stream may stay silent.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext {
+    /// Start of the measured load: scheduled and actual send offsets are relative to it.
+    pub origin: Instant,
+    pub deadline: Instant,
+    /// A response that sends no bytes for this long is recorded as [`ErrorKind::Stalled`].
+    pub idle_timeout: Duration,
+}
+
+/// JSON body of a streaming request that forces exactly `max_tokens` of output on vLLM
+/// (with every extension on; see [`Extensions`]).
 pub fn request_body(plan: &RequestPlan) -> serde_json::Value {
+    let ext = plan.extensions;
     let mut body = json!({
         "model": plan.model,
         "max_tokens": plan.target_output_tokens,
-        "min_tokens": plan.target_output_tokens,
-        "ignore_eos": true,
         "temperature": 0.0,
         "stream": true,
-        "stream_options": {"include_usage": true},
     });
+    if ext.min_tokens {
+        body["min_tokens"] = json!(plan.target_output_tokens);
+    }
+    if ext.ignore_eos {
+        body["ignore_eos"] = json!(true);
+    }
+    if ext.include_usage {
+        body["stream_options"] = json!({"include_usage": true});
+    }
     match plan.endpoint {
         ApiEndpoint::Chat => {
             body["messages"] = json!([{"role": "user", "content": plan.prompt}]);
@@ -86,7 +130,7 @@ pub async fn measure(
     client: &reqwest::Client,
     base_url: &str,
     plan: &RequestPlan,
-    deadline: Instant,
+    ctx: &RequestContext,
     cancel: &CancellationToken,
 ) -> RequestRecord {
     let url = format!("{}{}", base_url.trim_end_matches('/'), plan.endpoint.path());
@@ -100,12 +144,14 @@ pub async fn measure(
         target_input_tokens: plan.target_input_tokens,
         target_output_tokens: plan.target_output_tokens,
         endpoint: plan.endpoint.as_str().to_string(),
+        scheduled_offset_s: plan.scheduled_offset.as_secs_f64(),
+        send_offset_s: sent.saturating_duration_since(ctx.origin).as_secs_f64(),
         ..RequestRecord::default()
     };
     let mut trace = StreamTrace::default();
     let outcome = tokio::select! {
-        r = stream(client, &url, &body, sent, &mut trace) => r,
-        () = tokio::time::sleep_until(deadline) => Err((ErrorKind::Timeout, "point deadline passed".to_string())),
+        r = stream(client, &url, &body, sent, ctx.idle_timeout, &mut trace) => r,
+        () = tokio::time::sleep_until(ctx.deadline) => Err((ErrorKind::Timeout, "point deadline passed".to_string())),
         () = cancel.cancelled() => Err((ErrorKind::Cancelled, "point cancelled".to_string())),
     };
     finish_record(&mut record, &trace, outcome);
@@ -117,17 +163,34 @@ async fn stream(
     url: &str,
     body: &serde_json::Value,
     sent: Instant,
+    idle: Duration,
     trace: &mut StreamTrace,
 ) -> Result<(), (ErrorKind, String)> {
-    let mut resp = client
-        .post(url)
-        .json(body)
-        .send()
+    let mut resp = tokio::time::timeout(idle, client.post(url).json(body).send())
         .await
+        .map_err(|_| {
+            (
+                ErrorKind::Stalled,
+                format!(
+                    "no response headers for {:.3} s (idle timeout)",
+                    idle.as_secs_f64()
+                ),
+            )
+        })?
         .map_err(|e| (ErrorKind::Connect, error_chain(&e)))?;
     let status = resp.status();
     if !status.is_success() {
-        let text = resp.text().await.unwrap_or_default();
+        // The body only explains the status: read what comes without a silence of the idle
+        // timeout, up to a few KB, so a body that never ends cannot turn this into a
+        // timeout at the point deadline.
+        let mut body = Vec::new();
+        while body.len() < 4096 {
+            match tokio::time::timeout(idle, resp.chunk()).await {
+                Ok(Ok(Some(bytes))) => body.extend_from_slice(&bytes),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&body);
         return Err((
             ErrorKind::HttpStatus,
             format!(
@@ -138,9 +201,9 @@ async fn stream(
     }
     let mut parser = SseParser::new();
     loop {
-        let chunk = resp
-            .chunk()
+        let chunk = tokio::time::timeout(idle, resp.chunk())
             .await
+            .map_err(|_| stalled_after(idle, trace))?
             .map_err(|e| (ErrorKind::Truncated, error_chain(&e)))?;
         let Some(bytes) = chunk else { break };
         let at = sent.elapsed();
@@ -182,6 +245,17 @@ async fn stream(
         return Err((ErrorKind::Truncated, "stream ended without [DONE]".into()));
     }
     Ok(())
+}
+
+fn stalled_after(idle: Duration, trace: &StreamTrace) -> (ErrorKind, String) {
+    (
+        ErrorKind::Stalled,
+        format!(
+            "stream silent for {:.3} s (idle timeout) after {} content chunk(s)",
+            idle.as_secs_f64(),
+            trace.content_times.len()
+        ),
+    )
 }
 
 fn finish_record(
@@ -304,6 +378,8 @@ mod tests {
             prompt: "hi".into(),
             target_input_tokens: 2,
             target_output_tokens: 32,
+            scheduled_offset: Duration::ZERO,
+            extensions: Extensions::ALL,
         };
         let b = request_body(&plan);
         assert_eq!(b["max_tokens"], 32);
@@ -311,5 +387,17 @@ mod tests {
         assert_eq!(b["ignore_eos"], true);
         assert_eq!(b["stream_options"]["include_usage"], true);
         assert_eq!(b["messages"][0]["content"], "hi");
+        let bare = request_body(&RequestPlan {
+            extensions: Extensions {
+                ignore_eos: false,
+                min_tokens: false,
+                include_usage: false,
+            },
+            ..plan
+        });
+        assert_eq!(bare["max_tokens"], 32);
+        for refused in ["min_tokens", "ignore_eos", "stream_options"] {
+            assert!(bare.get(refused).is_none(), "{refused} in {bare}");
+        }
     }
 }

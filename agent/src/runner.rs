@@ -16,7 +16,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::AgentConfig;
 use crate::engine::{Engine, EngineKey};
 use crate::error::AgentError;
-use crate::load;
+use crate::load::{self, LoadOutcome};
 use crate::outbox::Outbox;
 
 /// What the session asks the runner to do, in order.
@@ -48,11 +48,40 @@ pub struct Runner {
     engine: Option<(String, Engine)>,
 }
 
+#[derive(Default)]
 struct PointResult {
     ok: bool,
     error: String,
     endpoint: String,
     engine_metrics: Vec<pb::MetricSample>,
+    fallbacks: Vec<String>,
+    client_cpu_s: f64,
+    load_wall_s: f64,
+    client_cores: u32,
+}
+
+impl PointResult {
+    fn failed(error: String) -> Self {
+        PointResult {
+            ok: false,
+            error,
+            ..PointResult::default()
+        }
+    }
+
+    /// What the load run measured, whether or not the point as a whole succeeded.
+    fn from_outcome(ok: bool, error: String, o: LoadOutcome) -> Self {
+        PointResult {
+            ok,
+            error,
+            endpoint: o.endpoint.as_str().to_string(),
+            engine_metrics: wire_samples(o.engine_metrics),
+            fallbacks: o.fallbacks,
+            client_cpu_s: o.client_cpu_s,
+            load_wall_s: o.load_wall_s,
+            client_cores: o.client_cores,
+        }
+    }
 }
 
 impl Runner {
@@ -223,12 +252,7 @@ impl Runner {
             Duration::from_millis(self.cfg.batch_flush_ms),
         ));
         let result = match self.ensure_engine(&point, key, &cancel).await {
-            Err(error) => PointResult {
-                ok: false,
-                error: format!("engine start failed: {error}"),
-                endpoint: String::new(),
-                engine_metrics: Vec::new(),
-            },
+            Err(error) => PointResult::failed(format!("engine start failed: {error}")),
             Ok(()) => {
                 self.set_status("running", &point.point_id);
                 self.load_point(&point, &tx, &cancel).await
@@ -259,6 +283,10 @@ impl Runner {
                 started_unix_us: started,
                 finished_unix_us: unix_micros_now(),
                 engine_metrics: result.engine_metrics,
+                client_cpu_s: result.client_cpu_s,
+                load_wall_s: result.load_wall_s,
+                client_cores: result.client_cores,
+                fallbacks: result.fallbacks,
             })),
         });
         if let Ok(mut m) = self.cancels.lock() {
@@ -273,16 +301,35 @@ impl Runner {
         cancel: &CancellationToken,
     ) -> PointResult {
         let Some((_, engine)) = self.engine.as_mut() else {
-            return PointResult {
-                ok: false,
-                error: "no engine".into(),
-                endpoint: String::new(),
-                engine_metrics: Vec::new(),
-            };
+            return PointResult::failed("no engine".into());
         };
         let base_url = engine.base_url.clone();
         let interval = Duration::from_millis(self.cfg.metrics_interval_ms.max(10));
-        let outcome = load::run_point(&self.client, &base_url, point, tx, interval, cancel).await;
+        let tokenizer_source = point
+            .load
+            .as_ref()
+            .map(|l| l.tokenizer.clone())
+            .unwrap_or_default();
+        let model = point
+            .engine
+            .as_ref()
+            .map(|e| e.model.clone())
+            .unwrap_or_default();
+        let tokenizer =
+            match load::local_tokenizer(&tokenizer_source, &model, &self.cfg.model_paths) {
+                Ok(t) => t,
+                Err(e) => return PointResult::failed(e.to_string()),
+            };
+        let outcome = load::run_point(
+            &self.client,
+            &base_url,
+            point,
+            tx,
+            interval,
+            tokenizer,
+            cancel,
+        )
+        .await;
         // An engine that died during the point fails it; forensics travel as an event.
         let exit = match self.engine.as_mut() {
             Some((_, engine)) => engine.exited().await,
@@ -299,47 +346,26 @@ impl Runner {
             ev.log_tail = exit.log_tail;
             self.send_event(ev);
             self.engine = None;
-            let (endpoint, engine_metrics) = outcome
-                .map(|o| {
-                    (
-                        o.endpoint.as_str().to_string(),
-                        wire_samples(o.engine_metrics),
-                    )
-                })
-                .unwrap_or_default();
-            return PointResult {
-                ok: false,
-                error: format!("engine exited during the point with code {:?}", exit.code),
-                endpoint,
-                engine_metrics,
+            let error = format!("engine exited during the point with code {:?}", exit.code);
+            return match outcome {
+                Ok(o) => PointResult::from_outcome(false, error, o),
+                Err(_) => PointResult::failed(error),
             };
         }
         match outcome {
-            Ok(o) => PointResult {
-                ok: true,
-                error: if o.inexact_prompts > 0 {
+            Ok(o) => {
+                let error = if o.inexact_prompts > 0 {
                     format!(
                         "{} prompt(s) not at the exact input length",
                         o.inexact_prompts
                     )
                 } else {
                     String::new()
-                },
-                endpoint: o.endpoint.as_str().to_string(),
-                engine_metrics: wire_samples(o.engine_metrics),
-            },
-            Err(AgentError::Cancelled) => PointResult {
-                ok: false,
-                error: "cancelled".into(),
-                endpoint: String::new(),
-                engine_metrics: Vec::new(),
-            },
-            Err(e) => PointResult {
-                ok: false,
-                error: e.to_string(),
-                endpoint: String::new(),
-                engine_metrics: Vec::new(),
-            },
+                };
+                PointResult::from_outcome(true, error, o)
+            }
+            Err(AgentError::Cancelled) => PointResult::failed("cancelled".into()),
+            Err(e) => PointResult::failed(e.to_string()),
         }
     }
 }

@@ -33,7 +33,21 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use crate::error::ControllerError;
-use crate::summary::{Percentiles, PointMeta, PointSummary, ServerStats};
+use crate::summary::{ClientStats, Percentiles, PointMeta, PointSummary, ServerStats};
+
+/// Joins a point's fallbacks (one per line) in the one `fallbacks` column.
+const FALLBACK_SEPARATOR: &str = "\n";
+
+fn split_fallbacks(joined: &str) -> Vec<String> {
+    if joined.is_empty() {
+        Vec::new()
+    } else {
+        joined
+            .split(FALLBACK_SEPARATOR)
+            .map(str::to_owned)
+            .collect()
+    }
+}
 
 const REQUESTS_SUFFIX: &str = ".requests.parquet";
 const POINTS_SUFFIX: &str = ".points.parquet";
@@ -72,12 +86,13 @@ type Statistic = fn(&Percentiles) -> Option<f64>;
 
 /// The distributions of a point summary, in column order; each becomes the columns
 /// `<metric>_mean`, `<metric>_p50`, `<metric>_p90`, `<metric>_p99`.
-const METRICS: [(&str, Distribution); 5] = [
+const METRICS: [(&str, Distribution); 6] = [
     ("output_speed", |s| s.output_speed),
     ("ttft_s", |s| s.ttft_s),
     ("tpot_s", |s| s.tpot_s),
     ("itl_s", |s| s.itl_s),
     ("e2el_s", |s| s.e2el_s),
+    ("send_lag_s", |s| s.send_lag_s),
 ];
 /// The statistics of one distribution, in column order.
 const STATS: [(&str, Statistic); 4] = [
@@ -182,13 +197,20 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, Controller
         let output_throughput = c.get::<Float64Array>("output_throughput")?;
         let total_token_throughput = c.get::<Float64Array>("total_token_throughput")?;
         // One [mean, p50, p90, p99] column set per distribution, in METRICS order.
-        let [output_speed, ttft_s, tpot_s, itl_s, e2el_s] = METRICS.map(|(metric, _)| {
-            let [mean, p50, p90, p99] =
-                STATS.map(|(stat, _)| c.get::<Float64Array>(&format!("{metric}_{stat}")));
-            Ok::<_, ControllerError>([mean?, p50?, p90?, p99?])
-        });
-        let (output_speed, ttft_s, tpot_s, itl_s, e2el_s) =
-            (output_speed?, ttft_s?, tpot_s?, itl_s?, e2el_s?);
+        let [output_speed, ttft_s, tpot_s, itl_s, e2el_s, send_lag_s] =
+            METRICS.map(|(metric, _)| {
+                let [mean, p50, p90, p99] =
+                    STATS.map(|(stat, _)| c.get::<Float64Array>(&format!("{metric}_{stat}")));
+                Ok::<_, ControllerError>([mean?, p50?, p90?, p99?])
+            });
+        let (output_speed, ttft_s, tpot_s, itl_s, e2el_s, send_lag_s) = (
+            output_speed?,
+            ttft_s?,
+            tpot_s?,
+            itl_s?,
+            e2el_s?,
+            send_lag_s?,
+        );
         let [running_max, waiting_max, kv_cache_usage_max, preemptions] =
             SERVER.map(|(name, _)| c.get::<Float64Array>(name));
         let (running_max, waiting_max, kv_cache_usage_max, preemptions) = (
@@ -200,6 +222,14 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, Controller
         let input_len_mismatches = c.get::<UInt32Array>("input_len_mismatches")?;
         let output_len_mismatches = c.get::<UInt32Array>("output_len_mismatches")?;
         let verdict = c.get::<StringArray>("verdict")?;
+        let mode = c.get::<StringArray>("mode")?;
+        let request_rate = c.get::<Float64Array>("request_rate")?;
+        let achieved_rate = c.get::<Float64Array>("achieved_rate")?;
+        let achieved_concurrency = c.get::<Float64Array>("achieved_concurrency")?;
+        let client_cpu_s = c.get::<Float64Array>("client_cpu_s")?;
+        let load_wall_s = c.get::<Float64Array>("load_wall_s")?;
+        let client_cores = c.get::<UInt32Array>("client_cores")?;
+        let fallbacks = c.get::<StringArray>("fallbacks")?;
         let distribution = |columns: &[&Float64Array; 4], row: usize| {
             let [mean, p50, p90, p99] = columns.map(|column| opt(column, row));
             Percentiles {
@@ -228,6 +258,14 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, Controller
                     endpoint: endpoint.value(i).to_owned(),
                     started_unix_us: started_at.value(i),
                     finished_unix_us: finished_at.value(i),
+                    mode: mode.value(i).to_owned(),
+                    request_rate: request_rate.value(i),
+                    client: ClientStats {
+                        cpu_s: client_cpu_s.value(i),
+                        wall_s: load_wall_s.value(i),
+                        cores: client_cores.value(i),
+                    },
+                    fallbacks: split_fallbacks(fallbacks.value(i)),
                 },
                 completed: completed.value(i),
                 failed: failed.value(i),
@@ -248,6 +286,9 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, Controller
                 },
                 input_len_mismatches: input_len_mismatches.value(i),
                 output_len_mismatches: output_len_mismatches.value(i),
+                achieved_rate: achieved_rate.value(i),
+                achieved_concurrency: achieved_concurrency.value(i),
+                send_lag_s: distribution(&send_lag_s, i),
                 verdict: verdict.value(i).to_owned(),
             });
         }
@@ -289,6 +330,8 @@ pub fn read_requests(path: &Path) -> Result<Vec<(String, u32, RequestRecord)>, C
         let error = c.get::<StringArray>("error")?;
         let endpoint = c.get::<StringArray>("endpoint")?;
         let usage_reported = c.get::<BooleanArray>("usage_reported")?;
+        let scheduled_offset_s = c.get::<Float64Array>("scheduled_offset_s")?;
+        let send_offset_s = c.get::<Float64Array>("send_offset_s")?;
         let offsets = itl_s.value_offsets();
         for i in 0..batch.num_rows() {
             let kind = error_kind.is_valid(i).then(|| error_kind.value(i));
@@ -332,6 +375,8 @@ pub fn read_requests(path: &Path) -> Result<Vec<(String, u32, RequestRecord)>, C
                     error: error.value(i).to_owned(),
                     endpoint: endpoint.value(i).to_owned(),
                     usage_reported: usage_reported.value(i),
+                    scheduled_offset_s: scheduled_offset_s.value(i),
+                    send_offset_s: send_offset_s.value(i),
                 },
             ));
         }
@@ -437,6 +482,8 @@ fn requests_schema() -> Schema {
         utf8("error"),
         utf8("endpoint"),
         Field::new("usage_reported", DataType::Boolean, false),
+        Field::new("scheduled_offset_s", DataType::Float64, false),
+        Field::new("send_offset_s", DataType::Float64, false),
     ])
 }
 
@@ -484,6 +531,15 @@ fn points_schema() -> Schema {
     fields.push(u32("input_len_mismatches"));
     fields.push(u32("output_len_mismatches"));
     fields.push(utf8("verdict"));
+    fields.push(utf8("mode"));
+    fields.push(f64("request_rate"));
+    fields.push(f64("achieved_rate"));
+    fields.push(f64("achieved_concurrency"));
+    fields.push(f64("client_cpu_s"));
+    fields.push(f64("load_wall_s"));
+    fields.push(u32("client_cores"));
+    // Request extensions the engine refused, joined with FALLBACK_SEPARATOR.
+    fields.push(utf8("fallbacks"));
     Schema::new(fields)
 }
 
@@ -577,6 +633,8 @@ fn requests_batch(
         utf8(&rows, |(_, r)| &r.error),
         utf8(&rows, |(_, r)| &r.endpoint),
         bools(&rows, |(_, r)| r.usage_reported),
+        f64s(&rows, |(_, r)| r.scheduled_offset_s),
+        f64s(&rows, |(_, r)| r.send_offset_s),
     ];
     Ok(RecordBatch::try_new(Arc::new(requests_schema()), columns)?)
 }
@@ -617,6 +675,18 @@ fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, ControllerError> 
     columns.push(u32s(rows, |s| s.input_len_mismatches));
     columns.push(u32s(rows, |s| s.output_len_mismatches));
     columns.push(utf8(rows, |s| &s.verdict));
+    columns.push(utf8(rows, |s| &s.meta.mode));
+    columns.push(f64s(rows, |s| s.meta.request_rate));
+    columns.push(f64s(rows, |s| s.achieved_rate));
+    columns.push(f64s(rows, |s| s.achieved_concurrency));
+    columns.push(f64s(rows, |s| s.meta.client.cpu_s));
+    columns.push(f64s(rows, |s| s.meta.client.wall_s));
+    columns.push(u32s(rows, |s| s.meta.client.cores));
+    let fallbacks: Vec<String> = rows
+        .iter()
+        .map(|s| s.meta.fallbacks.join(FALLBACK_SEPARATOR))
+        .collect();
+    columns.push(Arc::new(StringArray::from_iter_values(fallbacks)));
     Ok(RecordBatch::try_new(Arc::new(points_schema()), columns)?)
 }
 
@@ -809,6 +879,14 @@ mod tests {
             endpoint: "chat".into(),
             started_unix_us: T0 - 2_000_000,
             finished_unix_us: T0 + 5_000_000,
+            mode: "rate".into(),
+            request_rate: 12.5,
+            client: ClientStats {
+                cpu_s: 1.5,
+                wall_s: 3.0,
+                cores: 2,
+            },
+            fallbacks: vec!["ignore_eos refused (HTTP 422: a; b)".into(), "x".into()],
         }
     }
 
@@ -831,6 +909,8 @@ mod tests {
                 error: String::new(),
                 endpoint: "chat".into(),
                 usage_reported: true,
+                scheduled_offset_s: 0.0,
+                send_offset_s: 0.000_25,
             },
             RequestRecord {
                 request_index: 1,
@@ -849,6 +929,8 @@ mod tests {
                 error: String::new(),
                 endpoint: "completions".into(),
                 usage_reported: false,
+                scheduled_offset_s: 0.08,
+                send_offset_s: 0.081,
             },
             RequestRecord {
                 request_index: 2,
@@ -867,6 +949,8 @@ mod tests {
                 error: "HTTP 500: boom".into(),
                 endpoint: "chat".into(),
                 usage_reported: false,
+                scheduled_offset_s: 0.08,
+                send_offset_s: 0.081,
             },
         ]
     }

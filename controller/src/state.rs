@@ -14,7 +14,7 @@ use fleetbench_proto::unix_millis_now;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::summary::{PointMeta, PointSummary, server_stats, summarize};
+use crate::summary::{ClientStats, PointMeta, PointSummary, server_stats, summarize};
 
 /// Messages to send to agents once the state lock is released: (agent name, message).
 pub type Outgoing = Vec<(String, pb::ControllerMessage)>;
@@ -166,6 +166,7 @@ fn point_status(p: &PointEntry) -> pb::PointStatus {
         completed: p.summary.as_ref().map_or(0, |s| s.completed),
         failed: p.summary.as_ref().map_or(0, |s| s.failed),
         attempt: p.attempt,
+        request_rate: p.planned.request_rate,
     }
 }
 
@@ -448,6 +449,7 @@ impl State {
             return (None, Vec::new());
         };
         let model = sweep.spec.model.get_ref().clone();
+        let mode = sweep.load.mode.clone();
         let cancelled = sweep.state == SweepState::Cancelled;
         let Some(p) = sweep.points.get_mut(idx) else {
             return (None, Vec::new());
@@ -490,6 +492,14 @@ impl State {
             endpoint: pf.endpoint.clone(),
             started_unix_us: pf.started_unix_us,
             finished_unix_us: pf.finished_unix_us,
+            mode,
+            request_rate: p.planned.request_rate,
+            client: ClientStats {
+                cpu_s: pf.client_cpu_s,
+                wall_s: pf.load_wall_s,
+                cores: pf.client_cores,
+            },
+            fallbacks: pf.fallbacks.clone(),
         };
         let mut summary = summarize(meta, &records);
         summary.server = server_stats(&pf.engine_metrics);
@@ -639,6 +649,7 @@ impl State {
                 batch_size: p.planned.batch_size,
                 load: Some(load),
                 attempt: p.attempt,
+                request_rate: p.planned.request_rate,
             };
             let gpus = p.planned.gpus;
             info!(agent = %name, point_id = %spec.point_id, attempt = spec.attempt, "point assigned");

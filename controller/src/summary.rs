@@ -35,7 +35,45 @@ pub struct PointMeta {
     pub endpoint: String,
     pub started_unix_us: i64,
     pub finished_unix_us: i64,
+    /// "burst" | "concurrency" | "rate"
+    pub mode: String,
+    /// Rate mode: the requested rate in requests per second; 0 otherwise.
+    pub request_rate: f64,
+    /// The agent's own resource use during the load.
+    pub client: ClientStats,
+    /// Request extensions the engine refused (output length or usage not exact).
+    pub fallbacks: Vec<String>,
 }
+
+/// The load generator's CPU use during a point's measured load.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ClientStats {
+    /// CPU seconds (user + system, all threads).
+    pub cpu_s: f64,
+    /// Wall seconds of the measured load.
+    pub wall_s: f64,
+    /// Cores the agent could use.
+    pub cores: u32,
+}
+
+impl ClientStats {
+    /// Average cores busy: CPU seconds / wall seconds (0 without a wall time).
+    pub fn cpu_cores(&self) -> f64 {
+        if self.wall_s > 0.0 {
+            self.cpu_s / self.wall_s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A point whose p99 send lag exceeds this did not send when it meant to (burst: the
+/// requests did not leave together; rate: the timeline slipped).
+pub const SEND_LAG_P99_LIMIT_S: f64 = 0.010;
+/// A client busier than this share of its cores was measuring itself.
+pub const CLIENT_CPU_LIMIT: f64 = 0.9;
+/// Concurrency mode must hold at least this share of its slots in flight on average.
+pub const CONCURRENCY_HELD_MIN: f64 = 0.9;
 
 /// Mean and percentiles of one metric; all `None` when there were no values.
 ///
@@ -72,6 +110,14 @@ pub struct PointSummary {
     pub input_len_mismatches: u32,
     /// Completed requests whose output length (`usage.completion_tokens`) is not the target.
     pub output_len_mismatches: u32,
+    /// Requests sent per second over the send span: (sent − 1) / (last send − first send),
+    /// on the agent's clock; 0 with fewer than two requests.
+    pub achieved_rate: f64,
+    /// Time-averaged requests in flight while requests were being sent (from the first
+    /// send to the last), from each request's [send, send + E2EL] interval.
+    pub achieved_concurrency: f64,
+    /// Actual − scheduled send time of every measured request, in seconds.
+    pub send_lag_s: Percentiles,
     /// `valid`, or why the point did not measure what it asked for.
     pub verdict: String,
 }
@@ -129,13 +175,23 @@ pub fn summarize(meta: PointMeta, records: &[RequestRecord]) -> PointSummary {
             .filter(|r| r.output_tokens != Some(r.target_output_tokens))
             .count(),
     );
-    let verdict = verdict(
-        records.len(),
-        failed,
-        &meta,
-        input_len_mismatches,
-        output_len_mismatches,
+    let send_lag_s = percentiles(
+        &records
+            .iter()
+            .map(RequestRecord::send_lag_s)
+            .collect::<Vec<_>>(),
     );
+    let achieved_rate = achieved_rate(records);
+    let achieved_concurrency = mean_in_flight(records);
+    let verdict = verdict(&Checks {
+        measured: records.len(),
+        failed,
+        meta: &meta,
+        input_mismatches: input_len_mismatches,
+        output_mismatches: output_len_mismatches,
+        send_lag_p99: send_lag_s.p99,
+        achieved_concurrency,
+    });
 
     let duration_s = if completed == 0 {
         0.0
@@ -179,19 +235,71 @@ pub fn summarize(meta: PointMeta, records: &[RequestRecord]) -> PointSummary {
         server: ServerStats::default(),
         input_len_mismatches,
         output_len_mismatches,
+        achieved_rate,
+        achieved_concurrency,
+        send_lag_s,
         verdict,
     }
 }
 
-/// Why a point's numbers do not describe the requested load, or `valid`. Failed requests
-/// and wrong lengths are named, never hidden.
-fn verdict(
+/// (sent − 1) / (last send − first send), from the records' send offsets.
+fn achieved_rate(records: &[RequestRecord]) -> f64 {
+    let first = records.iter().map(|r| r.send_offset_s).reduce(f64::min);
+    let last = records.iter().map(|r| r.send_offset_s).reduce(f64::max);
+    match (first, last) {
+        (Some(a), Some(b)) if b > a && records.len() > 1 => (records.len() - 1) as f64 / (b - a),
+        _ => 0.0,
+    }
+}
+
+/// Time-averaged requests in flight between the first and the last send: each request
+/// counts from its send to its last content chunk (requests without an E2EL count as
+/// not in flight, which only lowers the figure). A burst (no send span) reports the
+/// requests that left together.
+fn mean_in_flight(records: &[RequestRecord]) -> f64 {
+    let first = records.iter().map(|r| r.send_offset_s).reduce(f64::min);
+    let last = records.iter().map(|r| r.send_offset_s).reduce(f64::max);
+    let (Some(start), Some(end)) = (first, last) else {
+        return 0.0;
+    };
+    if end - start <= 0.0 {
+        return records.len() as f64;
+    }
+    let busy: f64 = records
+        .iter()
+        .filter_map(|r| {
+            let e2el = r.e2el_s?;
+            let (from, to) = (r.send_offset_s, r.send_offset_s + e2el);
+            Some((to.min(end) - from.max(start)).max(0.0))
+        })
+        .sum();
+    busy / (end - start)
+}
+
+/// What the verdict looks at.
+struct Checks<'a> {
     measured: usize,
     failed: u32,
-    meta: &PointMeta,
+    meta: &'a PointMeta,
     input_mismatches: u32,
     output_mismatches: u32,
-) -> String {
+    send_lag_p99: Option<f64>,
+    achieved_concurrency: f64,
+}
+
+/// Why a point's numbers do not describe the requested load, or `valid`. Failed requests,
+/// wrong lengths, a load the client did not deliver (send lag, concurrency not held) and a
+/// CPU-saturated client are named, never hidden.
+fn verdict(c: &Checks<'_>) -> String {
+    let Checks {
+        measured,
+        failed,
+        meta,
+        input_mismatches,
+        output_mismatches,
+        send_lag_p99,
+        achieved_concurrency,
+    } = *c;
     let mut reasons = Vec::new();
     if measured == 0 {
         reasons.push("no requests measured".to_string());
@@ -210,6 +318,33 @@ fn verdict(
             "{output_mismatches} request(s) not at {} output tokens",
             meta.output_tokens
         ));
+    }
+    if let Some(lag) = send_lag_p99.filter(|l| *l > SEND_LAG_P99_LIMIT_S) {
+        reasons.push(format!(
+            "send lag p99 {:.1} ms > {:.0} ms: requests did not leave when scheduled",
+            lag * 1e3,
+            SEND_LAG_P99_LIMIT_S * 1e3
+        ));
+    }
+    if meta.mode == "concurrency"
+        && measured > 0
+        && achieved_concurrency < CONCURRENCY_HELD_MIN * f64::from(meta.batch_size)
+    {
+        reasons.push(format!(
+            "concurrency {} not held: {achieved_concurrency:.1} in flight on average",
+            meta.batch_size
+        ));
+    }
+    let client = meta.client;
+    if client.cores > 0 && client.cpu_cores() > CLIENT_CPU_LIMIT * f64::from(client.cores) {
+        reasons.push(format!(
+            "client CPU-saturated ({:.2} of {} cores busy): the point measured the load generator",
+            client.cpu_cores(),
+            client.cores
+        ));
+    }
+    for fallback in &meta.fallbacks {
+        reasons.push(format!("engine fallback: {fallback}"));
     }
     if reasons.is_empty() {
         "valid".into()
@@ -323,6 +458,14 @@ impl From<&PointSummary> for pb::PointSummary {
             input_len_mismatches: s.input_len_mismatches,
             output_len_mismatches: s.output_len_mismatches,
             verdict: s.verdict.clone(),
+            mode: m.mode.clone(),
+            request_rate: m.request_rate,
+            achieved_rate: s.achieved_rate,
+            achieved_concurrency: s.achieved_concurrency,
+            send_lag_s: Some(to_pb_percentiles(s.send_lag_s)),
+            client_cpu_cores: m.client.cpu_cores(),
+            client_cores: m.client.cores,
+            fallbacks: m.fallbacks.clone(),
         }
     }
 }
@@ -352,6 +495,10 @@ mod tests {
             endpoint: "chat".into(),
             started_unix_us: T0 - 1_000_000,
             finished_unix_us: T0 + 3_000_000,
+            mode: "burst".into(),
+            request_rate: 0.0,
+            client: ClientStats::default(),
+            fallbacks: Vec::new(),
         }
     }
 
@@ -570,5 +717,97 @@ mod tests {
              1 request(s) not at 21 output tokens"
         );
         assert_eq!(summarize(meta(), &[]).verdict, "no requests measured");
+    }
+
+    /// A request sent at `send` s (scheduled at `scheduled`) that took `e2el` s.
+    fn timed(scheduled: f64, send: f64, e2el: f64) -> RequestRecord {
+        RequestRecord {
+            scheduled_offset_s: scheduled,
+            send_offset_s: send,
+            ..ok((send * 1e6) as i64, e2el / 2.0, e2el, 21, &[e2el / 2.0])
+        }
+    }
+
+    #[test]
+    fn achieved_rate_and_send_lag_come_from_send_offsets() {
+        // 11 requests scheduled 0.1 s apart, each sent 1 ms late, the last 30 ms late.
+        let mut records: Vec<_> = (0..11)
+            .map(|i| timed(f64::from(i) * 0.1, f64::from(i) * 0.1 + 0.001, 0.05))
+            .collect();
+        records[10].send_offset_s = 1.03;
+        let s = summarize(
+            PointMeta {
+                mode: "rate".into(),
+                request_rate: 10.0,
+                ..meta()
+            },
+            &records,
+        );
+        assert_close(s.achieved_rate, 10.0 / (1.03 - 0.001));
+        assert_close(s.send_lag_s.p50.unwrap(), 0.001);
+        // numpy: np.percentile([0.001]*10 + [0.030], 99) == 0.0271
+        assert_close(s.send_lag_s.p99.unwrap(), 0.0271);
+        assert!(
+            s.verdict.contains("send lag p99 27.1 ms > 10 ms"),
+            "{}",
+            s.verdict
+        );
+    }
+
+    #[test]
+    fn concurrency_not_held_is_named() {
+        // Two slots, but requests ran one after the other: ~1 in flight on average.
+        let serial: Vec<_> = (0..10)
+            .map(|i| timed(f64::from(i), f64::from(i), 1.0))
+            .collect();
+        let conc = PointMeta {
+            mode: "concurrency".into(),
+            batch_size: 2,
+            ..meta()
+        };
+        let s = summarize(conc.clone(), &serial);
+        assert_close(s.achieved_concurrency, 1.0);
+        assert!(
+            s.verdict
+                .contains("concurrency 2 not held: 1.0 in flight on average"),
+            "{}",
+            s.verdict
+        );
+        // Two in flight all along: held.
+        let paired: Vec<_> = (0..10)
+            .map(|i| timed(f64::from(i / 2), f64::from(i / 2), 1.0))
+            .collect();
+        let s = summarize(conc, &paired);
+        assert_close(s.achieved_concurrency, 2.0);
+        assert_eq!(s.verdict, "valid");
+    }
+
+    #[test]
+    fn saturated_client_and_fallbacks_invalidate_the_point() {
+        let records = [timed(0.0, 0.0, 1.0), timed(0.0, 0.0, 1.0)];
+        let busy = PointMeta {
+            client: ClientStats {
+                cpu_s: 1.9,
+                wall_s: 1.0,
+                cores: 2,
+            },
+            fallbacks: vec!["ignore_eos, min_tokens refused: output length not forced".into()],
+            ..meta()
+        };
+        let s = summarize(busy, &records);
+        assert_eq!(
+            s.verdict,
+            "client CPU-saturated (1.90 of 2 cores busy): the point measured the load generator; \
+             engine fallback: ignore_eos, min_tokens refused: output length not forced"
+        );
+        let calm = PointMeta {
+            client: ClientStats {
+                cpu_s: 0.2,
+                wall_s: 1.0,
+                cores: 2,
+            },
+            ..meta()
+        };
+        assert_eq!(summarize(calm, &records).verdict, "valid");
     }
 }

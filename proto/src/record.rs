@@ -20,6 +20,8 @@ pub enum ErrorKind {
     HttpStatus,
     /// The stream ended before `[DONE]` / a finish reason.
     Truncated,
+    /// The stream went silent for longer than the idle timeout (a hung engine).
+    Stalled,
     /// The stream held bytes that are not valid SSE/JSON/UTF-8.
     Malformed,
     /// The server sent an error object inside the stream.
@@ -38,6 +40,7 @@ impl ErrorKind {
             ErrorKind::Connect => "connect",
             ErrorKind::HttpStatus => "http-status",
             ErrorKind::Truncated => "truncated",
+            ErrorKind::Stalled => "stalled",
             ErrorKind::Malformed => "malformed",
             ErrorKind::ServerError => "server-error",
             ErrorKind::Timeout => "timeout",
@@ -51,6 +54,7 @@ impl ErrorKind {
             "connect" => ErrorKind::Connect,
             "http-status" => ErrorKind::HttpStatus,
             "truncated" => ErrorKind::Truncated,
+            "stalled" => ErrorKind::Stalled,
             "malformed" => ErrorKind::Malformed,
             "server-error" => ErrorKind::ServerError,
             "timeout" => ErrorKind::Timeout,
@@ -85,9 +89,21 @@ pub struct RequestRecord {
     pub endpoint: String,
     /// Whether the server sent a `usage` object (otherwise output tokens are chunk counts).
     pub usage_reported: bool,
+    /// When the schedule meant the request to be sent, seconds since the measured load
+    /// started (rate mode's absolute timeline; burst: its wave's start; concurrency: when
+    /// its slot freed).
+    pub scheduled_offset_s: f64,
+    /// When it was actually sent, on the same clock. `send_offset_s - scheduled_offset_s`
+    /// is the send lag: a late client shows here instead of hiding in the latencies.
+    pub send_offset_s: f64,
 }
 
 impl RequestRecord {
+    /// Actual minus scheduled send time, in seconds.
+    pub fn send_lag_s(&self) -> f64 {
+        self.send_offset_s - self.scheduled_offset_s
+    }
+
     pub fn success(&self) -> bool {
         self.error_kind.is_none()
     }
@@ -130,6 +146,8 @@ impl From<&RequestRecord> for pb::RequestRecord {
             error: r.error.clone(),
             endpoint: r.endpoint.clone(),
             usage_reported: r.usage_reported,
+            scheduled_offset_s: r.scheduled_offset_s,
+            send_offset_s: r.send_offset_s,
         }
     }
 }
@@ -166,6 +184,8 @@ impl TryFrom<pb::RequestRecord> for RequestRecord {
             error: r.error,
             endpoint: r.endpoint,
             usage_reported: r.usage_reported,
+            scheduled_offset_s: r.scheduled_offset_s,
+            send_offset_s: r.send_offset_s,
         })
     }
 }
@@ -200,6 +220,8 @@ mod tests {
             error: String::new(),
             endpoint: "chat".into(),
             usage_reported: true,
+            scheduled_offset_s: 0.5,
+            send_offset_s: 0.5004,
         };
         let wire = pb::RequestRecord::from(&r);
         assert_eq!(RequestRecord::try_from(wire).unwrap(), r);

@@ -108,8 +108,11 @@ pub struct MatrixSection {
     /// GPU counts; each is also the tensor-parallel size.
     pub gpus: Spanned<Vec<Spanned<u32>>>,
     /// A list (`[1, 4, 16]`) or `"powers-of-2"` (1, 2, 4, … up to `max_batch_size`).
-    pub batch_sizes: Spanned<BatchSizes>,
+    /// Burst mode: requests sent together; concurrency mode: requests kept in flight.
+    pub batch_sizes: Option<Spanned<BatchSizes>>,
     pub max_batch_size: Option<Spanned<u32>>,
+    /// Rate mode: request rates to sweep, in requests per second.
+    pub rates: Option<Spanned<Vec<Spanned<f64>>>>,
     pub workloads: Spanned<Vec<Spanned<WorkloadEntry>>>,
 }
 
@@ -160,6 +163,96 @@ pub enum LoadMode {
     /// The seed's batch: N requests sent together, repeated for `waves` waves.
     #[default]
     Burst,
+    /// Closed loop: N requests kept in flight (a new one leaves when one finishes) for
+    /// `duration_s` or `requests`.
+    Concurrency,
+    /// Open loop: requests leave on an absolute timeline at `matrix.rates`, whatever the
+    /// server does, for `duration_s` or `requests`.
+    Rate,
+}
+
+impl LoadMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadMode::Burst => "burst",
+            LoadMode::Concurrency => "concurrency",
+            LoadMode::Rate => "rate",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "burst" | "" => Some(LoadMode::Burst),
+            "concurrency" => Some(LoadMode::Concurrency),
+            "rate" => Some(LoadMode::Rate),
+            _ => None,
+        }
+    }
+}
+
+/// Rate mode's inter-arrival distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arrival {
+    /// Exactly 1/rate apart.
+    Constant,
+    /// Exponential gaps (a Poisson process), as vLLM's `--request-rate` with burstiness 1.
+    #[default]
+    Poisson,
+    /// Gamma-distributed gaps with shape `burstiness` and mean 1/rate (vLLM's
+    /// `--burstiness`): below 1 burstier than Poisson, above 1 more regular.
+    Gamma,
+}
+
+impl Arrival {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arrival::Constant => "constant",
+            Arrival::Poisson => "poisson",
+            Arrival::Gamma => "gamma",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "constant" => Some(Arrival::Constant),
+            "poisson" | "" => Some(Arrival::Poisson),
+            "gamma" => Some(Arrival::Gamma),
+            _ => None,
+        }
+    }
+}
+
+/// How prompts are counted to their exact length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenizerSource {
+    /// A local `tokenizer.json` when the agent finds one for the model, else the server.
+    #[default]
+    Auto,
+    /// The engine's `/tokenize` endpoint.
+    Server,
+    /// A local `tokenizer.json` (an error when the agent has none for the model).
+    Local,
+}
+
+impl TokenizerSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenizerSource::Auto => "auto",
+            TokenizerSource::Server => "server",
+            TokenizerSource::Local => "local",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" | "" => Some(TokenizerSource::Auto),
+            "server" => Some(TokenizerSource::Server),
+            "local" => Some(TokenizerSource::Local),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -205,12 +298,35 @@ pub struct LoadSection {
     /// Requests sent before the measured ones, excluded from results.
     #[serde(default)]
     pub warmup_requests: u32,
-    /// How many bursts of N requests are measured per point.
+    /// Burst mode: how many bursts of N requests are measured per point.
     #[serde(default = "default_waves")]
     pub waves: Spanned<u32>,
-    /// Seed for prompt generation: the same spec yields the same prompts.
+    /// Seed for prompts and arrival times: the same spec yields the same schedule.
     #[serde(default)]
     pub seed: u64,
+    /// Concurrency / rate mode: seconds during which new measured requests are sent.
+    pub duration_s: Option<Spanned<f64>>,
+    /// Concurrency / rate mode: measured requests per point (with `duration_s`, whichever
+    /// comes first ends the sending).
+    pub requests: Option<Spanned<u32>>,
+    /// Rate mode: the inter-arrival distribution.
+    #[serde(default)]
+    pub arrival: Arrival,
+    /// Rate mode with `arrival = "gamma"`: the shape of the gamma distribution.
+    #[serde(default = "default_burstiness")]
+    pub burstiness: Spanned<f64>,
+    /// A stream that stays silent this many seconds is recorded as `stalled`.
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: Spanned<f64>,
+    #[serde(default)]
+    pub tokenizer: TokenizerSource,
+}
+
+fn default_burstiness() -> Spanned<f64> {
+    Spanned::new(0..0, 1.0)
+}
+fn default_idle_timeout_s() -> Spanned<f64> {
+    Spanned::new(0..0, 300.0)
 }
 
 fn default_timeout_s() -> Spanned<u32> {
@@ -229,6 +345,12 @@ impl Default for LoadSection {
             warmup_requests: 0,
             waves: default_waves(),
             seed: 0,
+            duration_s: None,
+            requests: None,
+            arrival: Arrival::default(),
+            burstiness: default_burstiness(),
+            idle_timeout_s: default_idle_timeout_s(),
+            tokenizer: TokenizerSource::default(),
         }
     }
 }
@@ -267,7 +389,10 @@ pub struct PlannedPoint {
     pub index: u32,
     pub gpus: u32,
     pub workload: WorkloadEntry,
+    /// Burst: requests per wave; concurrency: requests in flight; rate mode: 0.
     pub batch_size: u32,
+    /// Rate mode: requests per second; otherwise 0.
+    pub request_rate: f64,
 }
 
 impl SweepSpec {
@@ -363,14 +488,17 @@ impl SweepSpec {
                 );
             }
         }
-        match self.matrix.batch_sizes.get_ref() {
-            BatchSizes::List(list) => {
+        self.validate_load_axis(text, file)?;
+        match self
+            .matrix
+            .batch_sizes
+            .as_ref()
+            .map(|b| (b.get_ref(), b.span()))
+        {
+            None => {}
+            Some((BatchSizes::List(list), span)) => {
                 if list.is_empty() {
-                    return err(
-                        self.matrix.batch_sizes.span(),
-                        "matrix.batch_sizes",
-                        "must not be empty".into(),
-                    );
+                    return err(span, "matrix.batch_sizes", "must not be empty".into());
                 }
                 for (i, b) in list.iter().enumerate() {
                     let v = *b.get_ref();
@@ -390,10 +518,10 @@ impl SweepSpec {
                     );
                 }
             }
-            BatchSizes::PowersOf2 => match &self.matrix.max_batch_size {
+            Some((BatchSizes::PowersOf2, span)) => match &self.matrix.max_batch_size {
                 None => {
                     return err(
-                        self.matrix.batch_sizes.span(),
+                        span,
                         "matrix.max_batch_size",
                         "batch_sizes = \"powers-of-2\" needs max_batch_size".into(),
                     );
@@ -457,12 +585,152 @@ impl SweepSpec {
                 "must be at least 1".into(),
             );
         }
+        let idle = *self.load.idle_timeout_s.get_ref();
+        if !(idle.is_finite() && idle > 0.0) {
+            return err(
+                self.load.idle_timeout_s.span(),
+                "load.idle_timeout_s",
+                format!("{idle} is not a positive number of seconds"),
+            );
+        }
         Ok(())
     }
 
-    /// Batch sizes in the order they run.
+    /// Checks that the matrix varies what the load mode needs (batch sizes for burst and
+    /// concurrency, rates for rate mode) and that the mode's own settings make sense.
+    fn validate_load_axis(&self, text: &str, file: &str) -> Result<(), SpecError> {
+        let err = |span: Range<usize>, field: &str, message: String| {
+            Err(located(text, file, span, field, message))
+        };
+        let load = &self.load;
+        let mode = load.mode;
+        match (mode, &self.matrix.batch_sizes, &self.matrix.rates) {
+            (LoadMode::Rate, Some(b), _) => {
+                return err(
+                    b.span(),
+                    "matrix.batch_sizes",
+                    "rate mode sweeps matrix.rates (requests per second), not batch sizes".into(),
+                );
+            }
+            (LoadMode::Rate, None, None) => {
+                return err(
+                    0..0,
+                    "matrix.rates",
+                    "rate mode needs `rates` (requests per second)".into(),
+                );
+            }
+            (LoadMode::Rate, None, Some(rates)) => {
+                if rates.get_ref().is_empty() {
+                    return err(rates.span(), "matrix.rates", "must not be empty".into());
+                }
+                for (i, r) in rates.get_ref().iter().enumerate() {
+                    let v = *r.get_ref();
+                    if !(v.is_finite() && v > 0.0 && v <= 1e6) {
+                        return err(
+                            r.span(),
+                            &format!("matrix.rates[{i}]"),
+                            format!("rate {v} is not in (0, 1000000] requests/s"),
+                        );
+                    }
+                }
+            }
+            (_, _, Some(rates)) => {
+                return err(
+                    rates.span(),
+                    "matrix.rates",
+                    format!(
+                        "only applies with load.mode = \"rate\" (mode is \"{}\")",
+                        mode.as_str()
+                    ),
+                );
+            }
+            (_, None, None) => {
+                return err(
+                    0..0,
+                    "matrix.batch_sizes",
+                    format!("{} mode needs `batch_sizes`", mode.as_str()),
+                );
+            }
+            (_, Some(_), None) => {}
+        }
+        let waves_set = load.waves.span() != (0..0);
+        match mode {
+            LoadMode::Burst => {
+                for (field, span) in [
+                    (
+                        "load.duration_s",
+                        load.duration_s.as_ref().map(Spanned::span),
+                    ),
+                    ("load.requests", load.requests.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = span {
+                        return err(
+                            span,
+                            field,
+                            "burst mode sends batch_size x waves requests; use waves".into(),
+                        );
+                    }
+                }
+            }
+            LoadMode::Concurrency | LoadMode::Rate => {
+                if waves_set {
+                    return err(
+                        load.waves.span(),
+                        "load.waves",
+                        "only applies with load.mode = \"burst\"".into(),
+                    );
+                }
+                if load.duration_s.is_none() && load.requests.is_none() {
+                    return err(
+                        0..0,
+                        "load.duration_s",
+                        format!(
+                            "{} mode needs `duration_s` or `requests` (or both)",
+                            mode.as_str()
+                        ),
+                    );
+                }
+                if let Some(d) = &load.duration_s {
+                    let v = *d.get_ref();
+                    if !(v.is_finite() && v > 0.0) {
+                        return err(
+                            d.span(),
+                            "load.duration_s",
+                            format!("{v} is not a positive number of seconds"),
+                        );
+                    }
+                }
+                if let Some(r) = &load.requests
+                    && *r.get_ref() == 0
+                {
+                    return err(r.span(), "load.requests", "must be at least 1".into());
+                }
+            }
+        }
+        let shape = *load.burstiness.get_ref();
+        if !(shape.is_finite() && shape > 0.0) {
+            return err(
+                load.burstiness.span(),
+                "load.burstiness",
+                format!("{shape} is not a positive gamma shape"),
+            );
+        }
+        if load.burstiness.span() != (0..0) && load.arrival != Arrival::Gamma {
+            return err(
+                load.burstiness.span(),
+                "load.burstiness",
+                "only applies with arrival = \"gamma\"".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Batch sizes in the order they run (empty in rate mode).
     pub fn batch_sizes(&self) -> Vec<u32> {
-        match self.matrix.batch_sizes.get_ref() {
+        let Some(sizes) = &self.matrix.batch_sizes else {
+            return Vec::new();
+        };
+        match sizes.get_ref() {
             BatchSizes::List(list) => list.iter().map(|b| *b.get_ref()).collect(),
             BatchSizes::PowersOf2 => {
                 let max = self
@@ -481,17 +749,24 @@ impl SweepSpec {
     /// possible: grouped by GPU count (the only engine setting the matrix varies), then
     /// workload, then ascending batch size.
     pub fn expand(&self) -> Vec<PlannedPoint> {
-        let batches = self.batch_sizes();
+        // (batch size, rate): one axis or the other, by mode.
+        let loads: Vec<(u32, f64)> = match &self.matrix.rates {
+            Some(rates) if self.load.mode == LoadMode::Rate => {
+                rates.get_ref().iter().map(|r| (0, *r.get_ref())).collect()
+            }
+            _ => self.batch_sizes().into_iter().map(|b| (b, 0.0)).collect(),
+        };
         let mut points = Vec::new();
         let mut index = 0u32;
         for gpus in self.matrix.gpus.get_ref() {
             for w in self.matrix.workloads.get_ref() {
-                for &batch_size in &batches {
+                for &(batch_size, request_rate) in &loads {
                     points.push(PlannedPoint {
                         index,
                         gpus: *gpus.get_ref(),
                         workload: *w.get_ref(),
                         batch_size,
+                        request_rate,
                     });
                     index += 1;
                 }
@@ -538,13 +813,20 @@ impl SweepSpec {
 
     /// The load settings as sent to agents.
     pub fn load_wire(&self) -> pb::LoadSpec {
+        let l = &self.load;
         pb::LoadSpec {
-            mode: "burst".into(),
-            endpoint: self.load.endpoint.as_str().into(),
-            timeout_s: *self.load.timeout_s.get_ref(),
-            warmup_requests: self.load.warmup_requests,
-            waves: *self.load.waves.get_ref(),
-            seed: self.load.seed,
+            mode: l.mode.as_str().into(),
+            endpoint: l.endpoint.as_str().into(),
+            timeout_s: *l.timeout_s.get_ref(),
+            warmup_requests: l.warmup_requests,
+            waves: *l.waves.get_ref(),
+            seed: l.seed,
+            duration_s: l.duration_s.as_ref().map_or(0.0, |d| *d.get_ref()),
+            requests: l.requests.as_ref().map_or(0, |r| *r.get_ref()),
+            arrival: l.arrival.as_str().into(),
+            burstiness: *l.burstiness.get_ref(),
+            idle_timeout_s: *l.idle_timeout_s.get_ref(),
+            tokenizer: l.tokenizer.as_str().into(),
         }
     }
 }
@@ -690,6 +972,100 @@ workloads = [{ input = 1024, output = 512 }, { input = 128, output = 128 }]
 endpoint = "auto"
 timeout_s = 600
 "#;
+
+    fn rate_spec(load: &str, matrix_extra: &str) -> String {
+        GOOD.replace(
+            "batch_sizes = \"powers-of-2\"\nmax_batch_size = 8\n",
+            matrix_extra,
+        )
+        .replace("[load]\n", &format!("[load]\n{load}\n"))
+    }
+
+    #[test]
+    fn rate_mode_sweeps_rates_with_arrival_settings() {
+        let text = rate_spec(
+            "mode = \"rate\"\narrival = \"gamma\"\nburstiness = 0.5\nduration_s = 20\nidle_timeout_s = 30",
+            "rates = [1.5, 10]\n",
+        );
+        let spec = SweepSpec::parse(&text, "rate.toml").unwrap();
+        let points = spec.expand();
+        assert_eq!(points.len(), 2 * 2 * 2);
+        assert_eq!(points[0].request_rate, 1.5);
+        assert_eq!(points[1].request_rate, 10.0);
+        assert!(points.iter().all(|p| p.batch_size == 0));
+        let wire = spec.load_wire();
+        assert_eq!(wire.mode, "rate");
+        assert_eq!(wire.arrival, "gamma");
+        assert_eq!(wire.burstiness, 0.5);
+        assert_eq!(wire.duration_s, 20.0);
+        assert_eq!(wire.requests, 0);
+        assert_eq!(wire.idle_timeout_s, 30.0);
+        assert_eq!(wire.tokenizer, "auto");
+    }
+
+    #[test]
+    fn concurrency_mode_keeps_batch_sizes_and_needs_an_end() {
+        let text = rate_spec(
+            "mode = \"concurrency\"\nrequests = 200",
+            "batch_sizes = [4, 16]\n",
+        );
+        let spec = SweepSpec::parse(&text, "c.toml").unwrap();
+        assert_eq!(spec.expand()[1].batch_size, 16);
+        assert_eq!(spec.load_wire().requests, 200);
+
+        let text = rate_spec("mode = \"concurrency\"", "batch_sizes = [4]\n");
+        let err = SweepSpec::parse(&text, "c.toml").unwrap_err();
+        assert_eq!(err.field, "load.duration_s");
+        assert!(
+            err.message.contains("needs `duration_s` or `requests`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mode_and_matrix_axis_mismatches_name_the_field() {
+        let cases = [
+            // rate mode with batch sizes
+            (
+                "mode = \"rate\"\nduration_s = 5",
+                "batch_sizes = [1]\n",
+                "matrix.batch_sizes",
+            ),
+            // burst with rates
+            ("", "batch_sizes = [1]\nrates = [2.0]\n", "matrix.rates"),
+            // zero rate
+            (
+                "mode = \"rate\"\nrequests = 5",
+                "rates = [0.0]\n",
+                "matrix.rates[0]",
+            ),
+            // waves outside burst
+            (
+                "mode = \"rate\"\nrequests = 5\nwaves = 2",
+                "rates = [1.0]\n",
+                "load.waves",
+            ),
+            // duration in burst
+            ("duration_s = 3", "batch_sizes = [1]\n", "load.duration_s"),
+            // burstiness without gamma
+            (
+                "mode = \"rate\"\nrequests = 5\nburstiness = 2",
+                "rates = [1.0]\n",
+                "load.burstiness",
+            ),
+            // non-positive idle timeout
+            (
+                "idle_timeout_s = 0",
+                "batch_sizes = [1]\n",
+                "load.idle_timeout_s",
+            ),
+        ];
+        for (load, matrix, field) in cases {
+            let text = rate_spec(load, matrix);
+            let err = SweepSpec::parse(&text, "x.toml").unwrap_err();
+            assert_eq!(err.field, field, "{load} / {matrix}: {err}");
+        }
+    }
 
     #[test]
     fn parses_and_expands_in_engine_order() {

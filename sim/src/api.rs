@@ -26,8 +26,10 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::config::{SimConfig, VLLM_VERSION};
+use crate::direct::{self, DirectRequest, Pace, StopSignal};
 use crate::error::SimError;
 use crate::logging::UVICORN_ACCESS;
 use crate::metrics::{self, EngineStats};
@@ -52,6 +54,8 @@ struct Inner {
     config: SimConfig,
     engine: EngineHandle,
     stats: Arc<EngineStats>,
+    /// The engine's stop signal, for requests that bypass it (`--sim-timing exact|fast`).
+    stop: StopSignal,
     started: u64,
     id_salt: u64,
     next_id: AtomicU64,
@@ -59,7 +63,12 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(config: SimConfig, engine: EngineHandle, stats: Arc<EngineStats>) -> Self {
+    pub fn new(
+        config: SimConfig,
+        engine: EngineHandle,
+        stats: Arc<EngineStats>,
+        stop: StopSignal,
+    ) -> Self {
         let started = unix_now();
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -71,6 +80,7 @@ impl AppState {
                 config,
                 engine,
                 stats,
+                stop,
                 started,
                 id_salt,
                 next_id: AtomicU64::new(0),
@@ -453,6 +463,8 @@ fn include_usage(stream: bool, options: Option<&StreamOptions>) -> Result<(bool,
 
 /// What the two completion endpoints share once the prompt is tokenized.
 struct Generation {
+    /// When the request was parsed: the origin of the `exact` schedule.
+    received: Instant,
     endpoint: Endpoint,
     id: String,
     prompt: Prompt,
@@ -481,17 +493,32 @@ async fn generate(state: &AppState, g: Generation) -> Result<Response, SimError>
             sampling_params_repr(g.length.ignore_eos, plan.max_tokens, g.length.min_tokens)
         );
     }
-    let rx = state
-        .inner
-        .engine
-        .submit(NewRequest {
-            request_id: engine_id.clone(),
-            prompt_tokens,
-            max_tokens: plan.max_tokens,
-            output_tokens: plan.output.len,
-            finish_reason: plan.finish_reason,
-        })
-        .await?;
+    let pace = Pace::of(config.timing_mode);
+    let source = match pace {
+        Some(pace) => Source::Direct(
+            DirectRequest {
+                t0: g.received,
+                prompt_tokens,
+                max_tokens: plan.max_tokens,
+                output: plan.output,
+                finish_reason: plan.finish_reason,
+            },
+            pace,
+        ),
+        None => Source::Engine(
+            state
+                .inner
+                .engine
+                .submit(NewRequest {
+                    request_id: engine_id.clone(),
+                    prompt_tokens,
+                    max_tokens: plan.max_tokens,
+                    output_tokens: plan.output.len,
+                    finish_reason: plan.finish_reason,
+                })
+                .await?,
+        ),
+    };
     if config.enable_log_requests {
         tracing::info!(src = "async_llm.py:578", "Added request {engine_id}.");
     }
@@ -511,9 +538,23 @@ async fn generate(state: &AppState, g: Generation) -> Result<Response, SimError>
             output: plan.output,
             role: g.role,
         };
-        return Ok(sse_response(ctx, rx));
+        return Ok(match source {
+            Source::Engine(rx) => sse_response(ctx, rx),
+            Source::Direct(req, pace) => direct::sse_response(
+                ctx,
+                req,
+                pace,
+                state.inner.stats.clone(),
+                state.inner.stop.clone(),
+            ),
+        });
     }
-    let (completion_tokens, finish) = collect(rx).await?;
+    let (completion_tokens, finish) = match source {
+        Source::Engine(rx) => collect(rx).await?,
+        Source::Direct(req, pace) => {
+            direct::collect(req, pace, state.inner.stats.clone(), &state.inner.stop).await?
+        }
+    };
     let text = plan.output.text(0, completion_tokens);
     let usage = UsageInfo {
         prompt_tokens,
@@ -584,6 +625,14 @@ async fn generate(state: &AppState, g: Generation) -> Result<Response, SimError>
     Ok(response)
 }
 
+/// Where a request's tokens come from.
+enum Source {
+    /// The engine loop (`--sim-timing model`).
+    Engine(mpsc::Receiver<TokenEvent>),
+    /// Its own schedule (`--sim-timing exact|fast`).
+    Direct(DirectRequest, Pace),
+}
+
 /// Waits for every token of a non-streamed request.
 async fn collect(mut rx: mpsc::Receiver<TokenEvent>) -> Result<(u32, FinishReason), SimError> {
     while let Some(ev) = rx.recv().await {
@@ -599,6 +648,7 @@ async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, SimError> {
     let req: ChatCompletionRequest = parse(&body)?;
+    let received = Instant::now();
     let stream = req.stream.unwrap_or(false);
     let include_usage = include_usage(stream, req.stream_options.as_ref())?;
     state.check_model(req.model.as_deref())?;
@@ -642,6 +692,7 @@ async fn chat_completions(
         ignore_eos: req.ignore_eos.unwrap_or(false),
     };
     let generation = Generation {
+        received,
         endpoint: Endpoint::Chat,
         id,
         prompt,
@@ -655,6 +706,7 @@ async fn chat_completions(
 
 async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, SimError> {
     let req: CompletionRequest = parse(&body)?;
+    let received = Instant::now();
     let stream = req.stream.unwrap_or(false);
     let include_usage = include_usage(stream, req.stream_options.as_ref())?;
     state.check_model(req.model.as_deref())?;
@@ -695,6 +747,7 @@ async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Respo
         ignore_eos: req.ignore_eos.unwrap_or(false),
     };
     let generation = Generation {
+        received,
         endpoint: Endpoint::Completion,
         id,
         prompt,

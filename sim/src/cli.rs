@@ -10,9 +10,12 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{CommandFactory as _, Parser};
+use clap::{CommandFactory as _, Parser, ValueEnum};
 
-use crate::config::{EchoedArgs, EngineConfig, MIN_SPEEDUP, SimConfig, TimingModel, scaled};
+use crate::config::{
+    EchoedArgs, EngineConfig, ExactSchedule, MAX_EXACT_MS, MIN_SPEEDUP, SimConfig, TimingMode,
+    TimingModel, scaled,
+};
 use crate::error::SimError;
 
 /// A vLLM stand-in: vLLM's CLI and HTTP API, with a continuous-batching timing model.
@@ -140,7 +143,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0.2, value_parser = non_negative, env = "VLLM_SIM_STEP_MS_PER_SEQ")]
     pub sim_step_ms_per_seq: f64,
 
-    /// Divides every simulated duration (steps and start-up); ≥ 0.001.
+    /// Divides every simulated duration of the model (steps and start-up); ≥ 0.001. Does not
+    /// apply to `--sim-timing exact`, whose schedule is in real milliseconds.
     #[arg(long, default_value_t = 1.0, value_parser = speedup, env = "VLLM_SIM_SPEEDUP")]
     pub sim_speedup: f64,
 
@@ -148,9 +152,34 @@ pub struct Args {
     #[arg(long, default_value_t = 0, env = "VLLM_SIM_STARTUP_MS")]
     pub sim_startup_ms: u64,
 
+    /// Token timing: `model` = the continuous-batching model (steps, --max-num-seqs, KV cache,
+    /// --sim-speedup); `exact` = every request on its own fixed schedule, token k at
+    /// parse time + --sim-ttft-ms + k × --sim-itl-ms in real milliseconds (--sim-speedup does
+    /// NOT apply); `fast` = tokens as fast as the server can write them. `exact` and `fast`
+    /// bypass the engine, its limits and its KV cache: they measure the client, not the engine.
+    #[arg(long, value_enum, default_value_t = SimTiming::Model, env = "VLLM_SIM_TIMING")]
+    pub sim_timing: SimTiming,
+
+    /// `--sim-timing exact`: time to the first token, in real milliseconds (no speedup).
+    #[arg(long, default_value_t = 20.0, value_parser = exact_ms, env = "VLLM_SIM_TTFT_MS")]
+    pub sim_ttft_ms: f64,
+
+    /// `--sim-timing exact`: time between tokens, in real milliseconds (no speedup).
+    #[arg(long, default_value_t = 10.0, value_parser = exact_ms, env = "VLLM_SIM_ITL_MS")]
+    pub sim_itl_ms: f64,
+
+    /// `--sim-timing fast`: at most this many token events per HTTP body frame.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), env = "VLLM_SIM_FAST_CHUNKS_PER_FRAME")]
+    pub sim_fast_chunks_per_frame: u32,
+
     /// KV-cache capacity in tokens, for vllm:kv_cache_usage_perc.
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..))]
     pub sim_kv_cache_tokens: u64,
+
+    /// Write a Hugging Face tokenizer.json with the synthetic tokenizer's token counts to
+    /// this path at start-up, for clients that count prompts locally.
+    #[arg(long, value_name = "PATH")]
+    pub sim_tokenizer_json: Option<std::path::PathBuf>,
 
     /// Answer /v1/completions with 404 like servers that lack it.
     #[arg(long)]
@@ -174,6 +203,27 @@ fn non_negative(s: &str) -> Result<f64, String> {
         Ok(v) => Err(format!("must be a finite number >= 0, got {v}")),
         Err(e) => Err(e.to_string()),
     }
+}
+
+fn exact_ms(s: &str) -> Result<f64, String> {
+    let v = non_negative(s)?;
+    if v > MAX_EXACT_MS {
+        return Err(format!(
+            "must be at most {MAX_EXACT_MS} (one hour), got {v}"
+        ));
+    }
+    Ok(v)
+}
+
+/// Values of `--sim-timing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SimTiming {
+    /// The continuous-batching performance model.
+    Model,
+    /// A fixed per-request schedule: --sim-ttft-ms, then one token every --sim-itl-ms.
+    Exact,
+    /// As fast as possible.
+    Fast,
 }
 
 fn speedup(s: &str) -> Result<f64, String> {
@@ -298,7 +348,8 @@ impl Args {
         }
     }
 
-    /// Builds the validated configuration and the bind options.
+    /// Builds the validated configuration and the bind options; writes the tokenizer.json of
+    /// `--sim-tokenizer-json` if given.
     pub fn into_config(self) -> Result<(SimConfig, ServeOptions), SimError> {
         let model = self.model_tag.or(self.model).ok_or_else(|| {
             SimError::Config("a model is required: vllm-sim serve MODEL".to_owned())
@@ -339,8 +390,23 @@ impl Args {
                 kv_cache_tokens: self.sim_kv_cache_tokens,
                 timing,
             },
+            timing_mode: match self.sim_timing {
+                SimTiming::Model => TimingMode::Model,
+                SimTiming::Exact => {
+                    TimingMode::Exact(ExactSchedule::from_ms(self.sim_ttft_ms, self.sim_itl_ms))
+                }
+                SimTiming::Fast => TimingMode::Fast {
+                    chunks_per_frame: usize::try_from(self.sim_fast_chunks_per_frame)
+                        .unwrap_or(usize::MAX),
+                },
+            },
         };
         config.validate()?;
+        if let Some(path) = &self.sim_tokenizer_json {
+            crate::tokenizer::write_tokenizer_json(path).map_err(|e| {
+                SimError::Config(format!("--sim-tokenizer-json {}: {e}", path.display()))
+            })?;
+        }
         let serve = ServeOptions {
             host: self.host,
             port: self.port,
@@ -373,6 +439,7 @@ mod tests {
         assert_eq!(c.engine.max_num_seqs, 256);
         assert_eq!(c.engine.max_num_batched_tokens, 8192);
         assert_eq!(c.engine.timing, TimingModel::default());
+        assert_eq!(c.timing_mode, TimingMode::Model);
         assert!(!c.enable_log_requests);
         assert!(c.echo.enable_prefix_caching);
         assert_eq!((s.host.as_str(), s.port), ("0.0.0.0", 8000));
@@ -469,6 +536,69 @@ mod tests {
             "{'model_tag': 'models/smollm2-135m', 'model': 'models/smollm2-135m', 'host': '127.0.0.1', \
              'port': 18100, 'served_model_name': ['smol'], 'max_model_len': 2048, \
              'enforce_eager': True, 'enable_prefix_caching': False, 'dtype': 'bfloat16'}"
+        );
+    }
+
+    #[test]
+    fn sim_timing_modes() {
+        let (c, _) = parse(&["m", "--sim-timing", "exact"]).unwrap();
+        assert_eq!(
+            c.timing_mode,
+            TimingMode::Exact(ExactSchedule {
+                ttft: Duration::from_millis(20),
+                itl: Duration::from_millis(10),
+            })
+        );
+        let (c, s) = parse(&[
+            "m",
+            "--sim-timing=exact",
+            "--sim-ttft-ms",
+            "50",
+            "--sim_itl_ms",
+            "2.5",
+            "--sim-speedup",
+            "10",
+            "--sim-startup-ms",
+            "100",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.timing_mode,
+            TimingMode::Exact(ExactSchedule {
+                ttft: Duration::from_millis(50),
+                itl: Duration::from_micros(2500),
+            })
+        );
+        // The speedup still divides the start-up, never the exact schedule.
+        assert_eq!(s.startup_delay, Duration::from_millis(10));
+        let (c, _) = parse(&["m", "--sim-timing", "fast"]).unwrap();
+        assert_eq!(
+            c.timing_mode,
+            TimingMode::Fast {
+                chunks_per_frame: 16
+            }
+        );
+        let (c, _) = parse(&[
+            "m",
+            "--sim-timing",
+            "fast",
+            "--sim-fast-chunks-per-frame",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.timing_mode,
+            TimingMode::Fast {
+                chunks_per_frame: 1
+            }
+        );
+        assert!(parse(&["m", "--sim-timing", "slow"]).is_err());
+        assert!(parse(&["m", "--sim-fast-chunks-per-frame", "0"]).is_err());
+        assert!(parse(&["m", "--sim-ttft-ms", "-1"]).is_err());
+        assert!(parse(&["m", "--sim-itl-ms", "1e9"]).is_err());
+        assert!(
+            Args::non_default_args(["vllm-sim", "m", "--sim-timing", "exact"])
+                .contains("'sim_timing': 'exact'")
         );
     }
 

@@ -38,6 +38,75 @@ pub struct SimConfig {
     pub echo: EchoedArgs,
     /// Scheduler and timing model.
     pub engine: EngineConfig,
+    /// `--sim-timing`: the performance model, or one of the zero-cost schedules that measure
+    /// the client instead of the engine.
+    pub timing_mode: TimingMode,
+}
+
+/// How tokens are timed (`--sim-timing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimingMode {
+    /// The continuous-batching performance model of `scheduler.rs` (`model`).
+    #[default]
+    Model,
+    /// Every request on its own fixed schedule (`exact`), bypassing the engine, the KV cache
+    /// and `--max-num-seqs`; `--sim-speedup` does not apply.
+    Exact(ExactSchedule),
+    /// Every request streams as fast as the server can write (`fast`), bypassing the engine;
+    /// up to `chunks_per_frame` token events share one body frame.
+    Fast { chunks_per_frame: usize },
+}
+
+impl TimingMode {
+    /// Whether requests bypass the engine loop (`exact` and `fast`).
+    pub fn is_direct(&self) -> bool {
+        !matches!(self, Self::Model)
+    }
+}
+
+/// The `exact` schedule: token `k` (0-based) of a request is due at
+/// `t0 + ttft + k × itl`, where `t0` is when the server parsed the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactSchedule {
+    /// `--sim-ttft-ms`.
+    pub ttft: Duration,
+    /// `--sim-itl-ms`.
+    pub itl: Duration,
+}
+
+impl Default for ExactSchedule {
+    fn default() -> Self {
+        Self::from_ms(20.0, 10.0)
+    }
+}
+
+/// Longest accepted `--sim-ttft-ms` / `--sim-itl-ms` (one hour), so that no deadline overflows.
+pub const MAX_EXACT_MS: f64 = 3_600_000.0;
+
+impl ExactSchedule {
+    /// The schedule for `ttft_ms` and `itl_ms` real milliseconds (rounded to the nanosecond).
+    pub fn from_ms(ttft_ms: f64, itl_ms: f64) -> Self {
+        Self {
+            ttft: scaled(ttft_ms, 1.0),
+            itl: scaled(itl_ms, 1.0),
+        }
+    }
+
+    /// Offset of token `k` from `t0`: `ttft + k × itl` (saturating).
+    pub fn offset(&self, k: u32) -> Duration {
+        self.itl
+            .checked_mul(k)
+            .and_then(|d| d.checked_add(self.ttft))
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// Absolute deadline of token `k` of a request parsed at `t0` (saturates at a far future
+    /// instant instead of overflowing).
+    pub fn deadline(&self, t0: tokio::time::Instant, k: u32) -> tokio::time::Instant {
+        let far = Duration::from_secs(86_400 * 365 * 30);
+        t0.checked_add(self.offset(k).min(far))
+            .unwrap_or_else(|| t0 + Duration::from_secs(86_400))
+    }
 }
 
 /// vLLM engine arguments the simulator accepts and reports but does not model yet.
@@ -171,6 +240,7 @@ impl SimConfig {
             seed: 0,
             echo: EchoedArgs::default(),
             engine: EngineConfig::default(),
+            timing_mode: TimingMode::Model,
         }
     }
 
@@ -248,6 +318,22 @@ impl SimConfig {
                 t.speedup
             ));
         }
+        match self.timing_mode {
+            TimingMode::Model => {}
+            TimingMode::Exact(s) => {
+                let max = scaled(MAX_EXACT_MS, 1.0);
+                if s.ttft > max || s.itl > max {
+                    return bad(format!(
+                        "--sim-ttft-ms and --sim-itl-ms must be at most {MAX_EXACT_MS} ms"
+                    ));
+                }
+            }
+            TimingMode::Fast { chunks_per_frame } => {
+                if chunks_per_frame == 0 {
+                    return bad("--sim-fast-chunks-per-frame must be at least 1".to_owned());
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -278,6 +364,46 @@ mod tests {
         c.engine.max_num_seqs = 0;
         assert!(c.validate().is_err());
         assert!(SimConfig::new("").validate().is_err());
+        let mut c = SimConfig::new("m");
+        c.timing_mode = TimingMode::Fast {
+            chunks_per_frame: 0,
+        };
+        assert!(c.validate().is_err());
+        c.timing_mode = TimingMode::Exact(ExactSchedule::from_ms(MAX_EXACT_MS + 1.0, 1.0));
+        assert!(c.validate().is_err());
+        c.timing_mode = TimingMode::Exact(ExactSchedule::from_ms(50.0, 20.0));
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn exact_offsets_are_ttft_plus_k_itl_without_rounding_drift() {
+        let s = ExactSchedule::from_ms(50.0, 20.0);
+        assert_eq!(s.offset(0), Duration::from_millis(50));
+        assert_eq!(s.offset(9), Duration::from_millis(230));
+        // 0.1 ms is not exact in binary floating point; the nanosecond grid keeps
+        // 10,000 steps at exactly one second.
+        let fine = ExactSchedule::from_ms(0.0, 0.1);
+        assert_eq!(fine.offset(10_000), Duration::from_secs(1));
+        assert_eq!(
+            ExactSchedule::from_ms(1.0, MAX_EXACT_MS).offset(u32::MAX),
+            Duration::from_millis(1) + Duration::from_secs(3600) * u32::MAX
+        );
+    }
+
+    /// Deadlines are absolute: each one is `t0 + offset(k)`, whenever it is computed.
+    #[tokio::test(start_paused = true)]
+    async fn exact_deadlines_are_anchored_at_t0() {
+        let s = ExactSchedule::from_ms(20.0, 10.0);
+        let t0 = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(37)).await;
+        assert_eq!(s.deadline(t0, 0) - t0, Duration::from_millis(20));
+        assert_eq!(s.deadline(t0, 5) - t0, Duration::from_millis(70));
+        // Absurd offsets saturate instead of overflowing the clock.
+        let huge = ExactSchedule {
+            ttft: Duration::MAX,
+            itl: Duration::MAX,
+        };
+        assert!(huge.deadline(t0, u32::MAX) > t0 + Duration::from_secs(86_400));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! It accepts `vllm serve`'s flags, serves vLLM's endpoints with vLLM's JSON and SSE shapes,
 //! reports vLLM's Prometheus metrics, logs vLLM's start-up and shutdown lines in vLLM's
 //! formats (see [`logging`]; "Application startup complete." once the listener accepts), and
-//! produces tokens on a deterministic continuous-batching timeline (see [`scheduler`]).
+//! produces tokens on a deterministic continuous-batching timeline (see [`scheduler`]), or,
+//! to measure a client rather than an engine, on a fixed per-request schedule or as fast as
+//! possible (`--sim-timing exact|fast`, see [`direct`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), fleetbench_sim::SimError> {
@@ -18,6 +20,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod logging;
 pub mod metrics;
@@ -36,7 +39,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::cli::{Args, ServeOptions};
-pub use crate::config::{EngineConfig, SimConfig, TimingModel, VLLM_RELEASE, VLLM_VERSION};
+pub use crate::config::{
+    EngineConfig, ExactSchedule, SimConfig, TimingMode, TimingModel, VLLM_RELEASE, VLLM_VERSION,
+};
 pub use crate::error::SimError;
 
 /// Interval of the "Engine 000: Avg prompt throughput ..." log lines (vLLM's 10 s).
@@ -66,6 +71,19 @@ pub async fn run(
         engine_config.kv_cache_tokens as f64 / f64::from(config.max_model_len)
     );
     tracing::info!(src = "entry.py:136", "Supported tasks: ['generate']");
+    match config.timing_mode {
+        TimingMode::Model => {}
+        TimingMode::Exact(s) => tracing::info!(
+            "vllm-sim timing: exact, TTFT {:?}, ITL {:?} per request in real time (no engine, \
+             no batching, no --sim-speedup)",
+            s.ttft,
+            s.itl
+        ),
+        TimingMode::Fast { chunks_per_frame } => tracing::info!(
+            "vllm-sim timing: fast, up to {chunks_per_frame} token events per frame (no engine, \
+             no batching)"
+        ),
+    }
 
     let stats = Arc::new(metrics::EngineStats::with_max_model_len(
         config.max_model_len,
@@ -89,7 +107,8 @@ pub async fn run(
         ));
     }
     let disable_completions = config.disable_completions;
-    let app = api::router(api::AppState::new(config, engine, stats));
+    let stop = direct::StopSignal::new(engine_shutdown.clone(), &tracker);
+    let app = api::router(api::AppState::new(config, engine, stats, stop));
 
     tracing::info!(
         src = "entry.py:140",

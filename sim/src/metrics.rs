@@ -76,12 +76,20 @@ impl Histogram {
     }
 
     fn observe(&mut self, v: f64) {
+        self.observe_n(v, 1);
+    }
+
+    /// `n` observations of the same value.
+    fn observe_n(&mut self, v: f64, n: u64) {
+        if n == 0 {
+            return;
+        }
         let bucket = self.bounds.iter().position(|b| v <= *b);
         if let Some(c) = bucket.and_then(|i| self.counts.get_mut(i)) {
-            *c += 1;
+            *c += n;
         }
-        self.sum += v;
-        self.count += 1;
+        self.sum += v * n as f64;
+        self.count += n;
     }
 }
 
@@ -127,6 +135,33 @@ impl Histograms {
             num_preemptions: Histogram::new(PREEMPTION_BUCKETS),
             prefill_kv_computed: Histogram::new(&tokens),
         }
+    }
+
+    /// The per-request histograms of a request that finished (not aborted).
+    fn observe_finished(&mut self, f: &FinishedRecord) {
+        let decode = f.decode.as_secs_f64();
+        self.e2e.observe(f.e2e.as_secs_f64());
+        self.queue.observe(f.queued.as_secs_f64());
+        self.prefill.observe(f.prefill.as_secs_f64());
+        self.inference.observe((f.prefill + f.decode).as_secs_f64());
+        self.decode.observe(decode);
+        self.num_preemptions.observe(0.0);
+        self.prefill_kv_computed.observe(f64::from(f.prompt_tokens));
+        self.prompt_tokens.observe(f64::from(f.prompt_tokens));
+        self.generation_tokens
+            .observe(f64::from(f.generation_tokens));
+        let tpot = if f.generation_tokens > 1 {
+            decode / f64::from(f.generation_tokens - 1)
+        } else {
+            0.0
+        };
+        self.time_per_output_token.observe(tpot);
+        if f.max_tokens > 0 {
+            self.params_max_tokens.observe(f64::from(f.max_tokens));
+        }
+        self.max_num_generation_tokens
+            .observe(f64::from(f.generation_tokens));
+        self.params_n.observe(1.0);
     }
 
     /// `(name, help, histogram)` in vLLM's exposition order.
@@ -248,6 +283,8 @@ pub struct EngineStats {
     /// Unix time of creation: the value of the `*_created` gauges.
     created: f64,
     running: AtomicU64,
+    /// Requests streaming outside the engine (`--sim-timing exact|fast`); added to `running`.
+    direct_running: AtomicU64,
     waiting: AtomicU64,
     kv_usage_bits: AtomicU64,
     prompt_tokens: AtomicU64,
@@ -290,6 +327,7 @@ impl EngineStats {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             running: AtomicU64::new(0),
+            direct_running: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             kv_usage_bits: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
@@ -337,29 +375,43 @@ impl EngineStats {
             .iter()
             .filter(|f| f.reason != FinishReason::Abort)
         {
-            let decode = f.decode.as_secs_f64();
-            h.e2e.observe(f.e2e.as_secs_f64());
-            h.queue.observe(f.queued.as_secs_f64());
-            h.prefill.observe(f.prefill.as_secs_f64());
-            h.inference.observe((f.prefill + f.decode).as_secs_f64());
-            h.decode.observe(decode);
-            h.num_preemptions.observe(0.0);
-            h.prefill_kv_computed.observe(f64::from(f.prompt_tokens));
-            h.prompt_tokens.observe(f64::from(f.prompt_tokens));
-            h.generation_tokens.observe(f64::from(f.generation_tokens));
-            let tpot = if f.generation_tokens > 1 {
-                decode / f64::from(f.generation_tokens - 1)
-            } else {
-                0.0
-            };
-            h.time_per_output_token.observe(tpot);
-            if f.max_tokens > 0 {
-                h.params_max_tokens.observe(f64::from(f.max_tokens));
-            }
-            h.max_num_generation_tokens
-                .observe(f64::from(f.generation_tokens));
-            h.params_n.observe(1.0);
+            h.observe_finished(f);
         }
+    }
+
+    /// A request that bypasses the engine (`--sim-timing exact|fast`) starts: it runs at once
+    /// and its prompt counts as prefilled.
+    pub fn direct_started(&self, prompt_tokens: u32) {
+        self.direct_running.fetch_add(1, Ordering::Relaxed);
+        self.prompt_tokens
+            .fetch_add(u64::from(prompt_tokens), Ordering::Relaxed);
+    }
+
+    /// `n` more tokens of a direct request were emitted.
+    pub fn direct_tokens(&self, n: u32) {
+        self.generation_tokens
+            .fetch_add(u64::from(n), Ordering::Relaxed);
+    }
+
+    /// A direct request ended. Must follow exactly one [`Self::direct_started`]. A finished
+    /// request records its histograms (`ttft`, and its mean inter-token latency once per gap)
+    /// under one lock; an aborted one only counts.
+    pub fn direct_ended(&self, f: &FinishedRecord, ttft: Duration) {
+        self.direct_running.fetch_sub(1, Ordering::Relaxed);
+        self.count_finish(f.reason);
+        if f.reason == FinishReason::Abort {
+            return;
+        }
+        let mut h = self
+            .histograms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        h.ttft.observe(ttft.as_secs_f64());
+        if f.generation_tokens > 1 {
+            let gaps = u64::from(f.generation_tokens - 1);
+            h.itl.observe_n(f.decode.as_secs_f64() / gaps as f64, gaps);
+        }
+        h.observe_finished(f);
     }
 
     /// Counts requests that left before finishing (client gone).
@@ -378,7 +430,8 @@ impl EngineStats {
 
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
-            running: self.running.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed)
+                + self.direct_running.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
             kv_cache_usage: f64::from_bits(self.kv_usage_bits.load(Ordering::Relaxed)),
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),

@@ -24,7 +24,7 @@ use axum::body::Body;
 use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{BufMut as _, Bytes, BytesMut};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -180,6 +180,48 @@ fn event<T: Serialize>(chunk: &T) -> Bytes {
 /// The final `data: [DONE]\n\n`.
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
 
+/// A text no generated token contains, rendered into a chunk to find where the text goes.
+const TEXT_SENTINEL: &str = "\u{1}fleetbench-sim\u{2}";
+
+/// The constant bytes of a request's intermediate content chunks (no `finish_reason`, no
+/// per-chunk usage), serialised once per request by [`StreamContext::content_template`]:
+/// writing a chunk is then two copies and the JSON string of its text, with no allocation.
+#[derive(Debug, Clone)]
+pub struct ContentTemplate {
+    /// `data: {…"content":` (chat) or `data: {…"text":` (completions).
+    head: Bytes,
+    /// From the text's closing quote to the event's `\n\n`.
+    tail: Bytes,
+}
+
+impl ContentTemplate {
+    /// Bytes of the chunk for `text`, before escaping.
+    pub fn len_for(&self, text: &str) -> usize {
+        self.head.len() + text.len() + 2 + self.tail.len()
+    }
+
+    /// Appends the event [`StreamContext::content_chunk`] would give for `text` with no
+    /// `finish_reason`, byte for byte.
+    pub fn write(&self, buf: &mut BytesMut, text: &str) {
+        buf.extend_from_slice(&self.head);
+        write_json_str(buf, text);
+        buf.extend_from_slice(&self.tail);
+    }
+}
+
+/// Appends `text` as a JSON string, escaped exactly as serde_json does.
+fn write_json_str(buf: &mut BytesMut, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.reserve(text.len() + 2);
+        buf.put_u8(b'"');
+        buf.extend_from_slice(text.as_bytes());
+        buf.put_u8(b'"');
+    } else {
+        // Writing into memory cannot fail.
+        let _ = serde_json::to_writer(buf.writer(), text);
+    }
+}
+
 impl StreamContext {
     fn object(&self) -> &'static str {
         match self.endpoint {
@@ -266,6 +308,31 @@ impl StreamContext {
                 system_fingerprint,
             }),
         }
+    }
+
+    /// The constant parts of this request's intermediate content chunks; `None` with
+    /// `continuous_usage_stats` (every chunk's usage differs) or if the text cannot be located
+    /// unambiguously (then use [`Self::content_chunk`]).
+    pub fn content_template(&self) -> Option<ContentTemplate> {
+        if self.continuous_usage {
+            return None;
+        }
+        let chunk = self.content_chunk(TEXT_SENTINEL, None, 0);
+        let needle = serde_json::to_string(TEXT_SENTINEL).ok()?;
+        let needle = needle.as_bytes();
+        let mut hits = chunk
+            .windows(needle.len())
+            .enumerate()
+            .filter(|(_, w)| *w == needle)
+            .map(|(i, _)| i);
+        let at = hits.next()?;
+        if hits.next().is_some() {
+            return None;
+        }
+        Some(ContentTemplate {
+            head: chunk.slice(..at),
+            tail: chunk.slice(at + needle.len()..),
+        })
     }
 
     /// The `include_usage` chunk.
@@ -467,6 +534,51 @@ mod tests {
         assert!(std::str::from_utf8(&content).unwrap().ends_with(
             "\"token_ids\":null}],\"usage\":{\"prompt_tokens\":33,\"total_tokens\":35,\"completion_tokens\":2}}\n\n"
         ));
+    }
+
+    /// The template writes what `content_chunk` serialises, for both endpoints, with and
+    /// without `include_usage`, for texts that need escaping and ids or names that contain
+    /// JSON-special characters.
+    #[test]
+    fn content_template_matches_content_chunk_byte_for_byte() {
+        let texts = [
+            " here",
+            "",
+            "?",
+            "say \"hi\"",
+            "a\\b",
+            "tab\tnew\nline\u{1}",
+            "é ✓ 🚀",
+        ];
+        for endpoint in [Endpoint::Chat, Endpoint::Completion] {
+            for include_usage in [true, false] {
+                let mut c = ctx(endpoint);
+                c.include_usage = include_usage;
+                c.model = "we\"ird \\ model\n".to_owned();
+                let template = c.content_template().unwrap();
+                let mut buf = BytesMut::new();
+                for (k, text) in texts.iter().enumerate() {
+                    template.write(&mut buf, text);
+                    let written = buf.split().freeze();
+                    assert_eq!(
+                        written,
+                        c.content_chunk(text, None, k as u32 + 1),
+                        "{text:?}"
+                    );
+                    if !text.contains(['"', '\\', '\t', '\n', '\u{1}']) {
+                        assert_eq!(written.len(), template.len_for(text));
+                    }
+                }
+            }
+        }
+        // Continuous usage changes every chunk: no template.
+        let mut c = ctx(Endpoint::Chat);
+        c.continuous_usage = true;
+        assert!(c.content_template().is_none());
+        // A model name holding the sentinel makes the text ambiguous: no template either.
+        let mut c = ctx(Endpoint::Chat);
+        c.model = TEXT_SENTINEL.to_owned();
+        assert!(c.content_template().is_none());
     }
 
     #[test]

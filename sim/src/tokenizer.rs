@@ -13,6 +13,9 @@
 //! 3. any other run of whitespace (`"\n"`, `"  "`; a run is greedy, so `"a  b"` is
 //!    `["a", "  ", "b"]`).
 //!
+//! [`tokenizer_json`] is a Hugging Face `tokenizer.json` with the same counts (not ids), for
+//! clients that count prompts locally (`vllm-sim --sim-tokenizer-json PATH` writes it).
+//!
 //! A token's id is the 64-bit FNV-1a hash of its UTF-8 bytes modulo [`VOCAB_SIZE`]. The special
 //! tokens `<|im_start|>` and `<|im_end|>` have the ids SmolLM2 gives them (1 and 2).
 
@@ -187,6 +190,52 @@ pub fn render_chat<'a>(
     out
 }
 
+/// The regex of the synthetic tokenizer's pieces, as written in [`tokenizer_json`].
+pub const PIECE_REGEX: &str = r" ?[A-Za-z0-9]+| ?[^\sA-Za-z0-9]|\s+";
+
+/// A Hugging Face `tokenizer.json` document that counts tokens exactly as [`count`] does, so a
+/// client with the `tokenizers` library (or `transformers`) can count prompts locally the way
+/// this simulator's `/tokenize` counts a completions prompt.
+///
+/// Only counts match, not ids: a `Split` pre-tokenizer on [`PIECE_REGEX`] (`Isolated`, so every
+/// match is its own piece; the regex matches every character, so there are no gaps) and a
+/// `WordLevel` model whose vocabulary is just `[UNK]`, so each piece is one token. No
+/// normalizer, no added tokens (`<|im_start|>` in a completions prompt is seven pieces here, as
+/// in [`count`]) and no post-processor: a completions prompt gets no BOS, as in
+/// [`encode`]. The chat template's tokens are not in it; learn them from `/tokenize` with
+/// `messages`.
+pub fn tokenizer_json() -> serde_json::Value {
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {
+            "type": "Split",
+            "pattern": {"Regex": PIECE_REGEX},
+            "behavior": "Isolated",
+            "invert": false,
+        },
+        "post_processor": null,
+        "decoder": null,
+        "model": {
+            "type": "WordLevel",
+            "vocab": {"[UNK]": 0},
+            "unk_token": "[UNK]",
+        },
+    })
+}
+
+/// Writes [`tokenizer_json`] to `path` (pretty-printed), creating its parent folder.
+pub fn write_tokenizer_json(path: &std::path::Path) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let text = serde_json::to_string_pretty(&tokenizer_json()).map_err(std::io::Error::other)?;
+    std::fs::write(path, text)
+}
+
 /// Tokens of the synthetic model's output: common English words with one leading space, each
 /// exactly one token under this tokenizer.
 pub const WORDS: &[&str] = &[
@@ -311,6 +360,22 @@ mod tests {
         assert_eq!(count(" \n x"), 2);
         assert_eq!(count("日本語"), 3);
         assert_eq!(count(" 日本"), 2);
+    }
+
+    #[test]
+    fn tokenizer_json_names_the_piece_regex() {
+        let doc = tokenizer_json();
+        assert_eq!(doc["pre_tokenizer"]["pattern"]["Regex"], PIECE_REGEX);
+        assert_eq!(PIECE_REGEX, r" ?[A-Za-z0-9]+| ?[^\sA-Za-z0-9]|\s+");
+        assert_eq!(doc["model"]["type"], "WordLevel");
+        assert!(doc["post_processor"].is_null());
+        let dir = std::env::temp_dir().join(format!("sim-tokjson-{}", std::process::id()));
+        let path = dir.join("sub").join("tokenizer.json");
+        write_tokenizer_json(&path).unwrap();
+        let back: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back, doc);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

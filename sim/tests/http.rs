@@ -2,66 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::time::Duration;
 
-use fleetbench_sim::{SimConfig, SimError, run, tokenizer};
+use common::{Server, metric, sse_payloads};
+use fleetbench_sim::{SimConfig, tokenizer};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), SimError>>,
-}
-
-impl Server {
-    async fn start(config: SimConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(config, listener, shutdown.clone()));
-        Self {
-            base: format!("http://{addr}"),
-            client: reqwest::Client::new(),
-            shutdown,
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.unwrap()
-    }
-
-    async fn metrics(&self) -> String {
-        self.get("/metrics").await.text().await.unwrap()
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("server did not stop")
-            .unwrap();
-        result.unwrap();
-    }
-}
 
 /// Served as `smol`, 100× faster than real time, no periodic stats.
 fn fast_config() -> SimConfig {
@@ -72,30 +20,11 @@ fn fast_config() -> SimConfig {
     config
 }
 
-/// Splits an SSE body into its `data:` payloads, checking the framing.
-fn sse_payloads(body: &str) -> Vec<String> {
-    assert!(body.ends_with("\n\n"), "events end with a blank line");
-    body.split_terminator("\n\n")
-        .map(|event| {
-            event
-                .strip_prefix("data: ")
-                .unwrap_or_else(|| panic!("not a data event: {event:?}"))
-                .to_owned()
-        })
-        .collect()
-}
-
 fn messages() -> Value {
     json!([
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": [{"type": "text", "text": "Write a haiku about GPUs, please."}]}
     ])
-}
-
-/// The metric value of an exact series line such as `vllm:foo{...}`.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test]

@@ -4,16 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::fmt::Write as _;
-use std::time::Duration;
+mod common;
 
-use fleetbench_sim::{SimConfig, SimError, run};
+use std::fmt::Write as _;
+
+use common::Server;
+use fleetbench_sim::SimConfig;
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -181,62 +180,13 @@ fn too_long_sections() -> Vec<(String, u16, Vec<String>)> {
     sections
 }
 
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), SimError>>,
-}
-
-impl Server {
-    /// Like the captured server: SmolLM2 served as `smol`, `--max-model-len 2048`; fast.
-    async fn start() -> Self {
-        let mut config = SimConfig::new("models/smollm2-135m");
-        config.served_model_names = vec!["smol".to_owned()];
-        config.engine.timing.speedup = 1000.0;
-        config.log_stats = false;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(config, listener, shutdown.clone()));
-        Self {
-            base: format!("http://{addr}"),
-            client: reqwest::Client::new(),
-            shutdown,
-            task,
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, String) {
-        let resp = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap())
-    }
-
-    async fn get(&self, path: &str) -> String {
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        resp.text().await.unwrap()
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("server did not stop")
-            .unwrap()
-            .unwrap();
-    }
+/// Like the captured server: SmolLM2 served as `smol`, `--max-model-len 2048`; fast.
+async fn start() -> Server {
+    let mut config = SimConfig::new("models/smollm2-135m");
+    config.served_model_names = vec!["smol".to_owned()];
+    config.engine.timing.speedup = 1000.0;
+    config.log_stats = false;
+    Server::start(config).await
 }
 
 /// `chat-stream-32.sse` and `completions-stream.sse` were captured with `ignore_eos`,
@@ -244,7 +194,7 @@ impl Server {
 /// requests have the same events, keys in the same order, the same nulls and stable values.
 #[tokio::test]
 async fn streams_have_the_captured_events_and_keys() {
-    let server = Server::start().await;
+    let server = start().await;
     let options = json!({"include_usage": true});
     for (path, body, capture) in [
         (
@@ -262,7 +212,7 @@ async fn streams_have_the_captured_events_and_keys() {
             "completions-stream.sse",
         ),
     ] {
-        let (status, sse) = server.post(path, body).await;
+        let (status, sse) = server.post_text(path, body).await;
         assert_eq!(status, 200);
         let ours = skeletons(&payloads(&sse));
         let theirs = skeletons(&payloads(&fixture(capture)));
@@ -278,7 +228,7 @@ async fn streams_have_the_captured_events_and_keys() {
     // `hello world` is two tokens for both tokenizers: the usage chunk is identical but for
     // the id, the time and the fingerprint's hash.
     let (_, sse) = server
-        .post(
+        .post_text(
             "/v1/completions",
             json!({"model": "smol", "prompt": "hello world", "max_tokens": 32, "ignore_eos": true,
                    "stream": true, "stream_options": {"include_usage": true}}),
@@ -297,7 +247,7 @@ async fn streams_have_the_captured_events_and_keys() {
 /// "length"), and answers a prompt that alone does not fit with a 400 before any stream.
 #[tokio::test]
 async fn over_long_requests_behave_like_vllm() {
-    let server = Server::start().await;
+    let server = start().await;
     let sections = too_long_sections();
     assert_eq!(sections.len(), 4);
 
@@ -305,7 +255,7 @@ async fn over_long_requests_behave_like_vllm() {
     let (title, status, lines) = &sections[0];
     assert!(title.contains(r#""max_tokens":2047"#), "{title}");
     let (our_status, body) = server
-        .post(
+        .post_text(
             "/v1/completions",
             json!({"prompt": "hello world", "max_tokens": 2047, "ignore_eos": true}),
         )
@@ -325,7 +275,7 @@ async fn over_long_requests_behave_like_vllm() {
     assert!(title.contains("2040 tokens"), "{title}");
     let prompt = "hello ".repeat(2039);
     let (count_status, count) = server
-        .post("/tokenize", json!({"model": "smol", "prompt": prompt}))
+        .post_text("/tokenize", json!({"model": "smol", "prompt": prompt}))
         .await;
     assert_eq!(count_status, 200);
     assert_eq!(
@@ -333,7 +283,7 @@ async fn over_long_requests_behave_like_vllm() {
         2040
     );
     let (our_status, sse) = server
-        .post(
+        .post_text(
             "/v1/completions",
             json!({"prompt": prompt, "max_tokens": 64, "ignore_eos": true, "stream": true,
                    "stream_options": {"include_usage": true}}),
@@ -366,7 +316,7 @@ async fn over_long_requests_behave_like_vllm() {
         ),
     ];
     for ((path, body), (title, status, lines)) in requests.into_iter().zip(&sections[2..]) {
-        let (our_status, answer) = server.post(path, body).await;
+        let (our_status, answer) = server.post_text(path, body).await;
         assert_eq!(our_status, *status, "{title}");
         assert_eq!(answer, lines[0], "{title}");
     }
@@ -377,7 +327,7 @@ async fn over_long_requests_behave_like_vllm() {
 /// load, and the whole `vllm:` exposition keeps the capture's series.
 #[tokio::test]
 async fn metrics_after_load_have_the_captured_series() {
-    let server = Server::start().await;
+    let server = start().await;
     for path in ["/v1/completions", "/v1/chat/completions"] {
         let body = if path == "/v1/completions" {
             json!({"prompt": "hello world", "max_tokens": 32, "ignore_eos": true})
@@ -385,9 +335,9 @@ async fn metrics_after_load_have_the_captured_series() {
             json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 32,
                    "ignore_eos": true})
         };
-        assert_eq!(server.post(path, body).await.0, 200);
+        assert_eq!(server.post_text(path, body).await.0, 200);
     }
-    let ours = server.get("/metrics").await;
+    let ours = server.get_text("/metrics").await;
     let theirs = fixture("metrics-after-load.prom");
     let series = |text: &str| -> Vec<String> {
         text.lines()
@@ -447,9 +397,9 @@ async fn metrics_after_load_have_the_captured_series() {
 /// `/tokenize` answers vLLM's `TokenizeResponse` fields in order; `/v1/models` the model card.
 #[tokio::test]
 async fn tokenize_and_models_have_vllms_fields() {
-    let server = Server::start().await;
+    let server = start().await;
     let (status, body) = server
-        .post(
+        .post_text(
             "/tokenize",
             json!({"model": "smol", "prompt": "hello world"}),
         )
@@ -459,7 +409,7 @@ async fn tokenize_and_models_have_vllms_fields() {
         skeleton(&body),
         r#"{"count":0,"max_model_len":0,"tokens":[0,0],"token_strs":null}"#
     );
-    let models = server.get("/v1/models").await;
+    let models = server.get_text("/v1/models").await;
     assert_eq!(
         skeleton(&models),
         r#"{"object":"list","data":[{"id":"…","object":"model","created":0,"owned_by":"…","root":"…","parent":null,"max_model_len":0,"permission":[{"id":"…","object":"model_permission","created":0,"allow_create_engine":false,"allow_sampling":true,"allow_logprobs":true,"allow_search_indices":false,"allow_view":true,"allow_fine_tuning":false,"organization":"…","group":null,"is_blocking":false}]}]}"#
@@ -471,9 +421,9 @@ async fn tokenize_and_models_have_vllms_fields() {
 /// vLLM's source: no capture has one); an empty `tool_calls` is left out as vLLM does.
 #[tokio::test]
 async fn non_streamed_chat_has_vllms_fields() {
-    let server = Server::start().await;
+    let server = start().await;
     let (status, body) = server
-        .post(
+        .post_text(
             "/v1/chat/completions",
             json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "ignore_eos": true}),
         )

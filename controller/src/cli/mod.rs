@@ -300,14 +300,19 @@ pub fn plan_text(spec: &SweepSpec) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>5}  {:>4}  {:>6}  {:>6}  {:>6}",
-        "point", "gpus", "batch", "input", "output"
+        "{:>5}  {:>4}  {:>8}  {:>6}  {:>6}",
+        "point", "gpus", "load", "input", "output"
     );
     for p in &points {
+        let load = if p.request_rate > 0.0 {
+            format!("{}/s", p.request_rate)
+        } else {
+            p.batch_size.to_string()
+        };
         let _ = writeln!(
             out,
-            "{:>5}  {:>4}  {:>6}  {:>6}  {:>6}",
-            p.index, p.gpus, p.batch_size, p.workload.input, p.workload.output
+            "{:>5}  {:>4}  {:>8}  {:>6}  {:>6}",
+            p.index, p.gpus, load, p.workload.input, p.workload.output
         );
     }
     out

@@ -36,7 +36,9 @@ pub fn fields(s: &pb::PointSummary) -> Vec<(String, Value)> {
         ("host".into(), json!(s.host)),
         ("agent".into(), json!(s.agent)),
         ("state".into(), json!(s.state)),
+        ("mode".into(), json!(s.mode)),
         ("batch_size".into(), json!(s.batch_size)),
+        ("request_rate".into(), json!(s.request_rate)),
         ("input_tokens".into(), json!(s.input_tokens)),
         ("output_tokens".into(), json!(s.output_tokens)),
         ("endpoint".into(), json!(s.endpoint)),
@@ -70,6 +72,12 @@ pub fn fields(s: &pb::PointSummary) -> Vec<(String, Value)> {
         "output_len_mismatches".into(),
         json!(s.output_len_mismatches),
     ));
+    f.push(("achieved_rate".into(), json!(s.achieved_rate)));
+    f.push(("achieved_concurrency".into(), json!(s.achieved_concurrency)));
+    f.extend(pct("send_lag_s", s.send_lag_s.as_ref()));
+    f.push(("client_cpu_cores".into(), json!(s.client_cpu_cores)));
+    f.push(("client_cores".into(), json!(s.client_cores)));
+    f.push(("fallbacks".into(), json!(s.fallbacks.join("; "))));
     f.push(("verdict".into(), json!(s.verdict)));
     f.push(("error".into(), json!(s.error)));
     f
@@ -120,11 +128,20 @@ fn num(v: f64) -> String {
     format!("{v:.1}")
 }
 
+/// The load level of a point: `8` (burst batch), `c8` (8 in flight), `12.5/s` (rate).
+fn load_label(s: &pb::PointSummary) -> String {
+    match s.mode.as_str() {
+        "rate" => format!("{}/s", s.request_rate),
+        "concurrency" => format!("c{}", s.batch_size),
+        _ => s.batch_size.to_string(),
+    }
+}
+
 /// The table people read: one row per point, latencies in milliseconds.
 pub fn to_table(points: &[pb::PointSummary]) -> String {
     let header = [
         "gpus",
-        "batch",
+        "load",
         "in/out",
         "host",
         "state",
@@ -142,6 +159,8 @@ pub fn to_table(points: &[pb::PointSummary]) -> String {
         "itl p50",
         "e2el p50",
         "srv run",
+        "lag p99",
+        "cpu",
         "verdict",
     ];
     let rows: Vec<Vec<String>> = points
@@ -153,7 +172,7 @@ pub fn to_table(points: &[pb::PointSummary]) -> String {
             let e2el = s.e2el_s.unwrap_or_default();
             vec![
                 s.gpus.to_string(),
-                s.batch_size.to_string(),
+                load_label(s),
                 format!("{}/{}", s.input_tokens, s.output_tokens),
                 s.host.clone(),
                 s.state.clone(),
@@ -173,6 +192,8 @@ pub fn to_table(points: &[pb::PointSummary]) -> String {
                 ms(e2el.p50),
                 s.server_running_max
                     .map_or_else(|| "-".into(), |v| format!("{v:.0}")),
+                ms(s.send_lag_s.and_then(|p| p.p99)),
+                format!("{:.2}", s.client_cpu_cores),
                 s.verdict.clone(),
             ]
         })
@@ -198,7 +219,7 @@ pub fn to_table(points: &[pb::PointSummary]) -> String {
         out.push('\n');
     }
     out.push_str(
-        "(latencies in ms; tok/s/req = mean per-request output speed; srv run = most requests the engine reported running)\n",
+        "(latencies in ms; load = burst batch, cN = N in flight, R/s = request rate; tok/s/req = mean per-request output speed; srv run = most requests the engine reported running; lag = actual - scheduled send; cpu = load generator cores busy)\n",
     );
     out
 }

@@ -11,9 +11,14 @@ use crate::error::ControllerError;
 fn point_line(s: &pb::SweepStatus, p: &pb::PointStatus) -> String {
     let w = p.workload.unwrap_or_default();
     let finished = s.points_done + s.points_failed;
+    let load = if p.request_rate > 0.0 {
+        format!("rate={}/s", p.request_rate)
+    } else {
+        format!("batch={:<4}", p.batch_size)
+    };
     let mut line = format!(
-        "[{finished:>3}/{}] {:<9} gpus={} batch={:<4} {}/{} tokens",
-        s.points_total, p.state, p.gpus, p.batch_size, w.input_tokens, w.output_tokens
+        "[{finished:>3}/{}] {:<9} gpus={} {load} {}/{} tokens",
+        s.points_total, p.state, p.gpus, w.input_tokens, w.output_tokens
     );
     if !p.agent.is_empty() {
         let _ = write!(line, " on {}", p.agent);

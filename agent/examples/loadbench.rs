@@ -1,0 +1,343 @@
+//! Benchmarks the agent's load generator against vllm-sim's zero-cost timing modes, where
+//! the ground truth is known: the numbers the issue's "done when" asks for.
+//!
+//! ```text
+//! cargo build --release -p fleetbench-sim -p fleetbench-agent --bins --examples
+//! ulimit -n 65536
+//! target/release/examples/loadbench exact --streams 256     # TTFT/ITL error vs truth
+//! target/release/examples/loadbench exact --streams 2048
+//! target/release/examples/loadbench fast --streams 1000     # content chunks per second
+//! target/release/examples/loadbench hold --streams 4096     # peak RSS with 4,096 streams
+//! target/release/examples/loadbench rate --rate 500 --duration 20
+//! ```
+//!
+//! Each scenario starts `vllm-sim` (found next to this binary's folder, or `--sim`) as its
+//! own process on a free port, drives it through the same `load::run_point` the agent
+//! uses, and prints one JSON object of measurements. The load generator runs in this
+//! process, so the peak RSS it reports (`VmHWM`) is the load generator's.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use fleetbench_agent::load::{LoadOutcome, run_point};
+use fleetbench_agent::tokenizer::LocalTokenizer;
+use fleetbench_proto::pb;
+use fleetbench_proto::record::RequestRecord;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+struct Args {
+    /// The vllm-sim binary (default: next to this example's folder).
+    #[arg(long, global = true)]
+    sim: Option<PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Clone)]
+enum Scenario {
+    /// Exact schedule: compare measured TTFT and ITL with the simulator's schedule.
+    Exact {
+        #[arg(long, default_value_t = 256)]
+        streams: u32,
+        #[arg(long, default_value_t = 50.0)]
+        ttft_ms: f64,
+        #[arg(long, default_value_t = 10.0)]
+        itl_ms: f64,
+        #[arg(long, default_value_t = 64)]
+        output: u32,
+        #[arg(long, default_value_t = 3)]
+        waves: u32,
+    },
+    /// Zero-cost tokens as fast as possible: content chunks per second the client takes.
+    Fast {
+        #[arg(long, default_value_t = 1000)]
+        streams: u32,
+        #[arg(long, default_value_t = 2000)]
+        output: u32,
+    },
+    /// Many long-lived streams at once: peak RSS of the load generator.
+    Hold {
+        #[arg(long, default_value_t = 4096)]
+        streams: u32,
+        #[arg(long, default_value_t = 100)]
+        output: u32,
+        #[arg(long, default_value_t = 50.0)]
+        itl_ms: f64,
+    },
+    /// Open-loop rate: achieved rate and send lag.
+    Rate {
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20.0)]
+        duration: f64,
+        #[arg(long, default_value = "constant")]
+        arrival: String,
+        #[arg(long, default_value_t = 16)]
+        output: u32,
+    },
+}
+
+const INPUT_TOKENS: u32 = 32;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (old, new) = fleetbench_agent::raise_open_file_limit()?;
+    eprintln!("open-file limit {old} -> {new}");
+    let sim_bin = match args.sim {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(|examples| examples.parent())
+            .map(|dir| dir.join("vllm-sim"))
+            .context("no folder for vllm-sim")?,
+    };
+    let scenario = args.scenario;
+    let sim_args: Vec<String> = match &scenario {
+        Scenario::Exact {
+            ttft_ms, itl_ms, ..
+        } => vec![
+            "--sim-timing".into(),
+            "exact".into(),
+            "--sim-ttft-ms".into(),
+            ttft_ms.to_string(),
+            "--sim-itl-ms".into(),
+            itl_ms.to_string(),
+        ],
+        Scenario::Hold { itl_ms, .. } => vec![
+            "--sim-timing".into(),
+            "exact".into(),
+            "--sim-ttft-ms".into(),
+            itl_ms.to_string(),
+            "--sim-itl-ms".into(),
+            itl_ms.to_string(),
+        ],
+        Scenario::Fast { .. } | Scenario::Rate { .. } => {
+            vec!["--sim-timing".into(), "fast".into()]
+        }
+    };
+    let sim = Sim::start(&sim_bin, &sim_args).await?;
+
+    let (mode, batch, rate, output, waves, duration, arrival, warmup) = match scenario.clone() {
+        Scenario::Exact {
+            streams,
+            output,
+            waves,
+            ..
+        } => ("burst", streams, 0.0, output, waves, 0.0, "", streams),
+        Scenario::Fast { streams, output } => ("burst", streams, 0.0, output, 1, 0.0, "", streams),
+        Scenario::Hold {
+            streams, output, ..
+        } => ("burst", streams, 0.0, output, 1, 0.0, "", streams),
+        Scenario::Rate {
+            rate,
+            duration,
+            output,
+            ..
+        } => ("rate", 0, rate, output, 0, duration, "", 64),
+    };
+    let arrival = match &scenario {
+        Scenario::Rate { arrival, .. } => arrival.clone(),
+        _ => arrival.to_string(),
+    };
+    let point = pb::PointSpec {
+        sweep_id: "loadbench".into(),
+        point_id: "p-0000".into(),
+        engine: Some(pb::EngineSpec {
+            served_model_name: "loadbench".into(),
+            ..Default::default()
+        }),
+        workload: Some(pb::Workload {
+            input_tokens: INPUT_TOKENS,
+            output_tokens: output,
+        }),
+        batch_size: batch,
+        request_rate: rate,
+        load: Some(pb::LoadSpec {
+            mode: mode.into(),
+            endpoint: "chat".into(),
+            timeout_s: 600,
+            warmup_requests: warmup,
+            waves,
+            seed: 1,
+            duration_s: duration,
+            arrival,
+            idle_timeout_s: 60.0,
+            tokenizer: "local".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let tokenizer = LocalTokenizer::from_file(&sim.tokenizer_json)?;
+    let (tx, mut rx) = mpsc::channel::<RequestRecord>(1024);
+    let collector = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(r) = rx.recv().await {
+            all.push(r);
+        }
+        all
+    });
+    let client = fleetbench_agent::http_client()?;
+    let cancel = CancellationToken::new();
+    let outcome = run_point(
+        &client,
+        &sim.base_url,
+        &point,
+        &tx,
+        Duration::from_secs(1),
+        Some(tokenizer),
+        &cancel,
+    )
+    .await?;
+    drop(tx);
+    let records = collector.await?;
+    let report = report(&scenario, &outcome, &records);
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    sim.stop().await;
+    Ok(())
+}
+
+fn report(scenario: &Scenario, o: &LoadOutcome, records: &[RequestRecord]) -> serde_json::Value {
+    let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.success()).collect();
+    let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in records.iter().filter(|r| !r.success()) {
+        *errors
+            .entry(r.error_kind.map_or("?", |k| k.as_str()).to_string())
+            .or_default() += 1;
+    }
+    let chunks: u64 = records.iter().map(|r| u64::from(r.content_chunks)).sum();
+    let lag: Vec<f64> = records.iter().map(RequestRecord::send_lag_s).collect();
+    let mut out = json!({
+        "requests": records.len(),
+        "succeeded": ok.len(),
+        "errors": errors,
+        "input_len_mismatches": ok.iter().filter(|r| r.input_tokens != Some(r.target_input_tokens)).count(),
+        "output_len_mismatches": ok.iter().filter(|r| r.output_tokens != Some(r.target_output_tokens)).count(),
+        "load_wall_s": o.load_wall_s,
+        "client_cpu_s": o.client_cpu_s,
+        "client_cores": o.client_cores,
+        "content_chunks": chunks,
+        "content_chunks_per_s": chunks as f64 / o.load_wall_s,
+        "send_lag_ms": stats_ms(&lag),
+        "peak_rss_mb": peak_rss_mb(),
+        "fallbacks": o.fallbacks,
+    });
+    match scenario {
+        Scenario::Exact {
+            ttft_ms, itl_ms, ..
+        } => {
+            let (ttft_ms, itl_ms) = (*ttft_ms, *itl_ms);
+            let ttft_err: Vec<f64> = ok
+                .iter()
+                .filter_map(|r| r.ttft_s)
+                .map(|t| t - ttft_ms / 1e3)
+                .collect();
+            let itl_err: Vec<f64> = ok
+                .iter()
+                .flat_map(|r| r.itl_s.iter())
+                .map(|t| t - itl_ms / 1e3)
+                .collect();
+            out["ttft_error_ms"] = stats_ms(&ttft_err);
+            out["itl_error_ms"] = stats_ms(&itl_err);
+            out["itl_abs_error_ms"] =
+                stats_ms(&itl_err.iter().map(|e| e.abs()).collect::<Vec<_>>());
+        }
+        Scenario::Rate { rate, duration, .. } => {
+            let first = records
+                .iter()
+                .map(|r| r.send_offset_s)
+                .fold(f64::MAX, f64::min);
+            let last = records.iter().map(|r| r.send_offset_s).fold(0.0, f64::max);
+            let achieved = (records.len().saturating_sub(1)) as f64 / (last - first);
+            let rate = *rate;
+            out["target_rate"] = json!(rate);
+            out["target_duration_s"] = json!(duration);
+            out["achieved_rate"] = json!(achieved);
+            out["rate_error_pct"] = json!((achieved - rate) / rate * 100.0);
+        }
+        Scenario::Fast { .. } | Scenario::Hold { .. } => {}
+    }
+    out
+}
+
+/// p50 / p99 / max / min of seconds, in milliseconds.
+fn stats_ms(values: &[f64]) -> serde_json::Value {
+    if values.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let mut v: Vec<f64> = values.iter().map(|x| x * 1e3).collect();
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    json!({
+        "n": v.len(),
+        "min": v[0],
+        "p50": q(0.5),
+        "p99": q(0.99),
+        "max": v[v.len() - 1],
+    })
+}
+
+/// This process's peak resident set (`VmHWM`), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// A vllm-sim child process on a free port.
+struct Sim {
+    child: tokio::process::Child,
+    base_url: String,
+    tokenizer_json: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sim {
+    async fn start(bin: &PathBuf, extra: &[String]) -> anyhow::Result<Sim> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = tempfile::tempdir()?;
+        let tokenizer_json = dir.path().join("tokenizer.json");
+        let child = tokio::process::Command::new(bin)
+            .args(["--model", "loadbench", "--port", &port.to_string()])
+            .arg("--sim-tokenizer-json")
+            .arg(&tokenizer_json)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let base_url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if client
+                .get(format!("{base_url}/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(Sim {
+                    child,
+                    base_url,
+                    tokenizer_json,
+                    _dir: dir,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("vllm-sim at {base_url} did not become healthy")
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}

@@ -1,0 +1,205 @@
+//! Rate mode's arrival schedule: when each request is meant to leave, as offsets from the
+//! start of the measured load.
+//!
+//! The schedule is computed up front from the seed, so the same spec yields the same
+//! timeline, and it is absolute: request i leaves at `origin + offset[i]` whatever happened
+//! to request i − 1 (a late send does not shift the ones after it, so coordinated omission
+//! cannot hide). Gaps follow vLLM's `benchmark_serving`: the first request leaves at 0, then
+//! each gap is drawn from a gamma distribution with shape `burstiness` and scale
+//! `1 / (rate × burstiness)` (mean `1 / rate`); burstiness 1 is a Poisson process. The
+//! samplers are implemented here (SplitMix64 uniforms, Marsaglia–Tsang gamma) rather than
+//! taken from a crate, so a schedule never changes under a dependency upgrade.
+
+use std::time::Duration;
+
+use fleetbench_proto::spec::Arrival;
+
+use crate::prompt::SplitMix64;
+
+/// Which requests a rate-mode point sends and when.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateSchedule {
+    /// Requests per second.
+    pub rate: f64,
+    pub arrival: Arrival,
+    /// Gamma shape (only for [`Arrival::Gamma`]).
+    pub burstiness: f64,
+    pub seed: u64,
+    /// Requests are scheduled strictly before this offset (`None`: no time limit).
+    pub duration: Option<Duration>,
+    /// At most this many requests (`None`: no count limit).
+    pub max_requests: Option<u32>,
+}
+
+/// Upper bound on a schedule's length, whatever the spec says (memory guard).
+pub const MAX_SCHEDULED_REQUESTS: usize = 10_000_000;
+
+impl RateSchedule {
+    /// The send offsets, ascending. Empty when neither limit is set.
+    pub fn offsets(&self) -> Vec<Duration> {
+        if self.duration.is_none() && self.max_requests.is_none() {
+            return Vec::new();
+        }
+        let limit = self
+            .max_requests
+            .map_or(MAX_SCHEDULED_REQUESTS, |n| {
+                usize::try_from(n).unwrap_or(MAX_SCHEDULED_REQUESTS)
+            })
+            .min(MAX_SCHEDULED_REQUESTS);
+        let end = self.duration.map(|d| d.as_secs_f64());
+        let mut rng = SplitMix64::new(self.seed);
+        let mut out = Vec::new();
+        let mut t = 0.0_f64;
+        while out.len() < limit {
+            if end.is_some_and(|end| t >= end) {
+                break;
+            }
+            out.push(Duration::from_secs_f64(t));
+            t += self.gap(&mut rng);
+        }
+        out
+    }
+
+    /// One inter-arrival gap in seconds.
+    fn gap(&self, rng: &mut SplitMix64) -> f64 {
+        let mean = 1.0 / self.rate;
+        match self.arrival {
+            Arrival::Constant => mean,
+            Arrival::Poisson => -open_unit(rng).ln() * mean,
+            Arrival::Gamma => {
+                let shape = self.burstiness;
+                gamma(rng, shape) * mean / shape
+            }
+        }
+    }
+}
+
+/// A uniform sample in (0, 1): never 0, so its logarithm is finite.
+fn open_unit(rng: &mut SplitMix64) -> f64 {
+    // 53 random bits, shifted by half a step away from 0.
+    ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+/// A standard normal sample (Box–Muller).
+fn normal(rng: &mut SplitMix64) -> f64 {
+    let u1 = open_unit(rng);
+    let u2 = open_unit(rng);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// A Gamma(shape, 1) sample: Marsaglia and Tsang's method; shapes below 1 use the boost
+/// `Gamma(k) = Gamma(k + 1) · U^(1/k)`.
+fn gamma(rng: &mut SplitMix64, shape: f64) -> f64 {
+    if shape < 1.0 {
+        let boost = open_unit(rng).powf(1.0 / shape);
+        return gamma(rng, shape + 1.0) * boost;
+    }
+    let d = shape - 1.0 / 3.0;
+    let c = 1.0 / (9.0 * d).sqrt();
+    loop {
+        let x = normal(rng);
+        let v = (1.0 + c * x).powi(3);
+        if v <= 0.0 {
+            continue;
+        }
+        let u = open_unit(rng);
+        if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+            return d * v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(arrival: Arrival, burstiness: f64, n: u32) -> RateSchedule {
+        RateSchedule {
+            rate: 50.0,
+            arrival,
+            burstiness,
+            seed: 7,
+            duration: None,
+            max_requests: Some(n),
+        }
+    }
+
+    fn gaps(offsets: &[Duration]) -> Vec<f64> {
+        offsets
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64())
+            .collect()
+    }
+
+    fn mean_and_cv(xs: &[f64]) -> (f64, f64) {
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+        (mean, var.sqrt() / mean)
+    }
+
+    #[test]
+    fn constant_rate_is_exact_and_starts_at_zero() {
+        let offs = schedule(Arrival::Constant, 1.0, 5).offsets();
+        let ms: Vec<u128> = offs.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, vec![0, 20, 40, 60, 80]);
+    }
+
+    #[test]
+    fn duration_limit_excludes_the_end() {
+        let s = RateSchedule {
+            duration: Some(Duration::from_secs(1)),
+            max_requests: None,
+            ..schedule(Arrival::Constant, 1.0, 0)
+        };
+        // 50/s for 1 s: offsets 0, 0.02, …, 0.98 (float steps may land a hair under 1.0).
+        let offs = s.offsets();
+        assert!((50..=51).contains(&offs.len()), "{}", offs.len());
+        assert!(offs.iter().all(|o| o.as_secs_f64() < 1.0));
+        let both = RateSchedule {
+            max_requests: Some(10),
+            ..s
+        };
+        assert_eq!(both.offsets().len(), 10);
+    }
+
+    #[test]
+    fn same_seed_same_schedule_other_seed_other_schedule() {
+        let a = schedule(Arrival::Poisson, 1.0, 100).offsets();
+        assert_eq!(a, schedule(Arrival::Poisson, 1.0, 100).offsets());
+        let b = RateSchedule {
+            seed: 8,
+            ..schedule(Arrival::Poisson, 1.0, 100)
+        }
+        .offsets();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn poisson_gaps_are_exponential_with_mean_one_over_rate() {
+        let (mean, cv) = mean_and_cv(&gaps(&schedule(Arrival::Poisson, 1.0, 50_001).offsets()));
+        // 50,000 samples: the mean's standard error is 0.45 %, the CV's about 0.6 %.
+        assert!((mean - 0.02).abs() < 0.02 * 0.02, "mean {mean}");
+        assert!((cv - 1.0).abs() < 0.03, "cv {cv}");
+    }
+
+    #[test]
+    fn gamma_burstiness_sets_the_spread_not_the_mean() {
+        // Gamma(k) gaps: CV = 1/sqrt(k).
+        for (k, want_cv) in [(0.25, 2.0), (4.0, 0.5)] {
+            let offs = schedule(Arrival::Gamma, k, 50_001).offsets();
+            let (mean, cv) = mean_and_cv(&gaps(&offs));
+            assert!((mean - 0.02).abs() < 0.02 * 0.04, "k {k}: mean {mean}");
+            assert!((cv - want_cv).abs() < want_cv * 0.06, "k {k}: cv {cv}");
+        }
+    }
+
+    #[test]
+    fn no_limit_means_no_requests() {
+        let s = RateSchedule {
+            max_requests: None,
+            ..schedule(Arrival::Poisson, 1.0, 0)
+        };
+        assert!(s.offsets().is_empty());
+    }
+}

@@ -1,0 +1,270 @@
+//! Local token counting with a model's Hugging Face `tokenizer.json`.
+//!
+//! vLLM counts a prompt with the model's Hugging Face tokenizer: a completions prompt with
+//! `add_special_tokens=True` (so a BOS when the tokenizer's post-processor adds one), a chat
+//! prompt by rendering the chat template and tokenizing the result without adding special
+//! tokens (the template writes them). [`LocalTokenizer`] loads the same `tokenizer.json`
+//! (truncation and padding off, as `transformers` calls it) and counts the same way, so
+//! prompts can be sized without a `/tokenize` round trip each. [`find_tokenizer_json`] finds a
+//! model's file in its local folder or the Hugging Face cache.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::AgentError;
+
+/// A model's tokenizer, loaded from its `tokenizer.json`. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalTokenizer {
+    inner: Arc<tokenizers::Tokenizer>,
+    source: Arc<str>,
+}
+
+impl std::fmt::Debug for LocalTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalTokenizer")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalTokenizer {
+    /// Loads the `tokenizer.json` at `path`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, AgentError> {
+        let path = path.as_ref();
+        let source = path.display().to_string();
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| AgentError::Prompt(format!("cannot load tokenizer {source}: {e}")))?;
+        Self::wrap(inner, source)
+    }
+
+    /// Loads a tokenizer from the text of a `tokenizer.json`.
+    pub fn from_json(json: &str) -> Result<Self, AgentError> {
+        let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes())
+            .map_err(|e| AgentError::Prompt(format!("cannot load tokenizer JSON: {e}")))?;
+        Self::wrap(inner, "<json>".to_owned())
+    }
+
+    fn wrap(mut inner: tokenizers::Tokenizer, source: String) -> Result<Self, AgentError> {
+        // `transformers` calls the tokenizer with truncation and padding off whatever the file
+        // says, and so does vLLM for a prompt it counts.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| AgentError::Prompt(format!("tokenizer {source}: {e}")))?;
+        Ok(LocalTokenizer {
+            inner: Arc::new(inner),
+            source: source.into(),
+        })
+    }
+
+    /// Where the tokenizer came from (its path, or `<json>`).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Number of tokens of `text`. `add_special_tokens` as in vLLM: `true` for a
+    /// completions prompt (adds what the post-processor adds, e.g. a BOS), `false` for text
+    /// inside a chat template.
+    pub fn count(&self, text: &str, add_special_tokens: bool) -> Result<u32, AgentError> {
+        let encoding = self
+            .inner
+            .encode_fast(text, add_special_tokens)
+            .map_err(|e| AgentError::Prompt(format!("tokenizer {}: {e}", self.source)))?;
+        u32::try_from(encoding.len())
+            .map_err(|_| AgentError::Prompt(format!("tokenizer {}: too many tokens", self.source)))
+    }
+}
+
+/// The `tokenizer.json` of `model`, if one is on this host: in the folder `model_paths` maps
+/// it to, in `model` itself when it is a local folder, or in the Hugging Face cache
+/// (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`;
+/// `models--org--name/snapshots/<rev>/tokenizer.json`, the `main` revision first, else the
+/// newest snapshot). A `model_paths` value that is not a folder is looked up in the cache as a
+/// repository id before `model`.
+pub fn find_tokenizer_json(model: &str, model_paths: &BTreeMap<String, String>) -> Option<PathBuf> {
+    find_in(model, model_paths, hf_hub_cache().as_deref())
+}
+
+fn find_in(
+    model: &str,
+    model_paths: &BTreeMap<String, String>,
+    hub: Option<&Path>,
+) -> Option<PathBuf> {
+    let names: Vec<&str> = model_paths
+        .get(model)
+        .map(String::as_str)
+        .into_iter()
+        .chain([model])
+        .collect();
+    names
+        .iter()
+        .map(|name| Path::new(name).join("tokenizer.json"))
+        .find(|p| p.is_file())
+        .or_else(|| {
+            let hub = hub?;
+            names
+                .iter()
+                .find_map(|name| cached_tokenizer_json(hub, name))
+        })
+}
+
+/// The Hugging Face hub cache folder, as `huggingface_hub` resolves it.
+fn hf_hub_cache() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("HF_HUB_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    let home = var("HF_HOME").map(PathBuf::from).or_else(|| {
+        var("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|cache| cache.join("huggingface"))
+    })?;
+    Some(home.join("hub"))
+}
+
+/// `tokenizer.json` of repository `repo` (`org/name`) in the hub cache at `hub`.
+fn cached_tokenizer_json(hub: &Path, repo: &str) -> Option<PathBuf> {
+    if repo.is_empty() || repo.starts_with(['/', '.']) || repo.split('/').count() > 2 {
+        return None;
+    }
+    let dir = hub.join(format!("models--{}", repo.replace('/', "--")));
+    let snapshots = dir.join("snapshots");
+    if let Ok(rev) = std::fs::read_to_string(dir.join("refs").join("main")) {
+        let path = snapshots.join(rev.trim()).join("tokenizer.json");
+        if !rev.trim().is_empty() && path.is_file() {
+            return Some(path);
+        }
+    }
+    std::fs::read_dir(&snapshots)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("tokenizer.json"))
+        .filter_map(|path| {
+            let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+            Some((modified, path))
+        })
+        .max()
+        .map(|(_, path)| path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tokenizer.json: whitespace-split words, a BOS added by a template post-processor.
+    fn json_with_bos() -> String {
+        serde_json::json!({
+            "version": "1.0",
+            "truncation": {"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0},
+            "padding": null,
+            "added_tokens": [
+                {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false,
+                 "normalized": false, "special": true}
+            ],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": {
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}
+            },
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "<s>": 1}, "unk_token": "[UNK]"}
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn counts_with_and_without_special_tokens_and_ignores_truncation() {
+        let tok = LocalTokenizer::from_json(&json_with_bos()).unwrap();
+        assert_eq!(tok.count("a b c d e f", false).unwrap(), 6);
+        // The post-processor's BOS, as vLLM adds it to a completions prompt.
+        assert_eq!(tok.count("a b c d e f", true).unwrap(), 7);
+        assert_eq!(tok.count("", false).unwrap(), 0);
+        assert_eq!(tok.source(), "<json>");
+        assert!(format!("{tok:?}").contains("<json>"));
+    }
+
+    #[test]
+    fn sim_tokenizer_json_counts_like_the_sim() {
+        let json = fleetbench_sim::tokenizer::tokenizer_json().to_string();
+        let tok = LocalTokenizer::from_json(&json).unwrap();
+        for text in [
+            "Hello, world!  It's 42.\n\nnaïve ok",
+            "",
+            " ",
+            " \n x",
+            "日本語",
+        ] {
+            let want = fleetbench_sim::tokenizer::count(text);
+            assert_eq!(tok.count(text, true).unwrap() as usize, want, "{text:?}");
+            assert_eq!(tok.count(text, false).unwrap() as usize, want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let err = LocalTokenizer::from_file("/nonexistent/tokenizer.json").unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/tokenizer.json"),
+            "{err}"
+        );
+        assert!(LocalTokenizer::from_json("{not json").is_err());
+    }
+
+    #[test]
+    fn finds_model_folders_and_the_hub_cache() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |p: &Path| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "{}").unwrap();
+        };
+        let folder = root.path().join("models").join("smol");
+        write(&folder.join("tokenizer.json"));
+        let hub = root.path().join("hub");
+        let repo = hub.join("models--Org--Tiny-Model");
+        write(&repo.join("snapshots/aaa/tokenizer.json"));
+        write(&repo.join("snapshots/bbb/tokenizer.json"));
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "aaa\n").unwrap();
+
+        let mut paths = BTreeMap::new();
+        paths.insert("Org/Smol".to_owned(), folder.display().to_string());
+        // model_paths first.
+        assert_eq!(
+            find_in("Org/Smol", &paths, Some(&hub)),
+            Some(folder.join("tokenizer.json"))
+        );
+        // The model is itself a local folder.
+        let name = folder.display().to_string();
+        assert_eq!(
+            find_in(&name, &BTreeMap::new(), Some(&hub)),
+            Some(folder.join("tokenizer.json"))
+        );
+        // The hub cache, at refs/main.
+        assert_eq!(
+            find_in("Org/Tiny-Model", &BTreeMap::new(), Some(&hub)),
+            Some(repo.join("snapshots/aaa/tokenizer.json"))
+        );
+        // Without refs/main, a snapshot that has the file.
+        std::fs::remove_file(repo.join("refs/main")).unwrap();
+        std::fs::remove_file(repo.join("snapshots/aaa/tokenizer.json")).unwrap();
+        assert_eq!(
+            find_in("Org/Tiny-Model", &BTreeMap::new(), Some(&hub)),
+            Some(repo.join("snapshots/bbb/tokenizer.json"))
+        );
+        // A model_paths value that is a repository id, found in the cache.
+        let mut alias = BTreeMap::new();
+        alias.insert("tiny".to_owned(), "Org/Tiny-Model".to_owned());
+        assert_eq!(
+            find_in("tiny", &alias, Some(&hub)),
+            Some(repo.join("snapshots/bbb/tokenizer.json"))
+        );
+        assert_eq!(find_in("Org/Missing", &BTreeMap::new(), Some(&hub)), None);
+        assert_eq!(find_in("Org/Tiny-Model", &BTreeMap::new(), None), None);
+    }
+}
