@@ -45,6 +45,15 @@ enum Scenario {
     Exact {
         #[arg(long, default_value_t = 256)]
         streams: u32,
+        /// rate: Poisson arrivals at streams / request lifetime, so `streams` are in flight
+        /// on average with independent timelines (steady state); burst: `streams` requests
+        /// leave together per wave, every stream's tokens due in the same millisecond (the
+        /// worst case); concurrency: `streams` slots, `waves` × `streams` requests.
+        #[arg(long, default_value = "rate")]
+        mode: String,
+        /// rate mode: seconds of arrivals.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
         #[arg(long, default_value_t = 50.0)]
         ttft_ms: f64,
         #[arg(long, default_value_t = 10.0)]
@@ -128,6 +137,28 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Exact {
             streams,
             output,
+            ref mode,
+            duration,
+            ttft_ms,
+            itl_ms,
+            ..
+        } if mode == "rate" => {
+            let lifetime_s = (ttft_ms + f64::from(output.saturating_sub(1)) * itl_ms) / 1e3;
+            let rate = f64::from(streams) / lifetime_s;
+            ("rate", 0, rate, output, 0, duration, "", streams)
+        }
+        Scenario::Exact {
+            streams,
+            output,
+            waves,
+            ref mode,
+            ..
+        } if mode == "concurrency" => {
+            ("concurrency", streams, 0.0, output, waves, 0.0, "", streams)
+        }
+        Scenario::Exact {
+            streams,
+            output,
             waves,
             ..
         } => ("burst", streams, 0.0, output, waves, 0.0, "", streams),
@@ -144,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let arrival = match &scenario {
         Scenario::Rate { arrival, .. } => arrival.clone(),
+        Scenario::Exact { .. } => "poisson".to_string(),
         _ => arrival.to_string(),
     };
     let point = pb::PointSpec {
@@ -167,6 +199,11 @@ async fn main() -> anyhow::Result<()> {
             waves,
             seed: 1,
             duration_s: duration,
+            requests: if mode == "concurrency" {
+                batch * waves.max(1)
+            } else {
+                0
+            },
             arrival,
             idle_timeout_s: 60.0,
             tokenizer: "local".into(),
@@ -213,7 +250,20 @@ fn report(scenario: &Scenario, o: &LoadOutcome, records: &[RequestRecord]) -> se
     }
     let chunks: u64 = records.iter().map(|r| u64::from(r.content_chunks)).sum();
     let lag: Vec<f64> = records.iter().map(RequestRecord::send_lag_s).collect();
+    let first_send = records
+        .iter()
+        .map(|r| r.send_offset_s)
+        .fold(f64::MAX, f64::min);
+    let last_send = records.iter().map(|r| r.send_offset_s).fold(0.0, f64::max);
+    let busy: f64 = records
+        .iter()
+        .filter_map(|r| {
+            let end = r.send_offset_s + r.e2el_s?;
+            Some((end.min(last_send) - r.send_offset_s.max(first_send)).max(0.0))
+        })
+        .sum();
     let mut out = json!({
+        "mean_in_flight": if last_send > first_send { busy / (last_send - first_send) } else { records.len() as f64 },
         "requests": records.len(),
         "succeeded": ok.len(),
         "errors": errors,

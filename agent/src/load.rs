@@ -29,7 +29,9 @@ use crate::cpu::cpu_time;
 use crate::error::AgentError;
 use crate::probe::{probe_extensions, resolve_endpoint};
 use crate::prompt::{Prompt, TokenCounter, build_prompts, mix};
-use crate::request::{ApiEndpoint, Extensions, RequestContext, RequestPlan, measure};
+use crate::request::{
+    ApiEndpoint, Extensions, PreparedRequest, RequestContext, RequestPlan, measure_prepared,
+};
 use crate::schedule::RateSchedule;
 use crate::telemetry::{MetricSample, spawn_scraper};
 use crate::tokenizer::{LocalTokenizer, find_tokenizer_json};
@@ -217,7 +219,6 @@ pub async fn run_point(
             "prompts whose server-counted length is not the target"
         );
     }
-    let (warmup_prompts, measured_prompts) = prompts.split_at(warmups.min(prompts.len()));
     let template = PlanTemplate {
         endpoint,
         model,
@@ -225,6 +226,13 @@ pub async fn run_point(
         target_output_tokens: workload.output_tokens,
         extensions: accepted.extensions,
     };
+    // Every body is encoded before the load starts: sending then costs no serialisation.
+    let prepared = prompts
+        .iter()
+        .map(|p| PreparedRequest::new(base_url, template.plan(0, 0, p, Duration::ZERO)))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(prompts);
+    let (warmup_prompts, measured_prompts) = prepared.split_at(warmups.min(prepared.len()));
     let idle_timeout = Duration::from_secs_f64(if load.idle_timeout_s > 0.0 {
         load.idle_timeout_s
     } else {
@@ -234,17 +242,10 @@ pub async fn run_point(
     // Warm-up: sent together, awaited, never recorded.
     if !warmup_prompts.is_empty() {
         let (sink, mut drain) = mpsc::channel(warmup_prompts.len());
-        let mut launcher = Launcher::new(
-            client,
-            base_url,
-            Instant::now(),
-            deadline,
-            idle_timeout,
-            cancel,
-            sink,
-        );
+        let mut launcher =
+            Launcher::new(client, Instant::now(), deadline, idle_timeout, cancel, sink);
         for (i, p) in warmup_prompts.iter().enumerate() {
-            launcher.launch(template.plan(index(i), 0, p, Duration::ZERO), None);
+            launcher.launch(at(p, index(i), 0, Duration::ZERO), None);
         }
         launcher.finish().await;
         drain.close();
@@ -266,14 +267,13 @@ pub async fn run_point(
     let origin = Instant::now();
     let mut launcher = Launcher::new(
         client,
-        base_url,
         origin,
         deadline,
         idle_timeout,
         cancel,
         records.clone(),
     );
-    let sent = drive(&plan, &template, measured_prompts, &mut launcher, cancel).await;
+    let sent = drive(&plan, measured_prompts, &mut launcher, cancel).await;
     launcher.finish().await;
     let load_wall_s = origin.elapsed().as_secs_f64();
     let client_cpu_s = match (cpu_before, cpu_time()) {
@@ -299,8 +299,7 @@ pub async fn run_point(
 /// Sends the measured requests of `plan`; returns how many were sent.
 async fn drive(
     plan: &Plan,
-    template: &PlanTemplate,
-    prompts: &[Prompt],
+    prompts: &[PreparedRequest],
     launcher: &mut Launcher,
     cancel: &CancellationToken,
 ) -> Result<u32, AgentError> {
@@ -316,7 +315,7 @@ async fn drive(
                 let start = launcher.now_offset();
                 for _ in 0..batch {
                     let Some(p) = prompt(sent) else { break };
-                    launcher.launch(template.plan(index(sent), wave, p, start), None);
+                    launcher.launch(at(p, index(sent), wave, start), None);
                     sent += 1;
                 }
                 // The next wave leaves when this one is done.
@@ -345,7 +344,7 @@ async fn drive(
                 }
                 let Some(p) = prompt(sent) else { break };
                 let scheduled = launcher.now_offset();
-                launcher.launch(template.plan(index(sent), 0, p, scheduled), Some(permit));
+                launcher.launch(at(p, index(sent), 0, scheduled), Some(permit));
                 sent += 1;
             }
         }
@@ -356,7 +355,7 @@ async fn drive(
                     () = cancel.cancelled() => return Err(AgentError::Cancelled),
                 }
                 let Some(p) = prompt(sent) else { break };
-                launcher.launch(template.plan(index(sent), 0, p, offset), None);
+                launcher.launch(at(p, index(sent), 0, offset), None);
                 sent += 1;
             }
         }
@@ -369,6 +368,15 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// A prepared request numbered and scheduled for one send.
+fn at(prepared: &PreparedRequest, index: u32, wave: u32, scheduled: Duration) -> PreparedRequest {
+    let mut out = prepared.clone();
+    out.plan.index = index;
+    out.plan.wave = wave;
+    out.plan.scheduled_offset = scheduled;
+    out
 }
 
 fn index(i: usize) -> u32 {
@@ -404,7 +412,6 @@ impl PlanTemplate {
 /// Starts measured requests as tasks and waits for them.
 struct Launcher {
     client: reqwest::Client,
-    base_url: Arc<str>,
     ctx: RequestContext,
     cancel: CancellationToken,
     sink: mpsc::Sender<RequestRecord>,
@@ -414,7 +421,6 @@ struct Launcher {
 impl Launcher {
     fn new(
         client: &reqwest::Client,
-        base_url: &str,
         origin: Instant,
         deadline: Instant,
         idle_timeout: Duration,
@@ -423,7 +429,6 @@ impl Launcher {
     ) -> Self {
         Launcher {
             client: client.clone(),
-            base_url: Arc::from(base_url),
             ctx: RequestContext {
                 origin,
                 deadline,
@@ -441,15 +446,14 @@ impl Launcher {
 
     /// Sends one request in its own task; its record goes to the sink when it completes,
     /// after `slot` (a concurrency permit) is released so the next request is not held up.
-    fn launch(&mut self, plan: RequestPlan, slot: Option<OwnedSemaphorePermit>) {
+    fn launch(&mut self, request: PreparedRequest, slot: Option<OwnedSemaphorePermit>) {
         let client = self.client.clone();
-        let base_url = Arc::clone(&self.base_url);
         let ctx = self.ctx;
         let cancel = self.cancel.clone();
         let sink = self.sink.clone();
         self.tasks.spawn(
             async move {
-                let record = measure(&client, &base_url, &plan, &ctx, &cancel).await;
+                let record = measure_prepared(&client, &request, &ctx, &cancel).await;
                 drop(slot);
                 if sink.send(record).await.is_err() {
                     warn!("record sink closed; a measured record was dropped");

@@ -7,11 +7,14 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use fleetbench_proto::record::{ErrorKind, RequestRecord, tpot};
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::AgentError;
 use crate::sse::{SseEvent, SseParser};
 
 /// The two OpenAI-compatible endpoints the load generator drives.
@@ -124,6 +127,31 @@ struct StreamTrace {
     done: bool,
 }
 
+/// A request ready to leave: its plan (the prompt text dropped once encoded), URL and
+/// JSON body, built before the load starts so that sending costs no serialisation.
+#[derive(Debug, Clone)]
+pub struct PreparedRequest {
+    pub plan: RequestPlan,
+    pub url: reqwest::Url,
+    pub body: Bytes,
+}
+
+impl PreparedRequest {
+    pub fn new(base_url: &str, mut plan: RequestPlan) -> Result<Self, AgentError> {
+        let url = format!("{}{}", base_url.trim_end_matches('/'), plan.endpoint.path());
+        let url = reqwest::Url::parse(&url)
+            .map_err(|e| AgentError::Engine(format!("engine URL {url:?}: {e}")))?;
+        let body = serde_json::to_vec(&request_body(&plan))
+            .map_err(|e| AgentError::Engine(format!("encoding a request: {e}")))?;
+        plan.prompt = String::new();
+        Ok(PreparedRequest {
+            plan,
+            url,
+            body: Bytes::from(body),
+        })
+    }
+}
+
 /// Sends one request and measures it. Never fails: every problem becomes the record's
 /// error kind, so a failed request is counted, not dropped.
 pub async fn measure(
@@ -133,8 +161,30 @@ pub async fn measure(
     ctx: &RequestContext,
     cancel: &CancellationToken,
 ) -> RequestRecord {
-    let url = format!("{}{}", base_url.trim_end_matches('/'), plan.endpoint.path());
-    let body = request_body(plan);
+    match PreparedRequest::new(base_url, plan.clone()) {
+        Ok(prepared) => measure_prepared(client, &prepared, ctx, cancel).await,
+        Err(e) => RequestRecord {
+            request_index: plan.index,
+            wave: plan.wave,
+            send_time_unix_us: fleetbench_proto::unix_micros_now(),
+            target_input_tokens: plan.target_input_tokens,
+            target_output_tokens: plan.target_output_tokens,
+            endpoint: plan.endpoint.as_str().to_string(),
+            error_kind: Some(ErrorKind::Connect),
+            error: e.to_string(),
+            ..RequestRecord::default()
+        },
+    }
+}
+
+/// [`measure`] for a request prepared in advance.
+pub async fn measure_prepared(
+    client: &reqwest::Client,
+    prepared: &PreparedRequest,
+    ctx: &RequestContext,
+    cancel: &CancellationToken,
+) -> RequestRecord {
+    let plan = &prepared.plan;
     let send_wall = fleetbench_proto::unix_micros_now();
     let sent = Instant::now();
     let mut record = RequestRecord {
@@ -150,7 +200,7 @@ pub async fn measure(
     };
     let mut trace = StreamTrace::default();
     let outcome = tokio::select! {
-        r = stream(client, &url, &body, sent, ctx.idle_timeout, &mut trace) => r,
+        r = stream(client, prepared, sent, ctx.idle_timeout, &mut trace) => r,
         () = tokio::time::sleep_until(ctx.deadline) => Err((ErrorKind::Timeout, "point deadline passed".to_string())),
         () = cancel.cancelled() => Err((ErrorKind::Cancelled, "point cancelled".to_string())),
     };
@@ -160,13 +210,16 @@ pub async fn measure(
 
 async fn stream(
     client: &reqwest::Client,
-    url: &str,
-    body: &serde_json::Value,
+    prepared: &PreparedRequest,
     sent: Instant,
     idle: Duration,
     trace: &mut StreamTrace,
 ) -> Result<(), (ErrorKind, String)> {
-    let mut resp = tokio::time::timeout(idle, client.post(url).json(body).send())
+    let request = client
+        .post(prepared.url.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(prepared.body.clone());
+    let mut resp = tokio::time::timeout(idle, request.send())
         .await
         .map_err(|_| {
             (

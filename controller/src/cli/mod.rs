@@ -334,6 +334,33 @@ mod tests {
     }
 
     #[test]
+    fn every_example_sweep_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let mut checked = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if !name.ends_with("sweep.toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let spec = SweepSpec::parse(&text, &name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!spec.expand().is_empty(), "{name}");
+            checked.push(name);
+        }
+        checked.sort();
+        assert_eq!(
+            checked,
+            [
+                "concurrency-sweep.toml",
+                "demo-sweep.toml",
+                "rate-sweep.toml",
+                "seed-sweep.toml"
+            ]
+        );
+    }
+
+    #[test]
     fn cli_parses_every_command() {
         for args in [
             vec!["controllerctl", "submit", "s.toml", "--watch"],
