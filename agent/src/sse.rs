@@ -19,7 +19,8 @@ pub enum SseEvent {
         content: String,
         finish_reason: Option<String>,
     },
-    /// The final chunk carrying `usage` (vLLM sends it with `choices: []`).
+    /// A chunk's `usage`: vLLM's final chunk (with `choices: []`), or the usage riding on a
+    /// chunk with choices (then it follows that chunk's [`SseEvent::Chunk`]).
     Usage {
         prompt_tokens: Option<u32>,
         completion_tokens: Option<u32>,
@@ -44,6 +45,9 @@ pub enum SseError {
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no event end, so a large event arriving in many
+    /// small reads is searched once, not once per read.
+    scanned: usize,
 }
 
 #[derive(Deserialize)]
@@ -54,8 +58,10 @@ struct WireChunk {
     usage: Option<WireUsage>,
     #[serde(default)]
     error: Option<serde_json::Value>,
+    /// `{"object": "error", "message": ...}`; a value, so that a chunk whose `message` is
+    /// not a string still parses.
     #[serde(default)]
-    message: Option<String>,
+    message: Option<serde_json::Value>,
     #[serde(default)]
     object: Option<String>,
 }
@@ -94,16 +100,36 @@ impl SseParser {
     }
 
     /// Feeds bytes from one network read and returns the events it completed.
+    ///
+    /// The result does not depend on how the stream is cut into reads: the same bytes give
+    /// the same events, or the same first error (see [`check_split_consistency`]). On an
+    /// error the events completed earlier in the same read are not returned.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, SseError> {
         self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
-        while let Some((end, sep_len)) = find_event_end(&self.buf) {
-            let raw: Vec<u8> = self.buf.drain(..end + sep_len).take(end).collect();
-            if let Some(ev) = parse_event(&raw)? {
-                events.push(ev);
+        let mut consumed = 0;
+        let outcome = loop {
+            let pending = &self.buf[consumed..];
+            let Some((end, sep_len)) = find_event_end(pending, self.scanned) else {
+                // An event end found later may start at most 2 bytes before today's end.
+                self.scanned = pending.len().saturating_sub(2);
+                break Ok(());
+            };
+            self.scanned = 0;
+            consumed += end + sep_len;
+            if end > MAX_EVENT_BYTES {
+                break Err(SseError::TooLarge);
             }
-        }
-        if self.buf.len() > MAX_EVENT_BYTES {
+            if let Err(e) = parse_event(&pending[..end], &mut events) {
+                break Err(e);
+            }
+        };
+        self.buf.drain(..consumed);
+        outcome?;
+        // What is left is the start of one event, plus at most 2 bytes of its separator
+        // (`\n\r`): past this it is certainly larger than an event may be, however the
+        // rest arrives.
+        if self.buf.len() > MAX_EVENT_BYTES + 2 {
             return Err(SseError::TooLarge);
         }
         Ok(events)
@@ -115,9 +141,10 @@ impl SseParser {
     }
 }
 
-/// Finds the end of the first complete event: a blank line (`\n\n`, `\r\n\r\n`, `\r\r`).
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
+/// Finds the end of the first complete event: a blank line (`\n\n`, `\r\n\r\n`, `\r\r`),
+/// searching from `from` (no event ends before it). Returns (end, separator length).
+fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
     while i < buf.len() {
         if buf[i] == b'\n' {
             if buf.get(i + 1) == Some(&b'\n') {
@@ -135,7 +162,11 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-fn parse_event(raw: &[u8]) -> Result<Option<SseEvent>, SseError> {
+/// Decodes one complete event (without its blank line) and appends what it meant to `out`:
+/// nothing for comments and empty data, one event mostly, a chunk and then its usage when a
+/// server sends `usage` alongside `choices` (vLLM's `continuous_usage_stats`, llama.cpp's
+/// last chunk). Nothing is appended when it fails.
+fn parse_event(raw: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
     let text = std::str::from_utf8(raw).map_err(|_| SseError::NotUtf8)?;
     let mut data: Option<String> = None;
     for line in text.split('\n') {
@@ -156,58 +187,162 @@ fn parse_event(raw: &[u8]) -> Result<Option<SseEvent>, SseError> {
         // `event:`, `id:`, `retry:` carry nothing we measure.
     }
     let Some(data) = data else {
-        return Ok(None);
+        return Ok(());
     };
     let data = data.trim();
+    // An event with empty data is not dispatched (the SSE spec); some servers send
+    // `data:` alone as a keep-alive.
+    if data.is_empty() {
+        return Ok(());
+    }
     if data == "[DONE]" {
-        return Ok(Some(SseEvent::Done));
+        out.push(SseEvent::Done);
+        return Ok(());
     }
     let chunk: WireChunk =
         serde_json::from_str(data).map_err(|e| SseError::BadJson(e.to_string()))?;
     if let Some(err) = chunk.error {
-        let msg = err
-            .get("message")
-            .and_then(|m| m.as_str())
-            .map_or_else(|| err.to_string(), str::to_string);
-        return Ok(Some(SseEvent::Error(msg)));
+        let msg = match err.get("message").and_then(|m| m.as_str()) {
+            Some(m) => m.to_string(),
+            None => err.as_str().map_or_else(|| err.to_string(), str::to_string),
+        };
+        out.push(SseEvent::Error(msg));
+        return Ok(());
     }
     if chunk.object.as_deref() == Some("error") {
-        return Ok(Some(SseEvent::Error(
-            chunk.message.unwrap_or_else(|| data.to_string()),
-        )));
+        let msg = chunk.message.as_ref().and_then(|m| m.as_str());
+        out.push(SseEvent::Error(msg.unwrap_or(data).to_string()));
+        return Ok(());
     }
     let choices = chunk.choices.unwrap_or_default();
-    if choices.is_empty() {
-        if let Some(u) = chunk.usage {
-            return Ok(Some(SseEvent::Usage {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-            }));
-        }
-        return Ok(None);
-    }
-    let mut content = String::new();
-    let mut finish_reason = None;
-    for choice in choices {
-        if let Some(delta) = choice.delta {
-            for part in [delta.reasoning_content, delta.reasoning, delta.content]
-                .into_iter()
-                .flatten()
-            {
-                content.push_str(&part);
+    if !choices.is_empty() {
+        let mut content = String::new();
+        let mut finish_reason = None;
+        for choice in choices {
+            if let Some(delta) = choice.delta {
+                for part in [delta.reasoning_content, delta.reasoning, delta.content]
+                    .into_iter()
+                    .flatten()
+                {
+                    content.push_str(&part);
+                }
+            }
+            if let Some(t) = choice.text {
+                content.push_str(&t);
+            }
+            if choice.finish_reason.is_some() {
+                finish_reason = choice.finish_reason;
             }
         }
-        if let Some(t) = choice.text {
-            content.push_str(&t);
-        }
-        if choice.finish_reason.is_some() {
-            finish_reason = choice.finish_reason;
+        out.push(SseEvent::Chunk {
+            content,
+            finish_reason,
+        });
+    }
+    if let Some(u) = chunk.usage {
+        out.push(SseEvent::Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        });
+    }
+    Ok(())
+}
+
+/// The invariant the fuzz target (`fuzz/fuzz_targets/sse_parser.rs`) and the corpus replay
+/// test check: `input[0]` seeds how `input[1..]` is cut into reads; fed whole, byte by byte
+/// and in those pieces, the stream must give the same events and the same `has_partial`, or
+/// the same first error (with, before it, a prefix of the byte-by-byte events: events
+/// completed in the read that failed are not returned). `Err` describes the disagreement.
+pub fn check_split_consistency(input: &[u8]) -> Result<(), String> {
+    let Some((&seed, stream)) = input.split_first() else {
+        return Ok(());
+    };
+    let reference = feed(stream.chunks(1));
+    let whole = feed([stream]);
+    let pieces = split_points(seed, stream.len());
+    let split = feed(pieces.windows(2).map(|w| &stream[w[0]..w[1]]));
+    for (name, got) in [("whole", &whole), ("split", &split)] {
+        let agrees = match (&reference.error, &got.error) {
+            (None, None) => got.events == reference.events && got.partial == reference.partial,
+            (Some(want), Some(e)) => e == want && reference.events.starts_with(&got.events),
+            _ => false,
+        };
+        if !agrees {
+            return Err(format!(
+                "{name} feed disagrees with byte-by-byte (pieces at {}):\n\
+                 byte-by-byte: {}\n{name}: {}",
+                clip(format!("{pieces:?}")),
+                clip(format!("{reference:?}")),
+                clip(format!("{got:?}")),
+            ));
         }
     }
-    Ok(Some(SseEvent::Chunk {
-        content,
-        finish_reason,
-    }))
+    Ok(())
+}
+
+/// At most 2000 characters of a long description.
+fn clip(s: String) -> String {
+    if s.chars().count() <= 2000 {
+        return s;
+    }
+    let head: String = s.chars().take(2000).collect();
+    format!("{head}… ({} bytes in all)", s.len())
+}
+
+#[derive(Debug)]
+struct Fed {
+    events: Vec<SseEvent>,
+    error: Option<SseError>,
+    partial: bool,
+}
+
+/// Feeds reads to a fresh parser until the first error.
+fn feed<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> Fed {
+    let mut parser = SseParser::new();
+    let mut events = Vec::new();
+    for read in reads {
+        match parser.push(read) {
+            Ok(evs) => events.extend(evs),
+            Err(e) => {
+                return Fed {
+                    events,
+                    error: Some(e),
+                    partial: parser.has_partial(),
+                };
+            }
+        }
+    }
+    Fed {
+        events,
+        error: None,
+        partial: parser.has_partial(),
+    }
+}
+
+/// Cut points `0 = p0 < p1 < … = len` from a SplitMix64 seeded by `seed`: mostly short reads
+/// (1–8 bytes), sometimes longer ones (up to 256), now and then an empty one.
+fn split_points(seed: u8, len: usize) -> Vec<usize> {
+    let mut state = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut points = vec![0];
+    let mut at = 0;
+    while at < len {
+        let r = next();
+        let step = match r % 16 {
+            0 => 0,
+            1..=3 => 9 + (r >> 8) % 248,
+            _ => 1 + (r >> 8) % 8,
+        };
+        at = (at + usize::try_from(step).unwrap_or(1)).min(len);
+        points.push(at);
+    }
+    points
 }
 
 #[cfg(test)]
@@ -321,5 +456,107 @@ mod tests {
         let mut p = SseParser::new();
         p.push(b"data: {\"choices\":[").unwrap();
         assert!(p.has_partial());
+    }
+
+    #[test]
+    fn usage_riding_on_a_chunk_with_choices_is_kept() {
+        // llama.cpp's last chunk, and every chunk with vLLM's `continuous_usage_stats`:
+        // the usage used to be dropped, so output tokens fell back to the chunk count.
+        let s = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ab\"},\"finish_reason\":\"length\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n";
+        assert_eq!(
+            all_events(&[s.as_bytes()]),
+            vec![
+                SseEvent::Chunk {
+                    content: "ab".into(),
+                    finish_reason: Some("length".into())
+                },
+                SseEvent::Usage {
+                    prompt_tokens: Some(3),
+                    completion_tokens: Some(2)
+                }
+            ]
+        );
+        let nulls = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null,\"error\":null,\"message\":{\"x\":1}}\n\n";
+        assert_eq!(
+            all_events(&[nulls.as_bytes()]),
+            vec![SseEvent::Chunk {
+                content: "a".into(),
+                finish_reason: None
+            }]
+        );
+    }
+
+    #[test]
+    fn empty_data_is_not_an_event() {
+        // The SSE spec does not dispatch an event whose data is empty; it is no JSON error.
+        let s = "data:\n\ndata: \n\ndata: [DONE]\n\n";
+        assert_eq!(all_events(&[s.as_bytes()]), vec![SseEvent::Done]);
+    }
+
+    #[test]
+    fn error_messages_from_every_shape() {
+        let s = "data: {\"error\":\"plain\"}\n\ndata: {\"object\":\"error\",\"message\":\"oom\",\"code\":400}\n\ndata: {\"error\":{\"code\":500}}\n\n";
+        assert_eq!(
+            all_events(&[s.as_bytes()]),
+            vec![
+                SseEvent::Error("plain".into()),
+                SseEvent::Error("oom".into()),
+                SseEvent::Error("{\"code\":500}".into()),
+            ]
+        );
+    }
+
+    /// An event of `len` bytes (before its blank line), all of it one content string.
+    fn event_of_len(len: usize) -> String {
+        let head = "data: {\"choices\":[{\"delta\":{\"content\":\"";
+        let tail = "\"}}]}";
+        format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()))
+    }
+
+    #[test]
+    fn size_limit_does_not_depend_on_how_reads_are_cut() {
+        // Regression: the limit used to apply only to the bytes left over after a read, so
+        // an over-large event that arrived in one read was accepted and the same event in
+        // two reads was refused.
+        let big = format!("{}\n\n", event_of_len(MAX_EVENT_BYTES + 1));
+        assert_eq!(
+            SseParser::new().push(big.as_bytes()),
+            Err(SseError::TooLarge)
+        );
+        let mut p = SseParser::new();
+        let (a, b) = big.as_bytes().split_at(big.len() / 2);
+        assert_eq!(p.push(a), Ok(vec![]));
+        assert_eq!(p.push(b), Err(SseError::TooLarge));
+        // Exactly at the limit, with the longest separator that can wait for a byte
+        // (`\n\r`, then `\n`), it is accepted however it is cut.
+        let at_limit = format!("\x05{}\n\r\n", event_of_len(MAX_EVENT_BYTES));
+        check_split_consistency(at_limit.as_bytes()).unwrap();
+        let mut p = SseParser::new();
+        assert_eq!(p.push(&at_limit.as_bytes()[1..]).unwrap().len(), 1);
+        check_split_consistency(format!("\x05{big}").as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn fuzz_corpus_replays_consistently() {
+        // The fuzz target's invariant without nightly: every kept input, with its own split
+        // seed and a few others.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/sse_parser");
+        let mut files = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let input = std::fs::read(&path).unwrap();
+            check_split_consistency(&input).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if let Some((_, stream)) = input.split_first() {
+                for seed in [0u8, 1, 2, 0x80, 0xff] {
+                    let reseeded: Vec<u8> = std::iter::once(seed)
+                        .chain(stream.iter().copied())
+                        .collect();
+                    check_split_consistency(&reseeded)
+                        .unwrap_or_else(|e| panic!("{} seed {seed}: {e}", path.display()));
+                }
+            }
+            files += 1;
+        }
+        assert!(files >= 20, "only {files} corpus files in {dir}");
     }
 }
