@@ -419,6 +419,7 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Pacing;
     use clap::error::ErrorKind;
 
     fn parse(args: &[&str]) -> Result<(SimConfig, ServeOptions), String> {
@@ -547,6 +548,7 @@ mod tests {
             TimingMode::Exact(ExactSchedule {
                 ttft: Duration::from_millis(20),
                 itl: Duration::from_millis(10),
+                pacing: Pacing::Precise,
             })
         );
         let (c, s) = parse(&[
@@ -567,6 +569,7 @@ mod tests {
             TimingMode::Exact(ExactSchedule {
                 ttft: Duration::from_millis(50),
                 itl: Duration::from_micros(2500),
+                pacing: Pacing::Precise,
             })
         );
         // The speedup still divides the start-up, never the exact schedule.

@@ -72,6 +72,19 @@ pub struct ExactSchedule {
     pub ttft: Duration,
     /// `--sim-itl-ms`.
     pub itl: Duration,
+    /// Which timer sleeps until the deadlines.
+    pub pacing: Pacing,
+}
+
+/// The timer of the `exact` schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pacing {
+    /// [`crate::precise_timer`]: microsecond precision on the real clock (the default).
+    #[default]
+    Precise,
+    /// tokio's timer: deadlines rounded up to its 1 ms tick, but on tokio's clock, so that
+    /// tests can run the schedule on the paused clock.
+    Tokio,
 }
 
 impl Default for ExactSchedule {
@@ -89,7 +102,13 @@ impl ExactSchedule {
         Self {
             ttft: scaled(ttft_ms, 1.0),
             itl: scaled(itl_ms, 1.0),
+            pacing: Pacing::Precise,
         }
+    }
+
+    /// The same schedule, slept with `pacing`.
+    pub fn with_pacing(self, pacing: Pacing) -> Self {
+        Self { pacing, ..self }
     }
 
     /// Offset of token `k` from `t0`: `ttft + k × itl` (saturating).
@@ -402,6 +421,7 @@ mod tests {
         let huge = ExactSchedule {
             ttft: Duration::MAX,
             itl: Duration::MAX,
+            pacing: Pacing::Tokio,
         };
         assert!(huge.deadline(t0, u32::MAX) > t0 + Duration::from_secs(86_400));
     }

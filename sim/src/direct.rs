@@ -5,11 +5,12 @@
 //! paces the tokens (no task, no channel per request):
 //!
 //! - **exact**: token `k` (0-based) is written at `t0 + ttft + k × itl` ([`ExactSchedule`]),
-//!   `t0` being when the server parsed the request. Each deadline is absolute
-//!   ([`tokio::time::sleep_until`]; tokio's timer rounds up to its 1 ms tick, so a token is never
-//!   early), and a late token is written at once without moving the following deadlines. One
-//!   token per body frame: the chat role chunk rides with the first token, the usage chunk and
-//!   `[DONE]` with the last, as in vLLM.
+//!   `t0` being when the server parsed the request. Each deadline is absolute, slept with
+//!   [`crate::precise_timer`] (never early, typically 0.1 ms late; tokio's timer would round
+//!   every deadline up to its 1 ms tick) or, for tests on tokio's paused clock, with tokio's
+//!   ([`Pacing`]); a late token is written at once without moving the following deadlines.
+//!   One token per body frame: the chat role chunk rides with the first token, the usage chunk
+//!   and `[DONE]` with the last, as in vLLM.
 //! - **fast**: tokens are written as fast as the connection takes them, one token per SSE
 //!   event, up to `chunks_per_frame` token events per body frame.
 //!
@@ -33,9 +34,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ExactSchedule, TimingMode};
+use crate::config::{ExactSchedule, Pacing, TimingMode};
 use crate::error::SimError;
 use crate::metrics::{EngineStats, FinishedRecord};
+use crate::precise_timer::precise_sleep_until;
 use crate::scheduler::FinishReason;
 use crate::stream::{ContentTemplate, DONE, EVENT_STREAM, Endpoint, StreamContext};
 use crate::tokenizer::SyntheticOutput;
@@ -90,20 +92,34 @@ impl StopSignal {
         self.flag.load(Ordering::Acquire)
     }
 
-    /// Sleeps until `deadline` (at once if it has passed). Returns false if the engine stopped.
-    async fn sleep_until(&self, deadline: Instant) -> bool {
+    /// Sleeps until `deadline` (at once if it has passed) on `pacing`'s timer. Returns false
+    /// if the engine stopped.
+    async fn sleep_until(&self, deadline: Instant, pacing: Pacing) -> bool {
         let now = Instant::now();
         if deadline <= now {
             return !self.is_stopped();
         }
-        if deadline - now < WATCH_SHUTDOWN_AFTER {
-            tokio::time::sleep_until(deadline).await;
+        let watch = deadline - now >= WATCH_SHUTDOWN_AFTER;
+        match pacing {
+            Pacing::Precise => {
+                self.wait(precise_sleep_until(deadline.into_std()), watch)
+                    .await
+            }
+            Pacing::Tokio => self.wait(tokio::time::sleep_until(deadline), watch).await,
+        }
+    }
+
+    /// Awaits `sleep`, and also the shutdown token if `watch`. Returns false if the engine
+    /// stopped.
+    async fn wait(&self, sleep: impl Future<Output = ()>, watch: bool) -> bool {
+        if !watch {
+            sleep.await;
             return !self.is_stopped();
         }
         tokio::select! {
             biased;
             () = self.token.cancelled() => false,
-            () = tokio::time::sleep_until(deadline) => !self.is_stopped(),
+            () = sleep => !self.is_stopped(),
         }
     }
 }
@@ -200,11 +216,18 @@ pub async fn collect(
     let mut metrics = RequestMetrics::start(stats, req);
     let len = req.len();
     if let Pace::Exact(schedule) = pace {
-        if !stop.sleep_until(schedule.deadline(req.t0, 0)).await {
+        if !stop
+            .sleep_until(schedule.deadline(req.t0, 0), schedule.pacing)
+            .await
+        {
             return Err(SimError::EngineStopped);
         }
         metrics.emitted(1, Instant::now());
-        if len > 1 && !stop.sleep_until(schedule.deadline(req.t0, len - 1)).await {
+        if len > 1
+            && !stop
+                .sleep_until(schedule.deadline(req.t0, len - 1), schedule.pacing)
+                .await
+        {
             return Err(SimError::EngineStopped);
         }
         metrics.emitted(len - 1, Instant::now());
@@ -290,7 +313,7 @@ impl DirectSse {
         let count = match self.pace {
             Pace::Exact(schedule) => {
                 let deadline = schedule.deadline(self.metrics.req.t0, self.next);
-                if !self.stop.sleep_until(deadline).await {
+                if !self.stop.sleep_until(deadline, schedule.pacing).await {
                     return None;
                 }
                 1
@@ -385,6 +408,11 @@ mod tests {
         }
     }
 
+    /// An exact schedule on tokio's (paused) clock.
+    fn on_tokio(ttft_ms: f64, itl_ms: f64) -> ExactSchedule {
+        ExactSchedule::from_ms(ttft_ms, itl_ms).with_pacing(Pacing::Tokio)
+    }
+
     fn stop() -> (CancellationToken, StopSignal) {
         let token = CancellationToken::new();
         let signal = StopSignal::new(token.clone(), &TaskTracker::new());
@@ -421,7 +449,7 @@ mod tests {
         let stats = Arc::new(EngineStats::new());
         let (_token, signal) = stop();
         let t0 = Instant::now();
-        let schedule = ExactSchedule::from_ms(50.0, 20.5);
+        let schedule = on_tokio(50.0, 20.5);
         let c = ctx(Endpoint::Chat, true, 10);
         let expected = reference(&c);
         let mut frames = Box::pin(frames(
@@ -462,13 +490,43 @@ mod tests {
         assert_eq!((snap.success_length, snap.success_abort), (1, 0));
     }
 
+    /// With the precise timer on the real clock, frames come at their deadlines (which are
+    /// off tokio's 1 ms tick), never early, and well within a millisecond on an idle machine
+    /// (more is tolerated for busy CI machines).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn precise_frames_are_never_early() {
+        let (_token, signal) = stop();
+        let t0 = Instant::now();
+        let schedule = ExactSchedule::from_ms(5.3, 2.7);
+        assert_eq!(schedule.pacing, Pacing::Precise);
+        let mut frames = Box::pin(frames(
+            ctx(Endpoint::Completion, false, 20),
+            request(t0, 20),
+            Pace::Exact(schedule),
+            Arc::new(EngineStats::new()),
+            signal,
+        ));
+        let mut k = 0u32;
+        while frames.next().await.is_some() {
+            let at = Instant::now() - t0;
+            let due = schedule.offset(k);
+            assert!(at >= due, "token {k} early: {at:?} < {due:?}");
+            assert!(
+                at - due < crate::precise_timer::TEST_TOLERANCE,
+                "token {k} late: {at:?}"
+            );
+            k += 1;
+        }
+        assert_eq!(k, 20);
+    }
+
     /// A reader that falls behind gets the late tokens at once, and the schedule after them is
     /// unchanged (no drift).
     #[tokio::test(start_paused = true)]
     async fn exact_catches_up_without_drift() {
         let (_token, signal) = stop();
         let t0 = Instant::now();
-        let schedule = ExactSchedule::from_ms(20.0, 10.0);
+        let schedule = on_tokio(20.0, 10.0);
         let mut frames = Box::pin(frames(
             ctx(Endpoint::Completion, false, 8),
             request(t0, 8),
@@ -546,7 +604,7 @@ mod tests {
             let mut stream = Box::pin(frames(
                 ctx(Endpoint::Chat, true, 100),
                 request(t0, 100),
-                Pace::Exact(ExactSchedule::from_ms(ttft_ms, itl_ms)),
+                Pace::Exact(on_tokio(ttft_ms, itl_ms)),
                 stats.clone(),
                 signal,
             ));
@@ -575,7 +633,7 @@ mod tests {
         let stats = Arc::new(EngineStats::new());
         let (_token, signal) = stop();
         let t0 = Instant::now();
-        let pace = Pace::Exact(ExactSchedule::from_ms(50.0, 20.0));
+        let pace = Pace::Exact(on_tokio(50.0, 20.0));
         let (n, reason) = collect(request(t0, 10), pace, stats.clone(), &signal)
             .await
             .unwrap();

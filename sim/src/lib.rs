@@ -24,6 +24,7 @@ pub mod direct;
 pub mod error;
 pub mod logging;
 pub mod metrics;
+pub mod precise_timer;
 pub mod protocol;
 pub mod scheduler;
 pub mod stream;
@@ -40,7 +41,8 @@ use tokio_util::task::TaskTracker;
 
 pub use crate::cli::{Args, ServeOptions};
 pub use crate::config::{
-    EngineConfig, ExactSchedule, SimConfig, TimingMode, TimingModel, VLLM_RELEASE, VLLM_VERSION,
+    EngineConfig, ExactSchedule, Pacing, SimConfig, TimingMode, TimingModel, VLLM_RELEASE,
+    VLLM_VERSION,
 };
 pub use crate::error::SimError;
 
@@ -73,12 +75,18 @@ pub async fn run(
     tracing::info!(src = "entry.py:136", "Supported tasks: ['generate']");
     match config.timing_mode {
         TimingMode::Model => {}
-        TimingMode::Exact(s) => tracing::info!(
-            "vllm-sim timing: exact, TTFT {:?}, ITL {:?} per request in real time (no engine, \
-             no batching, no --sim-speedup)",
-            s.ttft,
-            s.itl
-        ),
+        TimingMode::Exact(s) => {
+            if s.pacing == Pacing::Precise {
+                // The timer thread, before the first request needs it.
+                precise_timer::start();
+            }
+            tracing::info!(
+                "vllm-sim timing: exact, TTFT {:?}, ITL {:?} per request in real time (no \
+                 engine, no batching, no --sim-speedup)",
+                s.ttft,
+                s.itl
+            )
+        }
         TimingMode::Fast { chunks_per_frame } => tracing::info!(
             "vllm-sim timing: fast, up to {chunks_per_frame} token events per frame (no engine, \
              no batching)"
