@@ -244,12 +244,17 @@ pub fn summarize(meta: PointMeta, records: &[RequestRecord]) -> PointSummary {
 
 /// (sent − 1) / (last send − first send), from the records' send offsets.
 fn achieved_rate(records: &[RequestRecord]) -> f64 {
-    let first = records.iter().map(|r| r.send_offset_s).reduce(f64::min);
-    let last = records.iter().map(|r| r.send_offset_s).reduce(f64::max);
-    match (first, last) {
-        (Some(a), Some(b)) if b > a && records.len() > 1 => (records.len() - 1) as f64 / (b - a),
+    match send_span(records) {
+        Some((a, b)) if b > a && records.len() > 1 => (records.len() - 1) as f64 / (b - a),
         _ => 0.0,
     }
+}
+
+/// The first and the last send offset of the records (`None` without records).
+fn send_span(records: &[RequestRecord]) -> Option<(f64, f64)> {
+    let first = records.iter().map(|r| r.send_offset_s).reduce(f64::min)?;
+    let last = records.iter().map(|r| r.send_offset_s).reduce(f64::max)?;
+    Some((first, last))
 }
 
 /// Time-averaged requests in flight between the first and the last send: each request
@@ -257,9 +262,7 @@ fn achieved_rate(records: &[RequestRecord]) -> f64 {
 /// not in flight, which only lowers the figure). A burst (no send span) reports the
 /// requests that left together.
 fn mean_in_flight(records: &[RequestRecord]) -> f64 {
-    let first = records.iter().map(|r| r.send_offset_s).reduce(f64::min);
-    let last = records.iter().map(|r| r.send_offset_s).reduce(f64::max);
-    let (Some(start), Some(end)) = (first, last) else {
+    let Some((start, end)) = send_span(records) else {
         return 0.0;
     };
     if end - start <= 0.0 {
