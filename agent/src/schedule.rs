@@ -55,7 +55,12 @@ impl RateSchedule {
                 break;
             }
             out.push(Duration::from_secs_f64(t));
-            t += self.gap(&mut rng);
+            t = match self.arrival {
+                // k / rate, not a running sum: 10,000 sums of 1/500 land a hair under
+                // 20 s and would add a 10,001st request to a 20 s schedule.
+                Arrival::Constant => out.len() as f64 / self.rate,
+                Arrival::Poisson | Arrival::Gamma => t + self.gap(&mut rng),
+            };
         }
         out
     }
@@ -152,9 +157,16 @@ mod tests {
             max_requests: None,
             ..schedule(Arrival::Constant, 1.0, 0)
         };
-        // 50/s for 1 s: offsets 0, 0.02, …, 0.98 (float steps may land a hair under 1.0).
+        // 50/s for 1 s: offsets 0, 0.02, …, 0.98; exactly 50, also for long schedules.
         let offs = s.offsets();
-        assert!((50..=51).contains(&offs.len()), "{}", offs.len());
+        assert_eq!(offs.len(), 50);
+        let long = RateSchedule {
+            rate: 500.0,
+            duration: Some(Duration::from_secs(20)),
+            max_requests: None,
+            ..schedule(Arrival::Constant, 1.0, 0)
+        };
+        assert_eq!(long.offsets().len(), 10_000);
         assert!(offs.iter().all(|o| o.as_secs_f64() < 1.0));
         let both = RateSchedule {
             max_requests: Some(10),
