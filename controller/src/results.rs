@@ -33,7 +33,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use crate::error::ControllerError;
-use crate::summary::{ClientStats, Percentiles, PointMeta, PointSummary, ServerStats};
+use crate::summary::{ClientStats, InFlight, Percentiles, PointMeta, PointSummary, ServerStats};
 
 /// Joins a point's fallbacks (one per line) in the one `fallbacks` column.
 const FALLBACK_SEPARATOR: &str = "\n";
@@ -230,6 +230,9 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, Controller
         let load_wall_s = c.get::<Float64Array>("load_wall_s")?;
         let client_cores = c.get::<UInt32Array>("client_cores")?;
         let fallbacks = c.get::<StringArray>("fallbacks")?;
+        let in_flight_scrapes = c.get::<UInt32Array>("in_flight_scrapes")?;
+        let in_flight_client = c.get::<Float64Array>("in_flight_client_mean")?;
+        let in_flight_engine = c.get::<Float64Array>("in_flight_engine_mean")?;
         let distribution = |columns: &[&Float64Array; 4], row: usize| {
             let [mean, p50, p90, p99] = columns.map(|column| opt(column, row));
             Percentiles {
@@ -289,6 +292,18 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, Controller
                 achieved_rate: achieved_rate.value(i),
                 achieved_concurrency: achieved_concurrency.value(i),
                 send_lag_s: distribution(&send_lag_s, i),
+                in_flight: match (
+                    in_flight_scrapes.is_valid(i),
+                    opt(in_flight_client, i),
+                    opt(in_flight_engine, i),
+                ) {
+                    (true, Some(client_mean), Some(server_mean)) => Some(InFlight {
+                        scrapes: in_flight_scrapes.value(i) as usize,
+                        client_mean,
+                        server_mean,
+                    }),
+                    _ => None,
+                },
                 verdict: verdict.value(i).to_owned(),
             });
         }
@@ -540,6 +555,11 @@ fn points_schema() -> Schema {
     fields.push(u32("client_cores"));
     // Request extensions the engine refused, joined with FALLBACK_SEPARATOR.
     fields.push(utf8("fallbacks"));
+    // Mean requests in flight at the engine's scrapes, as the client and as the engine
+    // counted them (null with too few scrapes during the load).
+    fields.push(Field::new("in_flight_scrapes", DataType::UInt32, true));
+    fields.push(Field::new("in_flight_client_mean", DataType::Float64, true));
+    fields.push(Field::new("in_flight_engine_mean", DataType::Float64, true));
     Schema::new(fields)
 }
 
@@ -687,6 +707,12 @@ fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, ControllerError> 
         .map(|s| s.meta.fallbacks.join(FALLBACK_SEPARATOR))
         .collect();
     columns.push(Arc::new(StringArray::from_iter_values(fallbacks)));
+    columns.push(Arc::new(UInt32Array::from_iter(rows.iter().map(|s| {
+        s.in_flight
+            .map(|f| u32::try_from(f.scrapes).unwrap_or(u32::MAX))
+    }))));
+    columns.push(opt_f64s(rows, |s| s.in_flight.map(|f| f.client_mean)));
+    columns.push(opt_f64s(rows, |s| s.in_flight.map(|f| f.server_mean)));
     Ok(RecordBatch::try_new(Arc::new(points_schema()), columns)?)
 }
 
@@ -984,13 +1010,18 @@ mod tests {
     fn partition_round_trips_exactly() {
         let root = tempfile::tempdir().unwrap();
         let recs = records();
-        let done = summarize(meta(0), &recs);
+        let done = summarize(meta(0), &recs, &[]);
         let mut failed_meta = meta(1);
         failed_meta.state = "failed".into();
         failed_meta.error = "engine OOM-killed".into();
         failed_meta.attempt = 1;
-        let failed = summarize(failed_meta, &[]);
+        let failed = summarize(failed_meta, &[], &[]);
         let mut done = done;
+        done.in_flight = Some(InFlight {
+            scrapes: 7,
+            client_mean: 7.5,
+            server_mean: 6.25,
+        });
         done.server = ServerStats {
             running_max: Some(8.0),
             waiting_max: Some(0.0),
@@ -1072,7 +1103,7 @@ mod tests {
     fn columns_avoid_partition_keys_and_use_utc_micros() {
         let root = tempfile::tempdir().unwrap();
         let recs = records();
-        let points = vec![(summarize(meta(0), &recs), recs.as_slice())];
+        let points = vec![(summarize(meta(0), &recs, &[]), recs.as_slice())];
         let files = write_partition(
             root.path(),
             "sw-20260101-abc",
@@ -1109,7 +1140,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let recs = records();
         let model = "meta-llama/Llama-3.2-1B";
-        let first = vec![(summarize(meta(0), &recs), recs.as_slice())];
+        let first = vec![(summarize(meta(0), &recs, &[]), recs.as_slice())];
         write_partition(
             root.path(),
             "sw-20260101-abc",
@@ -1120,7 +1151,7 @@ mod tests {
             &metadata(),
         )
         .unwrap();
-        let second = vec![(summarize(meta(5), &recs[..1]), &recs[..1])];
+        let second = vec![(summarize(meta(5), &recs[..1], &[]), &recs[..1])];
         let files = write_partition(
             root.path(),
             "sw-20260101-abc",
@@ -1141,7 +1172,7 @@ mod tests {
     #[test]
     fn points_of_another_partition_are_rejected() {
         let root = tempfile::tempdir().unwrap();
-        let points = vec![(summarize(meta(0), &[]), &[][..])];
+        let points = vec![(summarize(meta(0), &[], &[]), &[][..])];
         let err = write_partition(
             root.path(),
             "sw-20260101-abc",
@@ -1233,7 +1264,7 @@ mod tests {
             "sw-20260101-abc",
             "meta-llama/Llama-3.2-1B",
             2,
-            &[(summarize(meta(0), &recs), recs.as_slice())],
+            &[(summarize(meta(0), &recs, &[]), recs.as_slice())],
             &[],
             &metadata(),
         )
@@ -1243,7 +1274,7 @@ mod tests {
             "sw-2",
             "meta-llama/Llama-3.2-1B",
             1,
-            &[(summarize(other, &recs), recs.as_slice())],
+            &[(summarize(other, &recs, &[]), recs.as_slice())],
             &[],
             &metadata(),
         )

@@ -14,7 +14,7 @@ use fleetbench_proto::unix_millis_now;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::summary::{ClientStats, PointMeta, PointSummary, server_stats, summarize};
+use crate::summary::{ClientStats, PointMeta, PointSummary, summarize};
 
 /// Messages to send to agents once the state lock is released: (agent name, message).
 pub type Outgoing = Vec<(String, pb::ControllerMessage)>;
@@ -501,9 +501,7 @@ impl State {
             },
             fallbacks: pf.fallbacks.clone(),
         };
-        let mut summary = summarize(meta, &records);
-        summary.server = server_stats(&pf.engine_metrics);
-        p.summary = Some(summary);
+        p.summary = Some(summarize(meta, &records, &pf.engine_metrics));
         p.state = state;
         p.error = pf.error.clone();
         p.host = host;

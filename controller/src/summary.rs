@@ -74,6 +74,14 @@ pub const SEND_LAG_P99_LIMIT_S: f64 = 0.010;
 pub const CLIENT_CPU_LIMIT: f64 = 0.9;
 /// Concurrency mode must hold at least this share of its slots in flight on average.
 pub const CONCURRENCY_HELD_MIN: f64 = 0.9;
+/// The engine's in-flight count (running + waiting) may differ from the client's by this
+/// share plus [`IN_FLIGHT_SLACK`] requests on average over the scrapes before the verdict
+/// names it: a scrape and the requests around it never line up to the microsecond.
+pub const IN_FLIGHT_TOLERANCE: f64 = 0.1;
+/// See [`IN_FLIGHT_TOLERANCE`].
+pub const IN_FLIGHT_SLACK: f64 = 1.0;
+/// Fewer scrapes with requests in flight than this say nothing about the engine's view.
+pub const IN_FLIGHT_MIN_SCRAPES: usize = 3;
 
 /// Mean and percentiles of one metric; all `None` when there were no values.
 ///
@@ -118,6 +126,9 @@ pub struct PointSummary {
     pub achieved_concurrency: f64,
     /// Actual − scheduled send time of every measured request, in seconds.
     pub send_lag_s: Percentiles,
+    /// Requests in flight as the client and as the engine saw them at the engine's
+    /// scrapes; `None` with too few scrapes during the load.
+    pub in_flight: Option<InFlight>,
     /// `valid`, or why the point did not measure what it asked for.
     pub verdict: String,
 }
@@ -131,6 +142,55 @@ pub struct ServerStats {
     pub waiting_max: Option<f64>,
     pub kv_cache_usage_max: Option<f64>,
     pub preemptions: Option<f64>,
+}
+
+/// Requests in flight at the moments the engine was scraped, averaged over the scrapes
+/// taken while the client had at least one request out: the client's count (sent, not yet
+/// finished) and the engine's (`vllm:num_requests_running` + `vllm:num_requests_waiting`).
+/// The engine seeing fewer means requests waited before they reached it (client or
+/// network); more means requests that are not this point's (a shared engine).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InFlight {
+    pub scrapes: usize,
+    pub client_mean: f64,
+    pub server_mean: f64,
+}
+
+/// Compares the client's and the engine's in-flight counts at each scrape (see
+/// [`InFlight`]). Sample offsets and record send offsets share one origin: the start of
+/// the measured load on the agent's clock.
+pub fn in_flight(records: &[RequestRecord], samples: &[pb::MetricSample]) -> Option<InFlight> {
+    let waiting_at = |offset: f64| {
+        samples
+            .iter()
+            .find(|s| s.name == "vllm:num_requests_waiting" && s.offset_s == offset)
+            .map_or(0.0, |s| s.value)
+    };
+    let (mut scrapes, mut client_sum, mut server_sum) = (0usize, 0.0, 0.0);
+    for s in samples
+        .iter()
+        .filter(|s| s.name == "vllm:num_requests_running")
+    {
+        let t = s.offset_s;
+        let client = records
+            .iter()
+            .filter(|r| {
+                r.e2el_s
+                    .is_some_and(|e2el| r.send_offset_s <= t && t < r.send_offset_s + e2el)
+            })
+            .count();
+        if client == 0 {
+            continue;
+        }
+        scrapes += 1;
+        client_sum += client as f64;
+        server_sum += s.value + waiting_at(t);
+    }
+    (scrapes >= IN_FLIGHT_MIN_SCRAPES).then(|| InFlight {
+        scrapes,
+        client_mean: client_sum / scrapes as f64,
+        server_mean: server_sum / scrapes as f64,
+    })
 }
 
 /// Computes [`ServerStats`] from the samples an agent scraped during a point.
@@ -161,7 +221,12 @@ pub fn server_stats(samples: &[pb::MetricSample]) -> ServerStats {
 /// Input tokens of a request are `usage.prompt_tokens` when the server reported it, else the
 /// exact prompt length the load generator built (`target_input_tokens`); output tokens are
 /// `output_tokens` (0 when unknown).
-pub fn summarize(meta: PointMeta, records: &[RequestRecord]) -> PointSummary {
+/// `engine_metrics` are the engine's `/metrics` samples scraped during the load.
+pub fn summarize(
+    meta: PointMeta,
+    records: &[RequestRecord],
+    engine_metrics: &[pb::MetricSample],
+) -> PointSummary {
     let completed_records = || records.iter().filter(|r| r.success());
     let completed = saturating_u32(completed_records().count());
     let failed = saturating_u32(records.len()).saturating_sub(completed);
@@ -183,6 +248,7 @@ pub fn summarize(meta: PointMeta, records: &[RequestRecord]) -> PointSummary {
     );
     let achieved_rate = achieved_rate(records);
     let achieved_concurrency = mean_in_flight(records);
+    let in_flight = in_flight(records, engine_metrics);
     let verdict = verdict(&Checks {
         measured: records.len(),
         failed,
@@ -191,6 +257,7 @@ pub fn summarize(meta: PointMeta, records: &[RequestRecord]) -> PointSummary {
         output_mismatches: output_len_mismatches,
         send_lag_p99: send_lag_s.p99,
         achieved_concurrency,
+        in_flight,
     });
 
     let duration_s = if completed == 0 {
@@ -232,12 +299,13 @@ pub fn summarize(meta: PointMeta, records: &[RequestRecord]) -> PointSummary {
         tpot_s: percentiles(&collect(|r| r.tpot_s)),
         itl_s: percentiles(&itl),
         e2el_s: percentiles(&collect(|r| r.e2el_s)),
-        server: ServerStats::default(),
+        server: server_stats(engine_metrics),
         input_len_mismatches,
         output_len_mismatches,
         achieved_rate,
         achieved_concurrency,
         send_lag_s,
+        in_flight,
         verdict,
     }
 }
@@ -288,6 +356,7 @@ struct Checks<'a> {
     output_mismatches: u32,
     send_lag_p99: Option<f64>,
     achieved_concurrency: f64,
+    in_flight: Option<InFlight>,
 }
 
 /// Why a point's numbers do not describe the requested load, or `valid`. Failed requests,
@@ -302,6 +371,7 @@ fn verdict(c: &Checks<'_>) -> String {
         output_mismatches,
         send_lag_p99,
         achieved_concurrency,
+        in_flight,
     } = *c;
     let mut reasons = Vec::new();
     if measured == 0 {
@@ -345,6 +415,20 @@ fn verdict(c: &Checks<'_>) -> String {
             client.cpu_cores(),
             client.cores
         ));
+    }
+    if let Some(f) = in_flight {
+        let slack = IN_FLIGHT_TOLERANCE * f.client_mean + IN_FLIGHT_SLACK;
+        if f.server_mean < f.client_mean - slack {
+            reasons.push(format!(
+                "engine saw {:.1} requests in flight on average, the client {:.1} ({} scrapes): requests waited before reaching the engine",
+                f.server_mean, f.client_mean, f.scrapes
+            ));
+        } else if f.server_mean > f.client_mean + slack {
+            reasons.push(format!(
+                "engine had {:.1} requests in flight on average, the client {:.1} ({} scrapes): the engine also served requests not of this point",
+                f.server_mean, f.client_mean, f.scrapes
+            ));
+        }
     }
     for fallback in &meta.fallbacks {
         reasons.push(format!("engine fallback: {fallback}"));
@@ -469,6 +553,8 @@ impl From<&PointSummary> for pb::PointSummary {
             client_cpu_cores: m.client.cpu_cores(),
             client_cores: m.client.cores,
             fallbacks: m.fallbacks.clone(),
+            in_flight_client_mean: s.in_flight.map(|f| f.client_mean),
+            in_flight_engine_mean: s.in_flight.map(|f| f.server_mean),
         }
     }
 }
@@ -589,7 +675,7 @@ mod tests {
             // sent first, at −0.5 s: starts the duration although it failed
             failed(-500_000),
         ];
-        let s = summarize(meta(), &records);
+        let s = summarize(meta(), &records, &[]);
         assert_eq!(s.meta, meta());
         assert_eq!((s.completed, s.failed), (3, 1));
         // −0.5 s → +2.7 s
@@ -631,7 +717,7 @@ mod tests {
 
     #[test]
     fn all_failed_point_has_zero_throughput_and_no_latencies() {
-        let s = summarize(meta(), &[failed(0), failed(1_000)]);
+        let s = summarize(meta(), &[failed(0), failed(1_000)], &[]);
         assert_eq!((s.completed, s.failed), (0, 2));
         assert_eq!(s.duration_s, 0.0);
         assert_eq!(s.request_throughput, 0.0);
@@ -644,7 +730,7 @@ mod tests {
 
     #[test]
     fn empty_point_summarizes_to_zeros() {
-        let s = summarize(meta(), &[]);
+        let s = summarize(meta(), &[], &[]);
         assert_eq!((s.completed, s.failed, s.duration_s), (0, 0, 0.0));
         assert_eq!(s.ttft_s, Percentiles::default());
     }
@@ -654,13 +740,13 @@ mod tests {
         let mut r = ok(0, 0.5, 1.0, 10, &[]);
         r.input_tokens = None;
         r.target_input_tokens = 90;
-        let s = summarize(meta(), &[r]);
+        let s = summarize(meta(), &[r], &[]);
         assert_close(s.total_token_throughput, 100.0);
     }
 
     #[test]
     fn wire_summary_carries_meta_and_output_speed_mean() {
-        let s = summarize(meta(), &[ok(0, 0.1, 1.1, 11, &[0.1])]);
+        let s = summarize(meta(), &[ok(0, 0.1, 1.1, 11, &[0.1])], &[]);
         let wire = pb::PointSummary::from(&s);
         assert_eq!(wire.state, "done");
         assert_eq!(wire.endpoint, "chat");
@@ -670,7 +756,7 @@ mod tests {
         assert_eq!((wire.gpus, wire.completed, wire.failed), (2, 1, 0));
         assert_eq!(wire.per_request_output_speed_mean, s.output_speed.mean);
         assert_eq!(wire.ttft_s.and_then(|p| p.p50), Some(0.1));
-        let empty = pb::PointSummary::from(&summarize(meta(), &[]));
+        let empty = pb::PointSummary::from(&summarize(meta(), &[], &[]));
         assert_eq!(empty.tpot_s.and_then(|p| p.mean), None);
     }
 
@@ -702,7 +788,7 @@ mod tests {
     #[test]
     fn verdict_names_failures_and_wrong_lengths() {
         let good = [ok(0, 0.1, 1.1, 21, &[0.1]), ok(0, 0.1, 1.1, 21, &[0.1])];
-        let s = summarize(meta(), &good);
+        let s = summarize(meta(), &good, &[]);
         assert_eq!((s.input_len_mismatches, s.output_len_mismatches), (0, 0));
         assert_eq!(s.verdict, "valid");
 
@@ -712,14 +798,14 @@ mod tests {
         short.target_output_tokens = 21;
         let mut long_prompt = ok(0, 0.1, 1.1, 21, &[0.1]);
         long_prompt.input_tokens = Some(101);
-        let s = summarize(meta(), &[short, long_prompt, failed(0)]);
+        let s = summarize(meta(), &[short, long_prompt, failed(0)], &[]);
         assert_eq!((s.input_len_mismatches, s.output_len_mismatches), (1, 1));
         assert_eq!(
             s.verdict,
             "1 of 3 requests failed; 1 request(s) not at 100 input tokens as the server counted; \
              1 request(s) not at 21 output tokens"
         );
-        assert_eq!(summarize(meta(), &[]).verdict, "no requests measured");
+        assert_eq!(summarize(meta(), &[], &[]).verdict, "no requests measured");
     }
 
     /// A request sent at `send` s (scheduled at `scheduled`) that took `e2el` s.
@@ -745,6 +831,7 @@ mod tests {
                 ..meta()
             },
             &records,
+            &[],
         );
         assert_close(s.achieved_rate, 10.0 / (1.03 - 0.001));
         assert_close(s.send_lag_s.p50.unwrap(), 0.001);
@@ -768,7 +855,7 @@ mod tests {
             batch_size: 2,
             ..meta()
         };
-        let s = summarize(conc.clone(), &serial);
+        let s = summarize(conc.clone(), &serial, &[]);
         assert_close(s.achieved_concurrency, 1.0);
         assert!(
             s.verdict
@@ -780,7 +867,7 @@ mod tests {
         let paired: Vec<_> = (0..10)
             .map(|i| timed(f64::from(i / 2), f64::from(i / 2), 1.0))
             .collect();
-        let s = summarize(conc, &paired);
+        let s = summarize(conc, &paired, &[]);
         assert_close(s.achieved_concurrency, 2.0);
         assert_eq!(s.verdict, "valid");
     }
@@ -797,7 +884,7 @@ mod tests {
             fallbacks: vec!["ignore_eos, min_tokens refused: output length not forced".into()],
             ..meta()
         };
-        let s = summarize(busy, &records);
+        let s = summarize(busy, &records, &[]);
         assert_eq!(
             s.verdict,
             "client CPU-saturated (1.90 of 2 cores busy): the point measured the load generator; \
@@ -811,6 +898,67 @@ mod tests {
             },
             ..meta()
         };
-        assert_eq!(summarize(calm, &records).verdict, "valid");
+        assert_eq!(summarize(calm, &records, &[]).verdict, "valid");
+    }
+
+    /// Engine samples every 0.5 s from 0.25 s on: `running` and `waiting` at each.
+    fn scrapes(running: f64, waiting: f64, n: u32) -> Vec<pb::MetricSample> {
+        (0..n)
+            .flat_map(|i| {
+                let offset_s = 0.25 + f64::from(i) * 0.5;
+                [
+                    ("vllm:num_requests_running", running),
+                    ("vllm:num_requests_waiting", waiting),
+                ]
+                .map(|(name, value)| pb::MetricSample {
+                    offset_s,
+                    unix_ms: 0,
+                    name: name.into(),
+                    value,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn engine_in_flight_is_compared_with_the_client() {
+        // 8 requests in flight from 0 to 3 s: the client has 8 out at every scrape.
+        let records: Vec<_> = (0..8).map(|_| timed(0.0, 0.0, 3.0)).collect();
+        let agree = summarize(meta(), &records, &scrapes(6.0, 2.0, 6));
+        assert_eq!(
+            agree.in_flight,
+            Some(InFlight {
+                scrapes: 6,
+                client_mean: 8.0,
+                server_mean: 8.0
+            })
+        );
+        assert_eq!(agree.verdict, "valid");
+        assert_eq!(agree.server.running_max, Some(6.0));
+
+        let starved = summarize(meta(), &records, &scrapes(4.0, 0.0, 6));
+        assert!(
+            starved
+                .verdict
+                .contains("engine saw 4.0 requests in flight on average, the client 8.0"),
+            "{}",
+            starved.verdict
+        );
+        let shared = summarize(meta(), &records, &scrapes(12.0, 3.0, 6));
+        assert!(
+            shared.verdict.contains("not of this point"),
+            "{}",
+            shared.verdict
+        );
+        // Within 10 % + 1 request: scrape timing, not a finding.
+        let close = summarize(meta(), &records, &scrapes(7.0, 0.0, 6));
+        assert_eq!(close.verdict, "valid");
+        // Scrapes after the load (client idle) do not count; too few scrapes say nothing.
+        let late = summarize(meta(), &records, &scrapes(0.0, 0.0, 12));
+        assert_eq!(late.in_flight.map(|f| f.scrapes), Some(6));
+        assert_eq!(
+            summarize(meta(), &records, &scrapes(1.0, 0.0, 2)).in_flight,
+            None
+        );
     }
 }

@@ -73,6 +73,13 @@ async fn concurrency_and_rate_modes_send_what_they_promise() {
         p.achieved_concurrency
     );
     assert_eq!(p.verdict, "valid", "{p:?}");
+    // The engine's scrapes (every 20 ms here) saw the client's 4 in flight.
+    let seen = p.in_flight.expect("engine scraped during the load");
+    assert!(seen.scrapes >= 10, "{seen:?}");
+    assert!(
+        (seen.server_mean - seen.client_mean).abs() <= 0.5 && seen.client_mean > 3.0,
+        "{seen:?}"
+    );
     assert!(p.meta.client.cores >= 1 && p.meta.client.wall_s > 0.0);
     let rows = read_requests(&dir.join(format!("{id}.requests.parquet"))).unwrap();
     assert_eq!(rows.len(), 40);
