@@ -13,8 +13,8 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory as _, Parser, ValueEnum};
 
 use crate::config::{
-    EchoedArgs, EngineConfig, ExactSchedule, MAX_EXACT_MS, MIN_SPEEDUP, SimConfig, TimingMode,
-    TimingModel, scaled,
+    CrashAt, EchoedArgs, EngineConfig, ExactSchedule, MAX_EXACT_MS, MIN_SPEEDUP, SimConfig,
+    TimingMode, TimingModel, scaled,
 };
 use crate::error::SimError;
 
@@ -184,6 +184,12 @@ pub struct Args {
     /// Answer /v1/completions with 404 like servers that lack it.
     #[arg(long)]
     pub disable_completions: bool,
+
+    /// Simulate a GPU out-of-memory crash: when N requests run in one engine step, log vLLM's
+    /// fatal EngineCore error (torch.OutOfMemoryError, EngineDeadError) and exit with code 1,
+    /// cutting open streams. `--sim-timing model` only. Default: never.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "VLLM_SIM_CRASH_AT_RUNNING")]
+    pub sim_crash_at_running: Option<u32>,
 }
 
 /// A command-line value as Python prints it in a dict: numbers bare, text quoted.
@@ -389,6 +395,9 @@ impl Args {
                 block_size: self.block_size,
                 kv_cache_tokens: self.sim_kv_cache_tokens,
                 timing,
+                crash: self
+                    .sim_crash_at_running
+                    .map(|n| CrashAt::exit_at(usize::try_from(n).unwrap_or(usize::MAX))),
             },
             timing_mode: match self.sim_timing {
                 SimTiming::Model => TimingMode::Model,
@@ -602,6 +611,30 @@ mod tests {
         assert!(
             Args::non_default_args(["vllm-sim", "m", "--sim-timing", "exact"])
                 .contains("'sim_timing': 'exact'")
+        );
+    }
+
+    #[test]
+    fn crash_at_running_needs_the_model_timing() {
+        let (c, _) = parse(&["m"]).unwrap();
+        assert_eq!(c.engine.crash, None);
+        let (c, _) = parse(&["m", "--sim-crash-at-running", "4"]).unwrap();
+        assert_eq!(c.engine.crash, Some(CrashAt::exit_at(4)));
+        let (c, _) = parse(&["m", "--sim_crash_at_running=2", "--sim-timing", "model"]).unwrap();
+        assert_eq!(c.engine.crash, Some(CrashAt::exit_at(2)));
+        assert!(parse(&["m", "--sim-crash-at-running", "0"]).is_err());
+        assert!(parse(&["m", "--sim-crash-at-running", "-1"]).is_err());
+        for timing in ["exact", "fast"] {
+            let err =
+                parse(&["m", "--sim-crash-at-running", "4", "--sim-timing", timing]).unwrap_err();
+            assert!(
+                err.contains("--sim-crash-at-running needs --sim-timing model"),
+                "{err}"
+            );
+        }
+        assert!(
+            Args::non_default_args(["vllm-sim", "m", "--sim-crash-at-running", "8"])
+                .contains("'sim_crash_at_running': 8")
         );
     }
 

@@ -3,6 +3,8 @@
 //! [`SimConfig`] is what [`crate::run`] consumes; `cli.rs` builds it from `vllm serve`-style
 //! flags, tests build it directly with [`SimConfig::new`] and struct update syntax.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::SimError;
@@ -169,6 +171,9 @@ pub struct EngineConfig {
     pub kv_cache_tokens: u64,
     /// Step-time model.
     pub timing: TimingModel,
+    /// `--sim-crash-at-running`: die of a simulated GPU out-of-memory error when a step would
+    /// run this many requests (`None`: never).
+    pub crash: Option<CrashAt>,
 }
 
 impl Default for EngineConfig {
@@ -179,6 +184,63 @@ impl Default for EngineConfig {
             block_size: 16,
             kv_cache_tokens: 262_144,
             timing: TimingModel::default(),
+            crash: None,
+        }
+    }
+}
+
+/// A simulated GPU out-of-memory crash (`--sim-crash-at-running N`): when admission makes the
+/// running batch reach `running` requests, the engine logs vLLM's fatal `EngineCore` error
+/// (`torch.OutOfMemoryError`, then the API server's `EngineDeadError`) and `action` runs.
+/// Only the engine loop (`--sim-timing model`) can crash; [`SimConfig::validate`] rejects it
+/// with the `exact` and `fast` timings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrashAt {
+    /// Number of running requests (newly admitted ones included) that kills the engine (≥ 1).
+    pub running: usize,
+    /// What happens once the fatal lines are logged.
+    pub action: CrashAction,
+}
+
+impl CrashAt {
+    /// A crash at `running` requests that ends the process ([`CrashAction::Exit`]).
+    pub fn exit_at(running: usize) -> Self {
+        Self {
+            running,
+            action: CrashAction::Exit,
+        }
+    }
+}
+
+/// What the engine does after logging its fatal error.
+#[derive(Clone, Default)]
+pub enum CrashAction {
+    /// Flush stdout and stderr and end the process with exit code 1, cutting every open
+    /// stream mid-way like a real crash (what the `vllm-sim` binary does).
+    #[default]
+    Exit,
+    /// Call the hook with the number of running requests, then stop the engine loop: open
+    /// streams end without `[DONE]` and later requests get 503, while the HTTP server stays
+    /// up. For tests that run the simulator inside their own process.
+    Hook(Arc<dyn Fn(usize) + Send + Sync>),
+}
+
+impl fmt::Debug for CrashAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exit => f.write_str("Exit"),
+            Self::Hook(_) => f.write_str("Hook(..)"),
+        }
+    }
+}
+
+impl PartialEq for CrashAction {
+    /// Hooks are equal when they are the same closure.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Exit, Self::Exit) => true,
+            (Self::Hook(a), Self::Hook(b)) => Arc::ptr_eq(a, b),
+            _ => false,
         }
     }
 }
@@ -337,6 +399,18 @@ impl SimConfig {
                 t.speedup
             ));
         }
+        if let Some(crash) = &engine.crash {
+            if crash.running == 0 {
+                return bad("--sim-crash-at-running must be at least 1".to_owned());
+            }
+            if self.timing_mode.is_direct() {
+                return bad(
+                    "--sim-crash-at-running needs --sim-timing model: the exact and fast \
+                     timings bypass the engine, which is what crashes"
+                        .to_owned(),
+                );
+            }
+        }
         match self.timing_mode {
             TimingMode::Model => {}
             TimingMode::Exact(s) => {
@@ -392,6 +466,34 @@ mod tests {
         assert!(c.validate().is_err());
         c.timing_mode = TimingMode::Exact(ExactSchedule::from_ms(50.0, 20.0));
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn a_crash_needs_the_engine_timing() {
+        let mut c = SimConfig::new("m");
+        c.engine.crash = Some(CrashAt::exit_at(4));
+        assert!(c.validate().is_ok());
+        c.timing_mode = TimingMode::Fast {
+            chunks_per_frame: 16,
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--sim-crash-at-running"), "{err}");
+        c.timing_mode = TimingMode::Exact(ExactSchedule::default());
+        assert!(c.validate().is_err());
+        c.timing_mode = TimingMode::Model;
+        c.engine.crash = Some(CrashAt::exit_at(0));
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn crash_actions_compare_by_identity() {
+        let hook: Arc<dyn Fn(usize) + Send + Sync> = Arc::new(|_: usize| {});
+        let a = CrashAction::Hook(hook.clone());
+        assert_eq!(a, CrashAction::Hook(hook));
+        assert_ne!(a, CrashAction::Hook(Arc::new(|_: usize| {})));
+        assert_ne!(a, CrashAction::Exit);
+        assert_eq!(CrashAction::default(), CrashAction::Exit);
+        assert_eq!(format!("{a:?}"), "Hook(..)");
     }
 
     #[test]

@@ -41,8 +41,8 @@ use tokio_util::task::TaskTracker;
 
 pub use crate::cli::{Args, ServeOptions};
 pub use crate::config::{
-    EngineConfig, ExactSchedule, Pacing, SimConfig, TimingMode, TimingModel, VLLM_RELEASE,
-    VLLM_VERSION,
+    CrashAction, CrashAt, EngineConfig, ExactSchedule, Pacing, SimConfig, TimingMode, TimingModel,
+    VLLM_RELEASE, VLLM_VERSION,
 };
 pub use crate::error::SimError;
 
@@ -91,6 +91,20 @@ pub async fn run(
             "vllm-sim timing: fast, up to {chunks_per_frame} token events per frame (no engine, \
              no batching)"
         ),
+    }
+    if let Some(crash) = &config.engine.crash {
+        tracing::warn!(
+            "vllm-sim: the engine will die of a simulated GPU out-of-memory error when {} \
+             requests run (--sim-crash-at-running)",
+            crash.running
+        );
+        if crash.running > config.engine.max_num_seqs {
+            tracing::warn!(
+                "vllm-sim: --sim-crash-at-running {} can never fire: --max-num-seqs is {}",
+                crash.running,
+                config.engine.max_num_seqs
+            );
+        }
     }
 
     let stats = Arc::new(metrics::EngineStats::with_max_model_len(

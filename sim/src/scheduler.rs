@@ -32,6 +32,11 @@
 //! divided by the speedup). With the defaults (20 ms, 0.2 ms/seq, 100 µs/token), N = 4 and
 //! P = 100: first tokens at 60.8 ms, then every 20.8 ms.
 //!
+//! With `--sim-crash-at-running N` ([`EngineConfig::crash`]), the engine dies right after the
+//! admission that makes `running` reach N, before that step runs: like vLLM when a large batch
+//! exhausts GPU memory, it logs the fatal `EngineCore` error and the process exits with code 1
+//! (see [`crash`]).
+//!
 //! Each [`TokenEvent`] carries the ideal instant of its step's end (`at`). If a client reads
 //! slowly and its channel is full, the engine does not wait: tokens accumulate and the next
 //! event carries several (like vLLM, whose stream chunks can hold several tokens).
@@ -47,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::config::EngineConfig;
+use crate::config::{CrashAction, CrashAt, EngineConfig};
 use crate::error::SimError;
 use crate::metrics::{EngineStats, FinishedRecord, StepRecord};
 
@@ -217,6 +222,12 @@ impl Engine {
             if self.running.is_empty() {
                 continue;
             }
+            if let Some(at) = &self.config.crash {
+                if admitted > 0 && self.running.len() >= at.running {
+                    crash(at, self.running.len(), prefill_tokens);
+                    break;
+                }
+            }
             let now = Instant::now();
             let start = match timeline {
                 Some(t) if now.saturating_duration_since(t) <= MAX_LAG => t,
@@ -363,6 +374,75 @@ impl Engine {
         self.stats
             .set_gauges(self.running.len(), self.waiting.len(), usage);
     }
+}
+
+/// The simulated out-of-memory crash of `--sim-crash-at-running`: logs what vLLM logs when the
+/// forward pass of a step with `running` sequences and `prefill_tokens` new prompt tokens runs
+/// out of GPU memory, then runs `at.action`; with [`CrashAction::Exit`] it does not return.
+pub fn crash(at: &CrashAt, running: usize, prefill_tokens: u64) {
+    tracing::warn!(
+        "vllm-sim: --sim-crash-at-running {} reached ({running} running requests, \
+         {prefill_tokens} prompt tokens to prefill): simulating a GPU out-of-memory crash",
+        at.running
+    );
+    log_engine_oom();
+    match &at.action {
+        CrashAction::Exit => exit_after_crash(),
+        CrashAction::Hook(hook) => hook(running),
+    }
+}
+
+/// The `torch.OutOfMemoryError` of the simulated crash, as vLLM's engine core logs it.
+pub const OOM_ERROR: &str = "torch.OutOfMemoryError: XPU out of memory. Tried to allocate 2.00 \
+     GiB. GPU 0 has a total capacity of 23.86 GiB of which 1.02 GiB is free. Of the allocated \
+     memory 21.37 GiB is allocated by PyTorch, and 1.12 GiB is reserved by PyTorch but \
+     unallocated. If reserved but unallocated memory is large try setting \
+     PYTORCH_ALLOC_CONF=expandable_segments:True to avoid fragmentation.";
+
+/// vLLM 0.32's lines when the engine core dies of an out-of-memory error in a step: the
+/// `EngineCore` process's fatal error with its traceback, then the API server's
+/// `EngineDeadError` (each traceback is one multi-line message, as Python's `logger.exception`).
+pub fn log_engine_oom() {
+    const SITE: &str = "/usr/local/lib/python3.12/dist-packages";
+    tracing::error!(
+        src = "core.py:1008",
+        proc = "EngineCore",
+        "EngineCore encountered a fatal error.\n\
+         Traceback (most recent call last):\n\
+         \x20 File \"{SITE}/vllm/v1/engine/core.py\", line 999, in run_engine_core\n\
+         \x20   engine_core.run_busy_loop()\n\
+         \x20 File \"{SITE}/vllm/v1/engine/core.py\", line 1026, in run_busy_loop\n\
+         \x20   self._process_engine_step()\n\
+         \x20 File \"{SITE}/vllm/v1/engine/core.py\", line 1059, in _process_engine_step\n\
+         \x20   outputs, model_executed = self.step_fn()\n\
+         \x20 File \"{SITE}/vllm/v1/engine/core.py\", line 391, in step\n\
+         \x20   model_output = self.model_executor.execute_model(scheduler_output)\n\
+         \x20 File \"{SITE}/vllm/v1/worker/gpu_model_runner.py\", line 2801, in execute_model\n\
+         \x20   model_output = self._model_forward(\n\
+         \x20 File \"{SITE}/torch/nn/modules/module.py\", line 1784, in _call_impl\n\
+         \x20   return forward_call(*args, **kwargs)\n\
+         {OOM_ERROR}"
+    );
+    tracing::error!(
+        src = "async_llm.py:525",
+        "AsyncLLM output_handler failed.\n\
+         Traceback (most recent call last):\n\
+         \x20 File \"{SITE}/vllm/v1/engine/async_llm.py\", line 477, in output_handler\n\
+         \x20   outputs = await engine_core.get_output_async()\n\
+         \x20 File \"{SITE}/vllm/v1/engine/core_client.py\", line 895, in get_output_async\n\
+         \x20   raise self._format_exception(outputs) from None\n\
+         vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack \
+         trace (above) for the root cause."
+    );
+}
+
+/// Flushes stdout and stderr and ends the process with exit code 1: the crash itself. Open
+/// connections are cut wherever their streams are.
+pub fn exit_after_crash() -> ! {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(1)
 }
 
 /// Sends the undelivered tokens of `seq`. Returns false when the client is gone.
@@ -635,6 +715,67 @@ mod tests {
         assert_eq!(last, Some(FinishReason::Length));
         assert_eq!(events, TOKEN_CHANNEL_CAPACITY + 1);
         h.shutdown.cancel();
+    }
+
+    /// A crash at `n` running requests whose hook records the running count.
+    fn crash_config(n: usize) -> (EngineConfig, Arc<std::sync::Mutex<Vec<usize>>>) {
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let config = EngineConfig {
+            crash: Some(CrashAt {
+                running: n,
+                action: CrashAction::Hook(Arc::new(move |running: usize| {
+                    seen.lock().unwrap().push(running);
+                })),
+            }),
+            ..EngineConfig::default()
+        };
+        (config, calls)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fewer_running_requests_than_the_crash_limit_finish() {
+        let (config, calls) = crash_config(3);
+        let h = start(config);
+        let mut rxs = Vec::new();
+        for i in 0..2 {
+            rxs.push(h.handle.submit(request(i, 100, 5)).await.unwrap());
+        }
+        for rx in &mut rxs {
+            assert_eq!(token_times(rx, h.t0).await.len(), 5);
+        }
+        // A third one alone: three requests ran, never three at once.
+        let mut a = h.handle.submit(request(2, 100, 3)).await.unwrap();
+        assert_eq!(token_times(&mut a, h.t0).await.len(), 3);
+        assert!(calls.lock().unwrap().is_empty());
+        assert_eq!(h.stats.snapshot().success_length, 3);
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reaching_the_crash_limit_kills_the_engine() {
+        let (config, calls) = crash_config(3);
+        let h = start(config);
+        let mut early = h.handle.submit(request(0, 100, 1000)).await.unwrap();
+        let mut second = h.handle.submit(request(1, 100, 1000)).await.unwrap();
+        // Both run (two < three) and get tokens.
+        assert!(early.recv().await.is_some());
+        assert!(second.recv().await.is_some());
+        assert!(calls.lock().unwrap().is_empty());
+        // The third joins the batch: the engine dies before that step runs.
+        let mut third = h.handle.submit(request(2, 100, 1000)).await.unwrap();
+        for rx in [&mut early, &mut second, &mut third] {
+            while let Some(ev) = rx.recv().await {
+                assert!(ev.finish_reason.is_none(), "a cut stream has no last token");
+            }
+        }
+        assert_eq!(*calls.lock().unwrap(), vec![3]);
+        // The dead engine takes no more requests.
+        assert!(h.handle.submit(request(3, 1, 1)).await.is_err());
+        let snap = h.stats.snapshot();
+        assert_eq!(snap.success_length, 0);
+        assert_eq!(snap.success_abort, 3);
+        assert_eq!(snap.running, 0);
     }
 
     #[tokio::test(start_paused = true)]
