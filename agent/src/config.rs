@@ -68,6 +68,73 @@ pub struct AgentConfig {
     /// Milliseconds between scrapes of the engine's `/metrics` during a point.
     #[serde(default = "default_metrics_interval_ms")]
     pub metrics_interval_ms: u64,
+    /// How engines of the `docker` runtime are run on this host.
+    #[serde(default)]
+    pub docker: DockerConfig,
+}
+
+/// `[docker]`: host-specific settings of the `docker` runtime. What the engine is (image,
+/// flags) comes from the sweep; where the weights live and which devices exist is the
+/// host's business.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Docker Engine API address: `unix:///var/run/docker.sock`, `tcp://host:2375`;
+    /// empty: `DOCKER_HOST` or the local default socket.
+    #[serde(default)]
+    pub host: String,
+    /// `intel`, `nvidia` or `none`; empty: from the GPU inventory's vendor.
+    #[serde(default)]
+    pub accelerator: String,
+    /// Host folder mounted as the container's Hugging Face cache so weights are downloaded
+    /// once per host; empty: `$HF_HOME`, else `$HOME/.cache/huggingface`; `"none"`: no
+    /// mount.
+    #[serde(default)]
+    pub hf_cache: String,
+    /// Where the cache appears in the container (`HF_HOME` is set to it).
+    #[serde(default = "default_container_hf_home")]
+    pub container_hf_home: String,
+    /// Port the engine listens on inside the container; the agent publishes it on
+    /// `engine_host` at a port Docker picks.
+    #[serde(default = "default_container_port")]
+    pub container_port: u16,
+    /// `--ipc` mode (`host` as vLLM's docs advise for tensor parallelism); empty: Docker's
+    /// default, with `shm_size_gib` then sizing `/dev/shm`.
+    #[serde(default = "default_ipc")]
+    pub ipc: String,
+    #[serde(default)]
+    pub shm_size_gib: Option<f64>,
+    /// Seconds `docker stop` waits after SIGTERM before SIGKILL.
+    #[serde(default = "default_stop_timeout_s")]
+    pub stop_timeout_s: u32,
+}
+
+fn default_container_hf_home() -> String {
+    "/root/.cache/huggingface".into()
+}
+fn default_container_port() -> u16 {
+    8000
+}
+fn default_ipc() -> String {
+    "host".into()
+}
+fn default_stop_timeout_s() -> u32 {
+    20
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            host: String::new(),
+            accelerator: String::new(),
+            hf_cache: String::new(),
+            container_hf_home: default_container_hf_home(),
+            container_port: default_container_port(),
+            ipc: default_ipc(),
+            shm_size_gib: None,
+            stop_timeout_s: default_stop_timeout_s(),
+        }
+    }
 }
 
 fn default_controller() -> String {
@@ -112,6 +179,7 @@ impl Default for AgentConfig {
             log_tail_lines: default_log_tail(),
             heartbeat_s: default_heartbeat_s(),
             metrics_interval_ms: default_metrics_interval_ms(),
+            docker: DockerConfig::default(),
         }
     }
 }
@@ -177,6 +245,19 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("line 2"), "{msg}");
         assert!(msg.contains("gpuz"), "{msg}");
+    }
+
+    #[test]
+    fn the_example_agent_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/agent.toml");
+        let cfg = AgentConfig::from_file(Path::new(path))
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(cfg.name, "b60-host-1");
+        assert_eq!(cfg.docker.ipc, "host");
+        assert_eq!(cfg.docker.container_port, 8000);
+        assert_eq!(cfg.gpus.len(), 2);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! readiness, keep its log tail for forensics, stop it (the whole process group: vLLM
 //! starts child processes).
 //!
-//! Runtimes: `process` (spawn `vllm serve …` or `vllm-sim serve …` natively) and
-//! `external` (an engine that already runs; no lifecycle).
+//! Runtimes: `process` (spawn `vllm serve …` or `vllm-sim serve …` natively), `docker`
+//! (a container of the sweep's image, see [`crate::docker`]) and `external` (an engine
+//! that already runs; no lifecycle).
 
 use std::collections::VecDeque;
 use std::process::Stdio;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
+use crate::docker::{Container, ContainerPlan};
 use crate::error::AgentError;
 
 /// What decides whether a running engine can serve the next point.
@@ -27,6 +29,9 @@ pub struct EngineKey {
     pub spec: pb::EngineSpec,
     pub gpus: u32,
 }
+
+/// How long an engine that stopped answering may take to be reported dead.
+const DEATH_GRACE: Duration = Duration::from_secs(10);
 
 /// Bounded ring of the engine's most recent log lines.
 #[derive(Debug, Clone)]
@@ -60,11 +65,15 @@ impl LogTail {
     }
 }
 
-/// How an engine process ended.
-#[derive(Debug, Clone, PartialEq)]
+/// How an engine process or container ended.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ExitInfo {
     pub code: Option<i32>,
     pub log_tail: Vec<String>,
+    /// `docker`: whether the kernel's OOM killer ended the container.
+    pub oom_killed: Option<bool>,
+    /// `docker`: when the container stopped (Unix microseconds, Docker's clock).
+    pub finished_unix_us: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -77,6 +86,7 @@ enum Runtime {
         stopped: bool,
         followers: Vec<tokio::task::JoinHandle<()>>,
     },
+    Docker(Box<Container>),
     External,
 }
 
@@ -88,6 +98,13 @@ pub struct Engine {
     pub args: Vec<String>,
     pub version: String,
     pub log_tail: LogTail,
+    /// `docker`: the image, the digest it resolved to and the container's name.
+    pub image: String,
+    pub image_digest: String,
+    pub container: String,
+    /// Host GPU indices this engine holds (released when it stops).
+    pub gpu_ids: Vec<u32>,
+    log_tail_lines: usize,
     runtime: Runtime,
 }
 
@@ -109,6 +126,11 @@ impl Engine {
                     args: Vec::new(),
                     version: String::new(),
                     log_tail,
+                    image: String::new(),
+                    image_digest: String::new(),
+                    container: String::new(),
+                    gpu_ids: Vec::new(),
+                    log_tail_lines: cfg.log_tail_lines,
                     runtime: Runtime::External,
                     key,
                 };
@@ -120,6 +142,41 @@ impl Engine {
                 "runtime {other:?} is not supported by this agent"
             ))),
         }
+    }
+
+    /// Starts the `docker` engine of `plan` and waits until it serves the model; a
+    /// container that dies during start-up fails fast with its exit code and log tail,
+    /// and is removed.
+    pub async fn start_container(
+        key: EngineKey,
+        plan: &ContainerPlan,
+        docker: &bollard::Docker,
+        cfg: &AgentConfig,
+        client: &reqwest::Client,
+        cancel: &CancellationToken,
+    ) -> Result<Engine, AgentError> {
+        let log_tail = LogTail::new(cfg.log_tail_lines);
+        let deadline = Instant::now() + Duration::from_secs(u64::from(key.spec.startup_timeout_s));
+        let container =
+            Container::start(docker, plan, cfg.docker.stop_timeout_s, &log_tail).await?;
+        let mut engine = Engine {
+            base_url: container.base_url.clone(),
+            args: plan.cmd.clone(),
+            version: String::new(),
+            log_tail,
+            image: container.image.clone(),
+            image_digest: container.image_digest.clone(),
+            container: container.name.clone(),
+            gpu_ids: container.gpu_ids.clone(),
+            log_tail_lines: cfg.log_tail_lines,
+            runtime: Runtime::Docker(Box::new(container)),
+            key,
+        };
+        if let Err(e) = engine.wait_ready(client, deadline, cancel).await {
+            engine.stop().await;
+            return Err(e);
+        }
+        Ok(engine)
     }
 
     async fn start_process(
@@ -181,6 +238,11 @@ impl Engine {
             args,
             version: String::new(),
             log_tail,
+            image: String::new(),
+            image_digest: String::new(),
+            container: String::new(),
+            gpu_ids: Vec::new(),
+            log_tail_lines: cfg.log_tail_lines,
             runtime: Runtime::Process {
                 child: Box::new(child),
                 pgid,
@@ -259,14 +321,54 @@ impl Engine {
         })
     }
 
-    /// `Some` once the engine process has exited (never for external engines). The log
-    /// tail includes everything the process wrote before it died.
-    pub async fn exited(&mut self) -> Option<ExitInfo> {
-        let Runtime::Process {
-            child, followers, ..
-        } = &mut self.runtime
-        else {
+    /// After a point: `Some` when the engine died during it. An engine that no longer
+    /// answers `/health` is given a few seconds to be reported dead (a container's exit
+    /// reaches Docker's state a moment after its streams broke), so a crash is never
+    /// mistaken for a point whose requests merely failed.
+    pub async fn exit_after_point(&mut self, client: &reqwest::Client) -> Option<ExitInfo> {
+        if let Some(exit) = self.exited().await {
+            return Some(exit);
+        }
+        if matches!(self.runtime, Runtime::External) {
             return None;
+        }
+        let healthy = client
+            .get(format!("{}/health", self.base_url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if healthy {
+            return None;
+        }
+        let deadline = Instant::now() + DEATH_GRACE;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(exit) = self.exited().await {
+                return Some(exit);
+            }
+        }
+        warn!(url = %self.base_url, "engine does not answer /health but has not exited");
+        None
+    }
+
+    /// `Some` once the engine process or container has exited (never for external
+    /// engines). The log tail includes everything the engine wrote before it died.
+    pub async fn exited(&mut self) -> Option<ExitInfo> {
+        let (child, followers) = match &mut self.runtime {
+            Runtime::Process {
+                child, followers, ..
+            } => (child, followers),
+            Runtime::Docker(container) => {
+                let exit = container.exited().await?;
+                return Some(ExitInfo {
+                    code: exit.code,
+                    log_tail: container.log_tail(self.log_tail_lines).await,
+                    oom_killed: exit.oom_killed,
+                    finished_unix_us: exit.finished_unix_us,
+                });
+            }
+            Runtime::External => return None,
         };
         let status = match child.try_wait() {
             Ok(Some(status)) => status,
@@ -283,19 +385,25 @@ impl Engine {
         Some(ExitInfo {
             code: status.code(),
             log_tail: self.log_tail.snapshot(),
+            ..ExitInfo::default()
         })
     }
 
-    /// Stops the engine: SIGTERM to the whole process group, SIGKILL after a grace period.
+    /// Stops the engine: SIGTERM to the whole process group, SIGKILL after a grace period;
+    /// a container is stopped the same way by Docker, then removed.
     pub async fn stop(&mut self) {
-        let Runtime::Process {
-            child,
-            pgid,
-            stopped,
-            ..
-        } = &mut self.runtime
-        else {
-            return;
+        let (child, pgid, stopped) = match &mut self.runtime {
+            Runtime::Process {
+                child,
+                pgid,
+                stopped,
+                ..
+            } => (child, pgid, stopped),
+            Runtime::Docker(container) => {
+                container.stop().await;
+                return;
+            }
+            Runtime::External => return,
         };
         if *stopped {
             return;

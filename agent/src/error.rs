@@ -19,6 +19,8 @@ pub enum AgentError {
     },
     #[error("engine: {0}")]
     Engine(String),
+    #[error("Docker: {0}")]
+    Docker(String),
     #[error("prompt: {0}")]
     Prompt(String),
     #[error("I/O: {0}")]

@@ -3,7 +3,8 @@
 //!
 //! Modules, one concept each: [`config`] (agent config), [`session`] (the gRPC stream to
 //! the controller), [`outbox`] (results until acknowledged), [`runner`] (points in order,
-//! engine reuse), [`engine`] (engine lifecycle), [`load`] (a point's load: burst,
+//! engine reuse), [`engine`] (engine lifecycle), [`docker`] (engine containers), [`gpu`] (GPU inventory and
+//! which engine holds which GPUs), [`load`] (a point's load: burst,
 //! concurrency or rate), [`schedule`] (rate mode's arrival times), [`probe`] (what the
 //! engine accepts), [`request`] (one measured request), [`sse`] (stream parser), [`prompt`]
 //! (exact-length prompts), [`telemetry`] (the engine's `/metrics`), [`cpu`] (the agent's
@@ -11,8 +12,10 @@
 
 pub mod config;
 pub mod cpu;
+pub mod docker;
 pub mod engine;
 pub mod error;
+pub mod gpu;
 pub mod load;
 pub mod outbox;
 pub mod probe;
@@ -70,6 +73,18 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let client = http_client()?;
+    let gpus = tokio::select! {
+        gpus = session::host_gpus(cfg.clone()) => Arc::new(gpus),
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    // Images this host can start without a registry, for the inventory (none without Docker).
+    let engine_images = match docker::connect(&cfg.docker).await {
+        Ok(d) => docker::local_images(&d).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list local images");
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    };
     let outbox = Arc::new(outbox::Outbox::new());
     let cancels: runner::CancelMap = Arc::default();
     let status = Arc::new(Mutex::new(runner::AgentStatus::default()));
@@ -82,6 +97,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         outbox.clone(),
         cancels.clone(),
         status.clone(),
+        gpus.clone(),
     );
     tracker.spawn(
         runner
@@ -94,6 +110,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         runner: runner_tx,
         cancels,
         status,
+        gpus,
+        engine_images,
     };
     tracker.spawn(session::run(ctx, shutdown.clone()).instrument(span));
     tracker.close();

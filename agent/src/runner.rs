@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::AgentConfig;
-use crate::engine::{Engine, EngineKey};
+use crate::docker::{self, Accelerator, ContainerPlan};
+use crate::engine::{Engine, EngineKey, ExitInfo};
 use crate::error::AgentError;
+use crate::gpu::{self, GpuPool};
 use crate::load::{self, LoadOutcome};
 use crate::outbox::Outbox;
 
@@ -46,6 +48,14 @@ pub struct Runner {
     cancels: CancelMap,
     status: Arc<Mutex<AgentStatus>>,
     engine: Option<(String, Engine)>,
+    /// This host's GPUs and which engine holds which.
+    gpus: Arc<gpu::Inventory>,
+    pool: GpuPool,
+    /// The Docker Engine, connected on first use by a `docker` engine (or at start, to
+    /// remove containers an earlier run of this agent left behind).
+    docker: Option<bollard::Docker>,
+    /// Engines started so far (names containers).
+    engines_started: u64,
 }
 
 #[derive(Default)]
@@ -91,7 +101,9 @@ impl Runner {
         outbox: Arc<Outbox>,
         cancels: CancelMap,
         status: Arc<Mutex<AgentStatus>>,
+        gpus: Arc<gpu::Inventory>,
     ) -> Self {
+        let pool = GpuPool::new(gpus.gpus.iter().map(|g| g.index).collect());
         Runner {
             cfg,
             client,
@@ -99,11 +111,16 @@ impl Runner {
             cancels,
             status,
             engine: None,
+            gpus,
+            pool,
+            docker: None,
+            engines_started: 0,
         }
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<RunnerCommand>, shutdown: CancellationToken) {
         self.set_status("idle", "");
+        self.remove_leftover_containers().await;
         loop {
             let cmd = tokio::select! {
                 c = rx.recv() => c,
@@ -126,6 +143,90 @@ impl Runner {
         if let Some((sweep, _)) = &self.engine {
             let sweep = sweep.clone();
             self.stop_engine(&sweep, "", "agent shutting down").await;
+        }
+    }
+
+    /// Containers of an earlier run of this agent (killed before it could stop them) hold
+    /// GPUs and ports: remove them. A host without Docker just has nothing to remove.
+    async fn remove_leftover_containers(&mut self) {
+        match docker::connect(&self.cfg.docker).await {
+            Ok(client) => {
+                match docker::remove_own_containers(&client, &self.cfg.name).await {
+                    Ok(removed) if !removed.is_empty() => {
+                        info!(?removed, "removed containers left by an earlier run");
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "cannot list this agent's old containers"),
+                }
+                self.docker = Some(client);
+            }
+            Err(e) => info!(error = %e, "no Docker engine; the docker runtime is unavailable"),
+        }
+    }
+
+    /// The Docker client, connecting on first use.
+    async fn docker(&mut self) -> Result<bollard::Docker, AgentError> {
+        if let Some(d) = &self.docker {
+            return Ok(d.clone());
+        }
+        let d = docker::connect(&self.cfg.docker).await?;
+        self.docker = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Starts the engine of `key` for `point`: a container holding GPUs from the pool for
+    /// `docker`, a process or an attachment otherwise.
+    async fn start_engine(
+        &mut self,
+        point: &pb::PointSpec,
+        key: EngineKey,
+        cancel: &CancellationToken,
+    ) -> Result<Engine, AgentError> {
+        if key.spec.runtime != "docker" {
+            return Engine::start(key, &self.cfg, &self.client, cancel).await;
+        }
+        let docker = self.docker().await?;
+        let accelerator = Accelerator::resolve(
+            &self.cfg.docker.accelerator,
+            self.gpus.gpus.first().map(|g| g.vendor.as_str()),
+        )?;
+        self.engines_started += 1;
+        let name = docker::container_name(&self.cfg.name, self.engines_started);
+        // A CPU engine on a host without GPUs holds none (the simulator's "GPUs" are
+        // only its tensor-parallel size); any other engine holds real ones.
+        let gpu_ids = if self.gpus.gpus.is_empty() && accelerator == Accelerator::None {
+            Vec::new()
+        } else {
+            self.pool
+                .allocate(&name, key.gpus)
+                .map_err(|e| AgentError::EngineStart {
+                    message: e.to_string(),
+                    exit_code: None,
+                    log_tail: Vec::new(),
+                })?
+        };
+        let plan = ContainerPlan::new(
+            &key.spec,
+            key.gpus,
+            &gpu_ids,
+            &self.cfg,
+            accelerator,
+            &point.sweep_id,
+            &name,
+        );
+        let started =
+            Engine::start_container(key, &plan, &docker, &self.cfg, &self.client, cancel).await;
+        if started.is_err() {
+            self.pool.release(&name);
+        }
+        started
+    }
+
+    /// Stops `engine` and gives its GPUs back.
+    async fn retire(&mut self, mut engine: Engine) {
+        engine.stop().await;
+        if !engine.container.is_empty() {
+            self.pool.release(&engine.container);
         }
     }
 
@@ -160,10 +261,12 @@ impl Runner {
     }
 
     async fn stop_engine(&mut self, sweep_id: &str, point_id: &str, why: &str) {
-        if let Some((_, mut engine)) = self.engine.take() {
-            info!(why, "stopping engine");
-            engine.stop().await;
-            self.send_event(self.event(sweep_id, point_id, "stopped", why.to_string()));
+        if let Some((_, engine)) = self.engine.take() {
+            info!(why, container = %engine.container, "stopping engine");
+            let mut ev = self.event(sweep_id, point_id, "stopped", why.to_string());
+            ev.container = engine.container.clone();
+            self.retire(engine).await;
+            self.send_event(ev);
         }
     }
 
@@ -193,7 +296,7 @@ impl Runner {
             "starting",
             format!("runtime {} with {} GPU(s)", key.spec.runtime, key.gpus),
         ));
-        match Engine::start(key, &self.cfg, &self.client, cancel).await {
+        match self.start_engine(point, key, cancel).await {
             Ok(engine) => {
                 let mut ev = self.event(
                     &point.sweep_id,
@@ -202,6 +305,10 @@ impl Runner {
                     engine.base_url.clone(),
                 );
                 ev.engine_version = engine.version.clone();
+                ev.image = engine.image.clone();
+                ev.image_digest = engine.image_digest.clone();
+                ev.container = engine.container.clone();
+                ev.gpu_ids = engine.gpu_ids.clone();
                 self.send_event(ev);
                 self.engine = Some((point.sweep_id.clone(), engine));
                 Ok(())
@@ -263,10 +370,17 @@ impl Runner {
             warn!(error = %e, "record batcher failed");
             0
         });
-        let (engine_version, engine_args) = self
+        let (engine_version, engine_args, engine_image, engine_image_digest) = self
             .engine
             .as_ref()
-            .map(|(_, e)| (e.version.clone(), e.args.clone()))
+            .map(|(_, e)| {
+                (
+                    e.version.clone(),
+                    e.args.clone(),
+                    e.image.clone(),
+                    e.image_digest.clone(),
+                )
+            })
             .unwrap_or_default();
         info!(ok = result.ok, error = %result.error, batches, "point finished");
         self.outbox.push(pb::AgentMessage {
@@ -287,6 +401,8 @@ impl Runner {
                 load_wall_s: result.load_wall_s,
                 client_cores: result.client_cores,
                 fallbacks: result.fallbacks,
+                engine_image,
+                engine_image_digest,
             })),
         });
         if let Ok(mut m) = self.cancels.lock() {
@@ -320,6 +436,7 @@ impl Runner {
                 Ok(t) => t,
                 Err(e) => return PointResult::failed(e.to_string()),
             };
+        let load_started_us = unix_micros_now();
         let outcome = load::run_point(
             &self.client,
             &base_url,
@@ -332,21 +449,27 @@ impl Runner {
         .await;
         // An engine that died during the point fails it; forensics travel as an event.
         let exit = match self.engine.as_mut() {
-            Some((_, engine)) => engine.exited().await,
+            Some((_, engine)) => engine.exit_after_point(&self.client).await,
             None => None,
         };
         if let Some(exit) = exit {
-            let mut ev = self.event(
-                &point.sweep_id,
-                &point.point_id,
-                "exited",
-                format!("engine exited during the point with code {:?}", exit.code),
-            );
+            let error = death_message(&exit);
+            let mut ev = self.event(&point.sweep_id, &point.point_id, "exited", error.clone());
             ev.exit_code = exit.code;
+            ev.oom_killed = exit.oom_killed;
+            let died_us = exit.finished_unix_us.unwrap_or_else(unix_micros_now);
+            ev.died_after_s = Some((died_us - load_started_us) as f64 / 1e6);
             ev.log_tail = exit.log_tail;
+            if let Some((_, engine)) = self.engine.take() {
+                ev.image = engine.image.clone();
+                ev.image_digest = engine.image_digest.clone();
+                ev.container = engine.container.clone();
+                ev.gpu_ids = engine.gpu_ids.clone();
+                // The dead container goes (its logs are in the event); the next point
+                // starts a fresh one.
+                self.retire(engine).await;
+            }
             self.send_event(ev);
-            self.engine = None;
-            let error = format!("engine exited during the point with code {:?}", exit.code);
             return match outcome {
                 Ok(o) => PointResult::from_outcome(false, error, o),
                 Err(_) => PointResult::failed(error),
@@ -368,6 +491,19 @@ impl Runner {
             Err(e) => PointResult::failed(e.to_string()),
         }
     }
+}
+
+/// "engine exited during the point with code 1 (OOM-killed)".
+fn death_message(exit: &ExitInfo) -> String {
+    let code = exit
+        .code
+        .map_or_else(|| "unknown".to_string(), |c| c.to_string());
+    let oom = if exit.oom_killed == Some(true) {
+        " (OOM-killed)"
+    } else {
+        ""
+    };
+    format!("engine exited during the point with code {code}{oom}")
 }
 
 fn wire_samples(samples: Vec<crate::telemetry::MetricSample>) -> Vec<pb::MetricSample> {

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
 use crate::error::AgentError;
+use crate::gpu;
 use crate::outbox::Outbox;
 use crate::runner::{AgentStatus, CancelMap, RunnerCommand};
 
@@ -29,36 +30,57 @@ pub struct SessionContext {
     pub runner: mpsc::Sender<RunnerCommand>,
     pub cancels: CancelMap,
     pub status: Arc<Mutex<AgentStatus>>,
+    /// This host's GPUs (from [`host_gpus`], once at start).
+    pub gpus: Arc<gpu::Inventory>,
+    /// Tagged images of the local Docker engine at start.
+    pub engine_images: Vec<String>,
 }
 
-/// This agent's inventory as reported at registration.
-pub fn inventory(cfg: &AgentConfig) -> pb::Inventory {
+/// How long GPU discovery (sysfs, `nvidia-smi`, `xpu-smi`) may take before the agent
+/// registers without GPUs.
+const GPU_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// This agent's inventory as reported at registration, with `gpus` from [`host_gpus`].
+pub fn inventory(cfg: &AgentConfig, gpus: &gpu::Inventory) -> pb::Inventory {
     pb::Inventory {
         agent_name: cfg.name.clone(),
         host: cfg.host.clone(),
-        gpus: cfg
-            .gpus
-            .iter()
-            .enumerate()
-            .map(|(i, g)| pb::Gpu {
-                index: u32::try_from(i).unwrap_or(u32::MAX),
-                vendor: g.vendor.clone(),
-                model: g.model.clone(),
-                memory_bytes: (g.memory_gib * 1024.0 * 1024.0 * 1024.0) as u64,
-            })
-            .collect(),
-        driver: String::new(),
+        gpus: gpus.to_proto(),
+        driver: gpus.driver.clone(),
         labels: cfg.labels.clone().into_iter().collect(),
         engine_images: Vec::new(),
         fleetbench_version: FLEETBENCH_VERSION.to_string(),
     }
 }
 
+/// This host's GPUs: the config's list when it has one, otherwise discovered (on the
+/// blocking pool; none when discovery fails or outlasts [`GPU_DISCOVERY_TIMEOUT`]).
+pub async fn host_gpus(cfg: Arc<AgentConfig>) -> gpu::Inventory {
+    let task = tokio::task::spawn_blocking(move || gpu::resolve(&cfg, gpu::discover_host));
+    let gpus = match tokio::time::timeout(GPU_DISCOVERY_TIMEOUT, task).await {
+        Ok(Ok(gpus)) => gpus,
+        Ok(Err(e)) => {
+            warn!(error = %e, "GPU discovery failed; registering without GPUs");
+            gpu::Inventory::none()
+        }
+        Err(_) => {
+            warn!(
+                timeout_s = GPU_DISCOVERY_TIMEOUT.as_secs(),
+                "GPU discovery timed out; registering without GPUs"
+            );
+            gpu::Inventory::none()
+        }
+    };
+    info!(source = %gpus.source, driver = %gpus.driver, gpus = gpus.gpus.len(), "GPU inventory");
+    gpus
+}
+
 /// Keeps a session to the controller open until `shutdown`.
 pub async fn run(ctx: SessionContext, shutdown: CancellationToken) {
+    let gpus = ctx.gpus.clone();
     let mut backoff = BACKOFF_MIN;
     while !shutdown.is_cancelled() {
-        match session_once(&ctx, &shutdown, &mut backoff).await {
+        match session_once(&ctx, &gpus, &shutdown, &mut backoff).await {
             Ok(()) => break,
             Err(e) => {
                 warn!(agent = %ctx.cfg.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "controller session lost");
@@ -74,6 +96,7 @@ pub async fn run(ctx: SessionContext, shutdown: CancellationToken) {
 
 async fn session_once(
     ctx: &SessionContext,
+    gpus: &gpu::Inventory,
     shutdown: &CancellationToken,
     backoff: &mut Duration,
 ) -> Result<(), AgentError> {
@@ -87,7 +110,10 @@ async fn session_once(
     }
     let register = pb::AgentMessage {
         msg: Some(Msg::Register(pb::Register {
-            inventory: Some(inventory(&ctx.cfg)),
+            inventory: Some(pb::Inventory {
+                engine_images: ctx.engine_images.clone(),
+                ..inventory(&ctx.cfg, gpus)
+            }),
             active_points: active,
         })),
     };

@@ -31,6 +31,7 @@ fn snapshot(ctl: &Controller, job: &WriteJob) -> Option<Snapshot> {
     let mut hosts = std::collections::BTreeSet::new();
     let mut engine_args = None;
     let mut engine_version = None;
+    let mut engine_image: Option<(String, String)> = None;
     let mut events = Vec::new();
     let mut metrics = Vec::new();
     for p in sweep.points.iter().filter(|p| p.planned.gpus == job.gpus) {
@@ -55,11 +56,17 @@ fn snapshot(ctl: &Controller, job: &WriteJob) -> Option<Snapshot> {
             if engine_version.is_none() && !f.engine_version.is_empty() {
                 engine_version = Some(f.engine_version.clone());
             }
+            if engine_image.is_none() && !f.engine_image.is_empty() {
+                engine_image = Some((f.engine_image.clone(), f.engine_image_digest.clone()));
+            }
         }
         for ev in &p.engine_events {
             events.push(serde_json::json!({
                 "point_id": ev.point_id, "kind": ev.kind, "message": ev.message,
                 "exit_code": ev.exit_code, "unix_ms": ev.unix_ms, "log_tail": ev.log_tail,
+                "oom_killed": ev.oom_killed, "died_after_s": ev.died_after_s,
+                "container": ev.container, "image": ev.image, "image_digest": ev.image_digest,
+                "gpu_ids": ev.gpu_ids,
             }));
         }
     }
@@ -91,6 +98,9 @@ fn snapshot(ctl: &Controller, job: &WriteJob) -> Option<Snapshot> {
         "fleetbench.engine_version".into(),
         engine_version.unwrap_or_default(),
     );
+    let (image, digest) = engine_image.unwrap_or_default();
+    metadata.insert("fleetbench.engine_image".into(), image);
+    metadata.insert("fleetbench.engine_image_digest".into(), digest);
     metadata.insert("fleetbench.load".into(), format!("{:?}", sweep.load));
     metadata.insert(
         "fleetbench.engine_events".into(),

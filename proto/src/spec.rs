@@ -47,6 +47,20 @@ pub enum Runtime {
     Process,
     /// An engine that already runs at `url`; no lifecycle.
     External,
+    /// The agent runs the engine as a Docker container of `image` (labelled as
+    /// fleetbench's, stopped and removed after).
+    Docker,
+}
+
+impl Runtime {
+    /// The name used in sweep files and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Process => "process",
+            Runtime::External => "external",
+            Runtime::Docker => "docker",
+        }
+    }
 }
 
 /// `[engine]`: the vLLM settings of the seed workflow. Tensor parallel size is not set
@@ -58,6 +72,14 @@ pub struct EngineSection {
     pub runtime: Runtime,
     /// Base URL of an `external` engine, e.g. `http://10.0.0.5:8000`.
     pub url: Option<Spanned<String>>,
+    /// Container image of a `docker` engine, e.g. `intel/vllm:0.10.2-xpu` or
+    /// `vllm/vllm-openai@sha256:…`; the digest the host resolved is recorded with results.
+    pub image: Option<Spanned<String>>,
+    /// `docker`: the container's command before `--model <model>` and the vLLM flags
+    /// (e.g. `["vllm", "serve"]` for an image whose entrypoint is a shell); empty: the
+    /// image's entrypoint receives the flags.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
     /// Name the engine serves the model under (`--served-model-name`); defaults to `model`.
     pub served_model_name: Option<String>,
     #[serde(default = "default_max_model_len")]
@@ -444,11 +466,31 @@ impl SweepSpec {
                     "must start with http:// or https://".into(),
                 );
             }
-            (Runtime::Process, Some(url)) => {
+            (Runtime::Process | Runtime::Docker, Some(url)) => {
                 return err(
                     url.span(),
                     "engine.url",
                     "only runtime \"external\" takes a url".into(),
+                );
+            }
+            _ => {}
+        }
+        match (e.runtime, &e.image) {
+            (Runtime::Docker, None) => {
+                return err(
+                    0..0,
+                    "engine.image",
+                    "runtime \"docker\" needs `image`".into(),
+                );
+            }
+            (Runtime::Docker, Some(image)) if image.get_ref().trim().is_empty() => {
+                return err(image.span(), "engine.image", "must not be empty".into());
+            }
+            (Runtime::Process | Runtime::External, Some(image)) => {
+                return err(
+                    image.span(),
+                    "engine.image",
+                    "only runtime \"docker\" takes an image".into(),
                 );
             }
             _ => {}
@@ -788,10 +830,7 @@ impl SweepSpec {
         let e = &self.engine;
         pb::EngineSpec {
             kind: "vllm".into(),
-            runtime: match e.runtime {
-                Runtime::Process => "process".into(),
-                Runtime::External => "external".into(),
-            },
+            runtime: e.runtime.as_str().into(),
             model: self.model.get_ref().clone(),
             served_model_name: self.served_model_name(),
             max_model_len: *e.max_model_len.get_ref(),
@@ -808,6 +847,12 @@ impl SweepSpec {
                 .map(|u| u.get_ref().clone())
                 .unwrap_or_default(),
             startup_timeout_s: *e.startup_timeout_s.get_ref(),
+            image: e
+                .image
+                .as_ref()
+                .map(|i| i.get_ref().clone())
+                .unwrap_or_default(),
+            entrypoint: e.entrypoint.clone(),
         }
     }
 
@@ -1115,6 +1160,33 @@ timeout_s = 600
                 .starts_with("bad.toml:14:19: field `matrix.batch_sizes[1]`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn docker_runtime_needs_an_image_and_only_it_takes_one() {
+        let docker = GOOD.replace("runtime = \"process\"", "runtime = \"docker\"");
+        let err = SweepSpec::parse(&docker, "d.toml").unwrap_err();
+        assert_eq!(err.field, "engine.image", "{err}");
+        assert!(err.message.contains("needs `image`"), "{err}");
+
+        let ok = docker.replace(
+            "runtime = \"docker\"",
+            "runtime = \"docker\"\nimage = \"fleetbench/vllm-sim:dev\"\nentrypoint = [\"/vllm-sim\"]",
+        );
+        let spec = SweepSpec::parse(&ok, "d.toml").unwrap();
+        let wire = spec.engine_wire();
+        assert_eq!(
+            (wire.runtime.as_str(), wire.image.as_str()),
+            ("docker", "fleetbench/vllm-sim:dev")
+        );
+        assert_eq!(wire.entrypoint, vec!["/vllm-sim"]);
+
+        let process_with_image = GOOD.replace(
+            "runtime = \"process\"",
+            "runtime = \"process\"\nimage = \"x\"",
+        );
+        let err = SweepSpec::parse(&process_with_image, "p.toml").unwrap_err();
+        assert_eq!((err.field.as_str(), err.line), ("engine.image", 8), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleetbench_agent::config::{AgentConfig, GpuConfig};
+use fleetbench_agent::config::{AgentConfig, DockerConfig, GpuConfig};
 use fleetbench_controller::ControllerConfig;
 use fleetbench_proto::pb::control_service_client::ControlServiceClient;
 use tokio::task::JoinHandle;
@@ -74,6 +74,72 @@ impl AgentSpec {
     }
 }
 
+/// The `[docker]` settings of test agents: no Hugging Face cache mount (the simulator
+/// downloads nothing) and a short stop timeout.
+pub fn test_docker_config() -> DockerConfig {
+    DockerConfig {
+        hf_cache: "none".into(),
+        stop_timeout_s: 5,
+        ..DockerConfig::default()
+    }
+}
+
+/// The vllm-sim image the Docker tests run (`deploy/docker/build-sim-image.sh` builds it;
+/// the README's test command runs that first). Panics with instructions when the local
+/// engine does not have it: a Docker test must not silently skip.
+pub fn sim_image() -> String {
+    let image =
+        std::env::var("FLEETBENCH_SIM_IMAGE").unwrap_or_else(|_| "fleetbench/vllm-sim:dev".into());
+    let out = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &image])
+        .output()
+        .expect("the docker CLI runs");
+    assert!(
+        out.status.success(),
+        "image {image} not found in the local Docker engine: run deploy/docker/build-sim-image.sh (the README's test set-up does): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image
+}
+
+/// Names of the containers (running or not) whose labels include all of `labels`
+/// (`key=value`), via the docker CLI.
+pub fn containers_labelled(labels: &[&str]) -> Vec<String> {
+    let mut cmd = std::process::Command::new("docker");
+    cmd.args(["ps", "-a", "--format", "{{.Names}}"]);
+    for l in labels {
+        cmd.args(["--filter", &format!("label={l}")]);
+    }
+    let out = cmd.output().expect("the docker CLI runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The key/value metadata of a Parquet file.
+pub fn parquet_metadata(path: &Path) -> BTreeMap<String, String> {
+    use parquet::file::reader::{FileReader as _, SerializedFileReader};
+    let file = std::fs::File::open(path).unwrap();
+    let reader = SerializedFileReader::new(file).unwrap();
+    reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Cluster {
     /// Starts a controller on 127.0.0.1:0 and the given agents (each starts its own
     /// `vllm-sim` processes for the points it runs).
@@ -111,6 +177,7 @@ impl Cluster {
                     model_paths: a.model_paths,
                     heartbeat_s: 1,
                     metrics_interval_ms: a.metrics_interval_ms,
+                    docker: test_docker_config(),
                     ..AgentConfig::default()
                 };
                 tokio::spawn(fleetbench_agent::run(cfg, shutdown.clone()))
