@@ -35,7 +35,8 @@ pub struct AgentConfig {
     pub host: String,
     #[serde(default)]
     pub labels: HashMap<String, String>,
-    /// GPU inventory (discovery is a later addition; set it here for now).
+    /// GPU inventory; empty: discovered at start (sysfs, xpu-smi, nvidia-smi; see
+    /// [`crate::gpu`]). Listing GPUs here overrides discovery.
     #[serde(default)]
     pub gpus: Vec<GpuConfig>,
     /// Command that starts vLLM with the `process` runtime; the model and vLLM flags are

@@ -231,8 +231,8 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, Controller
         let client_cores = c.get::<UInt32Array>("client_cores")?;
         let fallbacks = c.get::<StringArray>("fallbacks")?;
         let in_flight_scrapes = c.get::<UInt32Array>("in_flight_scrapes")?;
-        let in_flight_client = c.get::<Float64Array>("in_flight_client_mean")?;
-        let in_flight_engine = c.get::<Float64Array>("in_flight_engine_mean")?;
+        let in_flight_client = c.get::<Float64Array>("in_flight_client_peak")?;
+        let in_flight_engine = c.get::<Float64Array>("in_flight_engine_peak")?;
         let distribution = |columns: &[&Float64Array; 4], row: usize| {
             let [mean, p50, p90, p99] = columns.map(|column| opt(column, row));
             Percentiles {
@@ -297,10 +297,10 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, Controller
                     opt(in_flight_client, i),
                     opt(in_flight_engine, i),
                 ) {
-                    (true, Some(client_mean), Some(server_mean)) => Some(InFlight {
+                    (true, Some(client_peak), Some(server_peak)) => Some(InFlight {
                         scrapes: in_flight_scrapes.value(i) as usize,
-                        client_mean,
-                        server_mean,
+                        client_peak,
+                        server_peak,
                     }),
                     _ => None,
                 },
@@ -555,11 +555,11 @@ fn points_schema() -> Schema {
     fields.push(u32("client_cores"));
     // Request extensions the engine refused, joined with FALLBACK_SEPARATOR.
     fields.push(utf8("fallbacks"));
-    // Mean requests in flight at the engine's scrapes, as the client and as the engine
+    // Peak requests in flight at the engine's scrapes, as the client and as the engine
     // counted them (null with too few scrapes during the load).
     fields.push(Field::new("in_flight_scrapes", DataType::UInt32, true));
-    fields.push(Field::new("in_flight_client_mean", DataType::Float64, true));
-    fields.push(Field::new("in_flight_engine_mean", DataType::Float64, true));
+    fields.push(Field::new("in_flight_client_peak", DataType::Float64, true));
+    fields.push(Field::new("in_flight_engine_peak", DataType::Float64, true));
     Schema::new(fields)
 }
 
@@ -711,8 +711,8 @@ fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, ControllerError> 
         s.in_flight
             .map(|f| u32::try_from(f.scrapes).unwrap_or(u32::MAX))
     }))));
-    columns.push(opt_f64s(rows, |s| s.in_flight.map(|f| f.client_mean)));
-    columns.push(opt_f64s(rows, |s| s.in_flight.map(|f| f.server_mean)));
+    columns.push(opt_f64s(rows, |s| s.in_flight.map(|f| f.client_peak)));
+    columns.push(opt_f64s(rows, |s| s.in_flight.map(|f| f.server_peak)));
     Ok(RecordBatch::try_new(Arc::new(points_schema()), columns)?)
 }
 
@@ -1019,8 +1019,8 @@ mod tests {
         let mut done = done;
         done.in_flight = Some(InFlight {
             scrapes: 7,
-            client_mean: 7.5,
-            server_mean: 6.25,
+            client_peak: 8.0,
+            server_peak: 7.0,
         });
         done.server = ServerStats {
             running_max: Some(8.0),

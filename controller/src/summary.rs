@@ -74,9 +74,9 @@ pub const SEND_LAG_P99_LIMIT_S: f64 = 0.010;
 pub const CLIENT_CPU_LIMIT: f64 = 0.9;
 /// Concurrency mode must hold at least this share of its slots in flight on average.
 pub const CONCURRENCY_HELD_MIN: f64 = 0.9;
-/// The engine's in-flight count (running + waiting) may differ from the client's by this
-/// share plus [`IN_FLIGHT_SLACK`] requests on average over the scrapes before the verdict
-/// names it: a scrape and the requests around it never line up to the microsecond.
+/// The engine's peak in-flight count (running + waiting) may differ from the client's by
+/// this share plus [`IN_FLIGHT_SLACK`] requests before the verdict names it: a scrape and
+/// the requests around it never line up to the microsecond.
 pub const IN_FLIGHT_TOLERANCE: f64 = 0.1;
 /// See [`IN_FLIGHT_TOLERANCE`].
 pub const IN_FLIGHT_SLACK: f64 = 1.0;
@@ -144,16 +144,19 @@ pub struct ServerStats {
     pub preemptions: Option<f64>,
 }
 
-/// Requests in flight at the moments the engine was scraped, averaged over the scrapes
-/// taken while the client had at least one request out: the client's count (sent, not yet
-/// finished) and the engine's (`vllm:num_requests_running` + `vllm:num_requests_waiting`).
-/// The engine seeing fewer means requests waited before they reached it (client or
-/// network); more means requests that are not this point's (a shared engine).
+/// Requests in flight at the moments the engine was scraped, over the scrapes taken while
+/// the client had at least one request out: the most the client had out (sent, not yet
+/// finished) and the most the engine reported (`vllm:num_requests_running` +
+/// `vllm:num_requests_waiting`). Peaks, not means: an engine updates its gauges only when a
+/// step ends, so during a long prefill step (seconds on a CPU engine) it reports the
+/// previous step's counts, which drags a mean down but not the peak. The engine peaking
+/// lower means requests waited before they reached it (client or network); higher means
+/// requests that are not this point's (a shared engine).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InFlight {
     pub scrapes: usize,
-    pub client_mean: f64,
-    pub server_mean: f64,
+    pub client_peak: f64,
+    pub server_peak: f64,
 }
 
 /// Compares the client's and the engine's in-flight counts at each scrape (see
@@ -166,7 +169,7 @@ pub fn in_flight(records: &[RequestRecord], samples: &[pb::MetricSample]) -> Opt
             .find(|s| s.name == "vllm:num_requests_waiting" && s.offset_s == offset)
             .map_or(0.0, |s| s.value)
     };
-    let (mut scrapes, mut client_sum, mut server_sum) = (0usize, 0.0, 0.0);
+    let (mut scrapes, mut client_peak, mut server_peak) = (0usize, 0.0_f64, 0.0_f64);
     for s in samples
         .iter()
         .filter(|s| s.name == "vllm:num_requests_running")
@@ -183,13 +186,13 @@ pub fn in_flight(records: &[RequestRecord], samples: &[pb::MetricSample]) -> Opt
             continue;
         }
         scrapes += 1;
-        client_sum += client as f64;
-        server_sum += s.value + waiting_at(t);
+        client_peak = client_peak.max(client as f64);
+        server_peak = server_peak.max(s.value + waiting_at(t));
     }
-    (scrapes >= IN_FLIGHT_MIN_SCRAPES).then(|| InFlight {
+    (scrapes >= IN_FLIGHT_MIN_SCRAPES).then_some(InFlight {
         scrapes,
-        client_mean: client_sum / scrapes as f64,
-        server_mean: server_sum / scrapes as f64,
+        client_peak,
+        server_peak,
     })
 }
 
@@ -417,16 +420,16 @@ fn verdict(c: &Checks<'_>) -> String {
         ));
     }
     if let Some(f) = in_flight {
-        let slack = IN_FLIGHT_TOLERANCE * f.client_mean + IN_FLIGHT_SLACK;
-        if f.server_mean < f.client_mean - slack {
+        let slack = IN_FLIGHT_TOLERANCE * f.client_peak + IN_FLIGHT_SLACK;
+        if f.server_peak < f.client_peak - slack {
             reasons.push(format!(
-                "engine saw {:.1} requests in flight on average, the client {:.1} ({} scrapes): requests waited before reaching the engine",
-                f.server_mean, f.client_mean, f.scrapes
+                "engine saw at most {:.0} requests in flight, the client had {:.0} ({} scrapes): requests waited before reaching the engine",
+                f.server_peak, f.client_peak, f.scrapes
             ));
-        } else if f.server_mean > f.client_mean + slack {
+        } else if f.server_peak > f.client_peak + slack {
             reasons.push(format!(
-                "engine had {:.1} requests in flight on average, the client {:.1} ({} scrapes): the engine also served requests not of this point",
-                f.server_mean, f.client_mean, f.scrapes
+                "engine had up to {:.0} requests in flight, the client {:.0} ({} scrapes): the engine also served requests not of this point",
+                f.server_peak, f.client_peak, f.scrapes
             ));
         }
     }
@@ -553,8 +556,8 @@ impl From<&PointSummary> for pb::PointSummary {
             client_cpu_cores: m.client.cpu_cores(),
             client_cores: m.client.cores,
             fallbacks: m.fallbacks.clone(),
-            in_flight_client_mean: s.in_flight.map(|f| f.client_mean),
-            in_flight_engine_mean: s.in_flight.map(|f| f.server_mean),
+            in_flight_client_peak: s.in_flight.map(|f| f.client_peak),
+            in_flight_engine_peak: s.in_flight.map(|f| f.server_peak),
         }
     }
 }
@@ -929,8 +932,8 @@ mod tests {
             agree.in_flight,
             Some(InFlight {
                 scrapes: 6,
-                client_mean: 8.0,
-                server_mean: 8.0
+                client_peak: 8.0,
+                server_peak: 8.0
             })
         );
         assert_eq!(agree.verdict, "valid");
@@ -940,7 +943,7 @@ mod tests {
         assert!(
             starved
                 .verdict
-                .contains("engine saw 4.0 requests in flight on average, the client 8.0"),
+                .contains("engine saw at most 4 requests in flight, the client had 8"),
             "{}",
             starved.verdict
         );
@@ -953,6 +956,13 @@ mod tests {
         // Within 10 % + 1 request: scrape timing, not a finding.
         let close = summarize(meta(), &records, &scrapes(7.0, 0.0, 6));
         assert_eq!(close.verdict, "valid");
+        // An engine whose gauges lag (stale until a long step ends) still peaks at 8.
+        let mut stale = scrapes(0.0, 0.0, 6);
+        stale.extend(scrapes(8.0, 0.0, 1).into_iter().map(|mut s| {
+            s.offset_s = 2.9;
+            s
+        }));
+        assert_eq!(summarize(meta(), &records, &stale).verdict, "valid");
         // Scrapes after the load (client idle) do not count; too few scrapes say nothing.
         let late = summarize(meta(), &records, &scrapes(0.0, 0.0, 12));
         assert_eq!(late.in_flight.map(|f| f.scrapes), Some(6));
