@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{SimConfig, VLLM_VERSION};
+use crate::config::{FaultAction, SimConfig, VLLM_VERSION};
 use crate::direct::{self, DirectRequest, Pace, StopSignal};
 use crate::error::SimError;
 use crate::logging::UVICORN_ACCESS;
@@ -40,7 +40,7 @@ use crate::protocol::{
     UsageInfo, VersionResponse,
 };
 use crate::scheduler::{EngineHandle, FinishReason, NewRequest, TokenEvent};
-use crate::stream::{Endpoint, StreamContext, sse_response};
+use crate::stream::{Endpoint, StreamContext, cut_response, sse_response};
 use crate::tokenizer::{self, SyntheticOutput};
 
 /// Shared state of the handlers.
@@ -538,15 +538,13 @@ async fn generate(state: &AppState, g: Generation) -> Result<Response, SimError>
             output: plan.output,
             role: g.role,
         };
+        let fault = config.faults.armed();
+        let stop = state.inner.stop.clone();
         return Ok(match source {
-            Source::Engine(rx) => sse_response(ctx, rx),
-            Source::Direct(req, pace) => direct::sse_response(
-                ctx,
-                req,
-                pace,
-                state.inner.stats.clone(),
-                state.inner.stop.clone(),
-            ),
+            Source::Engine(rx) => sse_response(ctx, rx, fault, stop),
+            Source::Direct(req, pace) => {
+                direct::sse_response(ctx, req, pace, state.inner.stats.clone(), stop, fault)
+            }
         });
     }
     let (completion_tokens, finish) = match source {
@@ -555,6 +553,19 @@ async fn generate(state: &AppState, g: Generation) -> Result<Response, SimError>
             direct::collect(req, pace, state.inner.stats.clone(), &state.inner.stop).await?
         }
     };
+    // `--sim-stall-after-tokens` / `--sim-disconnect-after-tokens` on a request that reaches
+    // the fault's token: no answer until shutdown (then the engine's 503), or none at all.
+    if let Some(fault) = config.faults.armed()
+        && fault.fires_within(completion_tokens)
+    {
+        return match fault.action {
+            FaultAction::Stall => {
+                state.inner.stop.stopped().await;
+                Err(SimError::EngineStopped)
+            }
+            FaultAction::Disconnect => Ok(cut_response()),
+        };
+    }
     let text = plan.output.text(0, completion_tokens);
     let usage = UsageInfo {
         prompt_tokens,

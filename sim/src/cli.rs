@@ -13,10 +13,11 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory as _, Parser, ValueEnum};
 
 use crate::config::{
-    CrashAt, EchoedArgs, EngineConfig, ExactSchedule, MAX_EXACT_MS, MIN_SPEEDUP, SimConfig,
-    TimingMode, TimingModel, scaled,
+    CrashAction, CrashAt, EchoedArgs, EngineConfig, ExactSchedule, MAX_EXACT_MS, MIN_SPEEDUP,
+    SimConfig, StreamFaults, TimingMode, TimingModel, scaled,
 };
 use crate::error::SimError;
+use crate::perf::{PerfModel, Profiles};
 
 /// A vLLM stand-in: vLLM's CLI and HTTP API, with a continuous-batching timing model.
 #[derive(Debug, Clone, Parser)]
@@ -152,6 +153,23 @@ pub struct Args {
     #[arg(long, default_value_t = 0, env = "VLLM_SIM_STARTUP_MS")]
     pub sim_startup_ms: u64,
 
+    /// GPU performance profile (`sim/profiles/gpus.toml`: b580, b60, h100-sxm, h200,
+    /// a100-80g, cpu): step times from the GPU's bandwidth and compute, the KV cache from its
+    /// memory, vLLM's start-up error when the weights do not fit. Unset: the flag model
+    /// (--sim-step-ms …) and --sim-kv-cache-tokens.
+    #[arg(long, value_name = "ID", env = "VLLM_SIM_GPU")]
+    pub sim_gpu: Option<String>,
+
+    /// Model profile (`sim/profiles/models.toml`) for --sim-gpu; default: the profile whose
+    /// Hugging Face names include the served model.
+    #[arg(long, value_name = "ID", env = "VLLM_SIM_MODEL_PROFILE")]
+    pub sim_model_profile: Option<String>,
+
+    /// With --sim-gpu: crash like vLLM (EngineCore OutOfMemoryError, exit 1) when a step's
+    /// attention workspace exceeds the memory --gpu-memory-utilization leaves free.
+    #[arg(long, env = "VLLM_SIM_OOM_CRASH")]
+    pub sim_oom_crash: bool,
+
     /// Token timing: `model` = the continuous-batching model (steps, --max-num-seqs, KV cache,
     /// --sim-speedup); `exact` = every request on its own fixed schedule, token k at
     /// parse time + --sim-ttft-ms + k × --sim-itl-ms in real milliseconds (--sim-speedup does
@@ -190,6 +208,18 @@ pub struct Args {
     /// cutting open streams. `--sim-timing model` only. Default: never.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "VLLM_SIM_CRASH_AT_RUNNING")]
     pub sim_crash_at_running: Option<u32>,
+
+    /// Simulate a hung engine: every response stops after its N-th content token and keeps
+    /// the connection open (no more events, no [DONE]) until the client goes away; a
+    /// non-streamed request of N tokens or more never gets its answer. Default: never.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "VLLM_SIM_STALL_AFTER_TOKENS")]
+    pub sim_stall_after_tokens: Option<u32>,
+
+    /// Simulate a dropped connection: every response is cut abruptly after its N-th content
+    /// token (no [DONE], no final zero-length chunk: the client sees a truncated body).
+    /// Default: never.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "VLLM_SIM_DISCONNECT_AFTER_TOKENS")]
+    pub sim_disconnect_after_tokens: Option<u32>,
 }
 
 /// A command-line value as Python prints it in a dict: numbers bare, text quoted.
@@ -371,6 +401,50 @@ impl Args {
             prefill_us_per_token: self.sim_prefill_us_per_token,
             speedup: self.sim_speedup,
         };
+        let perf = match &self.sim_gpu {
+            None => {
+                if self.sim_oom_crash || self.sim_model_profile.is_some() {
+                    return Err(SimError::Config(
+                        "--sim-oom-crash and --sim-model-profile need --sim-gpu".into(),
+                    ));
+                }
+                None
+            }
+            Some(gpu) => {
+                let profiles = Profiles::builtin()?;
+                let gpu = profiles.gpu(gpu)?.clone();
+                let wanted = self.sim_model_profile.as_deref().unwrap_or(&model);
+                let (_, profile) = profiles.model(wanted).ok_or_else(|| {
+                    SimError::Config(format!(
+                        "no model profile for {wanted:?}: pass --sim-model-profile (known: {})",
+                        profiles.model_ids()
+                    ))
+                })?;
+                Some(PerfModel {
+                    gpu,
+                    model: profile.clone(),
+                    tp: self.tensor_parallel_size,
+                    enforce_eager: self.enforce_eager,
+                    gpu_memory_utilization: self.gpu_memory_utilization,
+                })
+            }
+        };
+        // What a real vLLM computes at start-up: the KV cache left after the weights, or the
+        // error it dies with.
+        let kv_cache_tokens = match &perf {
+            Some(p) => {
+                p.kv_cache_blocks(self.block_size)
+                    .map_err(|f| SimError::EngineStartup(f.vllm_message()))?
+                    * u64::from(self.block_size)
+            }
+            None => self.sim_kv_cache_tokens,
+        };
+        let startup_ms = match &perf {
+            Some(p) if self.sim_startup_ms == 0 => {
+                u64::try_from(p.load_time().as_millis()).unwrap_or(u64::MAX)
+            }
+            _ => self.sim_startup_ms,
+        };
         let config = SimConfig {
             model,
             served_model_names,
@@ -393,11 +467,14 @@ impl Args {
                 max_num_seqs: usize::try_from(self.max_num_seqs).unwrap_or(usize::MAX),
                 max_num_batched_tokens: self.max_num_batched_tokens,
                 block_size: self.block_size,
-                kv_cache_tokens: self.sim_kv_cache_tokens,
+                kv_cache_tokens,
                 timing,
                 crash: self
                     .sim_crash_at_running
                     .map(|n| CrashAt::exit_at(usize::try_from(n).unwrap_or(usize::MAX))),
+                chunked_prefill: !self.no_enable_chunked_prefill,
+                oom: self.sim_oom_crash.then_some(CrashAction::Exit),
+                perf,
             },
             timing_mode: match self.sim_timing {
                 SimTiming::Model => TimingMode::Model,
@@ -409,6 +486,10 @@ impl Args {
                         .unwrap_or(usize::MAX),
                 },
             },
+            faults: StreamFaults {
+                stall_after_tokens: self.sim_stall_after_tokens,
+                disconnect_after_tokens: self.sim_disconnect_after_tokens,
+            },
         };
         config.validate()?;
         if let Some(path) = &self.sim_tokenizer_json {
@@ -419,7 +500,7 @@ impl Args {
         let serve = ServeOptions {
             host: self.host,
             port: self.port,
-            startup_delay: scaled(self.sim_startup_ms as f64, self.sim_speedup),
+            startup_delay: scaled(startup_ms as f64, self.sim_speedup),
         };
         Ok((config, serve))
     }
@@ -635,6 +716,59 @@ mod tests {
         assert!(
             Args::non_default_args(["vllm-sim", "m", "--sim-crash-at-running", "8"])
                 .contains("'sim_crash_at_running': 8")
+        );
+    }
+
+    #[test]
+    fn stream_fault_flags_parse_in_every_timing() {
+        use crate::config::{FaultAction, StreamFault};
+        let (c, _) = parse(&["m"]).unwrap();
+        assert_eq!(c.faults, StreamFaults::default());
+        assert_eq!(c.faults.armed(), None);
+        let (c, _) = parse(&["m", "--sim-stall-after-tokens", "3"]).unwrap();
+        assert_eq!(c.faults.stall_after_tokens, Some(3));
+        assert_eq!(
+            c.faults.armed(),
+            Some(StreamFault {
+                after_tokens: 3,
+                action: FaultAction::Stall
+            })
+        );
+        let (c, _) = parse(&["m", "--sim_disconnect_after_tokens=7"]).unwrap();
+        assert_eq!(
+            c.faults,
+            StreamFaults {
+                stall_after_tokens: None,
+                disconnect_after_tokens: Some(7),
+            }
+        );
+        for timing in ["model", "exact", "fast"] {
+            for flag in ["--sim-stall-after-tokens", "--sim-disconnect-after-tokens"] {
+                let (c, _) = parse(&["m", flag, "2", "--sim-timing", timing]).unwrap();
+                assert_eq!(c.faults.armed().map(|f| f.after_tokens), Some(2));
+            }
+        }
+        for flag in ["--sim-stall-after-tokens", "--sim-disconnect-after-tokens"] {
+            assert!(parse(&["m", flag, "0"]).is_err());
+            assert!(parse(&["m", flag, "-1"]).is_err());
+            assert!(parse(&["m", flag, "x"]).is_err());
+        }
+        let err = parse(&[
+            "m",
+            "--sim-stall-after-tokens",
+            "3",
+            "--sim-disconnect-after-tokens",
+            "3",
+        ])
+        .unwrap_err();
+        assert!(err.contains("cannot be combined"), "{err}");
+        assert!(
+            Args::non_default_args(["vllm-sim", "m", "--sim-stall-after-tokens", "4"])
+                .contains("'sim_stall_after_tokens': 4")
+        );
+        assert!(
+            Args::non_default_args(["vllm-sim", "m", "--sim-disconnect-after-tokens", "5"])
+                .contains("'sim_disconnect_after_tokens': 5")
         );
     }
 

@@ -43,6 +43,9 @@ pub struct SimConfig {
     /// `--sim-timing`: the performance model, or one of the zero-cost schedules that measure
     /// the client instead of the engine.
     pub timing_mode: TimingMode,
+    /// `--sim-stall-after-tokens` / `--sim-disconnect-after-tokens`: an opt-in failure of
+    /// every response (none by default).
+    pub faults: StreamFaults,
 }
 
 /// How tokens are timed (`--sim-timing`).
@@ -174,6 +177,15 @@ pub struct EngineConfig {
     /// `--sim-crash-at-running`: die of a simulated GPU out-of-memory error when a step would
     /// run this many requests (`None`: never).
     pub crash: Option<CrashAt>,
+    /// `--enable-chunked-prefill` (vLLM's default): prompts are split across steps to fit
+    /// `max_num_batched_tokens`; off, a prompt is prefilled whole or waits.
+    pub chunked_prefill: bool,
+    /// `--sim-gpu`: the GPU performance model (step times, KV-cache size); `None`: the
+    /// flag model ([`TimingModel`]) and `kv_cache_tokens`.
+    pub perf: Option<crate::perf::PerfModel>,
+    /// `--sim-failure oom`: die like vLLM when a step's attention workspace exceeds the
+    /// GPU memory left outside vLLM's pool (needs `perf`).
+    pub oom: Option<CrashAction>,
 }
 
 impl Default for EngineConfig {
@@ -185,6 +197,9 @@ impl Default for EngineConfig {
             kv_cache_tokens: 262_144,
             timing: TimingModel::default(),
             crash: None,
+            chunked_prefill: true,
+            perf: None,
+            oom: None,
         }
     }
 }
@@ -322,6 +337,7 @@ impl SimConfig {
             echo: EchoedArgs::default(),
             engine: EngineConfig::default(),
             timing_mode: TimingMode::Model,
+            faults: StreamFaults::default(),
         }
     }
 
@@ -411,6 +427,7 @@ impl SimConfig {
                 );
             }
         }
+        self.faults.validate()?;
         match self.timing_mode {
             TimingMode::Model => {}
             TimingMode::Exact(s) => {
@@ -426,6 +443,89 @@ impl SimConfig {
                     return bad("--sim-fast-chunks-per-frame must be at least 1".to_owned());
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// Opt-in stream failures a benchmark client must survive (`--sim-stall-after-tokens N`,
+/// `--sim-disconnect-after-tokens N`), in every timing mode. At most one is armed. A response
+/// of fewer than N tokens is unaffected; otherwise, once the chunk carrying its N-th content
+/// token is out (the chat role chunk is not a content token; if the N-th token is the last
+/// one, its chunk still carries `finish_reason`, but neither the usage chunk nor `[DONE]`
+/// follows):
+///
+/// - **stall**: nothing more is sent and the connection stays open, until the client goes away
+///   or the server shuts down (then the stream ends without `[DONE]`). A non-streamed request
+///   of N tokens or more never gets its answer.
+/// - **disconnect**: the connection is closed abruptly, without `[DONE]` and, in HTTP/1.1
+///   chunked encoding, without the terminating zero-length chunk, so that the client sees a
+///   truncated body. A non-streamed request of N tokens or more gets its status and headers,
+///   then the connection is cut before any body byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamFaults {
+    /// `--sim-stall-after-tokens`.
+    pub stall_after_tokens: Option<u32>,
+    /// `--sim-disconnect-after-tokens`.
+    pub disconnect_after_tokens: Option<u32>,
+}
+
+/// What happens to a response once its fault's token is out (see [`StreamFaults`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Send nothing more, keep the connection open.
+    Stall,
+    /// Close the connection abruptly.
+    Disconnect,
+}
+
+/// The armed fault of [`StreamFaults`]: `action` after the `after_tokens`-th content token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamFault {
+    /// N (≥ 1): the fault fires once the N-th content token has been sent.
+    pub after_tokens: u32,
+    pub action: FaultAction,
+}
+
+impl StreamFault {
+    /// Whether a response of `tokens` content tokens reaches the fault.
+    pub fn fires_within(&self, tokens: u32) -> bool {
+        tokens >= self.after_tokens
+    }
+}
+
+impl StreamFaults {
+    /// The armed fault, if any (after [`Self::validate`], at most one is set).
+    pub fn armed(&self) -> Option<StreamFault> {
+        let stall = self.stall_after_tokens.map(|n| StreamFault {
+            after_tokens: n,
+            action: FaultAction::Stall,
+        });
+        let disconnect = self.disconnect_after_tokens.map(|n| StreamFault {
+            after_tokens: n,
+            action: FaultAction::Disconnect,
+        });
+        disconnect.or(stall)
+    }
+
+    /// At most one fault, each after at least one token.
+    pub fn validate(&self) -> Result<(), SimError> {
+        if self.stall_after_tokens == Some(0) {
+            return Err(SimError::Config(
+                "--sim-stall-after-tokens must be at least 1".to_owned(),
+            ));
+        }
+        if self.disconnect_after_tokens == Some(0) {
+            return Err(SimError::Config(
+                "--sim-disconnect-after-tokens must be at least 1".to_owned(),
+            ));
+        }
+        if self.stall_after_tokens.is_some() && self.disconnect_after_tokens.is_some() {
+            return Err(SimError::Config(
+                "--sim-stall-after-tokens and --sim-disconnect-after-tokens cannot be combined: \
+                 a response fails only once"
+                    .to_owned(),
+            ));
         }
         Ok(())
     }
@@ -540,5 +640,45 @@ mod tests {
         );
         c.echo.tensor_parallel_size = 2;
         assert!(c.system_fingerprint().starts_with("vllm-0.32.0-tp2-"));
+    }
+
+    #[test]
+    fn at_most_one_stream_fault_after_at_least_one_token() {
+        let mut c = SimConfig::new("m");
+        assert_eq!(c.faults.armed(), None);
+        c.faults.stall_after_tokens = Some(3);
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.faults.armed(),
+            Some(StreamFault {
+                after_tokens: 3,
+                action: FaultAction::Stall
+            })
+        );
+        // Every timing mode supports them.
+        for mode in [
+            TimingMode::Exact(ExactSchedule::default()),
+            TimingMode::Fast {
+                chunks_per_frame: 16,
+            },
+        ] {
+            c.timing_mode = mode;
+            assert!(c.validate().is_ok());
+        }
+        c.faults.disconnect_after_tokens = Some(5);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("cannot be combined"), "{err}");
+        c.faults.stall_after_tokens = None;
+        assert!(c.validate().is_ok());
+        let fault = c.faults.armed().unwrap();
+        assert_eq!(fault.action, FaultAction::Disconnect);
+        assert!(!fault.fires_within(4) && fault.fires_within(5));
+        c.faults.disconnect_after_tokens = Some(0);
+        assert!(c.validate().is_err());
+        c.faults = StreamFaults {
+            stall_after_tokens: Some(0),
+            disconnect_after_tokens: None,
+        };
+        assert!(c.validate().is_err());
     }
 }

@@ -19,8 +19,9 @@
 //! `/metrics` counts these requests: `num_requests_running`, prompt and generation tokens,
 //! `request_success` and the per-request histograms (TTFT as measured, ITL as the mean gap).
 //! When the engine stops (shutdown), open streams end without `[DONE]`, as in `model` mode.
+//! A [`StreamFault`] stalls or cuts them after their N-th token, as in `model` mode.
 
-use std::convert::Infallible;
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -34,12 +35,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ExactSchedule, Pacing, TimingMode};
+use crate::config::{ExactSchedule, Pacing, StreamFault, TimingMode};
 use crate::error::SimError;
 use crate::metrics::{EngineStats, FinishedRecord};
 use crate::precise_timer::precise_sleep_until;
 use crate::scheduler::FinishReason;
-use crate::stream::{ContentTemplate, DONE, EVENT_STREAM, Endpoint, StreamContext};
+use crate::stream::{ContentTemplate, DONE, EVENT_STREAM, Endpoint, StreamContext, fault_end};
 use crate::tokenizer::SyntheticOutput;
 
 /// Waits at least this long also watch the shutdown token (which takes locks); shorter ones
@@ -90,6 +91,11 @@ impl StopSignal {
     /// Whether the engine has stopped.
     pub fn is_stopped(&self) -> bool {
         self.flag.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the engine has stopped.
+    pub async fn stopped(&self) {
+        self.token.cancelled().await;
     }
 
     /// Sleeps until `deadline` (at once if it has passed) on `pacing`'s timer. Returns false
@@ -190,6 +196,7 @@ impl RequestMetrics {
             prompt_tokens: self.req.prompt_tokens,
             generation_tokens: self.emitted,
             max_tokens: self.req.max_tokens,
+            preemptions: 0,
         };
         self.stats.direct_ended(&record, record.prefill);
     }
@@ -254,6 +261,8 @@ struct DirectSse {
     /// Index of the next token.
     next: u32,
     len: u32,
+    /// The armed fault, until it fires.
+    fault: Option<StreamFault>,
 }
 
 impl DirectSse {
@@ -263,6 +272,7 @@ impl DirectSse {
         pace: Pace,
         stats: Arc<EngineStats>,
         stop: StopSignal,
+        fault: Option<StreamFault>,
     ) -> Self {
         Self {
             template: ctx.content_template(),
@@ -273,11 +283,13 @@ impl DirectSse {
             metrics: RequestMetrics::start(stats, req),
             next: 0,
             len: req.len(),
+            fault,
         }
     }
 
     /// Appends the events of token `k`: the chat role chunk before the first one; the
-    /// finishing chunk, the usage chunk and `[DONE]` for the last one.
+    /// finishing chunk, the usage chunk and `[DONE]` for the last one (only the finishing
+    /// chunk if the fault fires on it).
     fn write_token(&mut self, k: u32) {
         if k == 0 && self.ctx.endpoint == Endpoint::Chat {
             self.buf.extend_from_slice(&self.ctx.role_chunk());
@@ -287,6 +299,9 @@ impl DirectSse {
             let reason = self.metrics.req.finish_reason.as_str();
             self.buf
                 .extend_from_slice(&self.ctx.content_chunk(text, Some(reason), k + 1));
+            if self.fault.is_some_and(|f| k + 1 == f.after_tokens) {
+                return;
+            }
             if self.ctx.include_usage {
                 self.buf.extend_from_slice(&self.ctx.usage_chunk(k + 1));
             }
@@ -305,12 +320,24 @@ impl DirectSse {
         self.buf.reserve(per_token * tokens as usize);
     }
 
+    /// The next body item: the frames, then, once the fault's token is out, the fault's end
+    /// ([`fault_end`]).
+    async fn next_item(&mut self) -> Option<Result<Bytes, io::Error>> {
+        if let Some(f) = self.fault
+            && self.next >= f.after_tokens
+        {
+            self.fault = None;
+            return fault_end(f.action, &self.stop).await.map(Err);
+        }
+        self.next_frame().await.map(Ok)
+    }
+
     /// The next body frame, or `None` at the end (or when the engine stops).
     async fn next_frame(&mut self) -> Option<Bytes> {
         if self.next >= self.len || self.stop.is_stopped() {
             return None;
         }
-        let count = match self.pace {
+        let mut count = match self.pace {
             Pace::Exact(schedule) => {
                 let deadline = schedule.deadline(self.metrics.req.t0, self.next);
                 if !self.stop.sleep_until(deadline, schedule.pacing).await {
@@ -323,6 +350,12 @@ impl DirectSse {
                 u32::try_from(chunks_per_frame).map_or(left, |n| n.min(left))
             }
         };
+        if let Some(f) = self.fault
+            && self.next < f.after_tokens
+        {
+            // The fault's token ends a frame.
+            count = count.min(f.after_tokens - self.next);
+        }
         self.reserve(count);
         for k in self.next..self.next + count {
             self.write_token(k);
@@ -337,31 +370,38 @@ impl DirectSse {
     }
 }
 
-/// The frames of a direct SSE response, without the HTTP wrapping.
-fn frames(
+/// The body of a direct SSE response, without the HTTP wrapping: its frames, and with a
+/// `fault` the error that cuts the connection (the last item).
+fn body_stream(
     ctx: StreamContext,
     req: DirectRequest,
     pace: Pace,
     stats: Arc<EngineStats>,
     stop: StopSignal,
-) -> impl futures::Stream<Item = Bytes> + Send + 'static {
-    let state = DirectSse::new(ctx, req, pace, stats, stop);
-    futures::stream::unfold(state, |mut state| async move {
-        let frame = state.next_frame().await?;
-        Some((frame, state))
+    fault: Option<StreamFault>,
+) -> impl futures::Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
+    let state = DirectSse::new(ctx, req, pace, stats, stop, fault);
+    futures::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        match state.next_item().await? {
+            Ok(frame) => Some((Ok(frame), Some(state))),
+            Err(e) => Some((Err(e), None)),
+        }
     })
 }
 
 /// The streaming HTTP response of a direct request. Dropping the body (client gone) counts the
-/// request as aborted.
+/// request as aborted. With a `fault`, the body stalls (until `stop`) or is cut after the
+/// fault's token.
 pub fn sse_response(
     ctx: StreamContext,
     req: DirectRequest,
     pace: Pace,
     stats: Arc<EngineStats>,
     stop: StopSignal,
+    fault: Option<StreamFault>,
 ) -> Response {
-    let stream = futures::StreamExt::map(frames(ctx, req, pace, stats, stop), Ok::<_, Infallible>);
+    let stream = body_stream(ctx, req, pace, stats, stop, fault);
     let mut response = Body::from_stream(stream).into_response();
     response
         .headers_mut()
@@ -411,6 +451,17 @@ mod tests {
     /// An exact schedule on tokio's (paused) clock.
     fn on_tokio(ttft_ms: f64, itl_ms: f64) -> ExactSchedule {
         ExactSchedule::from_ms(ttft_ms, itl_ms).with_pacing(Pacing::Tokio)
+    }
+
+    /// The frames of a fault-free body.
+    fn frames(
+        ctx: StreamContext,
+        req: DirectRequest,
+        pace: Pace,
+        stats: Arc<EngineStats>,
+        stop: StopSignal,
+    ) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+        body_stream(ctx, req, pace, stats, stop, None).map(|item| item.unwrap())
     }
 
     fn stop() -> (CancellationToken, StopSignal) {
@@ -571,6 +622,60 @@ mod tests {
         assert_eq!(frames.concat(), expected);
         let snap = stats.snapshot();
         assert_eq!((snap.generation_tokens, snap.success_length), (40, 1));
+    }
+
+    /// A fault ends the frame that reaches its token; a stall then waits (the request still
+    /// running) until the engine stops, a disconnect ends the body with an error.
+    #[tokio::test(start_paused = true)]
+    async fn faults_fire_after_their_token() {
+        use crate::config::FaultAction;
+        for action in [FaultAction::Stall, FaultAction::Disconnect] {
+            for (len, last) in [(10, false), (3, true)] {
+                let stats = Arc::new(EngineStats::new());
+                let (token, signal) = stop();
+                let fault = StreamFault {
+                    after_tokens: 3,
+                    action,
+                };
+                let mut body = Box::pin(body_stream(
+                    ctx(Endpoint::Completion, true, len),
+                    request(Instant::now(), len),
+                    Pace::Fast {
+                        chunks_per_frame: 16,
+                    },
+                    stats.clone(),
+                    signal,
+                    Some(fault),
+                ));
+                let first = body.next().await.unwrap().unwrap();
+                // Three content chunks: no usage chunk, no [DONE], even after the last token.
+                assert_eq!(events(&first), 3, "{action:?} {len}");
+                let text = std::str::from_utf8(&first).unwrap();
+                assert_eq!(text.contains("\"finish_reason\":\"length\""), last);
+                assert!(!text.contains("[DONE]"));
+                match action {
+                    FaultAction::Stall => {
+                        let wait = tokio::time::timeout(Duration::from_secs(3600), body.next());
+                        assert!(wait.await.is_err());
+                        assert_eq!(stats.snapshot().running, u64::from(!last));
+                        token.cancel();
+                        assert!(body.next().await.is_none());
+                    }
+                    FaultAction::Disconnect => {
+                        let err = body.next().await.unwrap().unwrap_err();
+                        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+                        assert!(body.next().await.is_none());
+                    }
+                }
+                drop(body);
+                let snap = stats.snapshot();
+                assert_eq!(snap.generation_tokens, 3);
+                assert_eq!(
+                    (snap.success_abort, snap.success_length),
+                    (u64::from(!last), u64::from(last))
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -14,6 +14,10 @@ pub enum SimError {
     /// Invalid configuration (a usage error).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// What a real engine dies of at start-up (the weights do not fit, no room for the KV
+    /// cache): logged as vLLM logs it, exit code 1.
+    #[error("{0}")]
+    EngineStartup(String),
     /// The listen address could not be bound.
     #[error("failed to bind {addr}: {source}")]
     Bind {
@@ -61,7 +65,9 @@ impl SimError {
             Self::BadRequest(_) | Self::Validation { .. } => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::EngineStopped => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Config(_) | Self::Bind { .. } | Self::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Config(_) | Self::EngineStartup(_) | Self::Bind { .. } | Self::Io(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }
@@ -114,7 +120,9 @@ impl IntoResponse for SimError {
             Self::BadRequest(_) => ("BadRequestError", None),
             Self::Validation { param, .. } => ("BadRequestError", Some(*param)),
             Self::EngineStopped => ("ServiceUnavailableError", None),
-            Self::Config(_) | Self::Bind { .. } | Self::Io(_) => ("InternalServerError", None),
+            Self::Config(_) | Self::EngineStartup(_) | Self::Bind { .. } | Self::Io(_) => {
+                ("InternalServerError", None)
+            }
         };
         let body = ErrorBody {
             error: ErrorInfo {

@@ -24,6 +24,7 @@ pub mod direct;
 pub mod error;
 pub mod logging;
 pub mod metrics;
+pub mod perf;
 pub mod precise_timer;
 pub mod protocol;
 pub mod scheduler;
@@ -41,8 +42,8 @@ use tokio_util::task::TaskTracker;
 
 pub use crate::cli::{Args, ServeOptions};
 pub use crate::config::{
-    CrashAction, CrashAt, EngineConfig, ExactSchedule, Pacing, SimConfig, TimingMode, TimingModel,
-    VLLM_RELEASE, VLLM_VERSION,
+    CrashAction, CrashAt, EngineConfig, ExactSchedule, FaultAction, Pacing, SimConfig, StreamFault,
+    StreamFaults, TimingMode, TimingModel, VLLM_RELEASE, VLLM_VERSION,
 };
 pub use crate::error::SimError;
 
@@ -104,6 +105,19 @@ pub async fn run(
                 crash.running,
                 config.engine.max_num_seqs
             );
+        }
+    }
+    if let Some(fault) = config.faults.armed() {
+        let n = fault.after_tokens;
+        match fault.action {
+            FaultAction::Stall => tracing::warn!(
+                "vllm-sim: every response will stall after {n} content tokens, its connection \
+                 left open (--sim-stall-after-tokens)"
+            ),
+            FaultAction::Disconnect => tracing::warn!(
+                "vllm-sim: every response will be cut after {n} content tokens, its connection \
+                 closed abruptly (--sim-disconnect-after-tokens)"
+            ),
         }
     }
 

@@ -39,6 +39,19 @@ fn main() -> ExitCode {
     );
     let (config, serve) = match args.into_config() {
         Ok(parts) => parts,
+        Err(fleetbench_sim::SimError::EngineStartup(message)) => {
+            // What vLLM dies of while loading the model: its error line, exit code 1.
+            tracing::error!(
+                src = "core.py:708",
+                proc = "EngineCore",
+                "EngineCore failed to start.\n{message}"
+            );
+            tracing::error!(
+                src = "api_server.py:1469",
+                "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {{}}"
+            );
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("vllm-sim: {e}");
             return ExitCode::from(EXIT_USAGE);

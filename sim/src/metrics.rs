@@ -145,7 +145,7 @@ impl Histograms {
         self.prefill.observe(f.prefill.as_secs_f64());
         self.inference.observe((f.prefill + f.decode).as_secs_f64());
         self.decode.observe(decode);
-        self.num_preemptions.observe(0.0);
+        self.num_preemptions.observe(f64::from(f.preemptions));
         self.prefill_kv_computed.observe(f64::from(f.prompt_tokens));
         self.prompt_tokens.observe(f64::from(f.prompt_tokens));
         self.generation_tokens
@@ -265,6 +265,8 @@ pub struct FinishedRecord {
     pub generation_tokens: u32,
     /// The request's `max_tokens` sampling parameter.
     pub max_tokens: u32,
+    /// Times the request was preempted.
+    pub preemptions: u32,
 }
 
 /// What one engine step did; recorded with a single lock.
@@ -292,6 +294,7 @@ pub struct EngineStats {
     success_stop: AtomicU64,
     success_length: AtomicU64,
     success_abort: AtomicU64,
+    preemptions: AtomicU64,
     histograms: Mutex<Histograms>,
 }
 
@@ -306,6 +309,7 @@ pub struct StatsSnapshot {
     pub success_stop: u64,
     pub success_length: u64,
     pub success_abort: u64,
+    pub preemptions: u64,
 }
 
 impl Default for EngineStats {
@@ -335,6 +339,7 @@ impl EngineStats {
             success_stop: AtomicU64::new(0),
             success_length: AtomicU64::new(0),
             success_abort: AtomicU64::new(0),
+            preemptions: AtomicU64::new(0),
             histograms: Mutex::new(Histograms::new(max_model_len)),
         }
     }
@@ -414,6 +419,11 @@ impl EngineStats {
         h.observe_finished(f);
     }
 
+    /// Counts preemptions (a running request evicted to free KV-cache blocks).
+    pub fn record_preemptions(&self, n: u64) {
+        self.preemptions.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts requests that left before finishing (client gone).
     pub fn record_aborts(&self, n: u64) {
         self.success_abort.fetch_add(n, Ordering::Relaxed);
@@ -439,6 +449,7 @@ impl EngineStats {
             success_stop: self.success_stop.load(Ordering::Relaxed),
             success_length: self.success_length.load(Ordering::Relaxed),
             success_abort: self.success_abort.load(Ordering::Relaxed),
+            preemptions: self.preemptions.load(Ordering::Relaxed),
         }
     }
 
@@ -540,7 +551,7 @@ impl EngineStats {
         out.counter(
             "vllm:num_preemptions",
             "Cumulative number of preemption from the engine.",
-            &one(0),
+            &one(s.preemptions),
         );
         out.counter(
             "vllm:prompt_tokens",
@@ -997,6 +1008,7 @@ mod tests {
                 prompt_tokens: 100,
                 generation_tokens: 4,
                 max_tokens: 4,
+                preemptions: 0,
             }],
             ..StepRecord::default()
         });

@@ -55,6 +55,7 @@ use tracing::Instrument as _;
 use crate::config::{CrashAction, CrashAt, EngineConfig};
 use crate::error::SimError;
 use crate::metrics::{EngineStats, FinishedRecord, StepRecord};
+use crate::perf::StepShape;
 
 /// Capacity of the engine's request queue (submitters wait when it is full).
 pub const REQUEST_QUEUE_CAPACITY: usize = 1024;
@@ -150,6 +151,7 @@ pub fn spawn_engine(
     tracker: &TaskTracker,
 ) -> EngineHandle {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE_CAPACITY);
+    let free_blocks = config.kv_cache_blocks();
     let engine = Engine {
         config,
         stats,
@@ -158,6 +160,7 @@ pub fn spawn_engine(
         rx,
         waiting: VecDeque::new(),
         running: Vec::new(),
+        free_blocks,
     };
     tracker.spawn(
         engine
@@ -172,6 +175,14 @@ struct Seq {
     req: EngineRequest,
     generated: u32,
     delivered: u32,
+    /// Tokens (prompt and output) whose keys and values are in the KV cache: vLLM's
+    /// `num_computed_tokens`. A preempted sequence drops to 0 and recomputes.
+    computed: u64,
+    /// KV-cache blocks held.
+    blocks: u64,
+    /// Tokens scheduled for this sequence in the current step (0: not scheduled).
+    step_tokens: u64,
+    preemptions: u32,
     scheduled_at: Option<Instant>,
     first_token_at: Option<Instant>,
     last_token_at: Option<Instant>,
@@ -185,6 +196,26 @@ impl Seq {
     fn is_gone(&self) -> bool {
         self.req.tokens.is_closed()
     }
+
+    /// Prompt plus generated tokens.
+    fn total_tokens(&self) -> u64 {
+        u64::from(self.req.new.prompt_tokens) + u64::from(self.generated)
+    }
+
+    /// Tokens to compute before the next token can be sampled: the prompt (or prompt and
+    /// output after a preemption) while prefilling, 1 while decoding.
+    fn pending(&self) -> u64 {
+        self.total_tokens().saturating_sub(self.computed).max(1)
+    }
+}
+
+/// What the scheduler decided for one step.
+#[derive(Debug, Default)]
+struct Step {
+    shape: StepShape,
+    /// Requests admitted from `waiting` (the last ones in `running`).
+    admitted: usize,
+    preempted: u64,
 }
 
 struct Engine {
@@ -195,6 +226,8 @@ struct Engine {
     rx: mpsc::Receiver<EngineRequest>,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
+    /// KV-cache blocks nobody holds.
+    free_blocks: u64,
 }
 
 impl Engine {
@@ -218,13 +251,30 @@ impl Engine {
             }
             self.drop_disconnected();
 
-            let (admitted, prefill_tokens) = self.admit(Instant::now());
-            if self.running.is_empty() {
+            let step = self.schedule(Instant::now());
+            if step.preempted > 0 {
+                self.stats.record_preemptions(step.preempted);
+            }
+            if self.running.iter().all(|s| s.step_tokens == 0) {
+                // Nothing fits (a prompt larger than the whole KV cache was dropped).
                 continue;
             }
             if let Some(at) = &self.config.crash {
-                if admitted > 0 && self.running.len() >= at.running {
-                    crash(at, self.running.len(), prefill_tokens);
+                if step.admitted > 0 && self.running.len() >= at.running {
+                    crash(at, self.running.len(), step.shape.prefill_tokens);
+                    break;
+                }
+            }
+            if let (Some(action), Some(perf)) = (&self.config.oom, &self.config.perf) {
+                let need = perf.step_workspace_bytes(&step.shape);
+                if need > perf.headroom_bytes() {
+                    oom_crash(
+                        action,
+                        self.running.len(),
+                        &step.shape,
+                        need,
+                        perf.headroom_bytes(),
+                    );
                     break;
                 }
             }
@@ -233,10 +283,7 @@ impl Engine {
                 Some(t) if now.saturating_duration_since(t) <= MAX_LAG => t,
                 _ => now,
             };
-            let duration = self
-                .config
-                .timing
-                .step_duration(self.running.len(), prefill_tokens);
+            let duration = self.step_duration(&step.shape);
             let end = start + duration;
             self.publish_gauges();
             if duration.is_zero() {
@@ -248,7 +295,7 @@ impl Engine {
                 () = tokio::time::sleep_until(end) => {}
             }
             timeline = Some(end);
-            self.emit(end, admitted, prefill_tokens);
+            self.emit(end);
         }
         tracing::debug!(
             running = self.running.len(),
@@ -267,6 +314,10 @@ impl Engine {
             req,
             generated: 0,
             delivered: 0,
+            computed: 0,
+            blocks: 0,
+            step_tokens: 0,
+            preemptions: 0,
             scheduled_at: None,
             first_token_at: None,
             last_token_at: None,
@@ -275,7 +326,15 @@ impl Engine {
 
     fn drop_disconnected(&mut self) {
         let before = self.running.len() + self.waiting.len();
-        self.running.retain(|s| !s.is_gone());
+        let mut freed = 0;
+        self.running.retain(|s| {
+            let keep = !s.is_gone();
+            if !keep {
+                freed += s.blocks;
+            }
+            keep
+        });
+        self.free_blocks += freed;
         self.waiting.retain(|s| !s.is_gone());
         let gone = before - self.running.len() - self.waiting.len();
         if gone > 0 {
@@ -283,49 +342,156 @@ impl Engine {
         }
     }
 
-    /// Admission rule of step 2 in the module docs. Returns how many requests were admitted
-    /// (they are the last ones in `running`) and their prompt tokens.
-    fn admit(&mut self, now: Instant) -> (usize, u64) {
-        let budget = self.config.max_num_batched_tokens;
-        let mut admitted = 0;
-        let mut prefill: u64 = 0;
-        while self.running.len() < self.config.max_num_seqs {
+    /// The step duration: the GPU performance model when a profile is selected, the flag
+    /// model otherwise; divided by the speedup.
+    fn step_duration(&self, shape: &StepShape) -> Duration {
+        let scheduled = self.running.iter().filter(|s| s.step_tokens > 0).count();
+        match &self.config.perf {
+            Some(perf) => {
+                let speedup = self.config.timing.speedup;
+                Duration::from_secs_f64(perf.step_time(shape).as_secs_f64() / speedup)
+            }
+            None => self
+                .config
+                .timing
+                .step_duration(scheduled, shape.prefill_tokens),
+        }
+    }
+
+    /// Blocks a sequence needs to hold `tokens` tokens.
+    fn blocks_for(&self, tokens: u64) -> u64 {
+        tokens.div_ceil(u64::from(self.config.block_size.max(1)))
+    }
+
+    /// Preempts the last running sequence (the lowest priority, as vLLM's scheduler): its
+    /// blocks are freed and it goes back to the head of `waiting` to recompute.
+    fn preempt_last(&mut self) {
+        if let Some(mut victim) = self.running.pop() {
+            self.free_blocks += victim.blocks;
+            victim.blocks = 0;
+            victim.computed = 0;
+            victim.step_tokens = 0;
+            victim.preemptions += 1;
+            tracing::debug!(request_id = %victim.req.new.request_id, "preempted (recompute)");
+            self.waiting.push_front(victim);
+        }
+    }
+
+    /// Steps 2 and 3 of the module docs: the running sequences first (in order; KV blocks
+    /// for their new tokens, preempting from the back when none are free), then the waiting
+    /// ones (FCFS, not after a preemption), each within the step's token budget.
+    fn schedule(&mut self, now: Instant) -> Step {
+        let chunked = self.config.chunked_prefill;
+        let mut budget = self.config.max_num_batched_tokens;
+        let mut step = Step::default();
+        for s in &mut self.running {
+            s.step_tokens = 0;
+        }
+        let mut scheduled = 0usize;
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let (pending, computed, held) = {
+                let s = &self.running[i];
+                (s.pending(), s.computed, s.blocks)
+            };
+            let n = if chunked || pending <= budget || scheduled == 0 {
+                pending.min(if chunked { budget } else { pending })
+            } else {
+                i += 1;
+                continue;
+            };
+            let need = self.blocks_for(computed + n).saturating_sub(held);
+            while need > self.free_blocks && self.running.len() > i + 1 {
+                self.preempt_last();
+                step.preempted += 1;
+            }
+            if need > self.free_blocks {
+                // Not even this sequence fits: it is preempted itself.
+                self.preempt_last();
+                step.preempted += 1;
+                break;
+            }
+            self.free_blocks -= need;
+            let s = &mut self.running[i];
+            s.blocks += need;
+            s.step_tokens = n;
+            budget = budget.saturating_sub(n);
+            scheduled += 1;
+            i += 1;
+        }
+        while step.preempted == 0 && self.running.len() < self.config.max_num_seqs && budget > 0 {
             let Some(head) = self.waiting.front() else {
                 break;
             };
-            let prompt = u64::from(head.req.new.prompt_tokens);
-            let forced = self.running.is_empty();
-            if !forced && prefill + prompt > budget {
+            let pending = head.pending();
+            let n = if chunked {
+                pending.min(budget)
+            } else if pending <= budget || scheduled == 0 {
+                pending
+            } else {
+                break;
+            };
+            let need = self.blocks_for(n);
+            if need > self.free_blocks {
+                if scheduled == 0 && self.running.is_empty() {
+                    // Larger than the whole cache: it can never run.
+                    if let Some(seq) = self.waiting.pop_front() {
+                        tracing::warn!(request_id = %seq.req.new.request_id, "prompt does not fit the KV cache; aborted");
+                        self.stats.record_aborts(1);
+                    }
+                    continue;
+                }
                 break;
             }
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
-            seq.scheduled_at = Some(now);
-            prefill += prompt;
-            admitted += 1;
+            self.free_blocks -= need;
+            seq.scheduled_at.get_or_insert(now);
+            seq.blocks = need;
+            seq.step_tokens = n;
+            budget = budget.saturating_sub(n);
+            scheduled += 1;
+            step.admitted += 1;
             self.running.push(seq);
         }
-        (admitted, prefill)
+        for s in self.running.iter().filter(|s| s.step_tokens > 0) {
+            let n = s.step_tokens;
+            let decoding = s.generated > 0 && s.computed + 1 == s.total_tokens() && n == 1;
+            if decoding {
+                step.shape.decode_seqs += 1;
+            } else {
+                step.shape.prefill_tokens += n;
+                let (c, n) = (s.computed as f64, n as f64);
+                step.shape.attention_pairs += n * c + n * (n + 1.0) / 2.0;
+            }
+            step.shape.context_tokens += s.computed + n;
+        }
+        step
     }
 
-    /// Step 4: one token for every running request, delivery, finishing, statistics.
-    fn emit(&mut self, at: Instant, admitted: usize, prefill_tokens: u64) {
-        let first_new = self.running.len().saturating_sub(admitted);
-        let mut record = StepRecord {
-            prefill_tokens,
-            generation_tokens: self.running.len() as u64,
-            ..StepRecord::default()
-        };
+    /// Step 4: the scheduled sequences' tokens are computed; those done with their pending
+    /// tokens sample one; delivery, finishing, statistics.
+    fn emit(&mut self, at: Instant) {
+        let mut record = StepRecord::default();
         let mut aborted = 0u64;
-        let mut index = 0usize;
+        let mut freed = 0u64;
         let shutdown = &self.shutdown;
         let tracker = &self.tracker;
         self.running.retain_mut(|seq| {
-            let is_new = index >= first_new;
-            index += 1;
+            if seq.step_tokens == 0 {
+                return true;
+            }
+            seq.computed += seq.step_tokens;
+            seq.step_tokens = 0;
+            if seq.computed < seq.total_tokens() {
+                // A prompt chunk: no token yet.
+                return true;
+            }
             seq.generated += 1;
-            if is_new {
+            record.generation_tokens += 1;
+            if seq.generated == 1 {
+                record.prefill_tokens += u64::from(seq.req.new.prompt_tokens);
                 record.ttft.push(at.saturating_duration_since(seq.req.arrival));
                 seq.first_token_at = Some(at);
             } else if let Some(prev) = seq.last_token_at {
@@ -336,6 +502,7 @@ impl Engine {
             let finish = done.then_some(seq.req.new.finish_reason);
             if !deliver(seq, at, finish, shutdown, tracker) {
                 aborted += 1;
+                freed += seq.blocks;
                 return false;
             }
             if let Some(reason) = finish {
@@ -351,11 +518,14 @@ impl Engine {
                     prompt_tokens: seq.req.new.prompt_tokens,
                     generation_tokens: seq.generated,
                     max_tokens: seq.req.new.max_tokens,
+                    preemptions: seq.preemptions,
                 });
                 tracing::debug!(request_id = %seq.req.new.request_id, reason = reason.as_str(), "finished request");
+                freed += seq.blocks;
             }
             !done
         });
+        self.free_blocks += freed;
         self.stats.record_step(&record);
         if aborted > 0 {
             self.stats.record_aborts(aborted);
@@ -364,15 +534,31 @@ impl Engine {
     }
 
     fn publish_gauges(&self) {
-        let block = u64::from(self.config.block_size.max(1));
-        let blocks: u64 = self
-            .running
-            .iter()
-            .map(|s| (u64::from(s.req.new.prompt_tokens) + u64::from(s.generated)).div_ceil(block))
-            .sum();
-        let usage = (blocks as f64 / self.config.kv_cache_blocks() as f64).min(1.0);
+        let total = self.config.kv_cache_blocks().max(1);
+        let used = total.saturating_sub(self.free_blocks);
+        let usage = (used as f64 / total as f64).min(1.0);
         self.stats
             .set_gauges(self.running.len(), self.waiting.len(), usage);
+    }
+}
+
+/// The out-of-memory crash of `--sim-failure oom`: a step whose attention workspace
+/// (see [`crate::perf::PerfModel::step_workspace_bytes`]) exceeds what
+/// `--gpu-memory-utilization` leaves free kills the engine with vLLM's lines.
+fn oom_crash(action: &CrashAction, running: usize, shape: &StepShape, need: f64, free: f64) {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    tracing::warn!(
+        "vllm-sim: a step of {running} running requests ({} prompt tokens, {} context tokens) \
+         needs {:.2} GiB of attention workspace, {:.2} GiB are free: GPU out of memory",
+        shape.prefill_tokens,
+        shape.context_tokens,
+        need / GIB,
+        free / GIB
+    );
+    log_engine_oom();
+    match action {
+        CrashAction::Exit => exit_after_crash(),
+        CrashAction::Hook(hook) => hook(running),
     }
 }
 
@@ -597,6 +783,7 @@ mod tests {
     async fn max_num_batched_tokens_splits_admission() {
         let h = start(EngineConfig {
             max_num_batched_tokens: 250,
+            chunked_prefill: false,
             ..EngineConfig::default()
         });
         let mut rxs = Vec::new();
@@ -619,6 +806,7 @@ mod tests {
     async fn an_oversized_prompt_runs_alone_when_nothing_runs() {
         let h = start(EngineConfig {
             max_num_batched_tokens: 250,
+            chunked_prefill: false,
             ..EngineConfig::default()
         });
         let mut big = h.handle.submit(request(0, 1000, 1)).await.unwrap();
@@ -630,6 +818,52 @@ mod tests {
             token_times(&mut small, h.t0).await,
             vec![ms(120.2 + 20.0 + 0.2 + 1.0)]
         );
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chunked_prefill_fills_the_budget_with_prompt_chunks() {
+        let h = start(EngineConfig {
+            max_num_batched_tokens: 250,
+            ..EngineConfig::default()
+        });
+        let mut rxs = Vec::new();
+        for i in 0..4 {
+            rxs.push(h.handle.submit(request(i, 100, 2)).await.unwrap());
+        }
+        // Step 1: 0 and 1 whole, 50 tokens of 2 (250): 20 + 3 × 0.2 + 25 = 45.6 ms; only 0
+        // and 1 sample a token. Step 2: 0 and 1 decode (2), the rest of 2 (50), 3 whole
+        // (100): 20 + 0.8 + 15 = 35.8 ms -> 81.4. Step 3: 2 and 3 decode: 20.4 -> 101.8.
+        let early: Vec<Duration> = [45.6, 81.4].into_iter().map(ms).collect();
+        let late: Vec<Duration> = [81.4, 101.8].into_iter().map(ms).collect();
+        assert_eq!(token_times(&mut rxs[0], h.t0).await, early);
+        assert_eq!(token_times(&mut rxs[1], h.t0).await, early);
+        assert_eq!(token_times(&mut rxs[2], h.t0).await, late);
+        assert_eq!(token_times(&mut rxs[3], h.t0).await, late);
+        // Prompt tokens are counted once per request.
+        assert_eq!(h.stats.snapshot().prompt_tokens, 400);
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn running_out_of_kv_blocks_preempts_the_newest_request() {
+        // 4 blocks of 16 tokens: two 30-token prompts take 2 blocks each; the first decode
+        // past 32 tokens needs a third block, so the newer request is preempted, recomputes
+        // after the older one finishes, and both still get every token.
+        let h = start(EngineConfig {
+            block_size: 16,
+            kv_cache_tokens: 64,
+            ..EngineConfig::default()
+        });
+        let mut a = h.handle.submit(request(0, 30, 10)).await.unwrap();
+        let mut b = h.handle.submit(request(1, 30, 10)).await.unwrap();
+        let (ta, tb) = tokio::join!(token_times(&mut a, h.t0), token_times(&mut b, h.t0));
+        assert_eq!((ta.len(), tb.len()), (10, 10));
+        assert!(tb.last() > ta.last(), "{ta:?} {tb:?}");
+        let snap = h.stats.snapshot();
+        assert!(snap.preemptions >= 1, "{snap:?}");
+        assert_eq!(snap.generation_tokens, 20);
+        assert_eq!(snap.prompt_tokens, 60);
         h.shutdown.cancel();
     }
 

@@ -15,10 +15,12 @@
 //! - with `include_usage` and `continuous_usage_stats`, every chunk also carries `usage` (the
 //!   tokens so far; chat's with `"completion_tokens_details":null`).
 //!
-//! If the engine stops mid-request (shutdown), the stream ends without `[DONE]`.
+//! If the engine stops mid-request (shutdown), the stream ends without `[DONE]`. With a
+//! [`StreamFault`] (`--sim-stall-after-tokens`, `--sim-disconnect-after-tokens`) it stalls or is
+//! cut after its N-th content token instead (see [`fault_end`]).
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
+use std::io;
 
 use axum::body::Body;
 use axum::http::HeaderValue;
@@ -28,6 +30,8 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::config::{FaultAction, StreamFault};
+use crate::direct::StopSignal;
 use crate::protocol::Null;
 use crate::scheduler::TokenEvent;
 use crate::tokenizer::SyntheticOutput;
@@ -353,19 +357,68 @@ impl StreamContext {
     }
 }
 
+/// How the body of a faulted response ends once its fault's token is out; `Some(error)` is
+/// the body's last item.
+///
+/// - [`FaultAction::Stall`]: waits for the engine to stop (shutdown), then ends the body
+///   without `[DONE]`. If the client goes away first, hyper drops the body.
+/// - [`FaultAction::Disconnect`]: an error, on which hyper closes the connection at once,
+///   without the terminating zero-length chunk. hyper drops what it has buffered along with
+///   the connection, so the body yields once first: while the body is pending hyper flushes
+///   the chunks already written to the socket.
+pub async fn fault_end(action: FaultAction, stop: &StopSignal) -> Option<io::Error> {
+    match action {
+        FaultAction::Stall => {
+            stop.stopped().await;
+            None
+        }
+        FaultAction::Disconnect => {
+            tokio::task::yield_now().await;
+            Some(disconnect_error())
+        }
+    }
+}
+
+/// The body error that makes hyper cut a connection (`--sim-disconnect-after-tokens`).
+pub fn disconnect_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "vllm-sim: simulated disconnect (--sim-disconnect-after-tokens)",
+    )
+}
+
+/// A response whose connection is cut before anything is written: its body fails at once,
+/// before hyper flushes the status line and headers, so the client gets no answer at all (a
+/// non-streamed request under `--sim-disconnect-after-tokens`).
+pub fn cut_response() -> Response {
+    let body = futures::stream::once(async { Err::<Bytes, io::Error>(disconnect_error()) });
+    Body::from_stream(body).into_response()
+}
+
 /// State of one SSE response.
 struct SseState {
     ctx: StreamContext,
     rx: Option<mpsc::Receiver<TokenEvent>>,
     pending: VecDeque<Bytes>,
     role_sent: bool,
+    /// The armed fault, if any.
+    fault: Option<StreamFault>,
+    /// Set once the fault's token is queued: what follows the queued chunks.
+    fault_due: Option<FaultAction>,
+    /// A stalled request's receiver, kept (and never read) so that the engine sees its client
+    /// until the body is dropped.
+    stalled_rx: Option<mpsc::Receiver<TokenEvent>>,
+    stop: StopSignal,
 }
 
 impl SseState {
-    async fn next_event(&mut self) -> Option<Bytes> {
+    async fn next_event(&mut self) -> Option<Result<Bytes, io::Error>> {
         loop {
             if let Some(b) = self.pending.pop_front() {
-                return Some(b);
+                return Some(Ok(b));
+            }
+            if let Some(action) = self.fault_due.take() {
+                return fault_end(action, &self.stop).await.map(Err);
             }
             let ev = self.rx.as_mut()?.recv().await;
             match ev {
@@ -382,11 +435,29 @@ impl SseState {
             self.role_sent = true;
             self.pending.push_back(self.ctx.role_chunk());
         }
-        let text = self.ctx.output.text(ev.first_index, ev.count);
-        let finish = ev.finish_reason.map(|r| r.as_str());
-        let completion = ev.first_index + ev.count;
+        let mut count = ev.count;
+        let mut finish = ev.finish_reason.map(|r| r.as_str());
+        // The event that reaches the fault's token is cut there (it fires once: nothing is
+        // read after it, so the event starts before the fault's token).
+        let fault = self
+            .fault
+            .filter(|f| f.fires_within(ev.first_index + ev.count));
+        if let Some(f) = fault {
+            let cut = f.after_tokens.saturating_sub(ev.first_index).max(1);
+            if cut < count {
+                count = cut;
+                finish = None;
+            }
+        }
+        let text = self.ctx.output.text(ev.first_index, count);
+        let completion = ev.first_index + count;
         self.pending
             .push_back(self.ctx.content_chunk(&text, finish, completion));
+        if let Some(f) = fault {
+            self.fault_due = Some(f.action);
+            self.stalled_rx = self.rx.take().filter(|_| f.action == FaultAction::Stall);
+            return;
+        }
         if finish.is_some() {
             if self.ctx.include_usage {
                 self.pending.push_back(self.ctx.usage_chunk(completion));
@@ -399,18 +470,30 @@ impl SseState {
 
 /// The streaming HTTP response for `ctx`, fed by the request's token receiver. Dropping the
 /// response body (client gone) drops the receiver, which aborts the request in the engine.
-pub fn sse_response(ctx: StreamContext, rx: mpsc::Receiver<TokenEvent>) -> Response {
+/// With a `fault`, the body stalls (until `stop`) or is cut after the fault's token.
+pub fn sse_response(
+    ctx: StreamContext,
+    rx: mpsc::Receiver<TokenEvent>,
+    fault: Option<StreamFault>,
+    stop: StopSignal,
+) -> Response {
     let state = SseState {
         ctx,
         rx: Some(rx),
         pending: VecDeque::new(),
         role_sent: false,
+        fault,
+        fault_due: None,
+        stalled_rx: None,
+        stop,
     };
-    let stream = futures::stream::unfold(state, |mut state| async move {
-        state
-            .next_event()
-            .await
-            .map(|b| (Ok::<Bytes, Infallible>(b), state))
+    let stream = futures::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        match state.next_event().await? {
+            Ok(b) => Some((Ok(b), Some(state))),
+            // An error is the body's last item.
+            Err(e) => Some((Err(e), None)),
+        }
     });
     let mut response = Body::from_stream(stream).into_response();
     response
@@ -591,5 +674,81 @@ mod tests {
                 .unwrap()
                 .contains("\"delta\":{\"role\":\"user\",\"content\":\"\"}")
         );
+    }
+
+    /// The body of an SSE response: its data, and the error that ended it, if any.
+    async fn read_body(response: Response) -> (Vec<u8>, Option<axum::Error>) {
+        use futures::StreamExt as _;
+        let mut body = response.into_body().into_data_stream();
+        let mut data = Vec::new();
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(e) => return (data, Some(e)),
+            }
+        }
+        (data, None)
+    }
+
+    /// An engine event that carries the fault's token is cut there (no `finish_reason`); a
+    /// disconnect then ends the body with an error, a stall waits for the engine to stop.
+    #[tokio::test(start_paused = true)]
+    async fn a_fault_cuts_the_event_that_reaches_its_token() {
+        use crate::config::{FaultAction, StreamFault};
+        use crate::scheduler::FinishReason;
+        use tokio_util::sync::CancellationToken;
+        use tokio_util::task::TaskTracker;
+
+        for action in [FaultAction::Disconnect, FaultAction::Stall] {
+            let c = ctx(Endpoint::Chat);
+            let (tx, rx) = mpsc::channel(4);
+            let at = tokio::time::Instant::now();
+            tx.send(TokenEvent {
+                first_index: 0,
+                count: 2,
+                finish_reason: None,
+                at,
+            })
+            .await
+            .unwrap();
+            // The lagging client gets tokens 2..=4 at once, the last of the request.
+            tx.send(TokenEvent {
+                first_index: 2,
+                count: 3,
+                finish_reason: Some(FinishReason::Length),
+                at,
+            })
+            .await
+            .unwrap();
+            let token = CancellationToken::new();
+            let stop = StopSignal::new(token.clone(), &TaskTracker::new());
+            let fault = StreamFault {
+                after_tokens: 3,
+                action,
+            };
+            let response = sse_response(c.clone(), rx, Some(fault), stop);
+            let expected = [
+                c.role_chunk(),
+                c.content_chunk(&c.output.text(0, 2), None, 2),
+                c.content_chunk(&c.output.text(2, 1), None, 3),
+            ]
+            .concat();
+            let (data, error) = match action {
+                FaultAction::Disconnect => read_body(response).await,
+                FaultAction::Stall => {
+                    let reading = tokio::spawn(read_body(response));
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    assert!(!reading.is_finished());
+                    // The engine's sender is still open: the engine sees its client.
+                    assert!(!tx.is_closed());
+                    token.cancel();
+                    reading.await.unwrap()
+                }
+            };
+            assert_eq!(data, expected, "{action:?}");
+            assert_eq!(error.is_some(), action == FaultAction::Disconnect);
+            // A cut stream drops its receiver.
+            assert!(tx.is_closed());
+        }
     }
 }

@@ -28,6 +28,37 @@ async fn missing_model_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(64));
 }
 
+#[tokio::test]
+async fn weights_that_do_not_fit_the_gpu_fail_like_vllm() {
+    // Llama-3.1-8B in bf16 (15 GiB) on one 12 GB Arc B580: vLLM dies loading the weights.
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "--sim-gpu",
+            "b580",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("torch.OutOfMemoryError"), "{all}");
+    assert!(all.contains("Engine core initialization failed"), "{all}");
+    // An unknown profile is a usage error naming the known ones.
+    let out = Command::new(BIN)
+        .args(["serve", "m", "--sim-gpu", "tpu-v9"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("h100-sxm"));
+}
+
 /// Which stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stream {
