@@ -6,13 +6,22 @@
 //!
 //! 1. **Collect**: every request already in the mpsc joins `waiting` (FCFS). Requests whose
 //!    client is gone (token receiver dropped) leave `waiting`/`running` and count as `abort`.
-//! 2. **Admit**: take requests from the head of `waiting` while `running < max_num_seqs` and
-//!    the sum of the prompt tokens of the requests admitted *in this step* stays
-//!    `≤ max_num_batched_tokens`; when nothing is running, the head is always admitted (so a
-//!    prompt longer than the budget still runs, alone). Admission stops at the first request
-//!    that does not fit (no skipping ahead). There is no chunked prefill and no preemption.
-//! 3. **Time**: with `seqs` = running requests in this step (newly admitted included) and
-//!    `prefill` = prompt tokens of the newly admitted requests,
+//! 2. **Schedule** (vLLM V1's unified scheduler): every sequence has `computed` tokens in
+//!    the KV cache out of `prompt + generated`; a step gives each scheduled sequence the
+//!    tokens it still needs (1 when decoding), within a budget of `max_num_batched_tokens`.
+//!    Running sequences go first, in order; one that needs a new KV-cache block when none is
+//!    free preempts the last running sequence (which frees its blocks and goes back to the
+//!    head of `waiting` to recompute prompt and output later; `vllm:num_preemptions`). Then,
+//!    unless something was preempted, `waiting` is admitted FCFS while `running <
+//!    max_num_seqs`, blocks are free and budget is left. With chunked prefill (vLLM's
+//!    default) a prompt takes what is left of the budget and continues next step; without,
+//!    a prompt is admitted whole or waits (alone, when nothing else is scheduled, it runs
+//!    even if longer than the budget). KV blocks: `--block-size` tokens each; their number
+//!    comes from the GPU profile (`--sim-gpu`, see [`crate::perf`]) or
+//!    `--sim-kv-cache-tokens`.
+//! 3. **Time**: with a GPU profile, [`crate::perf::PerfModel::step_time`] of the step's
+//!    shape (decode sequences, prefill tokens, context read, attention pairs). Without, the
+//!    flag model with `seqs` = scheduled sequences and `prefill` = prompt tokens computed:
 //!
 //!    ```text
 //!    step_ms = sim_step_ms + sim_step_ms_per_seq × seqs + sim_prefill_us_per_token / 1000 × prefill
@@ -23,8 +32,8 @@
 //!    previous one ended (its ideal end, not the wake-up time), unless the loop was idle or fell
 //!    more than [`MAX_LAG`] behind, in which case it starts now. So timer granularity never
 //!    accumulates into drift.
-//! 4. **Emit**: at the step's end every newly admitted request emits its first token and every
-//!    other running request one more token. A request finishes when it has emitted its target
+//! 4. **Emit**: at the step's end every scheduled sequence whose tokens are all computed
+//!    samples one token (the first one ends a prefill: TTFT). A request finishes when it has emitted its target
 //!    number of tokens (`finish_reason` as given at submission) and leaves the batch.
 //!
 //! Consequences: a burst of N requests of P prompt tokens that all fit in one step gets
