@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fleetbench_proto::pb::{self, controller_message::Msg as CMsg};
 use fleetbench_proto::record::RequestRecord;
-use fleetbench_proto::spec::{PlannedPoint, SweepSpec};
+use fleetbench_proto::spec::{OnEngineCrash, PlannedPoint, SweepSpec};
 use fleetbench_proto::unix_millis_now;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -22,10 +22,15 @@ pub type Outgoing = Vec<(String, pb::ControllerMessage)>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PointState {
     Pending,
-    Running { agent: String },
+    Running {
+        agent: String,
+    },
     Done,
     Failed,
     Cancelled,
+    /// Never run: the sweep's failure policy gave up on it (`on_engine_crash =
+    /// "skip-larger"` after a smaller load crashed the engine).
+    Skipped,
 }
 
 impl PointState {
@@ -36,12 +41,13 @@ impl PointState {
             PointState::Done => "done",
             PointState::Failed => "failed",
             PointState::Cancelled => "cancelled",
+            PointState::Skipped => "skipped",
         }
     }
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            PointState::Done | PointState::Failed | PointState::Cancelled
+            PointState::Done | PointState::Failed | PointState::Cancelled | PointState::Skipped
         )
     }
 }
@@ -58,6 +64,10 @@ pub struct PointEntry {
     pub summary: Option<PointSummary>,
     pub finished: Option<pb::PointFinished>,
     pub engine_events: Vec<pb::EngineEvent>,
+    /// The current attempt's engine died ("exited") or failed to start ("start-failed").
+    pub engine_crashed: bool,
+    /// Attempts re-queued after an engine crash (`on_engine_crash = "retry"`).
+    pub crash_retries: u32,
     pub agent: String,
     pub host: String,
     pub error: String,
@@ -122,6 +132,11 @@ impl Sweep {
             .iter()
             .filter(|p| p.state == PointState::Failed)
             .count();
+        let skipped = self
+            .points
+            .iter()
+            .filter(|p| p.state == PointState::Skipped)
+            .count();
         pb::SweepStatus {
             sweep_id: self.id.clone(),
             name: self.spec.name.get_ref().clone(),
@@ -134,6 +149,7 @@ impl Sweep {
             points_total: count(self.points.len()),
             points_done: count(done),
             points_failed: count(failed),
+            points_skipped: count(skipped),
             points: if with_points {
                 self.points.iter().map(point_status).collect()
             } else {
@@ -243,6 +259,8 @@ impl State {
                 summary: None,
                 finished: None,
                 engine_events: Vec::new(),
+                engine_crashed: false,
+                crash_retries: 0,
                 agent: String::new(),
                 host: String::new(),
                 error: String::new(),
@@ -419,6 +437,12 @@ impl State {
         if let Some((sweep_id, idx)) = self.find_point(&ev.point_id) {
             if let Some(s) = self.sweep_mut(&sweep_id) {
                 if let Some(p) = s.points.get_mut(idx) {
+                    // Only a death during this point's running attempt makes it a crash.
+                    let running_here =
+                        matches!(&p.state, PointState::Running { agent: a } if a == agent);
+                    if running_here && matches!(ev.kind.as_str(), "exited" | "start-failed") {
+                        p.engine_crashed = true;
+                    }
                     p.engine_events.push(ev);
                 }
                 s.bump();
@@ -451,6 +475,8 @@ impl State {
         let model = sweep.spec.model.get_ref().clone();
         let mode = sweep.load.mode.clone();
         let cancelled = sweep.state == SweepState::Cancelled;
+        let on_crash = sweep.spec.policy.on_engine_crash;
+        let max_retries = sweep.spec.policy.crash_retries();
         let Some(p) = sweep.points.get_mut(idx) else {
             return (None, Vec::new());
         };
@@ -475,6 +501,37 @@ impl State {
         } else {
             PointState::Failed
         };
+        // An engine crash: the attempt failed and its engine died or never started.
+        let crashed = state == PointState::Failed && p.engine_crashed;
+        if crashed && on_crash == OnEngineCrash::Retry && p.crash_retries < max_retries {
+            // Back to the queue for a fresh engine; nothing of this attempt is kept (the
+            // next attempt's records are never mixed with these) but its engine events.
+            p.crash_retries += 1;
+            p.state = PointState::Pending;
+            p.batches.clear();
+            p.summary = None;
+            p.finished = None;
+            p.error = format!(
+                "engine crashed; retry {} of {max_retries}: {}",
+                p.crash_retries, pf.error
+            );
+            info!(point_id = %p.point_id, attempt = p.attempt, error = %p.error, "point re-queued (policy retry)");
+            sweep.bump();
+            if let Some(a) = self.agents.get_mut(agent) {
+                a.current_point = None;
+            }
+            let mut out = vec![(agent.to_string(), msg(CMsg::PointAck(ack)))];
+            out.extend(self.schedule());
+            return (None, out);
+        }
+        let error = if state == PointState::Failed && p.crash_retries > 0 {
+            format!(
+                "engine crashed; retry {} of {max_retries} failed: {}",
+                p.crash_retries, pf.error
+            )
+        } else {
+            pf.error.clone()
+        };
         let meta = PointMeta {
             sweep_id: sweep_id.clone(),
             point_id: p.point_id.clone(),
@@ -488,7 +545,7 @@ impl State {
             input_tokens: p.planned.workload.input,
             output_tokens: p.planned.workload.output,
             state: state.as_str().into(),
-            error: pf.error.clone(),
+            error: error.clone(),
             endpoint: pf.endpoint.clone(),
             started_unix_us: pf.started_unix_us,
             finished_unix_us: pf.finished_unix_us,
@@ -501,12 +558,17 @@ impl State {
             },
             fallbacks: pf.fallbacks.clone(),
         };
+        let template = meta.clone();
         p.summary = Some(summarize(meta, &records, &pf.engine_metrics));
         p.state = state;
-        p.error = pf.error.clone();
+        p.error = error;
         p.host = host;
         p.finished = Some(pf);
-        let gpus = p.planned.gpus;
+        let planned = p.planned.clone();
+        let gpus = planned.gpus;
+        if crashed && on_crash == OnEngineCrash::SkipLarger {
+            skip_larger(sweep, &planned, &template);
+        }
         sweep.pending_writes += 1;
         sweep.bump();
         if let Some(a) = self.agents.get_mut(agent) {
@@ -634,6 +696,7 @@ impl State {
             p.agent = name.clone();
             p.batches.clear();
             p.error.clear();
+            p.engine_crashed = false;
             let spec = pb::PointSpec {
                 sweep_id: sid.clone(),
                 point_id: p.point_id.clone(),
@@ -697,6 +760,60 @@ impl State {
             .collect();
         v.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         v
+    }
+}
+
+/// `on_engine_crash = "skip-larger"`: `crashed` took its engine down, so every still-pending
+/// point of the sweep with the same GPU count and workload and a larger load (batch size;
+/// rate mode: request rate) is skipped. Skipped points get an empty summary, so they are
+/// written with the partition (state "skipped", the reason in `error`).
+fn skip_larger(sweep: &mut Sweep, crashed: &PlannedPoint, template: &PointMeta) {
+    let rate_mode = crashed.batch_size == 0;
+    let reason = if rate_mode {
+        format!(
+            "skipped: engine crashed at rate {} req/s (policy skip-larger)",
+            crashed.request_rate
+        )
+    } else {
+        format!(
+            "skipped: engine crashed at batch {} (policy skip-larger)",
+            crashed.batch_size
+        )
+    };
+    for q in &mut sweep.points {
+        let larger = if rate_mode {
+            q.planned.request_rate > crashed.request_rate
+        } else {
+            q.planned.batch_size > crashed.batch_size
+        };
+        if q.state != PointState::Pending
+            || q.planned.gpus != crashed.gpus
+            || q.planned.workload != crashed.workload
+            || !larger
+        {
+            continue;
+        }
+        info!(point_id = %q.point_id, reason, "point skipped");
+        let meta = PointMeta {
+            point_id: q.point_id.clone(),
+            point_index: q.planned.index,
+            attempt: q.attempt,
+            host: String::new(),
+            agent: String::new(),
+            batch_size: q.planned.batch_size,
+            request_rate: q.planned.request_rate,
+            state: PointState::Skipped.as_str().into(),
+            error: reason.clone(),
+            endpoint: String::new(),
+            started_unix_us: 0,
+            finished_unix_us: 0,
+            client: ClientStats::default(),
+            fallbacks: Vec::new(),
+            ..template.clone()
+        };
+        q.summary = Some(summarize(meta, &[], &[]));
+        q.state = PointState::Skipped;
+        q.error = reason.clone();
     }
 }
 
@@ -890,6 +1007,222 @@ workloads = [{ input = 8, output = 4 }]
         let states: Vec<&str> = s.points.iter().map(|p| p.state.as_str()).collect();
         assert_eq!(states, vec!["done", "cancelled", "cancelled", "cancelled"]);
         assert!(s.finished_ms > 0);
+    }
+
+    const POLICY_SPEC: &str = r#"
+name = "t"
+model = "m/x"
+[engine]
+kind = "vllm"
+runtime = "process"
+[matrix]
+gpus = [1, 2]
+batch_sizes = [1, 4, 16, 32, 64]
+workloads = [{ input = 8, output = 4 }, { input = 16, output = 4 }]
+[policy]
+"#;
+
+    fn exited(point_id: &str) -> pb::EngineEvent {
+        pb::EngineEvent {
+            point_id: point_id.into(),
+            kind: "exited".into(),
+            exit_code: Some(1),
+            message: "engine exited during the point with code 1".into(),
+            ..Default::default()
+        }
+    }
+
+    /// Runs the point the agent was just given to its end; returns the next assignment.
+    fn run_current(st: &mut State, agent: &str, ok: bool, crash: bool) -> Outgoing {
+        let (sid, idx) = st.agents[agent].current_point.clone().unwrap();
+        let p = &st.sweep(&sid).unwrap().points[idx];
+        let (pid, attempt) = (p.point_id.clone(), p.attempt);
+        if crash {
+            st.engine_event(agent, exited(&pid));
+        }
+        finish(st, agent, &pid, attempt, ok).1
+    }
+
+    fn states(st: &State) -> Vec<(u32, u32, u32, &'static str)> {
+        st.sweep("s")
+            .unwrap()
+            .points
+            .iter()
+            .map(|p| {
+                (
+                    p.planned.gpus,
+                    p.planned.workload.input,
+                    p.planned.batch_size,
+                    p.state.as_str(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn skip_larger_skips_larger_batches_of_the_same_gpus_and_workload() {
+        let spec = format!("{POLICY_SPEC}on_engine_crash = \"skip-larger\"\n");
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(&spec, "t").unwrap());
+        st.register(agent("a", 1), &[]);
+        st.schedule();
+        // Batches 1 and 4 pass, 16 crashes the engine.
+        run_current(&mut st, "a", true, false);
+        run_current(&mut st, "a", true, false);
+        let out = run_current(&mut st, "a", false, true);
+        // The agent moves on to the other workload, not to batch 32.
+        assert_eq!(assignments(&out), vec![("a".into(), "s/p005".into())]);
+        let s = st.sweep("s").unwrap();
+        let got = states(&st);
+        let first: Vec<_> = got[..5].iter().map(|t| (t.2, t.3)).collect();
+        assert_eq!(
+            first,
+            vec![
+                (1, "done"),
+                (4, "done"),
+                (16, "failed"),
+                (32, "skipped"),
+                (64, "skipped")
+            ]
+        );
+        // Other workloads and GPU counts are untouched.
+        assert_eq!(got[5].3, "running");
+        assert!(got[6..].iter().all(|t| t.3 == "pending"), "{got:?}");
+        assert_eq!(
+            s.points[3].error,
+            "skipped: engine crashed at batch 16 (policy skip-larger)"
+        );
+        assert_eq!(s.points[2].error, "boom");
+        // Skipped points carry a summary, so the partition write includes them.
+        let sk = s.points[4].summary.as_ref().unwrap();
+        assert_eq!(
+            (sk.meta.state.as_str(), sk.meta.batch_size, sk.completed),
+            ("skipped", 64, 0)
+        );
+        assert_eq!(sk.meta.error, s.points[4].error);
+        let status = s.status(false);
+        assert_eq!(
+            (
+                status.points_done,
+                status.points_failed,
+                status.points_skipped
+            ),
+            (2, 1, 2)
+        );
+    }
+
+    #[test]
+    fn only_engine_crashes_trigger_the_policy() {
+        let spec = format!("{POLICY_SPEC}on_engine_crash = \"skip-larger\"\n");
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(&spec, "t").unwrap());
+        st.register(agent("a", 1), &[]);
+        st.schedule();
+        // A failure without an engine death (e.g. requests failed) skips nothing.
+        run_current(&mut st, "a", false, false);
+        let got = states(&st);
+        assert_eq!(got[0].3, "failed");
+        assert!(got.iter().all(|t| t.3 != "skipped"), "{got:?}");
+        // An exit event for a point that is not running on that agent marks nothing.
+        st.engine_event("a", exited("s/p000"));
+        st.engine_event("b", exited("s/p001"));
+        let points = &st.sweep("s").unwrap().points;
+        assert!(!points[0].engine_crashed && !points[1].engine_crashed);
+        // With the default policy (continue) a crash fails just the point.
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(POLICY_SPEC, "t").unwrap());
+        st.register(agent("a", 1), &[]);
+        st.schedule();
+        run_current(&mut st, "a", false, true);
+        let got = states(&st);
+        assert_eq!(got[0].3, "failed");
+        assert!(got[1..].iter().all(|t| t.3 != "skipped"), "{got:?}");
+    }
+
+    #[test]
+    fn retry_requeues_a_crashed_point_then_fails_it() {
+        let spec = format!("{POLICY_SPEC}on_engine_crash = \"retry\"\nretries = 2\n");
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(&spec, "t").unwrap());
+        st.register(agent("a", 1), &[]);
+        st.schedule();
+        // Attempt 1 sends a record, then the engine dies.
+        st.record_batch(
+            "a",
+            pb::RecordBatch {
+                point_id: "s/p000".into(),
+                attempt: 1,
+                seq: 0,
+                records: vec![pb::RequestRecord::default()],
+                ..Default::default()
+            },
+        );
+        st.engine_event("a", exited("s/p000"));
+        let (job, out) = st.point_finished(
+            "a",
+            pb::PointFinished {
+                point_id: "s/p000".into(),
+                attempt: 1,
+                batches: 1,
+                ok: false,
+                error: "engine exited during the point with code 1".into(),
+                ..Default::default()
+            },
+        );
+        // Nothing is written; the attempt is acknowledged and the point runs again.
+        assert!(job.is_none());
+        assert!(
+            out.iter()
+                .any(|(a, m)| a == "a" && matches!(m.msg, Some(CMsg::PointAck(_))))
+        );
+        assert_eq!(assignments(&out), vec![("a".into(), "s/p000".into())]);
+        let p = &st.sweep("s").unwrap().points[0];
+        assert_eq!(p.attempt, 2);
+        assert!(p.batches.is_empty(), "records of attempt 1 discarded");
+        assert!(p.summary.is_none());
+        // Attempt 2 crashes too: retry 2 of 2.
+        let out = run_current(&mut st, "a", false, true);
+        assert_eq!(assignments(&out), vec![("a".into(), "s/p000".into())]);
+        let p = &st.sweep("s").unwrap().points[0];
+        assert_eq!(p.attempt, 3);
+        assert_eq!(p.crash_retries, 2);
+        // Attempt 3 crashes: no retries left, the point fails and the sweep moves on.
+        let out = run_current(&mut st, "a", false, true);
+        assert_eq!(assignments(&out), vec![("a".into(), "s/p001".into())]);
+        let p = &st.sweep("s").unwrap().points[0];
+        assert_eq!(p.state, PointState::Failed);
+        assert_eq!(p.error, "engine crashed; retry 2 of 2 failed: boom");
+        let summary = p.summary.as_ref().unwrap();
+        assert_eq!(
+            (summary.meta.attempt, summary.meta.state.as_str()),
+            (3, "failed")
+        );
+        assert_eq!(summary.meta.error, p.error);
+        // Other points are not skipped by retry.
+        assert!(states(&st).iter().all(|t| t.3 != "skipped"));
+    }
+
+    #[test]
+    fn retry_pending_error_names_the_retry() {
+        let spec = format!("{POLICY_SPEC}on_engine_crash = \"retry\"\n");
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(&spec, "t").unwrap());
+        // The agent disconnects before its crash report lands, so nothing picks the
+        // re-queued point up at once and its pending state is visible.
+        let g = st.register(agent("a", 1), &[]);
+        st.schedule();
+        st.disconnect("a", g);
+        run_current(&mut st, "a", false, true);
+        let p = &st.sweep("s").unwrap().points[0];
+        assert_eq!(p.state, PointState::Pending);
+        assert_eq!(p.error, "engine crashed; retry 1 of 1: boom");
+        // A crash of the retry fails the point for good (default retries = 1).
+        st.register(agent("a", 1), &[]);
+        st.schedule();
+        run_current(&mut st, "a", false, true);
+        let p = &st.sweep("s").unwrap().points[0];
+        assert_eq!((p.state.as_str(), p.attempt), ("failed", 2));
+        assert_eq!(p.error, "engine crashed; retry 1 of 1 failed: boom");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct PointMeta {
     pub batch_size: u32,
     pub input_tokens: u32,
     pub output_tokens: u32,
-    /// "done" | "failed" | "cancelled"
+    /// "done" | "failed" | "cancelled" | "skipped"
     pub state: String,
     pub error: String,
     pub endpoint: String,

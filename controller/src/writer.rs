@@ -37,7 +37,10 @@ fn snapshot(ctl: &Controller, job: &WriteJob) -> Option<Snapshot> {
     for p in sweep.points.iter().filter(|p| p.planned.gpus == job.gpus) {
         if let Some(s) = &p.summary {
             points.push((s.clone(), p.records()));
-            hosts.insert(p.host.clone());
+            // Skipped points never ran anywhere.
+            if !p.host.is_empty() {
+                hosts.insert(p.host.clone());
+            }
         }
         if let Some(f) = &p.finished {
             metrics.extend(f.engine_metrics.iter().map(|m| MetricRow {

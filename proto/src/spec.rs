@@ -32,6 +32,8 @@ pub struct SweepSpec {
     pub load: LoadSection,
     #[serde(default)]
     pub placement: PlacementSection,
+    #[serde(default)]
+    pub policy: PolicySection,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -389,6 +391,60 @@ pub struct PlacementSection {
     pub labels: BTreeMap<String, String>,
 }
 
+/// What the controller does when a point ends in an engine crash (the engine process or
+/// container died during the point, or failed to start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnEngineCrash {
+    /// Still-pending points of the same GPU count and workload with a larger batch size
+    /// (rate mode: a larger rate) are skipped: they would crash the engine too.
+    SkipLarger,
+    /// The crashed point runs again on a fresh engine, up to `retries` more times.
+    Retry,
+    /// The point stays failed; the sweep goes on.
+    #[default]
+    Continue,
+}
+
+impl OnEngineCrash {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnEngineCrash::SkipLarger => "skip-larger",
+            OnEngineCrash::Retry => "retry",
+            OnEngineCrash::Continue => "continue",
+        }
+    }
+}
+
+/// `[policy]`: how the controller treats failing points. It decides; agents never see it
+/// (except the point timeout, which travels as the load's `timeout_s`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    #[serde(default)]
+    pub on_engine_crash: OnEngineCrash,
+    /// `on_engine_crash = "retry"` only: extra attempts after a crash (default 1).
+    pub retries: Option<Spanned<u32>>,
+    /// Per-point timeout in seconds; overrides `[load] timeout_s` when set.
+    pub point_timeout_s: Option<Spanned<u32>>,
+}
+
+/// Default extra attempts of `on_engine_crash = "retry"`.
+pub const DEFAULT_CRASH_RETRIES: u32 = 1;
+
+impl PolicySection {
+    /// Extra attempts a point gets after an engine crash (0 unless the policy is `retry`).
+    pub fn crash_retries(&self) -> u32 {
+        match self.on_engine_crash {
+            OnEngineCrash::Retry => self
+                .retries
+                .as_ref()
+                .map_or(DEFAULT_CRASH_RETRIES, |r| *r.get_ref()),
+            OnEngineCrash::SkipLarger | OnEngineCrash::Continue => 0,
+        }
+    }
+}
+
 impl PlacementSection {
     /// Whether an agent with this name and labels may run the sweep.
     pub fn matches(
@@ -635,6 +691,35 @@ impl SweepSpec {
                 format!("{idle} is not a positive number of seconds"),
             );
         }
+        let policy = &self.policy;
+        if let Some(r) = &policy.retries {
+            if policy.on_engine_crash != OnEngineCrash::Retry {
+                return err(
+                    r.span(),
+                    "policy.retries",
+                    format!(
+                        "only applies with on_engine_crash = \"retry\" (it is \"{}\")",
+                        policy.on_engine_crash.as_str()
+                    ),
+                );
+            }
+            if *r.get_ref() == 0 {
+                return err(
+                    r.span(),
+                    "policy.retries",
+                    "must be at least 1 with on_engine_crash = \"retry\"".into(),
+                );
+            }
+        }
+        if let Some(t) = &policy.point_timeout_s
+            && *t.get_ref() == 0
+        {
+            return err(
+                t.span(),
+                "policy.point_timeout_s",
+                "must be at least 1".into(),
+            );
+        }
         Ok(())
     }
 
@@ -862,7 +947,12 @@ impl SweepSpec {
         pb::LoadSpec {
             mode: l.mode.as_str().into(),
             endpoint: l.endpoint.as_str().into(),
-            timeout_s: *l.timeout_s.get_ref(),
+            // [policy] point_timeout_s, when set, is the point timeout agents enforce.
+            timeout_s: self
+                .policy
+                .point_timeout_s
+                .as_ref()
+                .map_or(*l.timeout_s.get_ref(), |t| *t.get_ref()),
             warmup_requests: l.warmup_requests,
             waves: *l.waves.get_ref(),
             seed: l.seed,
@@ -970,8 +1060,11 @@ fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> SpecError {
         (0, 0)
     };
     // For unknown fields the span covers the offending key; name it.
+    // For a bad value it covers the value; name its key (`section.key`).
     let message = e.message().trim().to_string();
-    let field = key_at(text, &span).unwrap_or_default();
+    let field = key_at(text, &span)
+        .or_else(|| key_of_value(text, &span))
+        .unwrap_or_default();
     SpecError {
         file: file.to_string(),
         line,
@@ -990,6 +1083,41 @@ fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && rest.starts_with('=');
     is_key.then(|| s.to_string())
+}
+
+/// The dotted key (`policy.on_engine_crash`) of the value that starts at `span`, when it is
+/// the whole right-hand side of a `key = value` line (not inside an inline table or array).
+fn key_of_value(text: &str, span: &Range<usize>) -> Option<String> {
+    let before = text.get(..span.start)?;
+    let line_start = before.rfind('\n').map_or(0, |p| p + 1);
+    let lhs = before
+        .get(line_start..)?
+        .trim_end()
+        .strip_suffix('=')?
+        .trim();
+    let is_key = !lhs.is_empty()
+        && lhs
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !is_key {
+        return None;
+    }
+    let section = before
+        .get(..line_start)?
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .and_then(|l| {
+            let header = l.split('#').next()?.trim();
+            let name = header.strip_prefix('[')?.strip_suffix(']')?.trim();
+            // `[[array.of.tables]]` headers are not named here.
+            (!name.starts_with('[')).then_some(name)
+        });
+    Some(match section {
+        Some(section) => format!("{section}.{lhs}"),
+        None => lhs.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -1210,6 +1338,7 @@ timeout_s = 600
         let err = SweepSpec::parse(&bad, "bad.toml").unwrap_err();
         assert_eq!(err.line, 7, "{err}");
         assert!(err.message.contains("kubernetes"), "{err}");
+        assert_eq!(err.field, "engine.runtime", "{err}");
 
         let bad = GOOD.replace("timeout_s = 600", "timeout_s = \"ten\"");
         let err = SweepSpec::parse(&bad, "bad.toml").unwrap_err();
@@ -1231,6 +1360,97 @@ timeout_s = 600
             "meta-llama--Llama-3.2-1B"
         );
         assert_eq!(model_slug("/models/x y=z"), "models--x_y_z");
+    }
+
+    fn with_policy(policy: &str) -> String {
+        format!("{GOOD}\n[policy]\n{policy}\n")
+    }
+
+    #[test]
+    fn policy_defaults_to_continue_and_load_timeout() {
+        let spec = SweepSpec::parse(GOOD, "good.toml").unwrap();
+        assert_eq!(spec.policy.on_engine_crash, OnEngineCrash::Continue);
+        assert_eq!(spec.policy.crash_retries(), 0);
+        assert_eq!(spec.load_wire().timeout_s, 600);
+    }
+
+    #[test]
+    fn policy_parses_skip_larger_retry_and_point_timeout() {
+        let spec = SweepSpec::parse(
+            &with_policy("on_engine_crash = \"skip-larger\"\npoint_timeout_s = 90"),
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(spec.policy.on_engine_crash, OnEngineCrash::SkipLarger);
+        assert_eq!(spec.policy.crash_retries(), 0);
+        // The policy's point timeout overrides [load] timeout_s on the wire.
+        assert_eq!(spec.load_wire().timeout_s, 90);
+
+        let spec = SweepSpec::parse(&with_policy("on_engine_crash = \"retry\""), "p.toml").unwrap();
+        assert_eq!(spec.policy.crash_retries(), DEFAULT_CRASH_RETRIES);
+        let spec = SweepSpec::parse(
+            &with_policy("on_engine_crash = \"retry\"\nretries = 3"),
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(spec.policy.crash_retries(), 3);
+        assert_eq!(spec.load_wire().timeout_s, 600);
+    }
+
+    #[test]
+    fn policy_errors_name_the_field_and_line() {
+        // GOOD ends on line 20; "[policy]" is line 22, its first key line 23.
+        let err =
+            SweepSpec::parse(&with_policy("on_engine_crash = \"explode\""), "p.toml").unwrap_err();
+        assert_eq!(err.field, "policy.on_engine_crash", "{err}");
+        assert_eq!((err.line, err.column), (23, 19), "{err}");
+        assert!(err.message.contains("explode"), "{err}");
+        assert!(err.to_string().starts_with("p.toml:23:19: "), "{err}");
+
+        let err = SweepSpec::parse(
+            &with_policy("on_engine_crash = \"retry\"\nretries = 0"),
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.line),
+            ("policy.retries", 24),
+            "{err}"
+        );
+        assert!(err.message.contains("at least 1"), "{err}");
+
+        let err = SweepSpec::parse(
+            &with_policy("on_engine_crash = \"skip-larger\"\nretries = 2"),
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.line),
+            ("policy.retries", 24),
+            "{err}"
+        );
+        assert!(err.message.contains("only applies with"), "{err}");
+
+        let err = SweepSpec::parse(&with_policy("retries = 2"), "p.toml").unwrap_err();
+        assert_eq!(err.field, "policy.retries", "{err}");
+
+        let err = SweepSpec::parse(&with_policy("point_timeout_s = 0"), "p.toml").unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.line),
+            ("policy.point_timeout_s", 23),
+            "{err}"
+        );
+
+        let err = SweepSpec::parse(&with_policy("retry_count = 2"), "p.toml").unwrap_err();
+        assert_eq!((err.field.as_str(), err.line), ("retry_count", 23), "{err}");
+        assert!(err.message.contains("unknown field"), "{err}");
+
+        let err = SweepSpec::parse(&with_policy("retries = -1"), "p.toml").unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.line),
+            ("policy.retries", 23),
+            "{err}"
+        );
     }
 
     #[test]
