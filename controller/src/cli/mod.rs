@@ -8,6 +8,7 @@
 pub mod local;
 pub mod output;
 pub mod progress;
+pub mod results;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -66,12 +67,10 @@ pub enum Command {
     Agents,
     /// Cancel a sweep: running points stop, finished results stay.
     Cancel { sweep_id: String },
-    /// Print a sweep's point summaries.
-    Results {
-        sweep_id: String,
-        #[arg(long, value_enum, default_value = "table")]
-        format: Format,
-    },
+    /// Print point summaries read back from the results folder, across sweeps and hosts:
+    /// filtered, one row per point or side by side (--group-by). Exits 1 when no point
+    /// matches. The GPU model is not recorded in the points files: no filter for it.
+    Results(results::ResultsArgs),
     /// Check a sweep file and print the expanded plan without submitting.
     Validate { file: PathBuf },
     /// Run a sweep end to end on this machine: a controller, one agent and vllm-sim.
@@ -240,20 +239,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ControllerError> {
             println!("{sweep_id}: {state}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Results { sweep_id, format } => {
-            let mut client = connect(&cli.controller).await?;
-            let resp = client
-                .get_results(pb::GetResultsRequest { sweep_id })
-                .await?
-                .into_inner();
-            print!("{}", output::render(&resp.points, format));
-            if format == Format::Table {
-                for f in resp.files {
-                    println!("{f}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Results(args) => results::run(args, &cli.controller).await,
         Command::Local {
             file,
             results,
@@ -368,9 +354,33 @@ mod tests {
             vec!["controllerctl", "results", "x", "--format", "csv"],
             vec!["controllerctl", "--controller", "http://h:1", "agents"],
             vec!["controllerctl", "local"],
+            vec!["controllerctl", "results"],
+            vec![
+                "controllerctl",
+                "results",
+                "--dir",
+                "r",
+                "--model",
+                "a/b",
+                "--gpus",
+                "1,2",
+                "--host",
+                "h",
+                "--sweep",
+                "s",
+                "--state",
+                "done,failed",
+                "--group-by",
+                "gpus",
+                "--format",
+                "json",
+            ],
+            vec!["controllerctl", "results", "x", "--live"],
         ] {
             Cli::try_parse_from(args.clone()).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
         assert!(Cli::try_parse_from(["controllerctl", "results", "x", "--format", "xml"]).is_err());
+        assert!(Cli::try_parse_from(["controllerctl", "results", "--state", "ok"]).is_err());
+        assert!(Cli::try_parse_from(["controllerctl", "results", "--group-by", "agent"]).is_err());
     }
 }

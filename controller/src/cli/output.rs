@@ -91,7 +91,8 @@ pub fn to_json(points: &[pb::PointSummary]) -> String {
     serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into())
 }
 
-fn csv_cell(v: &Value) -> String {
+/// One CSV cell: null is empty; text with a comma, quote or newline is quoted.
+pub(crate) fn csv_cell(v: &Value) -> String {
     let raw = match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -120,26 +121,42 @@ pub fn to_csv(points: &[pb::PointSummary]) -> String {
     out
 }
 
-fn ms(v: Option<f64>) -> String {
+/// Seconds as milliseconds with one decimal; `-` when absent.
+pub(crate) fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |x| format!("{:.1}", x * 1000.0))
 }
 
-fn num(v: f64) -> String {
+pub(crate) fn num(v: f64) -> String {
     format!("{v:.1}")
 }
 
 /// The load level of a point: `8` (burst batch), `c8` (8 in flight), `12.5/s` (rate).
 fn load_label(s: &pb::PointSummary) -> String {
-    match s.mode.as_str() {
-        "rate" => format!("{}/s", s.request_rate),
-        "concurrency" => format!("c{}", s.batch_size),
-        _ => s.batch_size.to_string(),
+    load_text(&s.mode, s.batch_size, s.request_rate)
+}
+
+/// [`load_label`] from the mode, batch size and request rate.
+pub(crate) fn load_text(mode: &str, batch_size: u32, request_rate: f64) -> String {
+    match mode {
+        "rate" => format!("{request_rate}/s"),
+        "concurrency" => format!("c{batch_size}"),
+        _ => batch_size.to_string(),
     }
 }
 
 /// The table people read: one row per point, latencies in milliseconds.
 pub fn to_table(points: &[pb::PointSummary]) -> String {
-    let header = [
+    table(points, false)
+}
+
+/// [`to_table`] with the model and sweep of each point in front: points of many sweeps.
+pub fn to_fleet_table(points: &[pb::PointSummary]) -> String {
+    table(points, true)
+}
+
+fn table(points: &[pb::PointSummary], with_ids: bool) -> String {
+    let ids: &[&str] = if with_ids { &["model", "sweep"] } else { &[] };
+    let columns = [
         "gpus",
         "load",
         "in/out",
@@ -163,6 +180,7 @@ pub fn to_table(points: &[pb::PointSummary]) -> String {
         "cpu",
         "verdict",
     ];
+    let header: Vec<&str> = ids.iter().chain(&columns).copied().collect();
     let rows: Vec<Vec<String>> = points
         .iter()
         .map(|s| {
@@ -170,7 +188,12 @@ pub fn to_table(points: &[pb::PointSummary]) -> String {
             let tpot = s.tpot_s.unwrap_or_default();
             let itl = s.itl_s.unwrap_or_default();
             let e2el = s.e2el_s.unwrap_or_default();
-            vec![
+            let ids = if with_ids {
+                vec![s.model.clone(), s.sweep_id.clone()]
+            } else {
+                Vec::new()
+            };
+            let cells = [
                 s.gpus.to_string(),
                 load_label(s),
                 format!("{}/{}", s.input_tokens, s.output_tokens),
@@ -195,7 +218,8 @@ pub fn to_table(points: &[pb::PointSummary]) -> String {
                 ms(s.send_lag_s.and_then(|p| p.p99)),
                 format!("{:.2}", s.client_cpu_cores),
                 s.verdict.clone(),
-            ]
+            ];
+            ids.into_iter().chain(cells).collect()
         })
         .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
