@@ -1,0 +1,587 @@
+//! Ingest benchmark: how many per-request records one controller takes in per second from
+//! several agents streaming at once, all the way to Parquet on disk.
+//!
+//! The controller runs in this process on `127.0.0.1:0` with a temporary results dir. Each
+//! simulated agent is a plain gRPC client of `AgentService` speaking the real protocol: it
+//! registers (one GPU), waits for its `Assignment`, streams `RecordBatch`es of realistic
+//! records (consecutive `seq`), sends `PointFinished` and waits for its `PointAck`. The
+//! controller acknowledges a point only after the partition holding it is on disk (see
+//! `writer.rs`), so the clock runs from the first batch sent to the last `PointAck`.
+//! Afterwards the requests file is read back and its row count checked.
+//!
+//! ```sh
+//! cargo run --release -p fleetbench-controller --example ingest_bench -- --agents 8 --records 250000
+//! ```
+//!
+//! Agents and controller share this process (and its tokio runtime): the figures include
+//! the clients' encoding work. `RUST_LOG=info` shows the controller's own log (partition
+//! writes included).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use clap::Parser;
+use fleetbench_controller::{ControllerConfig, results};
+use fleetbench_proto::pb::agent_service_client::AgentServiceClient;
+use fleetbench_proto::pb::control_service_client::ControlServiceClient;
+use fleetbench_proto::pb::{self, agent_message::Msg, controller_message::Msg as CMsg};
+use fleetbench_proto::record::RequestRecord;
+use fleetbench_proto::unix_micros_now;
+use tokio::sync::{Barrier, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+const MODEL: &str = "bench-org/ingest-model";
+
+#[derive(Debug, Parser)]
+#[command(about = "Records/s one in-process controller ingests from concurrent agents, to Parquet")]
+struct Args {
+    /// Simulated agents streaming at the same time (one point each).
+    #[arg(long, default_value_t = 8)]
+    agents: usize,
+    /// Records each agent streams for its point.
+    #[arg(long, default_value_t = 250_000)]
+    records: u64,
+    /// Records per RecordBatch message (the controller decodes at most 4 MiB a message).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Inter-token latencies per record (output tokens = itl + 1).
+    #[arg(long, default_value_t = 128)]
+    itl: usize,
+    /// RecordBatch messages an agent may have queued towards its stream.
+    #[arg(long, default_value_t = 32)]
+    queue: usize,
+    /// Results directory to use and keep (default: a temporary one, removed at the end).
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// After the run, time the controller's finishing steps one by one on the records read
+    /// back (clone of every record, one point's summary, one write of the whole partition).
+    #[arg(long)]
+    breakdown: bool,
+}
+
+/// What one simulated agent saw, on the benchmark's clock.
+#[derive(Debug)]
+struct AgentReport {
+    name: String,
+    records: u64,
+    batches: u64,
+    first_send: Instant,
+    all_sent: Instant,
+    last_batch_ack: Instant,
+    finished_sent: Instant,
+    point_ack: Instant,
+}
+
+/// xorshift64*: deterministic, fast, good enough for plausible latencies.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One successful streamed completion as the agent would measure it.
+fn record(rng: &mut Rng, index: u64, itl_len: usize, base_us: i64) -> pb::RequestRecord {
+    let ttft = 0.05 + 0.4 * rng.next_f64();
+    let itl: Vec<f64> = (0..itl_len)
+        .map(|_| 0.012 + 0.02 * rng.next_f64())
+        .collect();
+    let e2el = ttft + itl.iter().sum::<f64>();
+    let output = u32::try_from(itl_len + 1).unwrap_or(u32::MAX);
+    let scheduled = index as f64 * 0.001;
+    let sent = scheduled + 0.0005 * rng.next_f64();
+    let r = RequestRecord {
+        request_index: u32::try_from(index).unwrap_or(u32::MAX),
+        wave: 0,
+        send_time_unix_us: base_us + (sent * 1e6) as i64,
+        ttft_s: Some(ttft),
+        e2el_s: Some(e2el),
+        tpot_s: fleetbench_proto::record::tpot(ttft, e2el, output),
+        itl_s: itl,
+        input_tokens: Some(1024),
+        output_tokens: Some(output),
+        target_input_tokens: 1024,
+        target_output_tokens: output,
+        content_chunks: output,
+        error_kind: None,
+        error: String::new(),
+        endpoint: "completions".into(),
+        usage_reported: true,
+        scheduled_offset_s: scheduled,
+        send_offset_s: sent,
+    };
+    pb::RequestRecord::from(&r)
+}
+
+fn agent_msg(msg: Msg) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(msg) }
+}
+
+async fn run_agent(
+    url: String,
+    name: String,
+    args: Arc<Args>,
+    start: Arc<Barrier>,
+) -> Result<AgentReport> {
+    let mut client = AgentServiceClient::connect(url).await?;
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(args.queue.max(1));
+    tx.send(agent_msg(Msg::Register(pb::Register {
+        inventory: Some(pb::Inventory {
+            agent_name: name.clone(),
+            host: format!("{name}.bench"),
+            gpus: vec![pb::Gpu {
+                index: 0,
+                vendor: "none".into(),
+                model: "bench".into(),
+                memory_bytes: 24 << 30,
+            }],
+            driver: "bench".into(),
+            fleetbench_version: fleetbench_proto::FLEETBENCH_VERSION.into(),
+            ..Default::default()
+        }),
+        active_points: Vec::new(),
+    })))
+    .await?;
+    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let point = loop {
+        match inbound.message().await? {
+            Some(pb::ControllerMessage {
+                msg: Some(CMsg::Assignment(a)),
+            }) => break a.point.context("Assignment without a point")?,
+            Some(_) => {}
+            None => bail!("{name}: session ended before an assignment"),
+        }
+    };
+
+    // Drains the controller's messages: counts batch acks until the point's ack.
+    let receiver = tokio::spawn({
+        let name = name.clone();
+        async move {
+            let (mut acks, mut last_ack) = (0u64, None);
+            loop {
+                match inbound.message().await? {
+                    Some(pb::ControllerMessage { msg: Some(m) }) => match m {
+                        CMsg::BatchAck(_) => {
+                            acks += 1;
+                            last_ack = Some(Instant::now());
+                        }
+                        CMsg::PointAck(_) => return Ok((acks, last_ack, Instant::now())),
+                        CMsg::CancelPoint(c) => bail!("{name}: point cancelled: {}", c.reason),
+                        _ => {}
+                    },
+                    Some(_) => {}
+                    None => bail!("{name}: session ended before the PointAck"),
+                }
+            }
+        }
+    });
+
+    let batch = args.batch.max(1) as u64;
+    let batches = args.records.div_ceil(batch);
+    let mut rng = Rng((0x9E37_79B9_7F4A_7C15
+        ^ u64::from(point.index).wrapping_mul(0xA24B_AED4_963E_E407))
+        | 1);
+    start.wait().await;
+    let started_unix_us = unix_micros_now();
+    let first_send = Instant::now();
+    for seq in 0..batches {
+        let from = seq * batch;
+        let to = (from + batch).min(args.records);
+        let records = (from..to)
+            .map(|i| record(&mut rng, i, args.itl, started_unix_us))
+            .collect();
+        tx.send(agent_msg(Msg::RecordBatch(pb::RecordBatch {
+            sweep_id: point.sweep_id.clone(),
+            point_id: point.point_id.clone(),
+            attempt: point.attempt,
+            seq,
+            records,
+        })))
+        .await
+        .map_err(|_| anyhow!("{name}: stream closed while sending batch {seq}"))?;
+    }
+    let all_sent = Instant::now();
+    tx.send(agent_msg(Msg::PointFinished(pb::PointFinished {
+        sweep_id: point.sweep_id.clone(),
+        point_id: point.point_id.clone(),
+        attempt: point.attempt,
+        batches,
+        ok: true,
+        endpoint: "completions".into(),
+        engine_version: "bench".into(),
+        started_unix_us,
+        finished_unix_us: unix_micros_now(),
+        load_wall_s: first_send.elapsed().as_secs_f64(),
+        client_cores: 1,
+        ..Default::default()
+    })))
+    .await
+    .map_err(|_| anyhow!("{name}: stream closed before PointFinished"))?;
+    let finished_sent = Instant::now();
+    // `tx` stays alive until the ack: closing the stream would end the session.
+    let (acks, last_ack, point_ack) = receiver.await??;
+    drop(tx);
+    ensure!(
+        acks == batches,
+        "{name}: {acks} batch acks for {batches} batches"
+    );
+    Ok(AgentReport {
+        name,
+        records: args.records,
+        batches,
+        first_send,
+        all_sent,
+        last_batch_ack: last_ack.unwrap_or(all_sent),
+        finished_sent,
+        point_ack,
+    })
+}
+
+/// A `/proc/self/status` field in kB.
+fn status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// User + system CPU seconds of this process so far (`/proc/self/stat`, USER_HZ = 100).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_comm = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+fn mib(kb: Option<u64>) -> String {
+    kb.map_or_else(|| "?".into(), |kb| format!("{:.0} MiB", kb as f64 / 1024.0))
+}
+
+fn sweep_toml(agents: usize, itl: usize) -> String {
+    let batch_sizes: Vec<String> = (1..=agents).map(|b| b.to_string()).collect();
+    format!(
+        r#"
+name = "ingest-bench"
+model = "{MODEL}"
+
+[engine]
+kind = "vllm"
+runtime = "external"
+url = "http://127.0.0.1:9"
+
+[matrix]
+gpus = [1]
+batch_sizes = [{}]
+workloads = [{{ input = 1024, output = {} }}]
+
+[load]
+mode = "burst"
+endpoint = "completions"
+timeout_s = 3600
+"#,
+        batch_sizes.join(", "),
+        itl + 1
+    )
+}
+
+async fn wait_for_agents(url: &str, n: usize) -> Result<()> {
+    let mut c = ControlServiceClient::connect(url.to_string()).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let agents = c
+            .list_agents(pb::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
+        if agents.iter().filter(|a| a.connected).count() >= n {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {} of {n} agents registered",
+            agents.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn file_size(path: &Path) -> String {
+    std::fs::metadata(path).map_or_else(
+        |e| e.to_string(),
+        |m| format!("{:.1} MiB", m.len() as f64 / (1 << 20) as f64),
+    )
+}
+
+/// Times, outside the controller, the steps it takes between the last batch and the acks.
+fn breakdown(
+    rows: &[(String, u32, RequestRecord)],
+    summaries: &[fleetbench_controller::summary::PointSummary],
+    sweep_id: &str,
+    scratch: &Path,
+) -> Result<()> {
+    let mut by_point: Vec<(
+        fleetbench_controller::summary::PointSummary,
+        Vec<RequestRecord>,
+    )> = summaries.iter().map(|s| (s.clone(), Vec::new())).collect();
+    for (point_id, _, r) in rows {
+        let slot = by_point
+            .iter_mut()
+            .find(|(s, _)| &s.meta.point_id == point_id)
+            .context("a row of an unknown point")?;
+        slot.1.push(r.clone());
+    }
+    let (first, records) = by_point.first().context("no points")?;
+    let t = Instant::now();
+    let _ = fleetbench_controller::summary::summarize(first.meta.clone(), records, &[]);
+    println!(
+        "breakdown: summarize() of one point ({} records; runs under the state lock in point_finished): {:.2} s",
+        records.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let copies: Vec<Vec<RequestRecord>> = by_point.iter().map(|(_, r)| r.clone()).collect();
+    println!(
+        "breakdown: cloning every record of the partition (the writer's snapshot, under the state lock): {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    drop(copies);
+    let refs: Vec<(
+        fleetbench_controller::summary::PointSummary,
+        &[RequestRecord],
+    )> = by_point
+        .iter()
+        .map(|(s, r)| (s.clone(), r.as_slice()))
+        .collect();
+    let t = Instant::now();
+    results::write_partition(
+        &scratch.join("breakdown"),
+        sweep_id,
+        MODEL,
+        1,
+        &refs,
+        &[],
+        &std::collections::BTreeMap::new(),
+    )?;
+    println!(
+        "breakdown: one write_partition() of all {} points ({} rows, incl. fsync): {:.2} s",
+        refs.len(),
+        rows.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Arc::new(Args::parse());
+    ensure!(
+        args.agents >= 1 && args.records >= 1,
+        "--agents and --records must be at least 1"
+    );
+    let tmp = tempfile::tempdir()?;
+    let root = args
+        .results
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("results"));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stop = CancellationToken::new();
+    let controller = tokio::spawn(fleetbench_controller::run(
+        ControllerConfig {
+            results_dir: root.clone(),
+            ..ControllerConfig::default()
+        },
+        listener,
+        stop.clone(),
+    ));
+
+    let start = Arc::new(Barrier::new(args.agents));
+    let agents: Vec<_> = (0..args.agents)
+        .map(|i| {
+            tokio::spawn(run_agent(
+                url.clone(),
+                format!("bench-agent-{i:02}"),
+                args.clone(),
+                start.clone(),
+            ))
+        })
+        .collect();
+    wait_for_agents(&url, args.agents).await?;
+    let mut control = ControlServiceClient::connect(url.clone()).await?;
+    let cpu_before = cpu_seconds();
+    let submitted = control
+        .submit_sweep(pb::SubmitSweepRequest {
+            spec_toml: sweep_toml(args.agents, args.itl),
+            file_name: "ingest-bench.toml".into(),
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        submitted.points as usize == args.agents,
+        "the sweep has {} points for {} agents",
+        submitted.points,
+        args.agents
+    );
+
+    let mut reports = Vec::new();
+    for a in agents {
+        reports.push(a.await??);
+    }
+    let cpu_after = cpu_seconds();
+    let hwm_at_ack = status_kb("VmHWM");
+    let rss_at_ack = status_kb("VmRSS");
+
+    let t0 = reports
+        .iter()
+        .map(|r| r.first_send)
+        .min()
+        .context("no agents")?;
+    let t_sent = reports
+        .iter()
+        .map(|r| r.all_sent)
+        .max()
+        .context("no agents")?;
+    let t_batches = reports
+        .iter()
+        .map(|r| r.last_batch_ack)
+        .max()
+        .context("no agents")?;
+    let t_finished = reports
+        .iter()
+        .map(|r| r.finished_sent)
+        .max()
+        .context("no agents")?;
+    let t_end = reports
+        .iter()
+        .map(|r| r.point_ack)
+        .max()
+        .context("no agents")?;
+    let total: u64 = reports.iter().map(|r| r.records).sum();
+    let batches: u64 = reports.iter().map(|r| r.batches).sum();
+    let wall = (t_end - t0).as_secs_f64();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+
+    println!(
+        "ingest_bench: {} agents x {} records (batch {}, itl {}) = {total} records in {batches} batches",
+        args.agents, args.records, args.batch, args.itl
+    );
+    println!("wall, first batch sent -> last PointAck: {wall:.3} s");
+    println!(
+        "records/s (end to end, Parquet on disk): {:.0}",
+        total as f64 / wall
+    );
+    println!(
+        "  streaming, first batch -> last BatchAck: {:.3} s ({:.0} records/s into memory; last batch queued at {:.3} s)",
+        (t_batches - t0).as_secs_f64(),
+        total as f64 / (t_batches - t0).as_secs_f64(),
+        (t_sent - t0).as_secs_f64()
+    );
+    println!(
+        "  finishing, last BatchAck -> last PointAck: {:.3} s (summaries + Parquet writes; last PointFinished sent at {:.3} s)",
+        (t_end - t_batches).as_secs_f64(),
+        (t_finished - t0).as_secs_f64()
+    );
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        println!(
+            "process CPU (agents + controller) from submit to last ack: {:.2} s = {:.2} cores on average",
+            b - a,
+            (b - a) / wall
+        );
+    }
+    println!(
+        "peak RSS (VmHWM) at the last ack: {}; RSS then: {}",
+        mib(hwm_at_ack),
+        mib(rss_at_ack)
+    );
+    let mut by_ack: Vec<&AgentReport> = reports.iter().collect();
+    by_ack.sort_by_key(|r| r.point_ack);
+    println!(
+        "per agent, ms since the first batch: all batches queued / last BatchAck / PointFinished sent / PointAck"
+    );
+    for r in by_ack {
+        println!(
+            "  {}: {:9.1} {:9.1} {:9.1} {:9.1}",
+            r.name,
+            ms(r.all_sent - t0),
+            ms(r.last_batch_ack - t0),
+            ms(r.finished_sent - t0),
+            ms(r.point_ack - t0)
+        );
+    }
+
+    // Read back what is on disk.
+    let status = control
+        .get_sweep(pb::GetSweepRequest {
+            sweep_id: submitted.sweep_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let dir = results::partition_dir(&root, MODEL, 1);
+    let requests = dir.join(format!("{}.requests.parquet", submitted.sweep_id));
+    let points = dir.join(format!("{}.points.parquet", submitted.sweep_id));
+    let read_start = Instant::now();
+    let rows = results::read_requests(&requests)?;
+    let read_s = read_start.elapsed().as_secs_f64();
+    let summaries = results::read_point_summaries(&points)?;
+    ensure!(
+        rows.len() as u64 == total,
+        "{} rows in {} for {total} records sent",
+        rows.len(),
+        requests.display()
+    );
+    ensure!(
+        rows.iter().all(|(_, _, r)| r.itl_s.len() == args.itl),
+        "a row lost its ITL values"
+    );
+    let completed: u64 = summaries.iter().map(|s| u64::from(s.completed)).sum();
+    ensure!(
+        summaries.len() == args.agents && completed == total,
+        "{} point rows with {completed} completed for {} points / {total} records",
+        summaries.len(),
+        args.agents
+    );
+    println!(
+        "read back: {} rows in {} ({}), {} point rows, in {read_s:.2} s; sweep state {}, files {:?}",
+        rows.len(),
+        requests.display(),
+        file_size(&requests),
+        summaries.len(),
+        status.state,
+        status.result_files.len()
+    );
+    println!(
+        "peak RSS (VmHWM) after the read-back: {}",
+        mib(status_kb("VmHWM"))
+    );
+    if args.breakdown {
+        breakdown(&rows, &summaries, &submitted.sweep_id, tmp.path())?;
+    }
+    drop(rows);
+
+    stop.cancel();
+    controller.await??;
+    Ok(())
+}
