@@ -4,7 +4,7 @@
 //! agent starts and never travel to the controller.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -72,6 +72,14 @@ pub struct AgentConfig {
     /// How engines of the `docker` runtime are run on this host.
     #[serde(default)]
     pub docker: DockerConfig,
+    /// Folder of the results spool: every record batch and point-finished message stays
+    /// here until the controller acknowledges the point (see [`crate::spool`]). Empty:
+    /// `<state dir>/spool/<name>`, the state dir being `$STATE_DIRECTORY` (systemd's
+    /// `StateDirectory=`), else `/var/lib/fleetbench-agent` for root, else
+    /// `$XDG_STATE_HOME/fleetbench-agent` (default `~/.local/state/fleetbench-agent`).
+    /// One agent per folder (it is locked).
+    #[serde(default)]
+    pub spool_dir: PathBuf,
 }
 
 /// `[docker]`: host-specific settings of the `docker` runtime. What the engine is (image,
@@ -181,6 +189,7 @@ impl Default for AgentConfig {
             heartbeat_s: default_heartbeat_s(),
             metrics_interval_ms: default_metrics_interval_ms(),
             docker: DockerConfig::default(),
+            spool_dir: PathBuf::new(),
         }
     }
 }
@@ -222,8 +231,36 @@ impl AgentConfig {
                 message: "must be at least 1".into(),
             });
         }
+        if self.spool_dir.as_os_str().is_empty() {
+            self.spool_dir = default_state_dir().join("spool").join(&self.name);
+        }
         Ok(self)
     }
+}
+
+/// The agent's state folder when the config does not name a spool folder (see
+/// [`AgentConfig::spool_dir`]).
+pub fn default_state_dir() -> PathBuf {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(PathBuf::from)
+        })
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        return dir;
+    }
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0) {
+        return PathBuf::from("/var/lib/fleetbench-agent");
+    }
+    let state_home = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    state_home.join("fleetbench-agent")
 }
 
 /// This machine's host name (from the kernel), or `unknown-host`.
@@ -259,6 +296,10 @@ mod tests {
         assert_eq!(cfg.docker.ipc, "host");
         assert_eq!(cfg.docker.container_port, 8000);
         assert_eq!(cfg.gpus.len(), 2);
+        assert_eq!(
+            cfg.spool_dir,
+            Path::new("/var/lib/fleetbench-agent/spool/b60-host-1")
+        );
     }
 
     #[test]
@@ -274,5 +315,6 @@ mod tests {
         assert_eq!(cfg.name, cfg.host);
         assert_eq!(cfg.gpus.len(), 1);
         assert_eq!(cfg.vllm_command, vec!["vllm", "serve"]);
+        assert!(cfg.spool_dir.ends_with(Path::new("spool").join(&cfg.name)));
     }
 }

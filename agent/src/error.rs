@@ -23,6 +23,9 @@ pub enum AgentError {
     Docker(String),
     #[error("prompt: {0}")]
     Prompt(String),
+    /// The results spool (see [`crate::spool`]) could not be opened, written or read.
+    #[error("results spool: {0}")]
+    Spool(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("cancelled")]

@@ -2,7 +2,8 @@
 //! points it is assigned and measures them with its load generator.
 //!
 //! Modules, one concept each: [`config`] (agent config), [`session`] (the gRPC stream to
-//! the controller), [`outbox`] (results until acknowledged), [`runner`] (points in order,
+//! the controller), [`outbox`] (messages to send, results until acknowledged), [`spool`] (the outbox's
+//! on-disk file per attempt), [`runner`] (points in order,
 //! engine reuse), [`engine`] (engine lifecycle), [`docker`] (engine containers), [`gpu`] (GPU inventory and
 //! which engine holds which GPUs), [`load`] (a point's load: burst,
 //! concurrency or rate), [`schedule`] (rate mode's arrival times), [`probe`] (what the
@@ -24,6 +25,7 @@ pub mod request;
 pub mod runner;
 pub mod schedule;
 pub mod session;
+pub mod spool;
 pub mod sse;
 pub mod telemetry;
 pub mod tokenizer;
@@ -85,7 +87,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         }),
         Err(_) => Vec::new(),
     };
-    let outbox = Arc::new(outbox::Outbox::new());
+    let outbox = Arc::new(outbox::Outbox::open(&cfg.spool_dir)?);
+    tracing::info!(spool = %cfg.spool_dir.display(), "results spool open");
     let cancels: runner::CancelMap = Arc::default();
     let status = Arc::new(Mutex::new(runner::AgentStatus::default()));
     let (runner_tx, runner_rx) = mpsc::channel(64);

@@ -255,7 +255,8 @@ impl Runner {
     }
 
     fn send_event(&self, ev: pb::EngineEvent) {
-        self.outbox.push(pb::AgentMessage {
+        // Events are not spooled: pushing them cannot fail.
+        let _ = self.outbox.push(pb::AgentMessage {
             msg: Some(Msg::EngineEvent(ev)),
         });
     }
@@ -358,7 +359,7 @@ impl Runner {
             self.cfg.batch_records,
             Duration::from_millis(self.cfg.batch_flush_ms),
         ));
-        let result = match self.ensure_engine(&point, key, &cancel).await {
+        let mut result = match self.ensure_engine(&point, key, &cancel).await {
             Err(error) => PointResult::failed(format!("engine start failed: {error}")),
             Ok(()) => {
                 self.set_status("running", &point.point_id);
@@ -366,10 +367,20 @@ impl Runner {
             }
         };
         drop(tx);
-        let batches = batcher.await.unwrap_or_else(|e| {
+        let (batches, spool_error) = batcher.await.unwrap_or_else(|e| {
             warn!(error = %e, "record batcher failed");
-            0
+            (0, Some(format!("record batcher failed: {e}")))
         });
+        if let Some(e) = spool_error {
+            // The records were still sent, but a restart of this agent could lose them:
+            // the point is not trustworthy, and says why.
+            result.ok = false;
+            result.error = if result.error.is_empty() {
+                e
+            } else {
+                format!("{}; {e}", result.error)
+            };
+        }
         let (engine_version, engine_args, engine_image, engine_image_digest) = self
             .engine
             .as_ref()
@@ -383,7 +394,7 @@ impl Runner {
             })
             .unwrap_or_default();
         info!(ok = result.ok, error = %result.error, batches, "point finished");
-        self.outbox.push(pb::AgentMessage {
+        let pushed = self.outbox.push(pb::AgentMessage {
             msg: Some(Msg::PointFinished(pb::PointFinished {
                 sweep_id: point.sweep_id.clone(),
                 point_id: point.point_id.clone(),
@@ -405,6 +416,11 @@ impl Runner {
                 engine_image_digest,
             })),
         });
+        if let Err(e) = pushed {
+            // Sent from memory; a restart before the controller's acknowledgement loses
+            // the attempt, and the controller re-queues the point.
+            warn!(error = %e, "point-finished message not spooled");
+        }
         if let Ok(mut m) = self.cancels.lock() {
             m.remove(&point.point_id);
         }
@@ -519,49 +535,55 @@ fn wire_samples(samples: Vec<crate::telemetry::MetricSample>) -> Vec<pb::MetricS
 }
 
 /// Groups records into batches of `max` (or whatever arrived within `flush`) and queues
-/// them with consecutive sequence numbers. Returns how many batches were queued.
+/// them with consecutive sequence numbers. Returns how many batches were queued and the
+/// first spool write error (the batches were queued all the same).
 async fn batch_records(
     mut rx: mpsc::Receiver<RequestRecord>,
     outbox: Arc<Outbox>,
     point: pb::PointSpec,
     max: usize,
     flush: Duration,
-) -> u64 {
+) -> (u64, Option<String>) {
     let mut seq = 0u64;
+    let mut spool_error: Option<String> = None;
     let mut pending: Vec<pb::RequestRecord> = Vec::with_capacity(max);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + flush, flush);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let emit = |pending: &mut Vec<pb::RequestRecord>, seq: &mut u64| {
-        if pending.is_empty() {
-            return;
-        }
-        outbox.push(pb::AgentMessage {
-            msg: Some(Msg::RecordBatch(pb::RecordBatch {
-                sweep_id: point.sweep_id.clone(),
-                point_id: point.point_id.clone(),
-                attempt: point.attempt,
-                seq: *seq,
-                records: std::mem::take(pending),
-            })),
-        });
-        *seq += 1;
-    };
+    let emit =
+        |pending: &mut Vec<pb::RequestRecord>, seq: &mut u64, spool_error: &mut Option<String>| {
+            if pending.is_empty() {
+                return;
+            }
+            let pushed = outbox.push(pb::AgentMessage {
+                msg: Some(Msg::RecordBatch(pb::RecordBatch {
+                    sweep_id: point.sweep_id.clone(),
+                    point_id: point.point_id.clone(),
+                    attempt: point.attempt,
+                    seq: *seq,
+                    records: std::mem::take(pending),
+                })),
+            });
+            if let (Err(e), None) = (pushed, &spool_error) {
+                *spool_error = Some(e.to_string());
+            }
+            *seq += 1;
+        };
     loop {
         tokio::select! {
             r = rx.recv() => match r {
                 Some(record) => {
                     pending.push(pb::RequestRecord::from(&record));
                     if pending.len() >= max {
-                        emit(&mut pending, &mut seq);
+                        emit(&mut pending, &mut seq, &mut spool_error);
                     }
                 }
                 None => break,
             },
-            _ = tick.tick() => emit(&mut pending, &mut seq),
+            _ = tick.tick() => emit(&mut pending, &mut seq, &mut spool_error),
         }
     }
-    emit(&mut pending, &mut seq);
-    seq
+    emit(&mut pending, &mut seq, &mut spool_error);
+    (seq, spool_error)
 }
 
 #[cfg(test)]
@@ -600,7 +622,7 @@ mod tests {
         .await
         .unwrap();
         drop(tx);
-        assert_eq!(task.await.unwrap(), 3);
+        assert_eq!(task.await.unwrap(), (3, None));
         let mut sizes = Vec::new();
         for _ in 0..3 {
             if let Some(Msg::RecordBatch(b)) = outbox.next().await.msg {

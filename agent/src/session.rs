@@ -1,6 +1,7 @@
 //! The agent's one long-lived gRPC stream to the controller: register with inventory,
 //! heartbeat, receive assignments and acknowledgements, send what the outbox holds.
-//! Reconnects with exponential backoff; unacknowledged results are re-sent each time.
+//! Reconnects with exponential backoff; every attempt the controller has not acknowledged
+//! with a `PointAck` is re-sent from the spool each time (see [`crate::outbox`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -178,6 +178,7 @@ impl Cluster {
                     heartbeat_s: 1,
                     metrics_interval_ms: a.metrics_interval_ms,
                     docker: test_docker_config(),
+                    spool_dir: tmp.path().join("spool").join(&a.name),
                     ..AgentConfig::default()
                 };
                 tokio::spawn(fleetbench_agent::run(cfg, shutdown.clone()))

@@ -1,0 +1,403 @@
+//! The agent's on-disk spool of acknowledgeable messages (record batches and the
+//! point-finished message of each attempt), kept until the controller's `PointAck`.
+//!
+//! One append-only file per (point id, attempt) in the spool directory, named
+//! `<hex of point id>.<attempt>.spool`. Each frame is
+//! `[payload length: u32 LE][CRC-32 of payload: u32 LE][payload: protobuf AgentMessage]`.
+//! A frame whose length runs past the end of the file or whose CRC does not match ends
+//! the file: it is the torn last write of an agent killed mid-write, dropped, not fatal.
+//!
+//! Durability: every frame is written (`write_all`, no user-space buffer) before its
+//! message is queued for sending, so a killed agent (SIGKILL, panic, OOM kill) loses
+//! nothing the kernel accepted. Only the point-finished frame is followed by `fsync`: on
+//! power loss, frames of a still-running attempt may be lost, but then its point-finished
+//! frame is lost too, and an attempt without one is discarded at start-up (the controller
+//! re-queues that point as a new attempt). Once the point-finished frame is synced, the
+//! whole attempt is on disk, because `fsync` covers the earlier writes to the same file.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use fleetbench_proto::pb::{self, agent_message::Msg};
+use prost::Message as _;
+use tracing::{info, warn};
+
+use crate::error::AgentError;
+
+/// Bytes of a frame header: length and CRC.
+const HEADER: usize = 8;
+/// Largest payload accepted when reading (a torn length field could claim gigabytes).
+const MAX_FRAME: usize = 256 * 1024 * 1024;
+const SUFFIX: &str = ".spool";
+
+/// (point id, attempt): one spool file.
+pub type AttemptKey = (String, u32);
+
+/// The key of an acknowledgeable message, `None` for messages sent once (events).
+pub fn attempt_of(msg: &pb::AgentMessage) -> Option<AttemptKey> {
+    match &msg.msg {
+        Some(Msg::RecordBatch(b)) => Some((b.point_id.clone(), b.attempt)),
+        Some(Msg::PointFinished(f)) => Some((f.point_id.clone(), f.attempt)),
+        _ => None,
+    }
+}
+
+/// CRC-32 (IEEE 802.3, the zlib/PNG one) of `data`.
+pub fn crc32(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    };
+    let mut c = !0u32;
+    for &b in data {
+        c = TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+/// Encodes one message as a frame.
+pub fn encode_frame(msg: &pb::AgentMessage) -> Vec<u8> {
+    let payload = msg.encode_to_vec();
+    let mut frame = Vec::with_capacity(HEADER + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// Decodes the frames of `bytes` up to the first torn or corrupt one. Returns the
+/// messages and how many bytes they occupy (the rest is a torn tail).
+pub fn decode_frames(bytes: &[u8]) -> (Vec<pb::AgentMessage>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while bytes.len() - at >= HEADER {
+        let mut len4 = [0u8; 4];
+        let mut crc4 = [0u8; 4];
+        len4.copy_from_slice(&bytes[at..at + 4]);
+        crc4.copy_from_slice(&bytes[at + 4..at + 8]);
+        let len = u32::from_le_bytes(len4) as usize;
+        if len > MAX_FRAME || bytes.len() - at - HEADER < len {
+            break;
+        }
+        let payload = &bytes[at + HEADER..at + HEADER + len];
+        if crc32(payload) != u32::from_le_bytes(crc4) {
+            break;
+        }
+        match pb::AgentMessage::decode(payload) {
+            Ok(m) => out.push(m),
+            Err(_) => break,
+        }
+        at += HEADER + len;
+    }
+    (out, at)
+}
+
+fn file_name(key: &AttemptKey) -> String {
+    let hex: String = key.0.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.{}{SUFFIX}", key.1)
+}
+
+fn parse_file_name(name: &str) -> Option<AttemptKey> {
+    let stem = name.strip_suffix(SUFFIX)?;
+    let (hex, attempt) = stem.rsplit_once('.')?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    let point = String::from_utf8(bytes?).ok()?;
+    Some((point, attempt.parse().ok()?))
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> AgentError {
+    AgentError::Spool(format!("{what} {}: {e}", path.display()))
+}
+
+/// An attempt found in the spool directory at start-up that ended with a point-finished
+/// frame: its messages are to be sent again.
+#[derive(Debug)]
+pub struct Recovered {
+    pub key: AttemptKey,
+    /// Bytes of valid frames in its file.
+    pub len: u64,
+    /// Frames in the file (record batches + the point-finished message).
+    pub frames: usize,
+}
+
+/// What [`Spool::open`] found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Finished attempts, in (point, attempt) order.
+    pub resend: Vec<Recovered>,
+    /// Attempts without a point-finished frame (interrupted by the agent's death): deleted.
+    pub discarded: Vec<AttemptKey>,
+}
+
+/// The spool directory. Writing is synchronous: frames are small and the disk is local;
+/// the load generator never waits for the controller, only for this write.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    /// Open files of attempts still being written.
+    open: BTreeMap<AttemptKey, File>,
+    /// Held for the spool's lifetime: a second agent on the same directory fails to start.
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl Spool {
+    /// Opens (creating) the spool directory, locks it, and sorts what an earlier run left:
+    /// finished attempts are kept for resending, unfinished ones deleted.
+    pub fn open(dir: &Path) -> Result<(Spool, Recovery), AgentError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create spool dir", dir, e))?;
+        let lock_path = dir.join(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err("cannot open", &lock_path, e))?;
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| {
+                AgentError::Spool(format!(
+                    "spool dir {} is in use by another agent: {e}",
+                    dir.display()
+                ))
+            })?;
+        let mut recovery = Recovery::default();
+        let mut found = Vec::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err("cannot list", dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(key) = parse_file_name(&name) {
+                found.push((key, entry.path()));
+            }
+        }
+        found.sort();
+        for (key, path) in found {
+            let mut bytes = Vec::new();
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| io_err("cannot read", &path, e))?;
+            let (msgs, valid) = decode_frames(&bytes);
+            let finished = matches!(
+                msgs.last().map(|m| &m.msg),
+                Some(Some(Msg::PointFinished(_)))
+            );
+            if finished {
+                if valid < bytes.len() {
+                    warn!(point_id = %key.0, attempt = key.1, torn_bytes = bytes.len() - valid, "spool file has a torn tail after its point-finished frame; ignored");
+                }
+                info!(point_id = %key.0, attempt = key.1, frames = msgs.len(), "spooled finished attempt will be resent");
+                recovery.resend.push(Recovered {
+                    key,
+                    len: valid as u64,
+                    frames: msgs.len(),
+                });
+            } else {
+                warn!(point_id = %key.0, attempt = key.1, frames = msgs.len(), torn_bytes = bytes.len() - valid, "discarding spooled attempt interrupted by the agent's death (the controller re-queues the point)");
+                std::fs::remove_file(&path).map_err(|e| io_err("cannot delete", &path, e))?;
+                recovery.discarded.push(key);
+            }
+        }
+        Ok((
+            Spool {
+                dir: dir.to_path_buf(),
+                open: BTreeMap::new(),
+                _lock: lock,
+            },
+            recovery,
+        ))
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, key: &AttemptKey) -> PathBuf {
+        self.dir.join(file_name(key))
+    }
+
+    /// Appends `frame` to its attempt's file; `sync`: fsync afterwards and close the file
+    /// (the attempt's last frame). On error the file may end in a torn frame.
+    pub fn append(&mut self, key: &AttemptKey, frame: &[u8], sync: bool) -> Result<(), AgentError> {
+        let path = self.path(key);
+        if !self.open.contains_key(key) {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_err("cannot open", &path, e))?;
+            self.open.insert(key.clone(), f);
+        }
+        let Some(f) = self.open.get_mut(key) else {
+            return Err(AgentError::Spool(format!("{} not open", path.display())));
+        };
+        let written = f.write_all(frame);
+        let result = match written {
+            Ok(()) if sync => f.sync_data(),
+            other => other,
+        };
+        if sync || result.is_err() {
+            self.open.remove(key);
+        }
+        result.map_err(|e| io_err("cannot write", &path, e))
+    }
+
+    /// Reads the valid frames among the first `len` bytes of an attempt's file.
+    pub fn read(&self, key: &AttemptKey, len: u64) -> Result<Vec<pb::AgentMessage>, AgentError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let path = self.path(key);
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|f| f.take(len).read_to_end(&mut bytes))
+            .map_err(|e| io_err("cannot read", &path, e))?;
+        Ok(decode_frames(&bytes).0)
+    }
+
+    /// Deletes an attempt's file (acknowledged, or abandoned after a write error).
+    pub fn remove(&mut self, key: &AttemptKey) -> Result<(), AgentError> {
+        self.open.remove(key);
+        let path = self.path(key);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("cannot delete", &path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(point: &str, attempt: u32, seq: u64) -> pb::AgentMessage {
+        pb::AgentMessage {
+            msg: Some(Msg::RecordBatch(pb::RecordBatch {
+                point_id: point.into(),
+                attempt,
+                seq,
+                records: vec![pb::RequestRecord::default(); 3],
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn finished(point: &str, attempt: u32) -> pb::AgentMessage {
+        pb::AgentMessage {
+            msg: Some(Msg::PointFinished(pb::PointFinished {
+                point_id: point.into(),
+                attempt,
+                batches: 2,
+                ok: true,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn file_names_round_trip_any_point_id() {
+        for id in ["p1", "sweep/with.dots and spaces", "ü-0003", ""] {
+            let key = (id.to_string(), 7);
+            assert_eq!(parse_file_name(&file_name(&key)), Some(key));
+        }
+        assert_eq!(parse_file_name(".lock"), None);
+        assert_eq!(parse_file_name("zz.1.spool"), None);
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_dropped_at_every_cut() {
+        let mut bytes = encode_frame(&batch("p", 1, 0));
+        let first = bytes.len();
+        bytes.extend(encode_frame(&batch("p", 1, 1)));
+        for cut in first..bytes.len() {
+            let (msgs, valid) = decode_frames(&bytes[..cut]);
+            assert_eq!(msgs.len(), 1, "cut at {cut}");
+            assert_eq!(valid, first);
+        }
+        assert_eq!(decode_frames(&bytes).0.len(), 2);
+        // A flipped payload bit fails the CRC: that frame and everything after it goes.
+        let mut corrupt = bytes.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0x01;
+        assert_eq!(decode_frames(&corrupt), (vec![batch("p", 1, 0)], first));
+    }
+
+    #[test]
+    fn restart_keeps_finished_attempts_and_deletes_interrupted_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let done = ("done".to_string(), 1);
+        let cut = ("cut".to_string(), 2);
+        let torn_finish = ("torn".to_string(), 1);
+        {
+            let (mut s, rec) = Spool::open(dir.path()).unwrap();
+            assert!(rec.resend.is_empty() && rec.discarded.is_empty());
+            s.append(&done, &encode_frame(&batch("done", 1, 0)), false)
+                .unwrap();
+            s.append(&done, &encode_frame(&batch("done", 1, 1)), false)
+                .unwrap();
+            s.append(&done, &encode_frame(&finished("done", 1)), true)
+                .unwrap();
+            s.append(&cut, &encode_frame(&batch("cut", 2, 0)), false)
+                .unwrap();
+            // Killed mid-write of the point-finished frame: only half of it made it.
+            s.append(&torn_finish, &encode_frame(&batch("torn", 1, 0)), false)
+                .unwrap();
+            let f = encode_frame(&finished("torn", 1));
+            s.append(&torn_finish, &f[..f.len() / 2], false).unwrap();
+            // A second agent on the same directory is refused while this one runs.
+            let err = Spool::open(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("in use"), "{err}");
+        }
+        let (s, rec) = Spool::open(dir.path()).unwrap();
+        assert_eq!(
+            rec.resend.iter().map(|r| &r.key).collect::<Vec<_>>(),
+            vec![&done]
+        );
+        assert_eq!(rec.resend[0].frames, 3);
+        assert_eq!(rec.discarded, vec![cut.clone(), torn_finish.clone()]);
+        let msgs = s.read(&done, rec.resend[0].len).unwrap();
+        assert_eq!(
+            msgs,
+            vec![
+                batch("done", 1, 0),
+                batch("done", 1, 1),
+                finished("done", 1)
+            ]
+        );
+        let mut files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(SUFFIX))
+            .collect();
+        files.sort();
+        assert_eq!(files, vec![file_name(&done)]);
+    }
+}
