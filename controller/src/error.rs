@@ -27,6 +27,19 @@ pub enum ControllerError {
     SweepNotFound(String),
     #[error("{0}")]
     Usage(String),
+    /// The controller's state store (redb) failed.
+    #[error("state store {path}: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// The state store holds something this controller cannot read.
+    #[error("state store {path}: {reason}")]
+    BadStore { path: PathBuf, reason: String },
+    /// A replicate sweep was submitted while no connected agent matches its placement.
+    #[error("no connected agent matches the sweep's [placement] ({0}); nothing to replicate on")]
+    NoMatchingAgent(String),
 }
 
 impl ControllerError {

@@ -1,7 +1,7 @@
 //! fleetbench controller: receives sweeps, assigns points to agents over gRPC, and turns
 //! the per-request records agents stream back into Parquet results.
 //!
-//! Modules, one concept each: [`state`] (sweeps, points, agents, scheduling),
+//! Modules, one concept each: [`state`] (sweeps, points, agents, scheduling), [`store`] (durable state, redb),
 //! [`service`] (shared controller handle), [`agent_service`] and [`control_service`]
 //! (the two gRPC services), [`writer`] (Parquet writes, then acknowledgements),
 //! [`summary`] (point summaries), [`results`] (Parquet layout), [`server`] (`run`),
@@ -15,6 +15,7 @@ pub mod results;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod store;
 pub mod summary;
 pub mod writer;
 

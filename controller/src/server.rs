@@ -19,6 +19,8 @@ use crate::agent_service::AgentServiceImpl;
 use crate::control_service::ControlServiceImpl;
 use crate::error::ControllerError;
 use crate::service::{Controller, ControllerConfig};
+use crate::state::{State, SweepState};
+use crate::store::Store;
 use crate::writer;
 
 /// Serves until `shutdown` is cancelled, then drains: pending partition writes are
@@ -32,7 +34,25 @@ pub async fn run(
         .local_addr()
         .map_err(|e| ControllerError::io("listener", e))?;
     let (write_tx, write_rx) = mpsc::channel(256);
-    let ctl = Controller::new(config, write_tx);
+    let (state, store) = match &config.state_dir {
+        Some(dir) => {
+            let store = Store::open(dir)?;
+            let mut state = State::default();
+            let problems = state.restore(store.load()?);
+            for p in &problems {
+                warn!(problem = %p, "state not restored");
+            }
+            let unfinished = state
+                .sweeps
+                .iter()
+                .filter(|s| s.state == SweepState::Running)
+                .count();
+            info!(store = %store.path().display(), sweeps = state.sweeps.len(), unfinished, "controller state restored");
+            (state, Some(store))
+        }
+        None => (State::default(), None),
+    };
+    let ctl = Controller::with_store(config, write_tx, state, store);
     let tracker = TaskTracker::new();
     let writer_task = tokio::spawn(
         writer::run(ctl.clone(), write_rx, shutdown.clone())

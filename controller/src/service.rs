@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use fleetbench_proto::pb;
-use fleetbench_proto::spec::SweepSpec;
+use fleetbench_proto::spec::{Strategy, SweepSpec};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::error::ControllerError;
 use crate::state::{Outgoing, State, WriteJob};
+use crate::store::Store;
 
 /// The sending half of an agent's session stream.
 pub type AgentTx = mpsc::Sender<Result<pb::ControllerMessage, tonic::Status>>;
@@ -23,6 +24,9 @@ pub struct ControllerConfig {
     pub results_dir: PathBuf,
     /// How long a disconnected agent keeps its running point before it is re-queued.
     pub agent_grace: Duration,
+    /// Directory of the durable state store (redb); `None` keeps the state in memory
+    /// only (a restart forgets every sweep).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for ControllerConfig {
@@ -30,6 +34,7 @@ impl Default for ControllerConfig {
         ControllerConfig {
             results_dir: PathBuf::from("results"),
             agent_grace: Duration::from_secs(60),
+            state_dir: None,
         }
     }
 }
@@ -40,16 +45,59 @@ pub struct Controller {
     /// Open agent sessions by agent name, with their registration generation.
     sessions: DashMap<String, (u64, AgentTx)>,
     writes: mpsc::Sender<WriteJob>,
+    /// The durable copy of `state`, if configured.
+    store: Option<Store>,
+    /// Serializes [`Controller::persist`] so an older snapshot never overwrites a newer one.
+    persisting: Mutex<()>,
 }
 
 impl Controller {
+    /// A controller with an empty, in-memory state.
     pub fn new(config: ControllerConfig, writes: mpsc::Sender<WriteJob>) -> Arc<Self> {
+        Self::with_store(config, writes, State::default(), None)
+    }
+
+    /// A controller resuming `state` (restored from `store`), persisting into `store`.
+    pub fn with_store(
+        config: ControllerConfig,
+        writes: mpsc::Sender<WriteJob>,
+        state: State,
+        store: Option<Store>,
+    ) -> Arc<Self> {
         Arc::new(Controller {
             config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             sessions: DashMap::new(),
             writes,
+            store,
+            persisting: Mutex::new(()),
         })
+    }
+
+    /// Commits the state's changes since the last call to the store, in one write
+    /// transaction. Called before any message leaves ([`Controller::dispatch`]), so an
+    /// agent never acts on (nor is acknowledged for) a state the store does not hold.
+    /// Returns false when the store write failed.
+    pub fn persist(&self) -> bool {
+        let Some(store) = &self.store else {
+            return true;
+        };
+        let _order = self
+            .persisting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ops = self.state().store_ops();
+        if ops.is_empty() {
+            return true;
+        }
+        let n = ops.len();
+        if let Err(e) = store.apply(&ops) {
+            // Retried in full with the next event; the agents keep what is not acked.
+            error!(error = %e, ops = n, "cannot persist controller state");
+            self.state().store_failed();
+            return false;
+        }
+        true
     }
 
     /// Locks the fleet state. Never hold the guard across an `.await`.
@@ -60,13 +108,30 @@ impl Controller {
     }
 
     /// Sends messages produced under the lock to their agents.
-    pub fn dispatch(&self, out: Outgoing) {
+    pub fn dispatch(&self, mut out: Outgoing) {
+        if !self.persist() {
+            // A point is acknowledged only once its state is durable (decision 2): the
+            // agent keeps it and resends it after its next reconnect.
+            out.retain(|(_, m)| !matches!(m.msg, Some(pb::controller_message::Msg::PointAck(_))));
+        }
         for (agent, msg) in out {
             let tx = self.sessions.get(&agent).map(|s| s.1.clone());
             match tx {
                 Some(tx) => {
-                    if let Err(e) = tx.try_send(Ok(msg)) {
-                        warn!(agent, error = %e, "cannot queue message for agent");
+                    match tx.try_send(Ok(msg)) {
+                        Ok(()) => {}
+                        // The session's queue is full: wait for room rather than drop the
+                        // message (a dropped PointAck would leave a result unacknowledged).
+                        Err(mpsc::error::TrySendError::Full(msg)) => {
+                            tokio::spawn(async move {
+                                if tx.send(msg).await.is_err() {
+                                    warn!(agent, "agent session closed; message dropped");
+                                }
+                            });
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            warn!(agent, "agent session closed; message dropped");
+                        }
                     }
                 }
                 None => warn!(agent, "no session for agent; message dropped"),
@@ -88,16 +153,28 @@ impl Controller {
         &self,
         spec_toml: &str,
         file_name: &str,
-    ) -> Result<(String, usize), ControllerError> {
+    ) -> Result<(String, usize, Vec<String>), ControllerError> {
         let spec = SweepSpec::parse(spec_toml, file_name)?;
         let id = sweep_id(spec.name.get_ref());
-        let (n, out) = {
+        let (n, children, out) = {
             let mut st = self.state();
-            let n = st.add_sweep(id.clone(), spec);
-            (n, st.schedule())
+            let (n, children) = if spec.placement.strategy == Strategy::Replicate {
+                // One child sweep per matching agent, each pinned to it (`<id>.<agent>`).
+                let children = st.add_replicas(&id, &spec)?;
+                for (child, _) in &children {
+                    st.set_source(child, spec_toml.to_string(), file_name.to_string());
+                }
+                let n = children.iter().map(|(_, n)| n).sum();
+                (n, children.into_iter().map(|(c, _)| c).collect())
+            } else {
+                let n = st.add_sweep(id.clone(), spec);
+                st.set_source(&id, spec_toml.to_string(), file_name.to_string());
+                (n, Vec::new())
+            };
+            (n, children, st.schedule())
         };
         self.dispatch(out);
-        Ok((id, n))
+        Ok((id, n, children))
     }
 
     pub fn queue_write(&self, job: WriteJob) {

@@ -14,6 +14,8 @@ use fleetbench_proto::unix_millis_now;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::error::ControllerError;
+use crate::store::{AgentRow, Loaded, PointRow, StoreOp, SweepRow};
 use crate::summary::{ClientStats, PointMeta, PointSummary, summarize};
 
 /// Messages to send to agents once the state lock is released: (agent name, message).
@@ -114,6 +116,18 @@ pub struct Sweep {
     pub pending_writes: u32,
     /// Bumped on every change; `watch` streams follow it.
     pub version: tokio::sync::watch::Sender<u64>,
+    /// Set on the child sweeps of a `strategy = "replicate"` submission: each runs the
+    /// whole sweep on one agent, grouped under the parent id.
+    pub replica: Option<Replica>,
+}
+
+/// A child sweep of a replicate submission: `<parent>.<agent>`, pinned to `agent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// The id the user submitted under; `status`/`watch`/`cancel` of it cover all children.
+    pub parent: String,
+    /// The only agent that runs this child's points.
+    pub agent: String,
 }
 
 impl Sweep {
@@ -213,12 +227,76 @@ pub struct WriteJob {
     pub acks: Vec<(String, pb::PointAck)>,
 }
 
+/// A `RecordBatch` with its records decoded (unreadable ones are logged and dropped).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedBatch {
+    pub point_id: String,
+    pub attempt: u32,
+    pub seq: u64,
+    pub records: Vec<RequestRecord>,
+}
+
+impl DecodedBatch {
+    /// Decodes the records of `batch`; done before taking the state lock.
+    pub fn decode(batch: pb::RecordBatch) -> Self {
+        let mut records = Vec::with_capacity(batch.records.len());
+        for r in batch.records {
+            match RequestRecord::try_from(r) {
+                Ok(r) => records.push(r),
+                Err(e) => warn!(point_id = %batch.point_id, error = %e, "unreadable record"),
+            }
+        }
+        Self {
+            point_id: batch.point_id,
+            attempt: batch.attempt,
+            seq: batch.seq,
+            records,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct State {
     /// Sweeps in submission order (the order the scheduler serves them).
     pub sweeps: Vec<Sweep>,
     pub agents: HashMap<String, AgentEntry>,
     next_generation: u64,
+    /// The sweep a free agent last took a new engine group from (round-robin cursor).
+    last_sweep: Option<String>,
+    /// What the store holds, to find what changed (see [`State::store_ops`]).
+    persisted: Persisted,
+    /// Point id → where it lives (a cache; see `find_point`).
+    point_index: HashMap<String, PointRef>,
+}
+
+/// The part of a point's state whose change is worth a store write.
+#[derive(Debug, Clone, PartialEq)]
+struct PointPrint {
+    state: PointState,
+    attempt: u32,
+    host: String,
+    error: String,
+    crash_retries: u32,
+    summary: bool,
+    events: usize,
+    awaiting: bool,
+}
+
+/// Bookkeeping between the state and its durable copy.
+#[derive(Debug, Default)]
+struct Persisted {
+    /// Sweep id → the sweep version last stored.
+    sweeps: HashMap<String, u64>,
+    points: HashMap<(String, usize), PointPrint>,
+    /// Agents whose registration is not stored yet.
+    dirty_agents: BTreeSet<String>,
+    /// (point id, attempt) finished but not yet in the Parquet files: stored as still
+    /// running on its agent until `write_done` reports them durable (decision 2).
+    awaiting_write: BTreeSet<(String, u32)>,
+    /// Points restored as running that are not their agent's current point.
+    orphans: Vec<PointRef>,
+    /// Sweep id → (spec TOML as submitted, its file name): what the store keeps of a spec.
+    sources: HashMap<String, (String, String)>,
 }
 
 fn msg(m: CMsg) -> pb::ControllerMessage {
@@ -234,13 +312,53 @@ impl State {
         self.sweeps.iter_mut().find(|s| s.id == id)
     }
 
-    fn find_point(&self, point_id: &str) -> Option<PointRef> {
-        self.sweeps.iter().find_map(|s| {
+    /// The sweep of a partition write, to move the finished points' records out of it.
+    pub(crate) fn sweep_for_write(&mut self, id: &str) -> Option<&mut Sweep> {
+        self.sweep_mut(id)
+    }
+
+    /// Puts back the records a failed partition write took, for points still at the same
+    /// attempt whose records were not replaced meanwhile; a later write retries them.
+    pub(crate) fn restore_records(
+        &mut self,
+        sweep_id: &str,
+        rows: Vec<(PointSummary, Vec<RequestRecord>)>,
+    ) {
+        let Some(sweep) = self.sweep_mut(sweep_id) else {
+            return;
+        };
+        for (summary, records) in rows {
+            if let Some(p) = sweep.points.iter_mut().find(|p| {
+                p.point_id == summary.meta.point_id
+                    && p.attempt == summary.meta.attempt
+                    && p.batches.is_empty()
+            }) {
+                p.batches.insert(0, records);
+            }
+        }
+    }
+
+    /// Where a point lives: an index lookup (checked, since it is only a cache), else a scan
+    /// whose answer is remembered. Sweeps are only ever appended and their points never
+    /// move, so a remembered place stays right.
+    fn find_point(&mut self, point_id: &str) -> Option<PointRef> {
+        if let Some((sid, i)) = self.point_index.get(point_id) {
+            let hit = self
+                .sweep(sid)
+                .and_then(|s| s.points.get(*i))
+                .is_some_and(|p| p.point_id == point_id);
+            if hit {
+                return Some((sid.clone(), *i));
+            }
+        }
+        let found = self.sweeps.iter().find_map(|s| {
             s.points
                 .iter()
                 .position(|p| p.point_id == point_id)
                 .map(|i| (s.id.clone(), i))
-        })
+        })?;
+        self.point_index.insert(point_id.to_owned(), found.clone());
+        Some(found)
     }
 
     /// Adds a validated sweep; returns the number of points.
@@ -281,8 +399,104 @@ impl State {
             agents_used: BTreeSet::new(),
             pending_writes: 0,
             version,
+            replica: None,
         });
         n
+    }
+
+    /// Connected agents that match `spec`'s placement, by name: the hosts a replicate
+    /// submission makes one child sweep for.
+    pub fn replica_targets(&self, spec: &SweepSpec) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .agents
+            .values()
+            .filter(|a| a.connected && spec.placement.matches(&a.inventory))
+            .map(|a| a.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Adds one child sweep per connected agent matching `spec`'s placement (a
+    /// `strategy = "replicate"` submission under `parent`); returns (child id, points).
+    pub fn add_replicas(
+        &mut self,
+        parent: &str,
+        spec: &SweepSpec,
+    ) -> Result<Vec<(String, usize)>, ControllerError> {
+        let targets = self.replica_targets(spec);
+        if targets.is_empty() {
+            let connected = self.agents.values().filter(|a| a.connected).count();
+            return Err(ControllerError::NoMatchingAgent(format!(
+                "{connected} agent(s) connected"
+            )));
+        }
+        let children: Vec<(String, usize)> = targets
+            .iter()
+            .map(|agent| self.add_replica(parent, agent, spec.clone()))
+            .collect();
+        info!(sweep_id = %parent, children = children.len(), "replicate sweep submitted");
+        Ok(children)
+    }
+
+    /// Adds the child sweep `<parent>.<agent>` of a replicate submission, pinned to
+    /// `agent`; returns its id and number of points.
+    pub fn add_replica(&mut self, parent: &str, agent: &str, spec: SweepSpec) -> (String, usize) {
+        let id = format!("{parent}.{agent}");
+        let n = self.add_sweep(id.clone(), spec);
+        if let Some(s) = self.sweep_mut(&id) {
+            s.replica = Some(Replica {
+                parent: parent.to_string(),
+                agent: agent.to_string(),
+            });
+        }
+        (id, n)
+    }
+
+    /// The sweeps an id names: the sweep itself, or the children of a replicate parent.
+    pub fn group(&self, id: &str) -> Vec<&Sweep> {
+        match self.sweep(id) {
+            Some(s) => vec![s],
+            None => self
+                .sweeps
+                .iter()
+                .filter(|s| s.replica.as_ref().is_some_and(|r| r.parent == id))
+                .collect(),
+        }
+    }
+
+    /// Status of a sweep or of a replicate group (counts summed, points of all children,
+    /// running until every child has ended); `None` when the id names nothing.
+    pub fn group_status(&self, id: &str, with_points: bool) -> Option<pb::SweepStatus> {
+        let members = self.group(id);
+        let (first, rest) = members.split_first()?;
+        if rest.is_empty() && first.id == id {
+            return Some(first.status(with_points));
+        }
+        let mut st = first.status(with_points);
+        st.sweep_id = id.to_string();
+        let mut states = vec![st.state.clone()];
+        for s in rest {
+            let c = s.status(with_points);
+            st.points_total += c.points_total;
+            st.points_done += c.points_done;
+            st.points_failed += c.points_failed;
+            st.points_skipped += c.points_skipped;
+            st.points.extend(c.points);
+            st.submitted_unix_ms = st.submitted_unix_ms.min(c.submitted_unix_ms);
+            st.finished_unix_ms = st.finished_unix_ms.max(c.finished_unix_ms);
+            st.result_files.extend(c.result_files);
+            states.push(c.state);
+        }
+        st.state = ["running", "writing", "cancelled"]
+            .into_iter()
+            .find(|want| states.iter().any(|s| s == want))
+            .unwrap_or("done")
+            .to_string();
+        if st.state == "running" || st.state == "writing" {
+            st.finished_unix_ms = 0;
+        }
+        Some(st)
     }
 
     /// An agent registered (or re-registered after a reconnect). Points this agent was
@@ -319,6 +533,7 @@ impl State {
         entry.generation = generation;
         entry.disconnected_at = None;
         entry.last_seen_ms = unix_millis_now();
+        self.persisted.dirty_agents.insert(name.clone());
         let lost = running_point_id
             .filter(|(_, _, pid)| !active_points.contains(pid))
             .map(|(sweep, idx, _)| (sweep, idx));
@@ -326,7 +541,27 @@ impl State {
             warn!(agent = %name, "agent re-registered without its running point; re-queueing it");
             self.requeue(&pref, "agent restarted during the point");
         }
+        for (pref, pid) in self.orphans_of(&name) {
+            if !active_points.contains(&pid) {
+                warn!(agent = %name, point_id = %pid, "agent re-registered without a point it ran before the controller restarted; re-queueing it");
+                self.requeue(&pref, "agent restarted during the point");
+            }
+        }
         generation
+    }
+
+    /// Points restored as running on `agent` besides its current point (finished there
+    /// but not yet on disk when the controller stopped), with their ids.
+    fn orphans_of(&self, agent: &str) -> Vec<(PointRef, String)> {
+        self.persisted
+            .orphans
+            .iter()
+            .filter_map(|pref| {
+                let p = self.sweep(&pref.0)?.points.get(pref.1)?;
+                matches!(&p.state, PointState::Running { agent: a } if a == agent)
+                    .then(|| (pref.clone(), p.point_id.clone()))
+            })
+            .collect()
     }
 
     /// The session of `generation` ended. The agent keeps its point for a grace period.
@@ -383,6 +618,16 @@ impl State {
             .filter(|a| !a.connected && a.disconnected_at.is_some_and(|t| now - t >= grace))
             .filter_map(|a| a.current_point.take())
             .collect();
+        let lost_agents: Vec<String> = self
+            .agents
+            .values()
+            .filter(|a| !a.connected && a.disconnected_at.is_some_and(|t| now - t >= grace))
+            .map(|a| a.name.clone())
+            .collect();
+        let mut gone = gone;
+        for name in lost_agents {
+            gone.extend(self.orphans_of(&name).into_iter().map(|(pref, _)| pref));
+        }
         for pref in &gone {
             // current_point was taken above; requeue only resets the point.
             self.requeue(pref, "agent lost during the point");
@@ -397,6 +642,11 @@ impl State {
     /// Stores a record batch of a running attempt (duplicates are ignored). Returns the
     /// acknowledgement to send (stale batches are acknowledged too, so agents drop them).
     pub fn record_batch(&mut self, agent: &str, batch: pb::RecordBatch) -> pb::ControllerMessage {
+        self.record_decoded(agent, DecodedBatch::decode(batch))
+    }
+
+    /// [`State::record_batch`] of a batch decoded beforehand, outside the state lock.
+    pub fn record_decoded(&mut self, agent: &str, batch: DecodedBatch) -> pb::ControllerMessage {
         let ack = msg(CMsg::BatchAck(pb::BatchAck {
             point_id: batch.point_id.clone(),
             attempt: batch.attempt,
@@ -418,17 +668,7 @@ impl State {
             warn!(point_id = %batch.point_id, attempt = batch.attempt, "record batch of a stale attempt ignored");
             return ack;
         }
-        if p.batches.contains_key(&batch.seq) {
-            return ack;
-        }
-        let mut records = Vec::with_capacity(batch.records.len());
-        for r in batch.records {
-            match RequestRecord::try_from(r) {
-                Ok(r) => records.push(r),
-                Err(e) => warn!(point_id = %batch.point_id, error = %e, "unreadable record"),
-            }
-        }
-        p.batches.insert(batch.seq, records);
+        p.batches.entry(batch.seq).or_insert(batch.records);
         ack
     }
 
@@ -493,7 +733,11 @@ impl State {
             warn!(point_id = %pf.point_id, ?missing, "point finished but record batches are missing; waiting for the resend");
             return (None, Vec::new());
         }
-        let records = p.records();
+        // Moved into one batch, not cloned; the writer moves them out again.
+        let records: Vec<RequestRecord> = std::mem::take(&mut p.batches)
+            .into_values()
+            .flatten()
+            .collect();
         let state = if pf.ok {
             PointState::Done
         } else if cancelled || pf.error == "cancelled" {
@@ -560,6 +804,10 @@ impl State {
         };
         let template = meta.clone();
         p.summary = Some(summarize(meta, &records, &pf.engine_metrics));
+        if !records.is_empty() {
+            p.batches.insert(0, records);
+        }
+        let awaiting = (p.point_id.clone(), p.attempt);
         p.state = state;
         p.error = error;
         p.host = host;
@@ -571,6 +819,7 @@ impl State {
         }
         sweep.pending_writes += 1;
         sweep.bump();
+        self.persisted.awaiting_write.insert(awaiting);
         if let Some(a) = self.agents.get_mut(agent) {
             a.current_point = None;
         }
@@ -631,10 +880,82 @@ impl State {
         Some(out)
     }
 
+    /// The point agent `name` should run next, if any (see [`State::schedule`]).
+    fn pick_point(&mut self, name: &str) -> Option<PointRef> {
+        let agent = self.agents.get(name)?;
+        let gpu_count = count(agent.inventory.gpus.len()).max(1);
+        let eligible: Vec<usize> = self
+            .sweeps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.state == SweepState::Running
+                    && s.spec.placement.matches(&agent.inventory)
+                    && s.replica.as_ref().is_none_or(|r| r.agent == name)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let first_pending = |si: usize, fits: &dyn Fn(&Sweep, u32) -> bool| {
+            self.sweeps.get(si).and_then(|s| {
+                s.points
+                    .iter()
+                    .position(|p| p.state == PointState::Pending && fits(s, p.planned.gpus))
+                    .map(|i| (s.id.clone(), i))
+            })
+        };
+        let warm = agent.engine.clone().and_then(|(ws, wg)| {
+            eligible
+                .iter()
+                .filter(|&&si| self.sweeps.get(si).is_some_and(|s| s.id == ws))
+                .find_map(|&si| first_pending(si, &|_, g| g == wg && g <= gpu_count))
+        });
+        if warm.is_some() {
+            return warm;
+        }
+        // Groups other connected agents hold warm engines for.
+        let held: BTreeSet<(String, u32)> = self
+            .agents
+            .values()
+            .filter(|a| a.connected && a.name != name)
+            .filter_map(|a| a.engine.clone())
+            .collect();
+        let start = self
+            .last_sweep
+            .as_ref()
+            .and_then(|last| {
+                eligible
+                    .iter()
+                    .position(|&si| self.sweeps.get(si).is_some_and(|s| s.id == *last))
+            })
+            .map_or(0, |p| p + 1);
+        let order: Vec<usize> = eligible
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(eligible.len())
+            .copied()
+            .collect();
+        let free = |s: &Sweep, g: u32| g <= gpu_count && !held.contains(&(s.id.clone(), g));
+        let any = |_: &Sweep, g: u32| g <= gpu_count;
+        let chosen = order
+            .iter()
+            .find_map(|&si| first_pending(si, &free))
+            .or_else(|| order.iter().find_map(|&si| first_pending(si, &any)));
+        if let Some((sid, _)) = &chosen {
+            self.last_sweep = Some(sid.clone());
+        }
+        chosen
+    }
+
     /// Assigns pending points to idle, connected agents that match the sweep's placement
-    /// and have enough GPUs. Sweeps are served in submission order; an agent prefers a
-    /// point for the engine it already runs (same sweep and GPU count) so engines restart
-    /// as rarely as possible.
+    /// and have enough GPUs (an agent without GPUs counts as one, for simulated engines).
+    ///
+    /// Spread: an agent first keeps taking points of its warm engine group (same sweep
+    /// and GPU count) so engines restart rarely; a free agent takes a group no other agent
+    /// holds, and only when there is none, shares a held group (so every matching host
+    /// works). Free agents serve the running sweeps round-robin, starting after the sweep
+    /// that got the last new group, rather than strictly in submission order. Replicate
+    /// children run only on their own agent.
     pub fn schedule(&mut self) -> Outgoing {
         let mut out = Vec::new();
         let mut idle: Vec<String> = self
@@ -645,42 +966,9 @@ impl State {
             .collect();
         idle.sort();
         for name in idle {
-            let Some(agent) = self.agents.get(&name) else {
+            let Some((sid, idx)) = self.pick_point(&name) else {
                 continue;
             };
-            let gpu_count = count(agent.inventory.gpus.len());
-            let labels: HashMap<String, String> = agent
-                .inventory
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let warm = agent.engine.clone();
-            let mut candidates: Vec<PointRef> = Vec::new();
-            for s in &self.sweeps {
-                if s.state != SweepState::Running || !s.spec.placement.matches(&name, &labels) {
-                    continue;
-                }
-                for (i, p) in s.points.iter().enumerate() {
-                    if p.state == PointState::Pending && p.planned.gpus <= gpu_count.max(1) {
-                        candidates.push((s.id.clone(), i));
-                    }
-                }
-            }
-            let chosen = candidates
-                .iter()
-                .find(|(sid, i)| {
-                    warm.as_ref().is_some_and(|(ws, wg)| {
-                        ws == sid
-                            && self
-                                .sweep(sid)
-                                .and_then(|s| s.points.get(*i))
-                                .is_some_and(|p| p.planned.gpus == *wg)
-                    })
-                })
-                .or_else(|| candidates.first())
-                .cloned();
-            let Some((sid, idx)) = chosen else { continue };
             let Some(s) = self.sweep_mut(&sid) else {
                 continue;
             };
@@ -727,8 +1015,18 @@ impl State {
         out
     }
 
-    /// A queued partition write ended; `files` are what it wrote (empty when it failed).
-    pub fn write_done(&mut self, sweep_id: &str, files: impl IntoIterator<Item = String>) {
+    /// A queued partition write ended; `files` are what it wrote (empty when it failed)
+    /// and `durable` the (point id, attempt) pairs whose rows it put on disk: their
+    /// terminal state and summary go to the store with the next [`State::store_ops`].
+    pub fn write_done(
+        &mut self,
+        sweep_id: &str,
+        files: impl IntoIterator<Item = String>,
+        durable: &[(String, u32)],
+    ) {
+        for pair in durable {
+            self.persisted.awaiting_write.remove(pair);
+        }
         if let Some(s) = self.sweep_mut(sweep_id) {
             s.pending_writes = s.pending_writes.saturating_sub(1);
             s.result_files.extend(files);
@@ -760,6 +1058,272 @@ impl State {
             .collect();
         v.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         v
+    }
+}
+
+impl State {
+    /// The store writes that bring the durable copy up to date: agents that registered,
+    /// and the sweeps and points that changed since the last call. A point finished but
+    /// not yet in the Parquet files is written as still running on its agent.
+    pub fn store_ops(&mut self) -> Vec<StoreOp> {
+        let mut ops = Vec::new();
+        for name in std::mem::take(&mut self.persisted.dirty_agents) {
+            if let Some(a) = self.agents.get(&name) {
+                ops.push(StoreOp::Agent {
+                    name,
+                    row: AgentRow {
+                        inventory: Some(a.inventory.clone()),
+                        last_seen_ms: a.last_seen_ms,
+                    },
+                });
+            }
+        }
+        for s in &self.sweeps {
+            let version = *s.version.borrow();
+            if self.persisted.sweeps.get(&s.id) == Some(&version) {
+                continue;
+            }
+            let mut any_awaiting = false;
+            for (i, p) in s.points.iter().enumerate() {
+                let awaiting = self
+                    .persisted
+                    .awaiting_write
+                    .contains(&(p.point_id.clone(), p.attempt));
+                any_awaiting |= awaiting;
+                let print = PointPrint {
+                    state: p.state.clone(),
+                    attempt: p.attempt,
+                    host: p.host.clone(),
+                    error: p.error.clone(),
+                    crash_retries: p.crash_retries,
+                    summary: p.summary.is_some(),
+                    events: p.engine_events.len(),
+                    awaiting,
+                };
+                let key = (s.id.clone(), i);
+                if self.persisted.points.get(&key) == Some(&print) {
+                    continue;
+                }
+                ops.push(StoreOp::Point {
+                    sweep_id: s.id.clone(),
+                    pos: count(i),
+                    row: point_row(p, awaiting),
+                });
+                self.persisted.points.insert(key, print);
+            }
+            let (spec_toml, file_name) =
+                self.persisted
+                    .sources
+                    .get(&s.id)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        warn!(sweep_id = %s.id, "sweep has no spec source; it cannot be restored");
+                        (String::new(), String::new())
+                    });
+            // A sweep whose last points are not on disk yet is not finished for the store.
+            let (state, finished_ms) = if any_awaiting && s.state == SweepState::Done {
+                (SweepState::Running, 0)
+            } else if any_awaiting {
+                (s.state, 0)
+            } else {
+                (s.state, s.finished_ms)
+            };
+            ops.push(StoreOp::Sweep {
+                id: s.id.clone(),
+                row: SweepRow {
+                    spec_toml,
+                    file_name,
+                    submitted_ms: s.submitted_ms,
+                    state: state.as_str().into(),
+                    finished_ms,
+                    result_files: s.result_files.iter().cloned().collect(),
+                    agents_used: s.agents_used.iter().cloned().collect(),
+                },
+            });
+            self.persisted.sweeps.insert(s.id.clone(), version);
+        }
+        ops
+    }
+
+    /// Records the spec text a sweep was submitted with (the store keeps it; a restart
+    /// re-parses it).
+    pub fn set_source(&mut self, sweep_id: &str, spec_toml: String, file_name: String) {
+        self.persisted
+            .sources
+            .insert(sweep_id.to_string(), (spec_toml, file_name));
+    }
+
+    /// Storing the last [`State::store_ops`] failed: the next call writes everything.
+    pub fn store_failed(&mut self) {
+        self.persisted.sweeps.clear();
+        self.persisted.points.clear();
+        self.persisted
+            .dirty_agents
+            .extend(self.agents.keys().cloned());
+    }
+
+    /// Rebuilds the state from the store at start-up. Agents count as disconnected since
+    /// now, so points running on them wait the grace period for their reconnect (and
+    /// resend) before they are re-queued. Returns what could not be restored.
+    pub fn restore(&mut self, loaded: Loaded) -> Vec<String> {
+        let mut problems = Vec::new();
+        let now = Instant::now();
+        for (name, row) in loaded.agents {
+            self.next_generation += 1;
+            let inventory = row.inventory.unwrap_or_else(|| pb::Inventory {
+                agent_name: name.clone(),
+                ..Default::default()
+            });
+            self.agents.insert(
+                name.clone(),
+                AgentEntry {
+                    name,
+                    inventory,
+                    connected: false,
+                    generation: self.next_generation,
+                    disconnected_at: Some(now),
+                    state: "disconnected".into(),
+                    current_point: None,
+                    last_seen_ms: row.last_seen_ms,
+                    engine: None,
+                },
+            );
+        }
+        for (id, row, points) in loaded.sweeps {
+            let spec = match SweepSpec::parse(&row.spec_toml, &row.file_name) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    problems.push(format!("sweep {id}: stored spec does not parse: {e}"));
+                    continue;
+                }
+            };
+            self.add_sweep(id.clone(), spec);
+            self.set_source(&id, row.spec_toml, row.file_name);
+            let Some(s) = self.sweeps.last_mut() else {
+                continue;
+            };
+            s.submitted_ms = row.submitted_ms;
+            s.finished_ms = row.finished_ms;
+            s.state = match row.state.as_str() {
+                "done" => SweepState::Done,
+                "cancelled" => SweepState::Cancelled,
+                _ => SweepState::Running,
+            };
+            s.result_files = row.result_files.into_iter().collect();
+            s.agents_used = row.agents_used.into_iter().collect();
+            let mut running = Vec::new();
+            for (pos, prow) in points {
+                let idx = pos as usize;
+                let Some(p) = s.points.get_mut(idx) else {
+                    problems.push(format!("sweep {id}: stored point {pos} is not in its spec"));
+                    continue;
+                };
+                p.attempt = prow.attempt;
+                p.host = prow.host;
+                p.error = prow.error;
+                p.crash_retries = prow.crash_retries;
+                p.summary = if prow.summary_toml.is_empty() {
+                    None
+                } else {
+                    match toml::from_str::<PointSummary>(&prow.summary_toml) {
+                        Ok(summary) => Some(summary),
+                        Err(e) => {
+                            problems
+                                .push(format!("{}: stored summary unreadable: {e}", p.point_id));
+                            None
+                        }
+                    }
+                };
+                p.finished = prow.finished;
+                p.engine_events = prow.engine_events;
+                p.state = match prow.state.as_str() {
+                    "running" => {
+                        running.push((idx, prow.agent.clone(), p.planned.gpus));
+                        PointState::Running {
+                            agent: prow.agent.clone(),
+                        }
+                    }
+                    "done" => PointState::Done,
+                    "failed" => PointState::Failed,
+                    "cancelled" => PointState::Cancelled,
+                    "skipped" => PointState::Skipped,
+                    _ => PointState::Pending,
+                };
+                p.agent = prow.agent;
+            }
+            for (idx, agent, gpus) in running {
+                self.next_generation += 1;
+                let generation = self.next_generation;
+                let a = self
+                    .agents
+                    .entry(agent.clone())
+                    .or_insert_with(|| AgentEntry {
+                        name: agent.clone(),
+                        inventory: pb::Inventory {
+                            agent_name: agent.clone(),
+                            ..Default::default()
+                        },
+                        connected: false,
+                        generation,
+                        disconnected_at: Some(now),
+                        state: "disconnected".into(),
+                        current_point: None,
+                        last_seen_ms: 0,
+                        engine: None,
+                    });
+                if let Some(prev) = a.current_point.replace((id.clone(), idx)) {
+                    self.persisted.orphans.push(prev);
+                }
+                a.engine = Some((id.clone(), gpus));
+            }
+            info!(sweep_id = %id, state = row.state, "sweep restored");
+            // A sweep whose points all ended before the crash finishes now.
+            let _ = self.finish_sweep_if_complete(&id);
+        }
+        // What was just loaded is what the store holds.
+        let _ = self.store_ops();
+        problems
+    }
+}
+
+fn point_row(p: &PointEntry, awaiting: bool) -> PointRow {
+    if awaiting {
+        return PointRow {
+            state: "running".into(),
+            attempt: p.attempt,
+            agent: p.agent.clone(),
+            host: p.host.clone(),
+            error: String::new(),
+            crash_retries: p.crash_retries,
+            summary_toml: String::new(),
+            finished: None,
+            engine_events: p.engine_events.clone(),
+        };
+    }
+    let agent = match &p.state {
+        PointState::Running { agent } => agent.clone(),
+        _ => p.agent.clone(),
+    };
+    PointRow {
+        state: p.state.as_str().into(),
+        attempt: p.attempt,
+        agent,
+        host: p.host.clone(),
+        error: p.error.clone(),
+        crash_retries: p.crash_retries,
+        summary_toml: p
+            .summary
+            .as_ref()
+            .and_then(|s| {
+                toml::to_string(s)
+                    .map_err(
+                        |e| warn!(point_id = %p.point_id, error = %e, "summary cannot be stored"),
+                    )
+                    .ok()
+            })
+            .unwrap_or_default(),
+        finished: p.finished.clone(),
+        engine_events: p.engine_events.clone(),
     }
 }
 
@@ -899,17 +1463,20 @@ workloads = [{ input = 8, output = 4 }]
         st.register(agent("a", 1), &[]);
         st.register(agent("b", 2), &[]);
         let a = assignments(&st.schedule());
+        // a holds the 1-GPU group; b, free, takes the 2-GPU group nobody holds.
         assert_eq!(
             a,
-            vec![("a".into(), "s/p000".into()), ("b".into(), "s/p001".into())]
+            vec![("a".into(), "s/p000".into()), ("b".into(), "s/p002".into())]
         );
-        // a finishes p000: the next 1-GPU point... none left for 1 GPU, a idles.
+        // a finishes p000 and keeps its warm 1-GPU engine.
         let (job, out) = finish(&mut st, "a", "s/p000", 1, true);
         assert_eq!(job.unwrap().gpus, 1);
+        assert_eq!(assignments(&out), vec![("a".into(), "s/p001".into())]);
+        // a finishes p001: only 2-GPU points are left, too big for it; a idles.
+        let (_, out) = finish(&mut st, "a", "s/p001", 1, true);
         assert!(assignments(&out).is_empty());
-        // b finishes: it takes a 2-GPU point (p002/p003 need 2 GPUs).
-        let (_, out) = finish(&mut st, "b", "s/p001", 1, true);
-        assert_eq!(assignments(&out), vec![("b".into(), "s/p002".into())]);
+        let (_, out) = finish(&mut st, "b", "s/p002", 1, true);
+        assert_eq!(assignments(&out), vec![("b".into(), "s/p003".into())]);
     }
 
     #[test]
@@ -1225,6 +1792,117 @@ workloads = [{ input = 8, output = 4 }, { input = 16, output = 4 }]
         assert_eq!(p.error, "engine crashed; retry 1 of 1 failed: boom");
     }
 
+    /// Store round trip: a state written op by op, reopened and restored, is the same
+    /// state; a point finished but not yet on disk comes back as running on its agent.
+    #[test]
+    fn state_survives_a_store_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(SPEC, "t.toml").unwrap());
+        st.set_source("s", SPEC.into(), "t.toml".into());
+        st.register(agent("a", 2), &[]);
+        st.schedule();
+        store.apply(&st.store_ops()).unwrap();
+        let current = |st: &State| st.agents["a"].current_point.clone().unwrap();
+        // a finishes its first point and the write lands; its second point's finish
+        // (a failure) is not written yet when the controller stops.
+        let (_, i0) = current(&st);
+        let (job, _) = finish(&mut st, "a", &format!("s/p{i0:03}"), 1, true);
+        let durable: Vec<(String, u32)> = job
+            .unwrap()
+            .acks
+            .iter()
+            .map(|(_, a)| (a.point_id.clone(), a.attempt))
+            .collect();
+        st.write_done("s", ["f.parquet".to_string()], &durable);
+        store.apply(&st.store_ops()).unwrap();
+        let (_, i1) = current(&st);
+        let (job, _) = finish(&mut st, "a", &format!("s/p{i1:03}"), 1, false);
+        assert!(job.is_some());
+        let (_, i2) = current(&st);
+        store.apply(&st.store_ops()).unwrap();
+        // Nothing changed: nothing to write.
+        assert!(st.store_ops().is_empty());
+        drop(store);
+
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut back = State::default();
+        let problems = back.restore(store.load().unwrap());
+        assert!(problems.is_empty(), "{problems:?}");
+        let (orig, s) = (st.sweep("s").unwrap(), back.sweep("s").unwrap());
+        assert_eq!(s.submitted_ms, orig.submitted_ms);
+        assert_eq!(s.state, SweepState::Running);
+        assert_eq!(s.result_files.iter().collect::<Vec<_>>(), vec!["f.parquet"]);
+        let p0 = &s.points[i0];
+        assert_eq!((p0.state.as_str(), p0.attempt), ("done", 1));
+        assert_eq!(p0.summary, orig.points[i0].summary, "summary restored");
+        assert_eq!(p0.host, "a-host");
+        assert!(p0.finished.is_some());
+        // The failure of the second point is not on disk: it waits for a's resend.
+        let p1 = &s.points[i1];
+        assert_eq!(p1.state, PointState::Running { agent: "a".into() });
+        assert_eq!(p1.attempt, 1);
+        assert!(p1.summary.is_none());
+        assert_eq!(
+            s.points[i2].state,
+            PointState::Running { agent: "a".into() }
+        );
+        let pending = s
+            .points
+            .iter()
+            .filter(|p| p.state == PointState::Pending)
+            .count();
+        assert_eq!(pending, s.points.len() - 3);
+        // Agents come back disconnected; a keeps its points.
+        assert!(!back.agents["a"].connected);
+        assert_eq!(back.agents["a"].inventory.host, "a-host");
+        // a reconnects reporting both and resends its finish: it fails for good, once.
+        let active = vec![format!("s/p{i1:03}"), format!("s/p{i2:03}")];
+        back.register(agent("a", 2), &active);
+        let (job, _) = finish(&mut back, "a", &format!("s/p{i1:03}"), 1, false);
+        assert!(job.is_some());
+        let s = back.sweep("s").unwrap();
+        assert_eq!(
+            (s.points[i1].state.as_str(), s.points[i1].attempt),
+            ("failed", 1)
+        );
+        assert_eq!(
+            s.points[i2].state,
+            PointState::Running { agent: "a".into() }
+        );
+        assert_eq!(s.points[i2].attempt, 1);
+    }
+
+    #[test]
+    fn restored_points_of_an_agent_that_never_returns_are_requeued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(SPEC, "t.toml").unwrap());
+        st.set_source("s", SPEC.into(), "t.toml".into());
+        st.register(agent("a", 2), &[]);
+        st.schedule();
+        // p000 finished but not on disk, then a runs p001.
+        let (_, out) = finish(&mut st, "a", "s/p000", 1, true);
+        assert_eq!(assignments(&out), vec![("a".into(), "s/p001".into())]);
+        store.apply(&st.store_ops()).unwrap();
+        let mut back = State::default();
+        back.restore(store.load().unwrap());
+        let states: Vec<&str> = back.sweep("s").unwrap().points[..2]
+            .iter()
+            .map(|p| p.state.as_str())
+            .collect();
+        assert_eq!(states, vec!["running", "running"]);
+        assert!(back.reap(Duration::from_secs(3600)).is_empty());
+        back.reap(Duration::ZERO);
+        let p = &back.sweep("s").unwrap().points;
+        assert_eq!(
+            (p[0].state.as_str(), p[1].state.as_str()),
+            ("pending", "pending")
+        );
+    }
+
     #[test]
     fn placement_filters_agents() {
         let spec = SPEC.replace("[matrix]", "[placement]\nagents = [\"b\"]\n[matrix]");
@@ -1234,5 +1912,165 @@ workloads = [{ input = 8, output = 4 }, { input = 16, output = 4 }]
         st.register(agent("b", 2), &[]);
         let a = assignments(&st.schedule());
         assert_eq!(a, vec![("b".into(), "s/p000".into())]);
+    }
+
+    fn spec_with(matrix_gpus: &str, batches: &str, placement: &str) -> SweepSpec {
+        let text = format!(
+            "name = \"t\"\nmodel = \"m/x\"\n[engine]\nkind = \"vllm\"\nruntime = \"process\"\n\
+             [placement]\n{placement}\n[matrix]\ngpus = {matrix_gpus}\nbatch_sizes = {batches}\n\
+             workloads = [{{ input = 8, output = 4 }}]\n"
+        );
+        SweepSpec::parse(&text, "t").unwrap()
+    }
+
+    /// Runs the state machine until nothing is left: every assignment finishes at once,
+    /// in the order sent. Returns (agent, point id) in assignment order.
+    fn run_to_end(st: &mut State) -> Vec<(String, String)> {
+        let queue = assignments(&st.schedule());
+        run_from(st, queue)
+    }
+
+    /// [`run_to_end`] from assignments already made.
+    fn run_from(st: &mut State, mut queue: Vec<(String, String)>) -> Vec<(String, String)> {
+        let mut log = Vec::new();
+        while let Some((agent, pid)) = queue.first().cloned() {
+            queue.remove(0);
+            log.push((agent.clone(), pid.clone()));
+            let (_, out) = finish(st, &agent, &pid, 1, true);
+            queue.extend(assignments(&out));
+        }
+        log
+    }
+
+    fn gpus_of(st: &State, pid: &str) -> u32 {
+        st.sweeps
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .find(|p| p.point_id == pid)
+            .unwrap()
+            .planned
+            .gpus
+    }
+
+    #[test]
+    fn spread_shares_a_sweep_and_keeps_engine_groups_on_one_agent() {
+        let mut st = State::default();
+        st.add_sweep("s".into(), spec_with("[1, 2]", "[1, 2, 4, 8]", ""));
+        st.register(agent("a", 2), &[]);
+        st.register(agent("b", 2), &[]);
+        let log = run_to_end(&mut st);
+        assert_eq!(log.len(), 8, "{log:?}");
+        let groups = |who: &str| -> BTreeSet<u32> {
+            log.iter()
+                .filter(|(a, _)| a == who)
+                .map(|(_, p)| gpus_of(&st, p))
+                .collect()
+        };
+        // Both hosts work, each on one engine configuration: 2 engine starts, not 8.
+        assert_eq!(groups("a"), BTreeSet::from([1]), "{log:?}");
+        assert_eq!(groups("b"), BTreeSet::from([2]), "{log:?}");
+        assert!(
+            st.sweep("s")
+                .unwrap()
+                .points
+                .iter()
+                .all(|p| p.state == PointState::Done)
+        );
+    }
+
+    #[test]
+    fn spread_splits_one_group_when_no_other_is_free() {
+        let mut st = State::default();
+        st.add_sweep("s".into(), spec_with("[1]", "[1, 2, 4, 8]", ""));
+        st.register(agent("a", 1), &[]);
+        st.register(agent("b", 1), &[]);
+        let a = assignments(&st.schedule());
+        assert_eq!(
+            a,
+            vec![("a".into(), "s/p000".into()), ("b".into(), "s/p001".into())]
+        );
+        let log = run_from(&mut st, a);
+        assert_eq!(log.len(), 4);
+        assert!(log.iter().any(|(w, _)| w == "a") && log.iter().any(|(w, _)| w == "b"));
+    }
+
+    #[test]
+    fn free_agents_serve_running_sweeps_round_robin() {
+        let mut st = State::default();
+        st.add_sweep("s1".into(), spec_with("[1, 2]", "[1, 2]", ""));
+        st.add_sweep("s2".into(), spec_with("[1]", "[1, 2]", ""));
+        st.register(agent("a", 2), &[]);
+        st.register(agent("b", 2), &[]);
+        st.register(agent("c", 2), &[]);
+        // Strict FIFO would give s1 both a and b; round-robin gives s2 the second agent.
+        assert_eq!(
+            assignments(&st.schedule()),
+            vec![
+                ("a".into(), "s1/p000".into()),
+                ("b".into(), "s2/p000".into()),
+                ("c".into(), "s1/p002".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn points_only_go_to_agents_with_enough_gpus() {
+        let mut st = State::default();
+        st.add_sweep("s".into(), spec_with("[4]", "[1, 2]", ""));
+        st.register(agent("one", 1), &[]);
+        st.register(agent("none", 0), &[]);
+        assert!(assignments(&st.schedule()).is_empty());
+        st.register(agent("four", 4), &[]);
+        let log = run_to_end(&mut st);
+        assert!(log.iter().all(|(a, _)| a == "four"), "{log:?}");
+        assert_eq!(log.len(), 2);
+        // A GPU-less (simulated) agent counts as one GPU.
+        st.add_sweep("t".into(), spec_with("[1]", "[1]", ""));
+        let a = assignments(&st.schedule());
+        assert_eq!(a.len(), 1, "{a:?}");
+    }
+
+    fn labelled(name: &str, site: &str) -> pb::Inventory {
+        pb::Inventory {
+            labels: [("site".to_string(), site.to_string())].into(),
+            ..agent(name, 1)
+        }
+    }
+
+    #[test]
+    fn replicate_runs_the_whole_sweep_on_every_matching_agent() {
+        let mut st = State::default();
+        let spec = spec_with(
+            "[1]",
+            "[1, 2, 4]",
+            "strategy = \"replicate\"\nlabels = { site = \"x\" }",
+        );
+        // Nobody connected: rejected.
+        assert!(matches!(
+            st.add_replicas("r", &spec),
+            Err(ControllerError::NoMatchingAgent(_))
+        ));
+        st.register(labelled("a", "x"), &[]);
+        st.register(labelled("b", "x"), &[]);
+        st.register(labelled("c", "y"), &[]);
+        let g = st.register(labelled("d", "x"), &[]);
+        st.disconnect("d", g);
+        let children = st.add_replicas("r", &spec).unwrap();
+        assert_eq!(
+            children,
+            vec![("r.a".to_string(), 3), ("r.b".to_string(), 3)]
+        );
+        let status = st.group_status("r", true).unwrap();
+        assert_eq!((status.sweep_id.as_str(), status.points_total), ("r", 6));
+        assert_eq!(status.state, "running");
+        let log = run_to_end(&mut st);
+        assert_eq!(log.len(), 6);
+        for (agent, pid) in &log {
+            assert!(pid.starts_with(&format!("r.{agent}/")), "{agent} ran {pid}");
+        }
+        assert_eq!(st.group_status("r", false).unwrap().points_done, 6);
+        assert!(st.group_status("nope", false).is_none());
+        // A child is also addressable by its own id.
+        assert_eq!(st.group_status("r.a", false).unwrap().points_total, 3);
     }
 }

@@ -16,7 +16,7 @@ use fleetbench_proto::pb;
 use fleetbench_proto::record::RequestRecord;
 
 /// What the controller knows about a finished point attempt, besides its records.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PointMeta {
     pub sweep_id: String,
     pub point_id: String,
@@ -46,7 +46,7 @@ pub struct PointMeta {
 }
 
 /// The load generator's CPU use during a point's measured load.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ClientStats {
     /// CPU seconds (user + system, all threads).
     pub cpu_s: f64,
@@ -87,7 +87,7 @@ pub const IN_FLIGHT_MIN_SCRAPES: usize = 3;
 ///
 /// Percentiles are exact and use numpy's default linear interpolation (what `np.percentile`
 /// returns in vLLM's `benchmark_serving`).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Percentiles {
     pub mean: Option<f64>,
     pub p50: Option<f64>,
@@ -96,7 +96,7 @@ pub struct Percentiles {
 }
 
 /// The summary of one point attempt (definitions in the module docs).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PointSummary {
     pub meta: PointMeta,
     pub completed: u32,
@@ -136,7 +136,7 @@ pub struct PointSummary {
 /// The engine's view of a point, from its Prometheus `/metrics` scraped during the load:
 /// the most requests it ran and queued at once, its peak KV-cache use (0..1), and the
 /// preemptions during the point (counter increase). `None` when the engine had no metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ServerStats {
     pub running_max: Option<f64>,
     pub waiting_max: Option<f64>,
@@ -152,7 +152,7 @@ pub struct ServerStats {
 /// previous step's counts, which drags a mean down but not the peak. The engine peaking
 /// lower means requests waited before they reached it (client or network); higher means
 /// requests that are not this point's (a shared engine).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct InFlight {
     pub scrapes: usize,
     pub client_peak: f64,

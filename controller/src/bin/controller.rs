@@ -19,6 +19,11 @@ struct Args {
     /// Seconds a disconnected agent keeps its running point before it is re-queued.
     #[arg(long, default_value_t = 60)]
     agent_grace_s: u64,
+    /// Directory of the durable controller state (redb): sweeps, points, agents. A
+    /// restarted controller resumes unfinished sweeps from it. Default: `controller-state`
+    /// next to the results directory.
+    #[arg(long, env = "FLEETBENCH_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -30,9 +35,16 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let state_dir = args.state_dir.unwrap_or_else(|| {
+        args.results
+            .parent()
+            .unwrap_or_else(|| std::path::Path::new(""))
+            .join("controller-state")
+    });
     let config = ControllerConfig {
         results_dir: args.results,
         agent_grace: Duration::from_secs(args.agent_grace_s),
+        state_dir: Some(state_dir),
     };
     // Bind before anything else runs: a taken port is a usage error, reported at once.
     let listener = match tokio::net::TcpListener::bind(args.listen).await {

@@ -103,11 +103,11 @@ fn exit_code_for(e: &ControllerError) -> u8 {
     match e {
         ControllerError::Spec(_) => EXIT_BAD_SWEEP,
         ControllerError::Usage(_) | ControllerError::SweepNotFound(_) => EXIT_USAGE,
-        ControllerError::Transport(_) => EXIT_UNAVAILABLE,
+        ControllerError::Transport(_) | ControllerError::NoMatchingAgent(_) => EXIT_UNAVAILABLE,
         ControllerError::Status(s) => match s.code() {
             tonic::Code::InvalidArgument => EXIT_BAD_SWEEP,
             tonic::Code::NotFound => EXIT_USAGE,
-            tonic::Code::Unavailable => EXIT_UNAVAILABLE,
+            tonic::Code::Unavailable | tonic::Code::FailedPrecondition => EXIT_UNAVAILABLE,
             _ => EXIT_INTERNAL,
         },
         _ => EXIT_INTERNAL,
@@ -154,6 +154,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ControllerError> {
                 .await?
                 .into_inner();
             println!("submitted {} ({} points)", resp.sweep_id, resp.points);
+            for child in &resp.children {
+                println!("  replica {child}");
+            }
             if watch {
                 let status = progress::watch(&mut client, &resp.sweep_id).await?;
                 return Ok(sweep_exit(&status));
@@ -185,8 +188,33 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ControllerError> {
             }
             for s in list.sweeps {
                 println!(
-                    "{:<40} {:<10} {:>3}/{:<3} points done, {} failed  {}",
-                    s.sweep_id, s.state, s.points_done, s.points_total, s.points_failed, s.model
+                    "{:<40} {:<10} {:>3}/{:<3} points finished: {} done, {} failed, {} skipped  {}",
+                    s.sweep_id,
+                    s.state,
+                    progress::points_finished(&s),
+                    s.points_total,
+                    s.points_done,
+                    s.points_failed,
+                    s.points_skipped,
+                    s.model
+                );
+            }
+            // Per agent: what it does now (`disconnected` during its grace period).
+            let agents = client
+                .list_agents(pb::ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents;
+            for a in agents {
+                println!(
+                    "agent {:<20} {:<14} {}",
+                    a.agent_id,
+                    a.state,
+                    if a.current_point.is_empty() {
+                        String::new()
+                    } else {
+                        format!("running {}", a.current_point)
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)

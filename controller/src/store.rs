@@ -1,0 +1,328 @@
+//! The controller's durable state: an embedded ACID store (redb) holding sweeps, their
+//! points' states and summaries, and the agents seen, so a restarted controller resumes
+//! every unfinished sweep where it stopped.
+//!
+//! Rows are protobuf messages (prost), embedding the wire types they keep (`Inventory`,
+//! `PointFinished`, `EngineEvent`); a point's summary is TOML text (TOML keeps NaN and
+//! infinities, which JSON cannot). Request records are never stored here: they live in the
+//! Parquet files and, until acknowledged, in the agents' spools.
+//!
+//! Each controller event is written as one write transaction of [`StoreOp`]s
+//! ([`Store::apply`]), committed with fsync before the messages the event produced leave.
+
+use std::path::{Path, PathBuf};
+
+use fleetbench_proto::pb;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::error::ControllerError;
+
+/// sweep id → [`SweepRow`].
+const SWEEPS: TableDefinition<&str, &[u8]> = TableDefinition::new("sweeps");
+/// (sweep id, point position) → [`PointRow`].
+const POINTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("points");
+/// agent name → [`AgentRow`].
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+
+/// File name of the database inside the state directory.
+pub const STORE_FILE: &str = "controller.redb";
+
+/// A sweep as stored: its spec (TOML, re-parsed with `SweepSpec::parse` on load) and
+/// lifecycle.
+#[derive(Clone, PartialEq, Message)]
+pub struct SweepRow {
+    /// The sweep's spec as TOML.
+    #[prost(string, tag = "1")]
+    pub spec_toml: String,
+    /// File name the spec came from (for error messages when it is re-parsed).
+    #[prost(string, tag = "2")]
+    pub file_name: String,
+    #[prost(int64, tag = "3")]
+    pub submitted_ms: i64,
+    /// `running`, `done` or `cancelled`.
+    #[prost(string, tag = "4")]
+    pub state: String,
+    #[prost(int64, tag = "5")]
+    pub finished_ms: i64,
+    /// Result files written so far.
+    #[prost(string, repeated, tag = "6")]
+    pub result_files: Vec<String>,
+    /// Agents that ran points of the sweep (their engines are released at the end).
+    #[prost(string, repeated, tag = "7")]
+    pub agents_used: Vec<String>,
+}
+
+/// A point as stored. A point whose terminal state is not yet in the Parquet files is
+/// stored as still running on its agent (decision 2), so a restart waits for its resend.
+#[derive(Clone, PartialEq, Message)]
+pub struct PointRow {
+    /// `pending`, `running`, `done`, `failed`, `cancelled` or `skipped`.
+    #[prost(string, tag = "1")]
+    pub state: String,
+    #[prost(uint32, tag = "2")]
+    pub attempt: u32,
+    /// Agent of the current/last attempt (for `running`: the agent running it).
+    #[prost(string, tag = "3")]
+    pub agent: String,
+    #[prost(string, tag = "4")]
+    pub host: String,
+    #[prost(string, tag = "5")]
+    pub error: String,
+    #[prost(uint32, tag = "6")]
+    pub crash_retries: u32,
+    /// The point's summary as TOML (empty: none).
+    #[prost(string, tag = "7")]
+    pub summary_toml: String,
+    /// The finished attempt's report (it carries no request records).
+    #[prost(message, optional, tag = "8")]
+    pub finished: Option<pb::PointFinished>,
+    #[prost(message, repeated, tag = "9")]
+    pub engine_events: Vec<pb::EngineEvent>,
+}
+
+/// An agent as stored: what it last registered with.
+#[derive(Clone, PartialEq, Message)]
+pub struct AgentRow {
+    #[prost(message, optional, tag = "1")]
+    pub inventory: Option<pb::Inventory>,
+    #[prost(int64, tag = "2")]
+    pub last_seen_ms: i64,
+}
+
+/// One change to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreOp {
+    Sweep {
+        id: String,
+        row: SweepRow,
+    },
+    Point {
+        sweep_id: String,
+        pos: u32,
+        row: PointRow,
+    },
+    Agent {
+        name: String,
+        row: AgentRow,
+    },
+}
+
+/// Everything the store holds, as loaded at start-up.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Loaded {
+    /// Sweeps in submission order with their points by position.
+    pub sweeps: Vec<(String, SweepRow, Vec<(u32, PointRow)>)>,
+    pub agents: Vec<(String, AgentRow)>,
+}
+
+/// The open database.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+fn store_err(path: &Path, e: impl Into<redb::Error>) -> ControllerError {
+    ControllerError::Store {
+        path: path.to_path_buf(),
+        source: Box::new(e.into()),
+    }
+}
+
+fn decode_err(path: &Path, what: &str, e: prost::DecodeError) -> ControllerError {
+    ControllerError::BadStore {
+        path: path.to_path_buf(),
+        reason: format!("{what}: {e}"),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, creating the directory if needed.
+    pub fn open(dir: &Path) -> Result<Store, ControllerError> {
+        std::fs::create_dir_all(dir).map_err(|e| ControllerError::io(dir, e))?;
+        let path = dir.join(STORE_FILE);
+        let db = Database::create(&path).map_err(|e| store_err(&path, e))?;
+        // Create the tables so a read of a fresh store finds them.
+        let txn = db.begin_write().map_err(|e| store_err(&path, e))?;
+        {
+            txn.open_table(SWEEPS).map_err(|e| store_err(&path, e))?;
+            txn.open_table(POINTS).map_err(|e| store_err(&path, e))?;
+            txn.open_table(AGENTS).map_err(|e| store_err(&path, e))?;
+        }
+        txn.commit().map_err(|e| store_err(&path, e))?;
+        Ok(Store { db, path })
+    }
+
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies `ops` in one write transaction, durable (fsynced) when this returns.
+    pub fn apply(&self, ops: &[StoreOp]) -> Result<(), ControllerError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let path = &self.path;
+        let txn = self.db.begin_write().map_err(|e| store_err(path, e))?;
+        {
+            let mut sweeps = txn.open_table(SWEEPS).map_err(|e| store_err(path, e))?;
+            let mut points = txn.open_table(POINTS).map_err(|e| store_err(path, e))?;
+            let mut agents = txn.open_table(AGENTS).map_err(|e| store_err(path, e))?;
+            for op in ops {
+                match op {
+                    StoreOp::Sweep { id, row } => {
+                        sweeps
+                            .insert(id.as_str(), row.encode_to_vec().as_slice())
+                            .map_err(|e| store_err(path, e))?;
+                    }
+                    StoreOp::Point { sweep_id, pos, row } => {
+                        points
+                            .insert((sweep_id.as_str(), *pos), row.encode_to_vec().as_slice())
+                            .map_err(|e| store_err(path, e))?;
+                    }
+                    StoreOp::Agent { name, row } => {
+                        agents
+                            .insert(name.as_str(), row.encode_to_vec().as_slice())
+                            .map_err(|e| store_err(path, e))?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| store_err(path, e))?;
+        Ok(())
+    }
+
+    /// Reads the whole store.
+    pub fn load(&self) -> Result<Loaded, ControllerError> {
+        let path = &self.path;
+        let txn = self.db.begin_read().map_err(|e| store_err(path, e))?;
+        let sweeps = txn.open_table(SWEEPS).map_err(|e| store_err(path, e))?;
+        let points = txn.open_table(POINTS).map_err(|e| store_err(path, e))?;
+        let agents = txn.open_table(AGENTS).map_err(|e| store_err(path, e))?;
+        let mut out = Loaded::default();
+        for entry in sweeps.iter().map_err(|e| store_err(path, e))? {
+            let (k, v) = entry.map_err(|e| store_err(path, e))?;
+            let id = k.value().to_string();
+            let row = SweepRow::decode(v.value()).map_err(|e| decode_err(path, &id, e))?;
+            let mut rows = Vec::new();
+            let range = points
+                .range((id.as_str(), 0u32)..=(id.as_str(), u32::MAX))
+                .map_err(|e| store_err(path, e))?;
+            for p in range {
+                let (pk, pv) = p.map_err(|e| store_err(path, e))?;
+                let pos = pk.value().1;
+                let prow = PointRow::decode(pv.value())
+                    .map_err(|e| decode_err(path, &format!("{id} point {pos}"), e))?;
+                rows.push((pos, prow));
+            }
+            out.sweeps.push((id, row, rows));
+        }
+        out.sweeps
+            .sort_by(|a, b| (a.1.submitted_ms, &a.0).cmp(&(b.1.submitted_ms, &b.0)));
+        for entry in agents.iter().map_err(|e| store_err(path, e))? {
+            let (k, v) = entry.map_err(|e| store_err(path, e))?;
+            let name = k.value().to_string();
+            let row = AgentRow::decode(v.value()).map_err(|e| decode_err(path, &name, e))?;
+            out.agents.push((name, row));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_round_trip_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ops = vec![
+            StoreOp::Sweep {
+                id: "b".into(),
+                row: SweepRow {
+                    spec_toml: "name = \"b\"".into(),
+                    submitted_ms: 2,
+                    state: "running".into(),
+                    ..Default::default()
+                },
+            },
+            StoreOp::Sweep {
+                id: "a".into(),
+                row: SweepRow {
+                    submitted_ms: 5,
+                    state: "done".into(),
+                    result_files: vec!["x.parquet".into()],
+                    ..Default::default()
+                },
+            },
+            StoreOp::Point {
+                sweep_id: "b".into(),
+                pos: 1,
+                row: PointRow {
+                    state: "done".into(),
+                    attempt: 1,
+                    finished: Some(pb::PointFinished {
+                        point_id: "b/p001".into(),
+                        started_unix_us: 42,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            },
+            StoreOp::Point {
+                sweep_id: "b".into(),
+                pos: 0,
+                row: PointRow {
+                    state: "running".into(),
+                    agent: "ag".into(),
+                    attempt: 2,
+                    ..Default::default()
+                },
+            },
+            StoreOp::Agent {
+                name: "ag".into(),
+                row: AgentRow {
+                    inventory: Some(pb::Inventory {
+                        agent_name: "ag".into(),
+                        ..Default::default()
+                    }),
+                    last_seen_ms: 9,
+                },
+            },
+        ];
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.apply(&ops).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let loaded = store.load().unwrap();
+        let ids: Vec<&str> = loaded.sweeps.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(ids, vec!["b", "a"], "submission order");
+        let b = &loaded.sweeps[0];
+        assert_eq!(b.2.len(), 2);
+        assert_eq!((b.2[0].0, b.2[0].1.attempt), (0, 2));
+        assert_eq!(
+            b.2[1].1.finished.as_ref().unwrap().started_unix_us,
+            42,
+            "PointFinished kept"
+        );
+        assert!(loaded.sweeps[1].2.is_empty(), "points keyed by their sweep");
+        assert_eq!(loaded.agents[0].1.last_seen_ms, 9);
+        // Overwrites replace.
+        store
+            .apply(&[StoreOp::Point {
+                sweep_id: "b".into(),
+                pos: 0,
+                row: PointRow {
+                    state: "done".into(),
+                    ..Default::default()
+                },
+            }])
+            .unwrap();
+        let again = store.load().unwrap();
+        assert_eq!(again.sweeps[0].2[0].1.state, "done");
+        assert_eq!(again.sweeps[0].2.len(), 2);
+    }
+}
