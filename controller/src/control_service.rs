@@ -25,6 +25,7 @@ impl From<ControllerError> for Status {
                 Status::not_found(format!("sweep {id} not found"))
             }
             ControllerError::Usage(m) => Status::invalid_argument(m),
+            e @ ControllerError::NoMatchingAgent(_) => Status::failed_precondition(e.to_string()),
             ControllerError::Status(s) => s,
             other => Status::internal(other.to_string()),
         }
@@ -49,10 +50,11 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
         } else {
             req.file_name.as_str()
         };
-        let (sweep_id, points) = self.ctl.submit(&req.spec_toml, file)?;
+        let (sweep_id, points, children) = self.ctl.submit(&req.spec_toml, file)?;
         Ok(Response::new(pb::SubmitSweepResponse {
             sweep_id,
             points: u32::try_from(points).unwrap_or(u32::MAX),
+            children,
         }))
     }
 
@@ -62,8 +64,10 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
     ) -> Result<Response<pb::SweepStatus>, Status> {
         let id = request.into_inner().sweep_id;
         let st = self.ctl.state();
-        let sweep = st.sweep(&id).ok_or(ControllerError::SweepNotFound(id))?;
-        Ok(Response::new(sweep.status(true)))
+        let status = st
+            .group_status(&id, true)
+            .ok_or(ControllerError::SweepNotFound(id))?;
+        Ok(Response::new(status))
     }
 
     type WatchSweepStream = WatchStream;
@@ -73,28 +77,34 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
         request: Request<pb::WatchSweepRequest>,
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
         let id = request.into_inner().sweep_id;
-        let mut rx = {
+        // A replicate parent id follows all its child sweeps.
+        let mut rxs: Vec<tokio::sync::watch::Receiver<u64>> = {
             let st = self.ctl.state();
-            let sweep = st
-                .sweep(&id)
-                .ok_or_else(|| ControllerError::SweepNotFound(id.clone()))?;
-            sweep.version.subscribe()
+            let group = st.group(&id);
+            if group.is_empty() {
+                return Err(ControllerError::SweepNotFound(id).into());
+            }
+            group.iter().map(|s| s.version.subscribe()).collect()
         };
         let ctl = self.ctl.clone();
         let shutdown = self.shutdown.clone();
         let stream = async_stream_of(move |tx| async move {
             loop {
-                rx.borrow_and_update();
-                let status = match ctl.state().sweep(&id) {
-                    Some(s) => s.status(true),
+                for rx in &mut rxs {
+                    rx.borrow_and_update();
+                }
+                let status = match ctl.state().group_status(&id, true) {
+                    Some(s) => s,
                     None => break,
                 };
                 let done = is_final(&status.state);
                 if tx.send(Ok(status)).await.is_err() || done {
                     break;
                 }
+                let any_changed =
+                    futures::future::select_all(rxs.iter_mut().map(|rx| Box::pin(rx.changed())));
                 tokio::select! {
-                    changed = rx.changed() => if changed.is_err() { break },
+                    (changed, _, _) = any_changed => if changed.is_err() { break },
                     () = shutdown.cancelled() => {
                         let _ = tx.send(Err(Status::unavailable("controller shutting down"))).await;
                         break;
@@ -112,10 +122,15 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
         let id = request.into_inner().sweep_id;
         let (out, status) = {
             let mut st = self.ctl.state();
-            let out = st
-                .cancel(&id)
-                .ok_or_else(|| ControllerError::SweepNotFound(id.clone()))?;
-            (out, st.sweep(&id).map(|s| s.status(true)))
+            let ids: Vec<String> = st.group(&id).iter().map(|s| s.id.clone()).collect();
+            if ids.is_empty() {
+                return Err(ControllerError::SweepNotFound(id).into());
+            }
+            let mut out = Vec::new();
+            for member in &ids {
+                out.extend(st.cancel(member).unwrap_or_default());
+            }
+            (out, st.group_status(&id, true))
         };
         self.ctl.dispatch(out);
         Ok(Response::new(pb::CancelSweepResponse { status }))
@@ -146,16 +161,22 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
     ) -> Result<Response<pb::GetResultsResponse>, Status> {
         let id = request.into_inner().sweep_id;
         let st = self.ctl.state();
-        let sweep = st.sweep(&id).ok_or(ControllerError::SweepNotFound(id))?;
-        let points = sweep
-            .points
+        let group = st.group(&id);
+        if group.is_empty() {
+            return Err(ControllerError::SweepNotFound(id).into());
+        }
+        let points = group
             .iter()
+            .flat_map(|s| s.points.iter())
             .filter_map(|p| p.summary.as_ref())
             .map(pb::PointSummary::from)
             .collect();
         Ok(Response::new(pb::GetResultsResponse {
             points,
-            files: sweep.result_files.iter().cloned().collect(),
+            files: group
+                .iter()
+                .flat_map(|s| s.result_files.iter().cloned())
+                .collect(),
         }))
     }
 }

@@ -379,7 +379,34 @@ impl Default for LoadSection {
     }
 }
 
-/// `[placement]`: which agents may run the sweep. Empty means any agent.
+/// How a sweep's points are placed on the matching agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Each point runs once, on any matching agent; points of one engine configuration
+    /// (GPU count) stay on one agent as far as possible.
+    #[default]
+    Spread,
+    /// The whole sweep runs on every matching agent (one child sweep per agent), to
+    /// compare hosts.
+    Replicate,
+}
+
+impl Strategy {
+    /// The name used in sweep files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Spread => "spread",
+            Strategy::Replicate => "replicate",
+        }
+    }
+}
+
+/// GPU vendors an agent reports in its inventory.
+pub const GPU_VENDORS: [&str; 3] = ["intel", "nvidia", "amd"];
+
+/// `[placement]`: which agents may run the sweep and how points are spread over them.
+/// Empty means any agent, spread.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlacementSection {
@@ -389,6 +416,13 @@ pub struct PlacementSection {
     /// Labels an agent must carry (all of them).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// `spread` (default) or `replicate`.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// The agent must have a GPU of this vendor (`intel`, `nvidia`, `amd`; any case).
+    pub gpu_vendor: Option<Spanned<String>>,
+    /// The agent must have a GPU whose model contains this text (any case), e.g. `B60`.
+    pub gpu_model: Option<Spanned<String>>,
 }
 
 /// What the controller does when a point ends in an engine crash (the engine process or
@@ -446,18 +480,27 @@ impl PolicySection {
 }
 
 impl PlacementSection {
-    /// Whether an agent with this name and labels may run the sweep.
-    pub fn matches(
-        &self,
-        agent_name: &str,
-        labels: &std::collections::HashMap<String, String>,
-    ) -> bool {
-        let name_ok = self.agents.is_empty() || self.agents.iter().any(|a| a == agent_name);
+    /// Whether the agent that registered `inventory` may run the sweep: its name is listed
+    /// (or none are), it carries every label, and (when asked for) one of its GPUs has the
+    /// vendor and a model containing `gpu_model`, both compared without case.
+    pub fn matches(&self, inventory: &pb::Inventory) -> bool {
+        let name_ok = self.agents.is_empty() || self.agents.contains(&inventory.agent_name);
         let labels_ok = self
             .labels
             .iter()
-            .all(|(k, v)| labels.get(k).is_some_and(|have| have == v));
-        name_ok && labels_ok
+            .all(|(k, v)| inventory.labels.get(k).is_some_and(|have| have == v));
+        let vendor = self.gpu_vendor.as_ref().map(|v| v.get_ref().to_lowercase());
+        let model = self.gpu_model.as_ref().map(|m| m.get_ref().to_lowercase());
+        let gpu_ok = (vendor.is_none() && model.is_none())
+            || inventory.gpus.iter().any(|g| {
+                vendor
+                    .as_ref()
+                    .is_none_or(|v| g.vendor.to_lowercase() == *v)
+                    && model
+                        .as_ref()
+                        .is_none_or(|m| g.model.to_lowercase().contains(m.as_str()))
+            });
+        name_ok && labels_ok && gpu_ok
     }
 }
 
@@ -690,6 +733,29 @@ impl SweepSpec {
                 "load.idle_timeout_s",
                 format!("{idle} is not a positive number of seconds"),
             );
+        }
+        let placement = &self.placement;
+        if let Some(v) = &placement.gpu_vendor {
+            let lower = v.get_ref().to_lowercase();
+            if !GPU_VENDORS.contains(&lower.as_str()) {
+                return err(
+                    v.span(),
+                    "placement.gpu_vendor",
+                    format!(
+                        "\"{}\" is not one of {}",
+                        v.get_ref(),
+                        GPU_VENDORS.join(", ")
+                    ),
+                );
+            }
+        }
+        if let Some(m) = &placement.gpu_model
+            && m.get_ref().trim().is_empty()
+        {
+            return err(m.span(), "placement.gpu_model", "must not be empty".into());
+        }
+        if placement.agents.iter().any(|a| a.trim().is_empty()) {
+            return err(0..0, "placement.agents", "holds an empty name".into());
         }
         let policy = &self.policy;
         if let Some(r) = &policy.retries {
@@ -1453,22 +1519,103 @@ timeout_s = 600
         );
     }
 
+    fn inventory(name: &str, labels: &[(&str, &str)], gpus: &[(&str, &str)]) -> pb::Inventory {
+        pb::Inventory {
+            agent_name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            gpus: gpus
+                .iter()
+                .enumerate()
+                .map(|(i, (vendor, model))| pb::Gpu {
+                    index: u32::try_from(i).unwrap(),
+                    vendor: vendor.to_string(),
+                    model: model.to_string(),
+                    memory_bytes: 0,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn placement_matches_names_and_labels() {
-        let mut labels = std::collections::HashMap::new();
-        labels.insert("gpu".to_string(), "b60".to_string());
         let p = PlacementSection {
-            agents: vec![],
             labels: [("gpu".to_string(), "b60".to_string())].into(),
+            ..Default::default()
         };
-        assert!(p.matches("a", &labels));
-        labels.insert("gpu".to_string(), "h100".to_string());
-        assert!(!p.matches("a", &labels));
+        assert!(p.matches(&inventory("a", &[("gpu", "b60")], &[])));
+        assert!(!p.matches(&inventory("a", &[("gpu", "h100")], &[])));
         let p = PlacementSection {
             agents: vec!["b".into()],
-            labels: BTreeMap::new(),
+            ..Default::default()
         };
-        assert!(!p.matches("a", &labels));
-        assert!(p.matches("b", &labels));
+        assert!(!p.matches(&inventory("a", &[], &[])));
+        assert!(p.matches(&inventory("b", &[], &[])));
+    }
+
+    fn with_placement(placement: &str) -> String {
+        format!("{GOOD}\n[placement]\n{placement}\n")
+    }
+
+    #[test]
+    fn placement_matches_gpu_vendor_and_model_without_case() {
+        let spec = SweepSpec::parse(
+            &with_placement(
+                "strategy = \"replicate\"\ngpu_vendor = \"Intel\"\ngpu_model = \"b60\"",
+            ),
+            "p.toml",
+        )
+        .unwrap();
+        let p = &spec.placement;
+        assert_eq!(p.strategy, Strategy::Replicate);
+        assert!(p.matches(&inventory("a", &[], &[("intel", "Arc Pro B60")])));
+        // Vendor and model must hold for the same GPU.
+        assert!(!p.matches(&inventory(
+            "a",
+            &[],
+            &[("nvidia", "B60 lookalike"), ("intel", "Arc A770")]
+        )));
+        assert!(!p.matches(&inventory("a", &[], &[])));
+        let spec = SweepSpec::parse(GOOD, "p.toml").unwrap();
+        assert_eq!(spec.placement.strategy, Strategy::Spread);
+        assert!(spec.placement.matches(&inventory("a", &[], &[])));
+    }
+
+    #[test]
+    fn placement_errors_name_the_field_and_line() {
+        // GOOD ends on line 20; "[placement]" is line 22, its first key line 23.
+        let err =
+            SweepSpec::parse(&with_placement("strategy = \"scatter\""), "p.toml").unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.line),
+            ("placement.strategy", 23),
+            "{err}"
+        );
+        assert!(err.message.contains("scatter"), "{err}");
+
+        let err = SweepSpec::parse(
+            &with_placement("strategy = \"spread\"\ngpu_vendor = \"intle\""),
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.line),
+            ("placement.gpu_vendor", 24),
+            "{err}"
+        );
+        assert!(err.message.contains("intle"), "{err}");
+
+        let err = SweepSpec::parse(&with_placement("gpu_model = \" \""), "p.toml").unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.line),
+            ("placement.gpu_model", 23),
+            "{err}"
+        );
+
+        let err = SweepSpec::parse(&with_placement("gpu_count = 2"), "p.toml").unwrap_err();
+        assert_eq!((err.field.as_str(), err.line), ("gpu_count", 23), "{err}");
     }
 }
