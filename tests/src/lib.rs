@@ -3,6 +3,8 @@
 //! in its own temporary directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -153,6 +155,7 @@ impl Cluster {
             ControllerConfig {
                 results_dir: results.clone(),
                 agent_grace: Duration::from_secs(30),
+                state_dir: None,
             },
             listener,
             shutdown.clone(),
