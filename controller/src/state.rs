@@ -1138,6 +1138,16 @@ impl State {
                     finished_ms,
                     result_files: s.result_files.iter().cloned().collect(),
                     agents_used: s.agents_used.iter().cloned().collect(),
+                    replica_parent: s
+                        .replica
+                        .as_ref()
+                        .map(|r| r.parent.clone())
+                        .unwrap_or_default(),
+                    replica_agent: s
+                        .replica
+                        .as_ref()
+                        .map(|r| r.agent.clone())
+                        .unwrap_or_default(),
                 },
             });
             self.persisted.sweeps.insert(s.id.clone(), version);
@@ -1211,6 +1221,12 @@ impl State {
             };
             s.result_files = row.result_files.into_iter().collect();
             s.agents_used = row.agents_used.into_iter().collect();
+            if !row.replica_parent.is_empty() {
+                s.replica = Some(Replica {
+                    parent: row.replica_parent,
+                    agent: row.replica_agent,
+                });
+            }
             let mut running = Vec::new();
             for (pos, prow) in points {
                 let idx = pos as usize;
@@ -2072,5 +2088,43 @@ workloads = [{ input = 8, output = 4 }, { input = 16, output = 4 }]
         assert!(st.group_status("nope", false).is_none());
         // A child is also addressable by its own id.
         assert_eq!(st.group_status("r.a", false).unwrap().points_total, 3);
+    }
+
+    #[test]
+    fn replica_children_stay_pinned_across_a_store_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let text = "name = \"t\"\nmodel = \"m/x\"\n[engine]\nkind = \"vllm\"\nruntime = \"process\"\n\
+                    [placement]\nstrategy = \"replicate\"\n[matrix]\ngpus = [1]\nbatch_sizes = [1, 2]\n\
+                    workloads = [{ input = 8, output = 4 }]\n";
+        let spec = SweepSpec::parse(text, "r.toml").unwrap();
+        let mut st = State::default();
+        st.register(agent("a", 1), &[]);
+        st.register(agent("b", 1), &[]);
+        for (child, _) in st.add_replicas("r", &spec).unwrap() {
+            st.set_source(&child, text.into(), "r.toml".into());
+        }
+        store.apply(&st.store_ops()).unwrap();
+        drop(store);
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut back = State::default();
+        let problems = back.restore(store.load().unwrap());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            back.sweep("r.b").unwrap().replica,
+            Some(Replica {
+                parent: "r".into(),
+                agent: "b".into()
+            })
+        );
+        assert_eq!(back.group_status("r", false).unwrap().points_total, 4);
+        // Only b is back: it runs its own child, never a's.
+        back.register(agent("b", 1), &[]);
+        let log = run_to_end(&mut back);
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert!(
+            log.iter().all(|(w, p)| w == "b" && p.starts_with("r.b/")),
+            "{log:?}"
+        );
     }
 }

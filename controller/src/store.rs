@@ -51,6 +51,12 @@ pub struct SweepRow {
     /// Agents that ran points of the sweep (their engines are released at the end).
     #[prost(string, repeated, tag = "7")]
     pub agents_used: Vec<String>,
+    /// Replicate child sweeps: the parent id the user submitted under (else empty).
+    #[prost(string, tag = "8")]
+    pub replica_parent: String,
+    /// Replicate child sweeps: the one agent that runs the child (else empty).
+    #[prost(string, tag = "9")]
+    pub replica_agent: String,
 }
 
 /// A point as stored. A point whose terminal state is not yet in the Parquet files is
