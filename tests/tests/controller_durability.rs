@@ -176,6 +176,15 @@ async fn killed_controller_resumes_the_sweep_without_rerunning_or_duplicating() 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // A user follows the sweep with controllerctl across the restart.
+    let watch_err = tmp.path().join("watch.stderr");
+    let mut watcher = Command::new(workspace_bin("controllerctl"))
+        .args(["--controller", &url, "watch", &sweep_id])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&watch_err).unwrap())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     controller.kill9();
     assert!(
         state.join("controller.redb").is_file(),
@@ -232,6 +241,28 @@ async fn killed_controller_resumes_the_sweep_without_rerunning_or_duplicating() 
         .map(|i| (format!("{sweep_id}/p{i:03}"), i + 1))
         .collect();
     assert_eq!(per_point, expected);
+
+    // controllerctl watch kept going: it said so, then ended with the sweep (exit 0).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(code) = watcher.try_wait().unwrap() {
+            break code;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "watch did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let watched = std::fs::read_to_string(&watch_err).unwrap();
+    assert!(exit.success(), "{exit:?}: {watched}");
+    assert!(
+        watched.contains("controller unreachable") && watched.contains("retrying"),
+        "{watched}"
+    );
+    assert!(
+        watched.contains(&format!(
+            "sweep {sweep_id} done: 6 done, 0 failed, 0 skipped of 6 points"
+        )),
+        "{watched}"
+    );
 
     stop.cancel();
     agent.await.unwrap().unwrap();
