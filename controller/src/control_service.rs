@@ -122,14 +122,9 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
         let id = request.into_inner().sweep_id;
         let (out, status) = {
             let mut st = self.ctl.state();
-            let ids: Vec<String> = st.group(&id).iter().map(|s| s.id.clone()).collect();
-            if ids.is_empty() {
-                return Err(ControllerError::SweepNotFound(id).into());
-            }
-            let mut out = Vec::new();
-            for member in &ids {
-                out.extend(st.cancel(member).unwrap_or_default());
-            }
+            let out = st
+                .cancel_group(&id)
+                .ok_or_else(|| ControllerError::SweepNotFound(id.clone()))?;
             (out, st.group_status(&id, true))
         };
         self.ctl.dispatch(out);

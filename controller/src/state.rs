@@ -465,6 +465,20 @@ impl State {
         }
     }
 
+    /// Cancels a sweep or every child of a replicate group; `None` when the id names
+    /// nothing. Returns the messages to send (running points are stopped).
+    pub fn cancel_group(&mut self, id: &str) -> Option<Outgoing> {
+        let ids: Vec<String> = self.group(id).iter().map(|s| s.id.clone()).collect();
+        if ids.is_empty() {
+            return None;
+        }
+        let mut out = Vec::new();
+        for member in &ids {
+            out.extend(self.cancel(member).unwrap_or_default());
+        }
+        Some(out)
+    }
+
     /// Status of a sweep or of a replicate group (counts summed, points of all children,
     /// running until every child has ended); `None` when the id names nothing.
     pub fn group_status(&self, id: &str, with_points: bool) -> Option<pb::SweepStatus> {
@@ -2088,6 +2102,33 @@ workloads = [{ input = 8, output = 4 }, { input = 16, output = 4 }]
         assert!(st.group_status("nope", false).is_none());
         // A child is also addressable by its own id.
         assert_eq!(st.group_status("r.a", false).unwrap().points_total, 3);
+    }
+
+    #[test]
+    fn cancelling_a_replicate_parent_cancels_every_child() {
+        let mut st = State::default();
+        let spec = spec_with("[1]", "[1, 2, 4]", "strategy = \"replicate\"");
+        st.register(agent("a", 1), &[]);
+        st.register(agent("b", 1), &[]);
+        st.add_replicas("r", &spec).unwrap();
+        assert_eq!(assignments(&st.schedule()).len(), 2);
+        assert!(st.cancel_group("nope").is_none());
+        let out = st.cancel_group("r").unwrap();
+        let stopped: BTreeSet<String> = out
+            .iter()
+            .filter_map(|(_, m)| match &m.msg {
+                Some(CMsg::CancelPoint(c)) => Some(c.point_id.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            stopped,
+            BTreeSet::from(["r.a/p000".to_string(), "r.b/p000".to_string()])
+        );
+        for child in ["r.a", "r.b"] {
+            assert_eq!(st.sweep(child).unwrap().state, SweepState::Cancelled);
+        }
+        assert!(assignments(&st.schedule()).is_empty());
     }
 
     #[test]
