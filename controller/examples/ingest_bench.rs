@@ -19,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -41,9 +42,12 @@ struct Args {
     /// Simulated agents streaming at the same time (one point each).
     #[arg(long, default_value_t = 8)]
     agents: usize,
-    /// Records each agent streams for its point.
+    /// Records each agent streams per point.
     #[arg(long, default_value_t = 250_000)]
     records: u64,
+    /// Points each agent runs, one after the other (the sweep has agents x points points).
+    #[arg(long, default_value_t = 1)]
+    points: usize,
     /// Records per RecordBatch message (the controller decodes at most 4 MiB a message).
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -130,6 +134,8 @@ async fn run_agent(
     name: String,
     args: Arc<Args>,
     start: Arc<Barrier>,
+    acked: Arc<AtomicUsize>,
+    all_done: CancellationToken,
 ) -> Result<AgentReport> {
     let mut client = AgentServiceClient::connect(url).await?;
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(args.queue.max(1));
@@ -151,34 +157,43 @@ async fn run_agent(
     })))
     .await?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
-    let point = loop {
-        match inbound.message().await? {
-            Some(pb::ControllerMessage {
-                msg: Some(CMsg::Assignment(a)),
-            }) => break a.point.context("Assignment without a point")?,
-            Some(_) => {}
-            None => bail!("{name}: session ended before an assignment"),
-        }
-    };
 
-    // Drains the controller's messages: counts batch acks until the point's ack.
+    // Drains the controller's messages: hands assignments over, counts batch acks and
+    // point acks (the next assignment comes before the previous point's ack, as it does
+    // for a real agent, whose next point runs while the controller writes).
+    let total_points = args.agents * args.points.max(1);
+    let (assign_tx, mut assignments) = mpsc::channel::<pb::PointSpec>(total_points);
     let receiver = tokio::spawn({
         let name = name.clone();
+        let (acked, all_done) = (acked.clone(), all_done.clone());
         async move {
-            let (mut acks, mut last_ack) = (0u64, None);
+            let (mut acks, mut last_ack, mut point_ack) = (0u64, None, None);
             loop {
-                match inbound.message().await? {
+                let m = tokio::select! {
+                    m = inbound.message() => m?,
+                    () = all_done.cancelled() => return Ok((acks, last_ack, point_ack)),
+                };
+                match m {
                     Some(pb::ControllerMessage { msg: Some(m) }) => match m {
+                        CMsg::Assignment(a) => {
+                            let point = a.point.context("Assignment without a point")?;
+                            let _ = assign_tx.try_send(point);
+                        }
                         CMsg::BatchAck(_) => {
                             acks += 1;
                             last_ack = Some(Instant::now());
                         }
-                        CMsg::PointAck(_) => return Ok((acks, last_ack, Instant::now())),
+                        CMsg::PointAck(_) => {
+                            point_ack = Some(Instant::now());
+                            if acked.fetch_add(1, Ordering::SeqCst) + 1 == total_points {
+                                all_done.cancel();
+                            }
+                        }
                         CMsg::CancelPoint(c) => bail!("{name}: point cancelled: {}", c.reason),
                         _ => {}
                     },
                     Some(_) => {}
-                    None => bail!("{name}: session ended before the PointAck"),
+                    None => bail!("{name}: session ended before the PointAcks"),
                 }
             }
         }
@@ -186,62 +201,74 @@ async fn run_agent(
 
     let batch = args.batch.max(1) as u64;
     let batches = args.records.div_ceil(batch);
-    let mut rng = Rng((0x9E37_79B9_7F4A_7C15
-        ^ u64::from(point.index).wrapping_mul(0xA24B_AED4_963E_E407))
-        | 1);
     start.wait().await;
-    let started_unix_us = unix_micros_now();
     let first_send = Instant::now();
-    for seq in 0..batches {
-        let from = seq * batch;
-        let to = (from + batch).min(args.records);
-        let records = (from..to)
-            .map(|i| record(&mut rng, i, args.itl, started_unix_us))
-            .collect();
-        tx.send(agent_msg(Msg::RecordBatch(pb::RecordBatch {
+    let mut all_sent = first_send;
+    let mut done = 0u64;
+    loop {
+        // Points go to whichever agent is idle: run assignments until every point is acked.
+        let point = tokio::select! {
+            p = assignments.recv() => p.with_context(|| format!("{name}: session ended before an assignment"))?,
+            () = all_done.cancelled() => break,
+        };
+        done += 1;
+        let mut rng = Rng((0x9E37_79B9_7F4A_7C15
+            ^ u64::from(point.index).wrapping_mul(0xA24B_AED4_963E_E407))
+            | 1);
+        let started_unix_us = unix_micros_now();
+        let point_start = Instant::now();
+        for seq in 0..batches {
+            let from = seq * batch;
+            let to = (from + batch).min(args.records);
+            let records = (from..to)
+                .map(|i| record(&mut rng, i, args.itl, started_unix_us))
+                .collect();
+            tx.send(agent_msg(Msg::RecordBatch(pb::RecordBatch {
+                sweep_id: point.sweep_id.clone(),
+                point_id: point.point_id.clone(),
+                attempt: point.attempt,
+                seq,
+                records,
+            })))
+            .await
+            .map_err(|_| anyhow!("{name}: stream closed while sending batch {seq}"))?;
+        }
+        all_sent = Instant::now();
+        tx.send(agent_msg(Msg::PointFinished(pb::PointFinished {
             sweep_id: point.sweep_id.clone(),
             point_id: point.point_id.clone(),
             attempt: point.attempt,
-            seq,
-            records,
+            batches,
+            ok: true,
+            endpoint: "completions".into(),
+            engine_version: "bench".into(),
+            started_unix_us,
+            finished_unix_us: unix_micros_now(),
+            load_wall_s: point_start.elapsed().as_secs_f64(),
+            client_cores: 1,
+            ..Default::default()
         })))
         .await
-        .map_err(|_| anyhow!("{name}: stream closed while sending batch {seq}"))?;
+        .map_err(|_| anyhow!("{name}: stream closed before PointFinished"))?;
     }
-    let all_sent = Instant::now();
-    tx.send(agent_msg(Msg::PointFinished(pb::PointFinished {
-        sweep_id: point.sweep_id.clone(),
-        point_id: point.point_id.clone(),
-        attempt: point.attempt,
-        batches,
-        ok: true,
-        endpoint: "completions".into(),
-        engine_version: "bench".into(),
-        started_unix_us,
-        finished_unix_us: unix_micros_now(),
-        load_wall_s: first_send.elapsed().as_secs_f64(),
-        client_cores: 1,
-        ..Default::default()
-    })))
-    .await
-    .map_err(|_| anyhow!("{name}: stream closed before PointFinished"))?;
-    let finished_sent = Instant::now();
-    // `tx` stays alive until the ack: closing the stream would end the session.
+    let finished_sent = all_sent;
+    // `tx` stays alive until the acks: closing the stream would end the session.
     let (acks, last_ack, point_ack) = receiver.await??;
     drop(tx);
+    let all_batches = batches * done;
     ensure!(
-        acks == batches,
-        "{name}: {acks} batch acks for {batches} batches"
+        acks == all_batches,
+        "{name}: {acks} batch acks for {all_batches} batches"
     );
     Ok(AgentReport {
         name,
-        records: args.records,
-        batches,
+        records: args.records * done,
+        batches: all_batches,
         first_send,
         all_sent,
         last_batch_ack: last_ack.unwrap_or(all_sent),
         finished_sent,
-        point_ack,
+        point_ack: point_ack.unwrap_or(all_sent),
     })
 }
 
@@ -272,8 +299,8 @@ fn mib(kb: Option<u64>) -> String {
     kb.map_or_else(|| "?".into(), |kb| format!("{:.0} MiB", kb as f64 / 1024.0))
 }
 
-fn sweep_toml(agents: usize, itl: usize) -> String {
-    let batch_sizes: Vec<String> = (1..=agents).map(|b| b.to_string()).collect();
+fn sweep_toml(points: usize, itl: usize) -> String {
+    let batch_sizes: Vec<String> = (1..=points).map(|b| b.to_string()).collect();
     format!(
         r#"
 name = "ingest-bench"
@@ -419,6 +446,8 @@ async fn main() -> Result<()> {
     ));
 
     let start = Arc::new(Barrier::new(args.agents));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let all_done = CancellationToken::new();
     let agents: Vec<_> = (0..args.agents)
         .map(|i| {
             tokio::spawn(run_agent(
@@ -426,6 +455,8 @@ async fn main() -> Result<()> {
                 format!("bench-agent-{i:02}"),
                 args.clone(),
                 start.clone(),
+                acked.clone(),
+                all_done.clone(),
             ))
         })
         .collect();
@@ -434,16 +465,17 @@ async fn main() -> Result<()> {
     let cpu_before = cpu_seconds();
     let submitted = control
         .submit_sweep(pb::SubmitSweepRequest {
-            spec_toml: sweep_toml(args.agents, args.itl),
+            spec_toml: sweep_toml(args.agents * args.points.max(1), args.itl),
             file_name: "ingest-bench.toml".into(),
         })
         .await?
         .into_inner();
     ensure!(
-        submitted.points as usize == args.agents,
-        "the sweep has {} points for {} agents",
+        submitted.points as usize == args.agents * args.points.max(1),
+        "the sweep has {} points for {} agents x {} points",
         submitted.points,
-        args.agents
+        args.agents,
+        args.points
     );
 
     let mut reports = Vec::new();
@@ -485,8 +517,8 @@ async fn main() -> Result<()> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
 
     println!(
-        "ingest_bench: {} agents x {} records (batch {}, itl {}) = {total} records in {batches} batches",
-        args.agents, args.records, args.batch, args.itl
+        "ingest_bench: {} agents x {} points x {} records (batch {}, itl {}) = {total} records in {batches} batches",
+        args.agents, args.points, args.records, args.batch, args.itl
     );
     println!("wall, first batch sent -> last PointAck: {wall:.3} s");
     println!(
@@ -558,10 +590,10 @@ async fn main() -> Result<()> {
     );
     let completed: u64 = summaries.iter().map(|s| u64::from(s.completed)).sum();
     ensure!(
-        summaries.len() == args.agents && completed == total,
+        summaries.len() == args.agents * args.points.max(1) && completed == total,
         "{} point rows with {completed} completed for {} points / {total} records",
         summaries.len(),
-        args.agents
+        args.agents * args.points.max(1)
     );
     println!(
         "read back: {} rows in {} ({}), {} point rows, in {read_s:.2} s; sweep state {}, files {:?}",

@@ -112,7 +112,9 @@ async fn handle(
     match m.msg {
         Some(Msg::Heartbeat(hb)) => ctl.state().heartbeat(agent, &hb),
         Some(Msg::RecordBatch(batch)) => {
-            let ack = ctl.state().record_batch(agent, batch);
+            // Decoded before taking the lock: the lock is shared by every agent's stream.
+            let batch = crate::state::DecodedBatch::decode(batch);
+            let ack = ctl.state().record_decoded(agent, batch);
             let _ = tx.send(Ok(ack)).await;
         }
         Some(Msg::PointFinished(pf)) => {

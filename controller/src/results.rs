@@ -12,7 +12,7 @@
 //! key-value metadata. Files are written under a temporary name and renamed into place, so
 //! a reader never sees half a file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,9 +28,13 @@ use fleetbench_proto::spec::model_slug;
 use parquet::arrow::ARROW_SCHEMA_META_KEY;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_writer::compute_leaves;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::column::writer::ColumnCloseResult;
 use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::{ColumnChunkMetaData, PageIndexPolicy, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
+use parquet::file::statistics::Statistics;
 
 use crate::error::ControllerError;
 use crate::summary::{ClientStats, InFlight, Percentiles, PointMeta, PointSummary, ServerStats};
@@ -117,13 +121,14 @@ pub fn partition_dir(root: &Path, model: &str, gpus: u32) -> PathBuf {
         .join(format!("gpus={gpus}"))
 }
 
-/// Writes (replacing) both files of one (model, gpus) partition of a sweep, atomically: write
-/// `<name>.tmp-<pid>` in the same dir, then rename.
+/// Writes (replacing) the files of one (model, gpus) partition of a sweep, atomically: write
+/// `<name>.tmp-<pid>` in the same dir, fsync it, rename it, fsync the dir.
 ///
 /// Every point must belong to this sweep and partition (same sweep id, same model slug, same
 /// GPU count); otherwise nothing is written. The requests file is renamed into place first, so
 /// a visible points file always has its requests file next to it. `metadata` becomes the
-/// key-value metadata of both files.
+/// key-value metadata of the files. Whatever the partition held before is replaced; see
+/// [`update_partition`] to add points to it.
 pub fn write_partition(
     root: &Path,
     sweep_id: &str,
@@ -132,6 +137,53 @@ pub fn write_partition(
     points: &[(PointSummary, &[RequestRecord])],
     metrics: &[MetricRow],
     metadata: &BTreeMap<String, String>,
+) -> Result<PartitionFiles, ControllerError> {
+    let summaries: Vec<PointSummary> = points.iter().map(|(s, _)| s.clone()).collect();
+    let update = PartitionUpdate {
+        rows: points,
+        summaries: &summaries,
+        metrics,
+        metadata,
+    };
+    write(root, sweep_id, model, gpus, &update, false)
+}
+
+/// What one [`update_partition`] changes in a partition.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionUpdate<'a> {
+    /// Points whose request rows are added; rows of the same point ids already in the
+    /// requests file are replaced (a re-written point never appears twice).
+    pub rows: &'a [(PointSummary, &'a [RequestRecord])],
+    /// Every point summary of the partition: the points file is rewritten from these.
+    pub summaries: &'a [PointSummary],
+    /// Every engine metric sample of the partition: the metrics file is rewritten from these.
+    pub metrics: &'a [MetricRow],
+    /// The key-value metadata of all three files.
+    pub metadata: &'a BTreeMap<String, String>,
+}
+
+/// Adds points to a partition without rewriting what it holds: the existing requests file's
+/// row groups are copied byte for byte into the new file (except those of points in
+/// `update.rows`, which are replaced), then each new point's rows follow as row groups of
+/// their own. The small points and metrics files are rewritten. Every file goes to disk
+/// atomically (temporary file, fsync, rename, fsync of the dir).
+pub fn update_partition(
+    root: &Path,
+    sweep_id: &str,
+    model: &str,
+    gpus: u32,
+    update: &PartitionUpdate<'_>,
+) -> Result<PartitionFiles, ControllerError> {
+    write(root, sweep_id, model, gpus, update, true)
+}
+
+fn write(
+    root: &Path,
+    sweep_id: &str,
+    model: &str,
+    gpus: u32,
+    update: &PartitionUpdate<'_>,
+    keep_existing: bool,
 ) -> Result<PartitionFiles, ControllerError> {
     let dir = partition_dir(root, model, gpus);
     if sweep_id.is_empty() || sweep_id == "." || sweep_id == ".." || sweep_id.contains(['/', '\\'])
@@ -142,9 +194,15 @@ pub fn write_partition(
         ));
     }
     let slug = model_slug(model);
-    if let Some((s, _)) = points.iter().find(|(s, _)| {
-        s.meta.sweep_id != sweep_id || s.meta.gpus != gpus || model_slug(&s.meta.model) != slug
-    }) {
+    let stranger = update
+        .rows
+        .iter()
+        .map(|(s, _)| s)
+        .chain(update.summaries)
+        .find(|s| {
+            s.meta.sweep_id != sweep_id || s.meta.gpus != gpus || model_slug(&s.meta.model) != slug
+        });
+    if let Some(s) = stranger {
         return Err(bad(
             &dir,
             format!(
@@ -159,11 +217,178 @@ pub fn write_partition(
         points: dir.join(format!("{sweep_id}{POINTS_SUFFIX}")),
         metrics: dir.join(format!("{sweep_id}{METRICS_SUFFIX}")),
     };
-    write_atomically(&files.requests, &requests_batch(points)?, metadata)?;
-    write_atomically(&files.metrics, &metrics_batch(sweep_id, metrics)?, metadata)?;
-    let summaries: Vec<&PointSummary> = points.iter().map(|(s, _)| s).collect();
-    write_atomically(&files.points, &points_batch(&summaries)?, metadata)?;
+    let existing = (keep_existing && files.requests.exists()).then_some(files.requests.as_path());
+    let new_batches = update
+        .rows
+        .iter()
+        .map(|p| requests_batch(std::slice::from_ref(p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let replaced: HashSet<&str> = update
+        .rows
+        .iter()
+        .map(|(s, _)| s.meta.point_id.as_str())
+        .collect();
+    replace_atomically(&files.requests, |tmp| {
+        append_requests(tmp, existing, &replaced, &new_batches, update.metadata)
+    })?;
+    write_atomically(
+        &files.metrics,
+        &metrics_batch(sweep_id, update.metrics)?,
+        update.metadata,
+    )?;
+    let summaries: Vec<&PointSummary> = update.summaries.iter().collect();
+    write_atomically(&files.points, &points_batch(&summaries)?, update.metadata)?;
+    sync_dir(&dir)?;
     Ok(files)
+}
+
+/// Writes the requests file `tmp`: the row groups of `existing` whose point is not in
+/// `replaced` (copied byte for byte; a row group mixing points, as older versions wrote, is
+/// decoded and filtered instead), then one row group (or more, for very large points) per
+/// batch of `new`.
+fn append_requests(
+    tmp: &Path,
+    existing: Option<&Path>,
+    replaced: &HashSet<&str>,
+    new: &[RecordBatch],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), ControllerError> {
+    let schema = Arc::new(requests_schema());
+    let properties = writer_properties(metadata);
+    let max_rows = properties
+        .max_row_group_row_count()
+        .unwrap_or(1024 * 1024)
+        .max(1);
+    let file = File::create(tmp).map_err(|e| ControllerError::io(tmp, e))?;
+    let writer = ArrowWriter::try_new(&file, schema.clone(), Some(properties))?;
+    let (mut out, factory) = writer.into_serialized_writer()?;
+    let mut row_group = 0usize;
+    let mut rewrite: Vec<RecordBatch> = Vec::new();
+    if let Some(path) = existing {
+        let input = File::open(path).map_err(|e| ControllerError::io(path, e))?;
+        let meta = ParquetMetaDataReader::new()
+            .with_page_index_policy(PageIndexPolicy::Optional)
+            .parse_and_finish(&input)?;
+        if meta.file_metadata().schema_descr().root_schema() != out.schema_descr().root_schema() {
+            return Err(bad(
+                path,
+                "the requests file's schema differs from this version's; not appending to it",
+            ));
+        }
+        let point_column = meta
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().string() == "point_id")
+            .ok_or_else(|| bad(path, "missing column `point_id`"))?;
+        let page_index = meta.page_index();
+        let mut mixed = Vec::new();
+        for (rg_idx, rg) in meta.row_groups().iter().enumerate() {
+            match single_point(rg.column(point_column)) {
+                Some(point) if replaced.contains(point.as_str()) => continue,
+                Some(_) => {}
+                None => {
+                    mixed.push(rg_idx);
+                    continue;
+                }
+            }
+            let mut rg_out = out.next_row_group()?;
+            for (col_idx, column) in rg.columns().iter().enumerate() {
+                let result = ColumnCloseResult {
+                    bytes_written: u64::try_from(column.compressed_size()).unwrap_or_default(),
+                    rows_written: u64::try_from(rg.num_rows()).unwrap_or_default(),
+                    metadata: column.clone(),
+                    bloom_filter: None,
+                    column_index: page_index
+                        .and_then(|pi| pi.column_index(rg_idx, col_idx))
+                        .cloned(),
+                    offset_index: page_index
+                        .and_then(|pi| pi.offset_index(rg_idx, col_idx))
+                        .cloned(),
+                };
+                rg_out.append_column(&input, result)?;
+            }
+            rg_out.close()?;
+            row_group += 1;
+        }
+        if !mixed.is_empty() {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(
+                File::open(path).map_err(|e| ControllerError::io(path, e))?,
+            )?
+            .with_row_groups(mixed)
+            .build()?;
+            for batch in reader {
+                let batch = batch?;
+                let ids = batch
+                    .column_by_name("point_id")
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .ok_or_else(|| bad(path, "column `point_id` is not text"))?;
+                // Keep the runs of rows whose point is not replaced.
+                let mut start = None;
+                for i in 0..=batch.num_rows() {
+                    let keep = i < batch.num_rows()
+                        && !(ids.is_valid(i) && replaced.contains(ids.value(i)));
+                    match (keep, start) {
+                        (true, None) => start = Some(i),
+                        (false, Some(s)) => {
+                            rewrite.push(batch.slice(s, i - s).with_schema(schema.clone())?);
+                            start = None;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    for batch in rewrite.iter().chain(new) {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = max_rows.min(batch.num_rows() - offset);
+            let slice = batch.slice(offset, len);
+            let mut writers = factory.create_column_writers(row_group)?;
+            let mut next = writers.iter_mut();
+            for (field, column) in schema.fields().iter().zip(slice.columns()) {
+                for leaf in compute_leaves(field, column)? {
+                    let writer = next
+                        .next()
+                        .ok_or_else(|| bad(tmp, "more leaf columns than the schema has"))?;
+                    writer.write(&leaf)?;
+                }
+            }
+            let mut rg_out = out.next_row_group()?;
+            for writer in writers {
+                writer.close()?.append_to_row_group(&mut rg_out)?;
+            }
+            rg_out.close()?;
+            row_group += 1;
+            offset += len;
+        }
+    }
+    out.close()?;
+    file.sync_all().map_err(|e| ControllerError::io(tmp, e))
+}
+
+/// The point id of a row group whose `point_id` column holds one value only (exact
+/// statistics with min = max), or `None` when it may hold several.
+fn single_point(column: &ColumnChunkMetaData) -> Option<String> {
+    let Some(Statistics::ByteArray(stats)) = column.statistics() else {
+        return None;
+    };
+    if !stats.min_is_exact() || !stats.max_is_exact() {
+        return None;
+    }
+    let (min, max) = (stats.min_opt()?, stats.max_opt()?);
+    (min == max)
+        .then(|| min.as_utf8().ok().map(str::to_owned))
+        .flatten()
+}
+
+/// fsyncs a directory, so the renames in it survive a crash.
+fn sync_dir(dir: &Path) -> Result<(), ControllerError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ControllerError::io(dir, e))
 }
 
 /// Reads every point summary of a `.points.parquet` file, in file order.
@@ -781,11 +1006,22 @@ fn write_atomically(
     batch: &RecordBatch,
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), ControllerError> {
+    replace_atomically(path, |tmp| {
+        write_file(tmp, batch, writer_properties(metadata))
+    })
+}
+
+/// Lets `write` fill (and sync) `<path>.tmp-<pid>`, then renames it to `path`; the temporary
+/// file is removed if anything fails.
+fn replace_atomically(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), ControllerError>,
+) -> Result<(), ControllerError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    let result = write_file(&tmp, batch, writer_properties(metadata))
-        .and_then(|()| fs::rename(&tmp, path).map_err(|e| ControllerError::io(path, e)));
+    let result =
+        write(&tmp).and_then(|()| fs::rename(&tmp, path).map_err(|e| ControllerError::io(path, e)));
     if result.is_err() {
         // Best effort: the original error is what matters.
         let _ = fs::remove_file(&tmp);
@@ -1133,6 +1369,106 @@ mod tests {
                 .data_type(),
             &timestamp_type()
         );
+    }
+
+    /// Sorted (point id, attempt, record) rows of a requests file.
+    fn rows_of(path: &Path) -> Vec<(String, u32, RequestRecord)> {
+        let mut rows = read_requests(path).unwrap();
+        rows.sort_by(|a, b| (&a.0, a.2.request_index).cmp(&(&b.0, b.2.request_index)));
+        rows
+    }
+
+    fn update(
+        root: &Path,
+        rows: &[(PointSummary, &[RequestRecord])],
+        summaries: &[PointSummary],
+    ) -> PartitionFiles {
+        update_partition(
+            root,
+            "sw-20260101-abc",
+            "meta-llama/Llama-3.2-1B",
+            2,
+            &PartitionUpdate {
+                rows,
+                summaries,
+                metrics: &[],
+                metadata: &metadata(),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn updates_append_points_and_replace_a_rewritten_one() {
+        let root = tempfile::tempdir().unwrap();
+        let recs = records();
+        let a1 = summarize(meta(0), &recs, &[]);
+        let b = summarize(meta(1), &recs[..2], &[]);
+        // A, then B: B's rows are appended, A's copied.
+        update(root.path(), &[(a1.clone(), recs.as_slice())], &[a1.clone()]);
+        let files = update(
+            root.path(),
+            &[(b.clone(), &recs[..2])],
+            &[a1.clone(), b.clone()],
+        );
+        let first_schema = open(&files.requests).unwrap().schema().clone();
+        assert_eq!(
+            open(&files.requests).unwrap().metadata().num_row_groups(),
+            2,
+            "one row group per point"
+        );
+        let mut expected: Vec<_> = recs
+            .iter()
+            .map(|r| ("p-0000".to_owned(), 2, r.clone()))
+            .chain(recs[..2].iter().map(|r| ("p-0001".to_owned(), 2, r.clone())))
+            .collect();
+        assert_eq!(rows_of(&files.requests), expected);
+
+        // A again, with other rows (a resend after a controller restart): A's rows once.
+        let a2 = summarize(meta(0), &recs[2..], &[]);
+        let files = update(
+            root.path(),
+            &[(a2.clone(), &recs[2..])],
+            &[a2.clone(), b.clone()],
+        );
+        expected.retain(|(p, _, _)| p != "p-0000");
+        expected.extend(recs[2..].iter().map(|r| ("p-0000".to_owned(), 2, r.clone())));
+        expected.sort_by(|a, b| (&a.0, a.2.request_index).cmp(&(&b.0, b.2.request_index)));
+        assert_eq!(rows_of(&files.requests), expected);
+        let builder = open(&files.requests).unwrap();
+        assert_eq!(builder.schema(), &first_schema, "same schema after appending");
+        assert_eq!(builder.metadata().num_row_groups(), 2);
+        assert_eq!(read_metadata(&files.requests).unwrap(), metadata());
+        assert_eq!(read_point_summaries(&files.points).unwrap(), vec![a2, b]);
+        // Only the three files: no temporary left behind.
+        assert_eq!(files_in(&partition_dir(root.path(), "meta-llama/Llama-3.2-1B", 2)).len(), 3);
+    }
+
+    #[test]
+    fn an_update_filters_row_groups_that_mix_points() {
+        // write_partition puts all points in one row group (as older versions did).
+        let root = tempfile::tempdir().unwrap();
+        let recs = records();
+        let a = summarize(meta(0), &recs, &[]);
+        let b = summarize(meta(1), &recs[..1], &[]);
+        write_partition(
+            root.path(),
+            "sw-20260101-abc",
+            "meta-llama/Llama-3.2-1B",
+            2,
+            &[(a.clone(), recs.as_slice()), (b.clone(), &recs[..1])],
+            &[],
+            &metadata(),
+        )
+        .unwrap();
+        let a2 = summarize(meta(0), &recs[..2], &[]);
+        let files = update(root.path(), &[(a2.clone(), &recs[..2])], &[a2, b]);
+        let expected: Vec<_> = recs[..2]
+            .iter()
+            .map(|r| ("p-0000".to_owned(), 2, r.clone()))
+            .chain(recs[..1].iter().map(|r| ("p-0001".to_owned(), 2, r.clone())))
+            .collect();
+        assert_eq!(rows_of(&files.requests), expected);
     }
 
     #[test]

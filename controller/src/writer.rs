@@ -9,34 +9,49 @@ use fleetbench_proto::FLEETBENCH_VERSION;
 use fleetbench_proto::record::RequestRecord;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{Instrument, error, info, info_span};
 
-use crate::results::{MetricRow, write_partition};
+use crate::results::{MetricRow, PartitionUpdate, update_partition};
 use crate::service::Controller;
 use crate::state::WriteJob;
 use crate::summary::PointSummary;
 
-/// Everything one partition write needs, copied out of the state.
+/// Everything one partition write needs, taken out of the state.
 struct Snapshot {
     model: String,
-    points: Vec<(PointSummary, Vec<RequestRecord>)>,
+    /// Points whose request rows this write adds (or replaces), with their records; the
+    /// records were moved out of the state and go back if the write fails.
+    rows: Vec<(PointSummary, Vec<RequestRecord>)>,
+    /// Every summary of the partition (the points file is rewritten from these).
+    summaries: Vec<PointSummary>,
     metrics: Vec<MetricRow>,
     metadata: BTreeMap<String, String>,
 }
 
-fn snapshot(ctl: &Controller, job: &WriteJob) -> Option<Snapshot> {
-    let st = ctl.state();
-    let sweep = st.sweep(&job.sweep_id)?;
-    let mut points = Vec::new();
+/// Copies a partition's summaries and metadata and moves out the records of its finished
+/// points that are not on disk yet (a point's records are in the state only until written).
+fn snapshot(ctl: &Controller, sweep_id: &str, gpus: u32) -> Option<Snapshot> {
+    let mut st = ctl.state();
+    let sweep = st.sweep_for_write(sweep_id)?;
+    let mut rows = Vec::new();
+    let mut summaries = Vec::new();
     let mut hosts = std::collections::BTreeSet::new();
     let mut engine_args = None;
     let mut engine_version = None;
     let mut engine_image: Option<(String, String)> = None;
     let mut events = Vec::new();
     let mut metrics = Vec::new();
-    for p in sweep.points.iter().filter(|p| p.planned.gpus == job.gpus) {
+    for p in sweep.points.iter_mut().filter(|p| p.planned.gpus == gpus) {
         if let Some(s) = &p.summary {
-            points.push((s.clone(), p.records()));
+            summaries.push(s.clone());
+            if p.state.is_terminal() && !p.batches.is_empty() {
+                // Moved, not cloned: the rows are freed once on disk.
+                let records: Vec<RequestRecord> = std::mem::take(&mut p.batches)
+                    .into_values()
+                    .flatten()
+                    .collect();
+                rows.push((s.clone(), records));
+            }
             // Skipped points never ran anywhere.
             if !p.host.is_empty() {
                 hosts.insert(p.host.clone());
@@ -83,7 +98,7 @@ fn snapshot(ctl: &Controller, job: &WriteJob) -> Option<Snapshot> {
         "fleetbench.model".into(),
         sweep.spec.model.get_ref().clone(),
     );
-    metadata.insert("fleetbench.gpus".into(), job.gpus.to_string());
+    metadata.insert("fleetbench.gpus".into(), gpus.to_string());
     metadata.insert("fleetbench.version".into(), FLEETBENCH_VERSION.into());
     metadata.insert(
         "fleetbench.hosts".into(),
@@ -111,13 +126,15 @@ fn snapshot(ctl: &Controller, job: &WriteJob) -> Option<Snapshot> {
     );
     Some(Snapshot {
         model: sweep.spec.model.get_ref().clone(),
-        points,
+        rows,
+        summaries,
         metrics,
         metadata,
     })
 }
 
-/// Runs until `shutdown`, then writes whatever is still queued and stops.
+/// Runs until `shutdown`, then writes whatever is still queued and stops. Jobs queued while
+/// a write runs are coalesced: one write per partition adds all their points.
 pub async fn run(
     ctl: Arc<Controller>,
     mut jobs: mpsc::Receiver<WriteJob>,
@@ -130,64 +147,112 @@ pub async fn run(
             () = shutdown.cancelled() => jobs.try_recv().ok(),
         };
         let Some(job) = job else { break };
-        let Some(snap) = snapshot(&ctl, &job) else {
-            ctl.state().write_done(&job.sweep_id, []);
-            continue;
+        // Everything queued behind it, grouped by partition in arrival order.
+        let mut groups: Vec<Vec<WriteJob>> = vec![vec![job]];
+        while let Ok(more) = jobs.try_recv() {
+            match groups.iter_mut().find(|g| {
+                g.first()
+                    .is_some_and(|j| j.sweep_id == more.sweep_id && j.gpus == more.gpus)
+            }) {
+                Some(g) => g.push(more),
+                None => groups.push(vec![more]),
+            }
+        }
+        for group in groups {
+            write_group(&ctl, group).await;
+        }
+    }
+}
+
+/// Writes one partition for the jobs of `group` (same sweep and GPU count), reports each
+/// job done and acknowledges their points once the files are on disk.
+async fn write_group(ctl: &Arc<Controller>, group: Vec<WriteJob>) {
+    let Some(first) = group.first() else { return };
+    let (sweep_id, gpus) = (first.sweep_id.clone(), first.gpus);
+    let span = info_span!("partition_write", sweep_id = %sweep_id, gpus, jobs = group.len());
+    let started = std::time::Instant::now();
+    let Some(snap) = snapshot(ctl, &sweep_id, gpus) else {
+        let mut st = ctl.state();
+        for job in &group {
+            st.write_done(&job.sweep_id, [], &[]);
+        }
+        return;
+    };
+    let root = ctl.config.results_dir.clone();
+    let (id, n_rows) = (
+        sweep_id.clone(),
+        snap.rows.iter().map(|(_, r)| r.len()).sum::<usize>(),
+    );
+    let written = tokio::task::spawn_blocking(move || {
+        let refs: Vec<(PointSummary, &[RequestRecord])> = snap
+            .rows
+            .iter()
+            .map(|(s, r)| (s.clone(), r.as_slice()))
+            .collect();
+        let update = PartitionUpdate {
+            rows: &refs,
+            summaries: &snap.summaries,
+            metrics: &snap.metrics,
+            metadata: &snap.metadata,
         };
-        let root = ctl.config.results_dir.clone();
-        let sweep_id = job.sweep_id.clone();
-        let gpus = job.gpus;
-        let written = tokio::task::spawn_blocking(move || {
-            let refs: Vec<(PointSummary, &[RequestRecord])> = snap
-                .points
-                .iter()
-                .map(|(s, r)| (s.clone(), r.as_slice()))
+        let result = update_partition(&root, &id, &snap.model, gpus, &update);
+        drop(refs);
+        (result, snap.rows)
+    })
+    .instrument(span.clone())
+    .await;
+    let _enter = span.enter();
+    match written {
+        Ok((Ok(files), _rows)) => {
+            info!(requests = %files.requests.display(), rows = n_rows, secs = started.elapsed().as_secs_f64(), "results written");
+            let mut acks = Vec::new();
+            {
+                let mut st = ctl.state();
+                for job in group {
+                    let durable: Vec<(String, u32)> = job
+                        .acks
+                        .iter()
+                        .map(|(_, a)| (a.point_id.clone(), a.attempt))
+                        .collect();
+                    st.write_done(
+                        &job.sweep_id,
+                        [
+                            files.requests.display().to_string(),
+                            files.points.display().to_string(),
+                        ],
+                        &durable,
+                    );
+                    acks.extend(job.acks);
+                }
+            }
+            let acks = acks
+                .into_iter()
+                .map(|(agent, ack)| {
+                    (
+                        agent,
+                        fleetbench_proto::pb::ControllerMessage {
+                            msg: Some(fleetbench_proto::pb::controller_message::Msg::PointAck(ack)),
+                        },
+                    )
+                })
                 .collect();
-            write_partition(
-                &root,
-                &sweep_id,
-                &snap.model,
-                gpus,
-                &refs,
-                &snap.metrics,
-                &snap.metadata,
-            )
-        })
-        .await;
-        match written {
-            Ok(Ok(files)) => {
-                info!(sweep_id = %job.sweep_id, gpus, requests = %files.requests.display(), "results written");
-                ctl.state().write_done(
-                    &job.sweep_id,
-                    [
-                        files.requests.display().to_string(),
-                        files.points.display().to_string(),
-                    ],
-                );
-                let acks = job
-                    .acks
-                    .into_iter()
-                    .map(|(agent, ack)| {
-                        (
-                            agent,
-                            fleetbench_proto::pb::ControllerMessage {
-                                msg: Some(fleetbench_proto::pb::controller_message::Msg::PointAck(
-                                    ack,
-                                )),
-                            },
-                        )
-                    })
-                    .collect();
-                ctl.dispatch(acks);
+            ctl.dispatch(acks);
+        }
+        // Not acknowledged: the records go back to the state (a later write retries them)
+        // and the agent keeps the results and resends them.
+        Ok((Err(e), rows)) => {
+            error!(error = %e, "writing results failed");
+            let mut st = ctl.state();
+            st.restore_records(&sweep_id, rows);
+            for job in &group {
+                st.write_done(&job.sweep_id, [], &[]);
             }
-            // Not acknowledged: the agent keeps the results and resends them.
-            Ok(Err(e)) => {
-                error!(sweep_id = %job.sweep_id, gpus, error = %e, "writing results failed");
-                ctl.state().write_done(&job.sweep_id, []);
-            }
-            Err(e) => {
-                error!(sweep_id = %job.sweep_id, gpus, error = %e, "results writer task failed");
-                ctl.state().write_done(&job.sweep_id, []);
+        }
+        Err(e) => {
+            error!(error = %e, "results writer task failed");
+            let mut st = ctl.state();
+            for job in &group {
+                st.write_done(&job.sweep_id, [], &[]);
             }
         }
     }
