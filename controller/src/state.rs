@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::error::ControllerError;
-use crate::store::{AgentRow, Loaded, PointRow, StoreOp, SweepRow};
+use crate::store::{AgentRow, Loaded, LoadedSweep, PointRow, StoreOp, SweepRow};
 use crate::summary::{ClientStats, PointMeta, PointSummary, summarize};
 
 /// Messages to send to agents once the state lock is released: (agent name, message).
@@ -1121,7 +1121,7 @@ impl State {
                 ops.push(StoreOp::Point {
                     sweep_id: s.id.clone(),
                     pos: count(i),
-                    row: point_row(p, awaiting),
+                    row: Box::new(point_row(p, awaiting)),
                 });
                 self.persisted.points.insert(key, print);
             }
@@ -1213,7 +1213,7 @@ impl State {
                 },
             );
         }
-        for (id, row, points) in loaded.sweeps {
+        for LoadedSweep { id, row, points } in loaded.sweeps {
             let spec = match SweepSpec::parse(&row.spec_toml, &row.file_name) {
                 Ok(spec) => spec,
                 Err(e) => {

@@ -106,7 +106,7 @@ pub enum StoreOp {
     Point {
         sweep_id: String,
         pos: u32,
-        row: PointRow,
+        row: Box<PointRow>,
     },
     Agent {
         name: String,
@@ -114,11 +114,20 @@ pub enum StoreOp {
     },
 }
 
+/// A stored sweep with its points, as loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedSweep {
+    pub id: String,
+    pub row: SweepRow,
+    /// (position, point) in position order.
+    pub points: Vec<(u32, PointRow)>,
+}
+
 /// Everything the store holds, as loaded at start-up.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Loaded {
-    /// Sweeps in submission order with their points by position.
-    pub sweeps: Vec<(String, SweepRow, Vec<(u32, PointRow)>)>,
+    /// Sweeps in submission order.
+    pub sweeps: Vec<LoadedSweep>,
     pub agents: Vec<(String, AgentRow)>,
 }
 
@@ -223,10 +232,14 @@ impl Store {
                     .map_err(|e| decode_err(path, &format!("{id} point {pos}"), e))?;
                 rows.push((pos, prow));
             }
-            out.sweeps.push((id, row, rows));
+            out.sweeps.push(LoadedSweep {
+                id,
+                row,
+                points: rows,
+            });
         }
         out.sweeps
-            .sort_by(|a, b| (a.1.submitted_ms, &a.0).cmp(&(b.1.submitted_ms, &b.0)));
+            .sort_by(|a, b| (a.row.submitted_ms, &a.id).cmp(&(b.row.submitted_ms, &b.id)));
         for entry in agents.iter().map_err(|e| store_err(path, e))? {
             let (k, v) = entry.map_err(|e| store_err(path, e))?;
             let name = k.value().to_string();
@@ -266,7 +279,7 @@ mod tests {
             StoreOp::Point {
                 sweep_id: "b".into(),
                 pos: 1,
-                row: PointRow {
+                row: Box::new(PointRow {
                     state: "done".into(),
                     attempt: 1,
                     finished: Some(pb::PointFinished {
@@ -275,17 +288,17 @@ mod tests {
                         ..Default::default()
                     }),
                     ..Default::default()
-                },
+                }),
             },
             StoreOp::Point {
                 sweep_id: "b".into(),
                 pos: 0,
-                row: PointRow {
+                row: Box::new(PointRow {
                     state: "running".into(),
                     agent: "ag".into(),
                     attempt: 2,
                     ..Default::default()
-                },
+                }),
             },
             StoreOp::Agent {
                 name: "ag".into(),
@@ -304,31 +317,34 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         let loaded = store.load().unwrap();
-        let ids: Vec<&str> = loaded.sweeps.iter().map(|s| s.0.as_str()).collect();
+        let ids: Vec<&str> = loaded.sweeps.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, vec!["b", "a"], "submission order");
         let b = &loaded.sweeps[0];
-        assert_eq!(b.2.len(), 2);
-        assert_eq!((b.2[0].0, b.2[0].1.attempt), (0, 2));
+        assert_eq!(b.points.len(), 2);
+        assert_eq!((b.points[0].0, b.points[0].1.attempt), (0, 2));
         assert_eq!(
-            b.2[1].1.finished.as_ref().unwrap().started_unix_us,
+            b.points[1].1.finished.as_ref().unwrap().started_unix_us,
             42,
             "PointFinished kept"
         );
-        assert!(loaded.sweeps[1].2.is_empty(), "points keyed by their sweep");
+        assert!(
+            loaded.sweeps[1].points.is_empty(),
+            "points keyed by their sweep"
+        );
         assert_eq!(loaded.agents[0].1.last_seen_ms, 9);
         // Overwrites replace.
         store
             .apply(&[StoreOp::Point {
                 sweep_id: "b".into(),
                 pos: 0,
-                row: PointRow {
+                row: Box::new(PointRow {
                     state: "done".into(),
                     ..Default::default()
-                },
+                }),
             }])
             .unwrap();
         let again = store.load().unwrap();
-        assert_eq!(again.sweeps[0].2[0].1.state, "done");
-        assert_eq!(again.sweeps[0].2.len(), 2);
+        assert_eq!(again.sweeps[0].points[0].1.state, "done");
+        assert_eq!(again.sweeps[0].points.len(), 2);
     }
 }
