@@ -9,7 +9,7 @@ use dashmap::DashMap;
 use fleetbench_proto::pb;
 use fleetbench_proto::spec::{Strategy, SweepSpec};
 use tokio::sync::mpsc;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::error::ControllerError;
 use crate::state::{Outgoing, State, WriteJob};
@@ -91,12 +91,18 @@ impl Controller {
             return true;
         }
         let n = ops.len();
+        let started = std::time::Instant::now();
         if let Err(e) = store.apply(&ops) {
             // Retried in full with the next event; the agents keep what is not acked.
             error!(error = %e, ops = n, "cannot persist controller state");
             self.state().store_failed();
             return false;
         }
+        debug!(
+            ops = n,
+            commit_us = started.elapsed().as_micros() as u64,
+            "controller state committed"
+        );
         true
     }
 
