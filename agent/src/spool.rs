@@ -9,7 +9,8 @@
 //!
 //! Durability: every frame is written (`write_all`, no user-space buffer) before its
 //! message is queued for sending, so a killed agent (SIGKILL, panic, OOM kill) loses
-//! nothing the kernel accepted. Only the point-finished frame is followed by `fsync`: on
+//! nothing the kernel accepted. Only the point-finished frame is followed by `fsync` (on
+//! the blocking pool, not delaying the send): on
 //! power loss, frames of a still-running attempt may be lost, but then its point-finished
 //! frame is lost too, and an attempt without one is discarded at start-up (the controller
 //! re-queues that point as a new attempt). Once the point-finished frame is synced, the
@@ -132,6 +133,26 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> AgentError {
     AgentError::Spool(format!("{what} {}: {e}", path.display()))
 }
 
+/// fsyncs and closes an attempt's file. Inside a tokio runtime this runs on the blocking
+/// pool: an fsync can take hundreds of milliseconds, and a runtime worker blocked that long
+/// would delay the timestamps of other points' streams (the load generator shares the
+/// runtime). The message is queued meanwhile; that is safe because the fsync only decides
+/// what survives a power loss, and an attempt whose finish did not survive is discarded at
+/// start-up and re-run. A failed fsync is logged (the write itself succeeded).
+fn sync_file(f: File, path: PathBuf) {
+    let sync = move || {
+        if let Err(e) = f.sync_data() {
+            warn!(path = %path.display(), error = %e, "spool fsync failed; a power loss could lose this finished attempt (the controller would re-run it)");
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn_blocking(sync);
+        }
+        Err(_) => sync(),
+    }
+}
+
 /// An attempt found in the spool directory at start-up that ended with a point-finished
 /// frame: its messages are to be sent again.
 #[derive(Debug)]
@@ -238,8 +259,8 @@ impl Spool {
         self.dir.join(file_name(key))
     }
 
-    /// Appends `frame` to its attempt's file; `sync`: fsync afterwards and close the file
-    /// (the attempt's last frame). On error the file may end in a torn frame.
+    /// Appends `frame` to its attempt's file; `sync`: then fsync and close the file (the
+    /// attempt's last frame; see [`sync_file`]). On error the file may end in a torn frame.
     pub fn append(&mut self, key: &AttemptKey, frame: &[u8], sync: bool) -> Result<(), AgentError> {
         let path = self.path(key);
         if !self.open.contains_key(key) {
@@ -253,13 +274,13 @@ impl Spool {
         let Some(f) = self.open.get_mut(key) else {
             return Err(AgentError::Spool(format!("{} not open", path.display())));
         };
-        let written = f.write_all(frame);
-        let result = match written {
-            Ok(()) if sync => f.sync_data(),
-            other => other,
-        };
-        if sync || result.is_err() {
+        let result = f.write_all(frame);
+        if result.is_err() {
             self.open.remove(key);
+        } else if sync {
+            if let Some(f) = self.open.remove(key) {
+                sync_file(f, path.clone());
+            }
         }
         result.map_err(|e| io_err("cannot write", &path, e))
     }
