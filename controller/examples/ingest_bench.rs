@@ -208,7 +208,12 @@ async fn run_agent(
     loop {
         // Points go to whichever agent is idle: run assignments until every point is acked.
         let point = tokio::select! {
-            p = assignments.recv() => p.with_context(|| format!("{name}: session ended before an assignment"))?,
+            p = assignments.recv() => match p {
+                Some(p) => p,
+                // The receiver stopped: every point is acked, or it failed (its error
+                // comes out of `receiver` below).
+                None => break,
+            },
             () = all_done.cancelled() => break,
         };
         done += 1;
