@@ -32,10 +32,10 @@ use parquet::arrow::arrow_writer::compute_leaves;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::column::writer::ColumnCloseResult;
 use parquet::file::metadata::KeyValue;
-use parquet::schema::types::ColumnPath;
 use parquet::file::metadata::{ColumnChunkMetaData, PageIndexPolicy, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use parquet::file::statistics::Statistics;
+use parquet::schema::types::ColumnPath;
 
 use crate::error::ControllerError;
 use crate::summary::{ClientStats, InFlight, Percentiles, PointMeta, PointSummary, ServerStats};
@@ -1417,7 +1417,11 @@ mod tests {
         let a1 = summarize(meta(0), &recs, &[]);
         let b = summarize(meta(1), &recs[..2], &[]);
         // A, then B: B's rows are appended, A's copied.
-        update(root.path(), &[(a1.clone(), recs.as_slice())], &[a1.clone()]);
+        update(
+            root.path(),
+            &[(a1.clone(), recs.as_slice())],
+            std::slice::from_ref(&a1),
+        );
         let files = update(
             root.path(),
             &[(b.clone(), &recs[..2])],
@@ -1432,7 +1436,11 @@ mod tests {
         let mut expected: Vec<_> = recs
             .iter()
             .map(|r| ("p-0000".to_owned(), 2, r.clone()))
-            .chain(recs[..2].iter().map(|r| ("p-0001".to_owned(), 2, r.clone())))
+            .chain(
+                recs[..2]
+                    .iter()
+                    .map(|r| ("p-0001".to_owned(), 2, r.clone())),
+            )
             .collect();
         assert_eq!(rows_of(&files.requests), expected);
 
@@ -1444,16 +1452,27 @@ mod tests {
             &[a2.clone(), b.clone()],
         );
         expected.retain(|(p, _, _)| p != "p-0000");
-        expected.extend(recs[2..].iter().map(|r| ("p-0000".to_owned(), 2, r.clone())));
+        expected.extend(
+            recs[2..]
+                .iter()
+                .map(|r| ("p-0000".to_owned(), 2, r.clone())),
+        );
         expected.sort_by(|a, b| (&a.0, a.2.request_index).cmp(&(&b.0, b.2.request_index)));
         assert_eq!(rows_of(&files.requests), expected);
         let builder = open(&files.requests).unwrap();
-        assert_eq!(builder.schema(), &first_schema, "same schema after appending");
+        assert_eq!(
+            builder.schema(),
+            &first_schema,
+            "same schema after appending"
+        );
         assert_eq!(builder.metadata().num_row_groups(), 2);
         assert_eq!(read_metadata(&files.requests).unwrap(), metadata());
         assert_eq!(read_point_summaries(&files.points).unwrap(), vec![a2, b]);
         // Only the three files: no temporary left behind.
-        assert_eq!(files_in(&partition_dir(root.path(), "meta-llama/Llama-3.2-1B", 2)).len(), 3);
+        assert_eq!(
+            files_in(&partition_dir(root.path(), "meta-llama/Llama-3.2-1B", 2)).len(),
+            3
+        );
     }
 
     #[test]
@@ -1478,7 +1497,11 @@ mod tests {
         let expected: Vec<_> = recs[..2]
             .iter()
             .map(|r| ("p-0000".to_owned(), 2, r.clone()))
-            .chain(recs[..1].iter().map(|r| ("p-0001".to_owned(), 2, r.clone())))
+            .chain(
+                recs[..1]
+                    .iter()
+                    .map(|r| ("p-0001".to_owned(), 2, r.clone())),
+            )
             .collect();
         assert_eq!(rows_of(&files.requests), expected);
     }
