@@ -39,6 +39,12 @@ pub struct AgentConfig {
     /// [`crate::gpu`]). Listing GPUs here overrides discovery.
     #[serde(default)]
     pub gpus: Vec<GpuConfig>,
+    /// Engines this agent runs at the same time, each on its own (disjoint) GPUs: a host
+    /// with 8 GPUs and `max_engines = 2` runs two 4-GPU engines side by side. Default 1:
+    /// one point at a time, so a measurement never shares the host's CPU, PCIe or memory
+    /// bandwidth with another point's engine and load generator.
+    #[serde(default = "default_max_engines")]
+    pub max_engines: u32,
     /// Command that starts vLLM with the `process` runtime; the model and vLLM flags are
     /// appended, e.g. `["vllm", "serve"]` or `["/opt/venv/bin/vllm", "serve"]`.
     #[serde(default = "default_vllm_command")]
@@ -167,6 +173,10 @@ fn default_log_tail() -> usize {
 fn default_heartbeat_s() -> u64 {
     5
 }
+fn default_max_engines() -> u32 {
+    1
+}
+
 fn default_metrics_interval_ms() -> u64 {
     500
 }
@@ -179,6 +189,7 @@ impl Default for AgentConfig {
             host: String::new(),
             labels: HashMap::new(),
             gpus: Vec::new(),
+            max_engines: default_max_engines(),
             vllm_command: default_vllm_command(),
             engine_host: default_engine_host(),
             engine_env: BTreeMap::new(),

@@ -22,6 +22,16 @@ use tracing::{debug, info, warn};
 use crate::config::AgentConfig;
 use crate::docker::{Container, ContainerPlan};
 use crate::error::AgentError;
+use crate::gpu::GpuGrant;
+
+/// What starting an engine process needs besides its key.
+struct ProcessStart<'a> {
+    cfg: &'a AgentConfig,
+    client: &'a reqwest::Client,
+    log_tail: LogTail,
+    deadline: Instant,
+    grant: &'a GpuGrant,
+}
 
 /// What decides whether a running engine can serve the next point.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,11 +120,13 @@ pub struct Engine {
 
 impl Engine {
     /// Starts (or attaches to) the engine for `key` and waits until it serves the model.
+    /// A `process` engine gets the GPUs of `grant` (ignored by the other runtimes).
     pub async fn start(
         key: EngineKey,
         cfg: &AgentConfig,
         client: &reqwest::Client,
         cancel: &CancellationToken,
+        grant: &GpuGrant,
     ) -> Result<Engine, AgentError> {
         let log_tail = LogTail::new(cfg.log_tail_lines);
         let deadline = Instant::now() + Duration::from_secs(u64::from(key.spec.startup_timeout_s));
@@ -137,7 +149,16 @@ impl Engine {
                 engine.wait_ready(client, deadline, cancel).await?;
                 Ok(engine)
             }
-            "process" => Self::start_process(key, cfg, client, log_tail, deadline, cancel).await,
+            "process" => {
+                let start = ProcessStart {
+                    cfg,
+                    client,
+                    log_tail,
+                    deadline,
+                    grant,
+                };
+                Self::start_process(key, start, cancel).await
+            }
             other => Err(AgentError::Engine(format!(
                 "runtime {other:?} is not supported by this agent"
             ))),
@@ -181,12 +202,16 @@ impl Engine {
 
     async fn start_process(
         key: EngineKey,
-        cfg: &AgentConfig,
-        client: &reqwest::Client,
-        log_tail: LogTail,
-        deadline: Instant,
+        start: ProcessStart<'_>,
         cancel: &CancellationToken,
     ) -> Result<Engine, AgentError> {
+        let ProcessStart {
+            cfg,
+            client,
+            log_tail,
+            deadline,
+            grant,
+        } = start;
         let port = free_port(&cfg.engine_host)?;
         let mut args: Vec<String> = cfg.vllm_command[1..].to_vec();
         // A local folder for this model, when the agent has one; otherwise the name.
@@ -207,6 +232,7 @@ impl Engine {
         let mut cmd = Command::new(&cfg.vllm_command[0]);
         cmd.args(&args)
             .envs(&cfg.engine_env)
+            .envs(grant.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -241,7 +267,7 @@ impl Engine {
             image: String::new(),
             image_digest: String::new(),
             container: String::new(),
-            gpu_ids: Vec::new(),
+            gpu_ids: grant.ids.clone(),
             log_tail_lines: cfg.log_tail_lines,
             runtime: Runtime::Process {
                 child: Box::new(child),
@@ -529,9 +555,15 @@ mod tests {
         };
         let client = reqwest::Client::new();
         let started = std::time::Instant::now();
-        let err = Engine::start(key, &cfg, &client, &CancellationToken::new())
-            .await
-            .unwrap_err();
+        let err = Engine::start(
+            key,
+            &cfg,
+            &client,
+            &CancellationToken::new(),
+            &GpuGrant::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(30));
         match err {
             AgentError::EngineStart {

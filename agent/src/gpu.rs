@@ -535,6 +535,32 @@ fn parse_size(text: &str) -> Option<u64> {
     Some((number * scale).round() as u64)
 }
 
+/// The GPUs an engine process was given and the environment that makes it use exactly
+/// those: `CUDA_VISIBLE_DEVICES` (NVIDIA) or `ZE_AFFINITY_MASK` (Intel) with the host's
+/// indices, plus `FLEETBENCH_GPU_IDS` for any vendor (what vllm-sim and logs can read).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuGrant {
+    pub ids: Vec<u32>,
+    pub env: Vec<(String, String)>,
+}
+
+impl GpuGrant {
+    /// The grant of `ids` to a process on a host whose GPUs are of `vendor`.
+    pub fn for_process(vendor: Option<Vendor>, ids: Vec<u32>) -> GpuGrant {
+        if ids.is_empty() {
+            return GpuGrant::default();
+        }
+        let list = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let mut env = vec![("FLEETBENCH_GPU_IDS".to_string(), list.clone())];
+        match vendor {
+            Some(Vendor::Nvidia) => env.push(("CUDA_VISIBLE_DEVICES".into(), list)),
+            Some(Vendor::Intel) => env.push(("ZE_AFFINITY_MASK".into(), list)),
+            _ => {}
+        }
+        GpuGrant { ids, env }
+    }
+}
+
 /// Why a GPU set could not be allocated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GpuPoolError {

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod dispatch;
 pub mod docker;
 pub mod engine;
 pub mod error;
@@ -94,7 +95,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     let (runner_tx, runner_rx) = mpsc::channel(64);
     let tracker = TaskTracker::new();
     let span = info_span!("agent", agent = %cfg.name);
-    let runner = runner::Runner::new(
+    let runner = dispatch::Dispatcher::new(
         cfg.clone(),
         client,
         outbox.clone(),

@@ -1,15 +1,18 @@
-//! Runs assigned points one after another: keeps the engine up across points that share
-//! its configuration, restarts it when the configuration or GPU count changes, streams
-//! records in batches while a point runs, and reports how the point ended.
+//! One engine lane: runs the points the dispatcher gives it one after another, keeps its
+//! engine up across points that share its configuration, restarts it when the
+//! configuration or GPU count changes, streams records in batches while a point runs, and
+//! reports how the point ended. Several lanes run side by side on disjoint GPUs when the
+//! agent allows more than one engine (see [`crate::dispatch`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleetbench_proto::pb::{self, agent_message::Msg};
 use fleetbench_proto::record::RequestRecord;
 use fleetbench_proto::{unix_micros_now, unix_millis_now};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -17,45 +20,120 @@ use crate::config::AgentConfig;
 use crate::docker::{self, Accelerator, ContainerPlan};
 use crate::engine::{Engine, EngineKey, ExitInfo};
 use crate::error::AgentError;
-use crate::gpu::{self, GpuPool};
+use crate::gpu::{self, GpuGrant, GpuPool};
 use crate::load::{self, LoadOutcome};
 use crate::outbox::Outbox;
 
-/// What the session asks the runner to do, in order.
+/// What the session asks the agent to do, in order.
 #[derive(Debug)]
 pub enum RunnerCommand {
     Run(Box<pb::PointSpec>),
-    /// The controller has no more work of this sweep for us: stop its engine.
+    /// The controller has no more work of this sweep for us: stop its engines.
     Release {
         sweep_id: String,
     },
 }
 
-/// What the agent is doing, for heartbeats.
+/// What the dispatcher asks one lane to do, in order.
+#[derive(Debug)]
+pub enum LaneCommand {
+    Run(Box<pb::PointSpec>),
+    /// Stop the engine if it serves this sweep.
+    Release {
+        sweep_id: String,
+    },
+    /// Stop the engine now (its GPUs or its engine slot are needed by another
+    /// configuration) and say when it is gone.
+    Stop {
+        why: &'static str,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A lane's state after a `Run` or `Release`: idle, with this engine up (if any).
+#[derive(Debug)]
+pub struct LaneReport {
+    pub lane: usize,
+    pub engine: Option<EngineKey>,
+}
+
+/// What one lane is doing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LaneStatus {
+    pub state: String,
+    pub point: String,
+}
+
+/// What the agent's lanes are doing, for heartbeats and re-registration.
 #[derive(Debug, Clone, Default)]
 pub struct AgentStatus {
-    pub state: String,
-    pub current_point: String,
+    lanes: BTreeMap<usize, LaneStatus>,
+}
+
+impl AgentStatus {
+    pub fn set(&mut self, lane: usize, state: &str, point: &str) {
+        self.lanes.insert(
+            lane,
+            LaneStatus {
+                state: state.to_string(),
+                point: point.to_string(),
+            },
+        );
+    }
+
+    /// The agent's state (`running` when any lane runs a point, else `starting-engine`
+    /// when any lane starts one, else `idle`) and its current points, comma-separated.
+    pub fn summary(&self) -> (String, String) {
+        let state = ["running", "starting-engine"]
+            .into_iter()
+            .find(|want| self.lanes.values().any(|l| l.state == *want))
+            .unwrap_or("idle");
+        (state.to_string(), self.active_points().join(","))
+    }
+
+    /// Points some lane is working on.
+    pub fn active_points(&self) -> Vec<String> {
+        self.lanes
+            .values()
+            .filter(|l| !l.point.is_empty())
+            .map(|l| l.point.clone())
+            .collect()
+    }
 }
 
 /// Cancellation tokens of assigned points, by point id.
 pub type CancelMap = Arc<Mutex<HashMap<String, CancellationToken>>>;
 
+/// What every lane of an agent shares.
+#[derive(Clone)]
+pub struct LaneContext {
+    pub cfg: Arc<AgentConfig>,
+    pub client: reqwest::Client,
+    pub outbox: Arc<Outbox>,
+    pub cancels: CancelMap,
+    pub status: Arc<Mutex<AgentStatus>>,
+    /// This host's GPUs, and which engine holds which.
+    pub gpus: Arc<gpu::Inventory>,
+    pub pool: Arc<Mutex<GpuPool>>,
+    /// The Docker Engine when the agent reached it at start (a `docker` engine connects
+    /// on first use otherwise).
+    pub docker: Option<bollard::Docker>,
+    /// Engines started so far by any lane (names containers and GPU holders).
+    pub engines_started: Arc<AtomicU64>,
+}
+
 pub struct Runner {
+    lane: usize,
+    ctx: LaneContext,
     cfg: Arc<AgentConfig>,
     client: reqwest::Client,
     outbox: Arc<Outbox>,
-    cancels: CancelMap,
-    status: Arc<Mutex<AgentStatus>>,
     engine: Option<(String, Engine)>,
-    /// This host's GPUs and which engine holds which.
-    gpus: Arc<gpu::Inventory>,
-    pool: GpuPool,
-    /// The Docker Engine, connected on first use by a `docker` engine (or at start, to
-    /// remove containers an earlier run of this agent left behind).
+    /// Who holds the GPUs of the running engine in the pool (empty: none held).
+    gpu_holder: String,
+    /// Where the lane reports that it is idle again.
+    reports: Option<mpsc::Sender<LaneReport>>,
     docker: Option<bollard::Docker>,
-    /// Engines started so far (names containers).
-    engines_started: u64,
 }
 
 #[derive(Default)]
@@ -95,50 +173,58 @@ impl PointResult {
 }
 
 impl Runner {
-    pub fn new(
-        cfg: Arc<AgentConfig>,
-        client: reqwest::Client,
-        outbox: Arc<Outbox>,
-        cancels: CancelMap,
-        status: Arc<Mutex<AgentStatus>>,
-        gpus: Arc<gpu::Inventory>,
-    ) -> Self {
-        let pool = GpuPool::new(gpus.gpus.iter().map(|g| g.index).collect());
+    pub fn new(lane: usize, ctx: LaneContext) -> Self {
         Runner {
-            cfg,
-            client,
-            outbox,
-            cancels,
-            status,
+            lane,
+            cfg: ctx.cfg.clone(),
+            client: ctx.client.clone(),
+            outbox: ctx.outbox.clone(),
+            docker: ctx.docker.clone(),
+            ctx,
             engine: None,
-            gpus,
-            pool,
-            docker: None,
-            engines_started: 0,
+            gpu_holder: String::new(),
+            reports: None,
         }
     }
 
-    pub async fn run(mut self, mut rx: mpsc::Receiver<RunnerCommand>, shutdown: CancellationToken) {
+    /// Serves the dispatcher's commands until the channel closes or the agent shuts
+    /// down, then stops the engine.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<LaneCommand>,
+        reports: mpsc::Sender<LaneReport>,
+        shutdown: CancellationToken,
+    ) {
         self.set_status("idle", "");
-        self.remove_leftover_containers().await;
+        self.reports = Some(reports);
         loop {
             let cmd = tokio::select! {
                 c = rx.recv() => c,
                 () = shutdown.cancelled() => None,
             };
             match cmd {
-                Some(RunnerCommand::Run(point)) => {
-                    let span = info_span!("point", sweep_id = %point.sweep_id, point_id = %point.point_id, attempt = point.attempt, agent = %self.cfg.name);
+                Some(LaneCommand::Run(point)) => {
+                    let span = info_span!("point", sweep_id = %point.sweep_id, point_id = %point.point_id, attempt = point.attempt, agent = %self.cfg.name, lane = self.lane);
+                    // Reports idle itself, before the controller hears the point ended.
                     self.run_point(*point).instrument(span).await;
-                    self.set_status("idle", "");
+                    continue;
                 }
-                Some(RunnerCommand::Release { sweep_id }) => {
+                Some(LaneCommand::Release { sweep_id }) => {
                     if self.engine.as_ref().is_some_and(|(s, _)| *s == sweep_id) {
                         self.stop_engine(&sweep_id, "", "sweep finished").await;
                     }
                 }
+                Some(LaneCommand::Stop { why, done }) => {
+                    if let Some((sweep, _)) = &self.engine {
+                        let sweep = sweep.clone();
+                        self.stop_engine(&sweep, "", why).await;
+                    }
+                    let _ = done.send(());
+                    continue;
+                }
                 None => break,
             }
+            self.report_idle().await;
         }
         if let Some((sweep, _)) = &self.engine {
             let sweep = sweep.clone();
@@ -146,21 +232,17 @@ impl Runner {
         }
     }
 
-    /// Containers of an earlier run of this agent (killed before it could stop them) hold
-    /// GPUs and ports: remove them. A host without Docker just has nothing to remove.
-    async fn remove_leftover_containers(&mut self) {
-        match docker::connect(&self.cfg.docker).await {
-            Ok(client) => {
-                match docker::remove_own_containers(&client, &self.cfg.name).await {
-                    Ok(removed) if !removed.is_empty() => {
-                        info!(?removed, "removed containers left by an earlier run");
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "cannot list this agent's old containers"),
-                }
-                self.docker = Some(client);
+    /// Tells the dispatcher this lane is idle, with its engine (if it is still up).
+    async fn report_idle(&mut self) {
+        self.set_status("idle", "");
+        let report = LaneReport {
+            lane: self.lane,
+            engine: self.engine.as_ref().map(|(_, e)| e.key.clone()),
+        };
+        if let Some(tx) = &self.reports {
+            if tx.send(report).await.is_err() {
+                warn!(lane = self.lane, "dispatcher gone");
             }
-            Err(e) => info!(error = %e, "no Docker engine; the docker runtime is unavailable"),
         }
     }
 
@@ -174,36 +256,71 @@ impl Runner {
         Ok(d)
     }
 
-    /// Starts the engine of `key` for `point`: a container holding GPUs from the pool for
-    /// `docker`, a process or an attachment otherwise.
+    /// GPUs for an engine of `gpus` GPUs from the pool, held as `holder`: none on a host
+    /// without GPUs (a simulator's "GPUs" are only its tensor-parallel size).
+    fn take_gpus(&mut self, holder: &str, gpus: u32) -> Result<Vec<u32>, AgentError> {
+        if self.ctx.gpus.gpus.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pool = self
+            .ctx
+            .pool
+            .lock()
+            .map_err(|_| AgentError::Engine("GPU pool lock poisoned".into()))?;
+        let ids = pool
+            .allocate(holder, gpus)
+            .map_err(|e| AgentError::EngineStart {
+                message: e.to_string(),
+                exit_code: None,
+                log_tail: Vec::new(),
+            })?;
+        self.gpu_holder = holder.to_string();
+        Ok(ids)
+    }
+
+    fn give_back_gpus(&mut self) {
+        if self.gpu_holder.is_empty() {
+            return;
+        }
+        if let Ok(mut pool) = self.ctx.pool.lock() {
+            pool.release(&self.gpu_holder);
+        }
+        self.gpu_holder.clear();
+    }
+
+    /// Starts the engine of `key` for `point` on GPUs of its own from the pool: a
+    /// container for `docker`, a process (GPUs picked by `CUDA_VISIBLE_DEVICES` /
+    /// `ZE_AFFINITY_MASK`) or an attachment otherwise.
     async fn start_engine(
         &mut self,
         point: &pb::PointSpec,
         key: EngineKey,
         cancel: &CancellationToken,
     ) -> Result<Engine, AgentError> {
+        let n = self.ctx.engines_started.fetch_add(1, Ordering::Relaxed) + 1;
+        let name = docker::container_name(&self.cfg.name, n);
         if key.spec.runtime != "docker" {
-            return Engine::start(key, &self.cfg, &self.client, cancel).await;
+            let grant = if key.spec.runtime == "process" {
+                let ids = self.take_gpus(&name, key.gpus)?;
+                GpuGrant::for_process(self.ctx.gpus.gpus.first().map(|g| g.vendor), ids)
+            } else {
+                GpuGrant::default()
+            };
+            let started = Engine::start(key, &self.cfg, &self.client, cancel, &grant).await;
+            if started.is_err() {
+                self.give_back_gpus();
+            }
+            return started;
         }
         let docker = self.docker().await?;
         let accelerator = Accelerator::resolve(
             &self.cfg.docker.accelerator,
-            self.gpus.gpus.first().map(|g| g.vendor.as_str()),
+            self.ctx.gpus.gpus.first().map(|g| g.vendor.as_str()),
         )?;
-        self.engines_started += 1;
-        let name = docker::container_name(&self.cfg.name, self.engines_started);
-        // A CPU engine on a host without GPUs holds none (the simulator's "GPUs" are
-        // only its tensor-parallel size); any other engine holds real ones.
-        let gpu_ids = if self.gpus.gpus.is_empty() && accelerator == Accelerator::None {
+        let gpu_ids = if self.ctx.gpus.gpus.is_empty() && accelerator == Accelerator::None {
             Vec::new()
         } else {
-            self.pool
-                .allocate(&name, key.gpus)
-                .map_err(|e| AgentError::EngineStart {
-                    message: e.to_string(),
-                    exit_code: None,
-                    log_tail: Vec::new(),
-                })?
+            self.take_gpus(&name, key.gpus)?
         };
         let plan = ContainerPlan::new(
             &key.spec,
@@ -217,7 +334,7 @@ impl Runner {
         let started =
             Engine::start_container(key, &plan, &docker, &self.cfg, &self.client, cancel).await;
         if started.is_err() {
-            self.pool.release(&name);
+            self.give_back_gpus();
         }
         started
     }
@@ -225,15 +342,12 @@ impl Runner {
     /// Stops `engine` and gives its GPUs back.
     async fn retire(&mut self, mut engine: Engine) {
         engine.stop().await;
-        if !engine.container.is_empty() {
-            self.pool.release(&engine.container);
-        }
+        self.give_back_gpus();
     }
 
     fn set_status(&self, state: &str, point: &str) {
-        if let Ok(mut s) = self.status.lock() {
-            s.state = state.to_string();
-            s.current_point = point.to_string();
+        if let Ok(mut s) = self.ctx.status.lock() {
+            s.set(self.lane, state, point);
         }
     }
 
@@ -336,6 +450,7 @@ impl Runner {
 
     async fn run_point(&mut self, point: pb::PointSpec) {
         let cancel = self
+            .ctx
             .cancels
             .lock()
             .ok()
@@ -394,6 +509,12 @@ impl Runner {
             })
             .unwrap_or_default();
         info!(ok = result.ok, error = %result.error, batches, "point finished");
+        if let Ok(mut m) = self.ctx.cancels.lock() {
+            m.remove(&point.point_id);
+        }
+        // Idle before the controller hears of the end, so the dispatcher knows this lane
+        // is free when the controller's next assignment arrives.
+        self.report_idle().await;
         let pushed = self.outbox.push(pb::AgentMessage {
             msg: Some(Msg::PointFinished(pb::PointFinished {
                 sweep_id: point.sweep_id.clone(),
@@ -420,9 +541,6 @@ impl Runner {
             // Sent from memory; a restart before the controller's acknowledgement loses
             // the attempt, and the controller re-queues the point.
             warn!(error = %e, "point-finished message not spooled");
-        }
-        if let Ok(mut m) = self.cancels.lock() {
-            m.remove(&point.point_id);
         }
     }
 

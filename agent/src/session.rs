@@ -51,6 +51,7 @@ pub fn inventory(cfg: &AgentConfig, gpus: &gpu::Inventory) -> pb::Inventory {
         labels: cfg.labels.clone().into_iter().collect(),
         engine_images: Vec::new(),
         fleetbench_version: FLEETBENCH_VERSION.to_string(),
+        max_engines: cfg.max_engines.max(1),
     }
 }
 
@@ -105,10 +106,10 @@ async fn session_once(
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     let mut active = ctx.outbox.unacked_points();
     if let Ok(s) = ctx.status.lock() {
-        if !s.current_point.is_empty() {
-            active.push(s.current_point.clone());
-        }
+        active.extend(s.active_points());
     }
+    active.sort();
+    active.dedup();
     let register = pb::AgentMessage {
         msg: Some(Msg::Register(pb::Register {
             inventory: Some(pb::Inventory {
@@ -142,7 +143,7 @@ async fn session_once(
                 let (state, current_point) = ctx
                     .status
                     .lock()
-                    .map(|s| (s.state.clone(), s.current_point.clone()))
+                    .map(|s| s.summary())
                     .unwrap_or_default();
                 let hb = pb::AgentMessage {
                     msg: Some(Msg::Heartbeat(pb::Heartbeat { unix_ms: unix_millis_now(), state, current_point })),

@@ -209,10 +209,50 @@ pub struct AgentEntry {
     pub generation: u64,
     pub disconnected_at: Option<Instant>,
     pub state: String,
-    pub current_point: Option<(String, usize)>,
+    /// Points running on the agent (several when it runs engines side by side).
+    pub running: Vec<PointRef>,
     pub last_seen_ms: i64,
-    /// (sweep id, GPU count) of the engine the agent last ran, to keep engines warm.
-    pub engine: Option<(String, u32)>,
+    /// (sweep id, GPU count) of the engines the agent last ran, most recent last, to keep
+    /// engines warm (at most `max_engines` of them).
+    pub engines: Vec<(String, u32)>,
+}
+
+impl AgentEntry {
+    fn new(name: String, inventory: pb::Inventory, generation: u64) -> AgentEntry {
+        AgentEntry {
+            name,
+            inventory,
+            connected: false,
+            generation,
+            disconnected_at: None,
+            state: "idle".into(),
+            running: Vec::new(),
+            last_seen_ms: 0,
+            engines: Vec::new(),
+        }
+    }
+
+    /// GPUs the agent has for points: its GPU count, or one for an agent without GPUs
+    /// (simulated engines).
+    fn gpu_capacity(&self) -> u32 {
+        count(self.inventory.gpus.len()).max(1)
+    }
+
+    /// Engines the agent runs at once (its `max_engines`, at least 1).
+    fn engine_slots(&self) -> usize {
+        usize::try_from(self.inventory.max_engines.max(1)).unwrap_or(1)
+    }
+
+    /// Remembers that the agent now runs an engine of (sweep, GPU count).
+    fn warm(&mut self, group: (String, u32)) {
+        self.engines.retain(|g| *g != group);
+        self.engines.push(group);
+        let keep = self.engine_slots();
+        if self.engines.len() > keep {
+            let drop = self.engines.len() - keep;
+            self.engines.drain(..drop);
+        }
+    }
 }
 
 /// Where a point lives: sweep id and index into its points.
@@ -294,7 +334,6 @@ struct Persisted {
     /// running on its agent until `write_done` reports them durable (decision 2).
     awaiting_write: BTreeSet<(String, u32)>,
     /// Points restored as running that are not their agent's current point.
-    orphans: Vec<PointRef>,
     /// Sweep id → (spec TOML as submitted, its file name): what the store keeps of a spec.
     sources: HashMap<String, (String, String)>,
 }
@@ -519,63 +558,34 @@ impl State {
         self.next_generation += 1;
         let generation = self.next_generation;
         let name = inventory.agent_name.clone();
-        let running_point_id = self
+        let running: Vec<(PointRef, String)> = self
             .agents
             .get(&name)
-            .and_then(|a| a.current_point.clone())
-            .and_then(|(sweep, idx)| {
-                self.sweep(&sweep)
-                    .and_then(|s| s.points.get(idx))
-                    .map(|p| (sweep.clone(), idx, p.point_id.clone()))
-            });
+            .map(|a| a.running.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|pref| {
+                let pid = self.sweep(&pref.0)?.points.get(pref.1)?.point_id.clone();
+                Some((pref, pid))
+            })
+            .collect();
         let entry = self
             .agents
             .entry(name.clone())
-            .or_insert_with(|| AgentEntry {
-                name: name.clone(),
-                inventory: inventory.clone(),
-                connected: false,
-                generation,
-                disconnected_at: None,
-                state: "idle".into(),
-                current_point: None,
-                last_seen_ms: 0,
-                engine: None,
-            });
+            .or_insert_with(|| AgentEntry::new(name.clone(), inventory.clone(), generation));
         entry.inventory = inventory;
         entry.connected = true;
         entry.generation = generation;
         entry.disconnected_at = None;
         entry.last_seen_ms = unix_millis_now();
         self.persisted.dirty_agents.insert(name.clone());
-        let lost = running_point_id
-            .filter(|(_, _, pid)| !active_points.contains(pid))
-            .map(|(sweep, idx, _)| (sweep, idx));
-        if let Some(pref) = lost {
-            warn!(agent = %name, "agent re-registered without its running point; re-queueing it");
-            self.requeue(&pref, "agent restarted during the point");
-        }
-        for (pref, pid) in self.orphans_of(&name) {
+        for (pref, pid) in running {
             if !active_points.contains(&pid) {
-                warn!(agent = %name, point_id = %pid, "agent re-registered without a point it ran before the controller restarted; re-queueing it");
+                warn!(agent = %name, point_id = %pid, "agent re-registered without its running point; re-queueing it");
                 self.requeue(&pref, "agent restarted during the point");
             }
         }
         generation
-    }
-
-    /// Points restored as running on `agent` besides its current point (finished there
-    /// but not yet on disk when the controller stopped), with their ids.
-    fn orphans_of(&self, agent: &str) -> Vec<(PointRef, String)> {
-        self.persisted
-            .orphans
-            .iter()
-            .filter_map(|pref| {
-                let p = self.sweep(&pref.0)?.points.get(pref.1)?;
-                matches!(&p.state, PointState::Running { agent: a } if a == agent)
-                    .then(|| (pref.clone(), p.point_id.clone()))
-            })
-            .collect()
     }
 
     /// The session of `generation` ended. The agent keeps its point for a grace period.
@@ -605,9 +615,7 @@ impl State {
             })
         {
             if let Some(a) = self.agents.get_mut(&agent) {
-                if a.current_point.as_ref() == Some(pref) {
-                    a.current_point = None;
-                }
+                a.running.retain(|r| r != pref);
             }
         }
         if let Some(s) = self.sweep_mut(&pref.0) {
@@ -630,20 +638,10 @@ impl State {
             .agents
             .values_mut()
             .filter(|a| !a.connected && a.disconnected_at.is_some_and(|t| now - t >= grace))
-            .filter_map(|a| a.current_point.take())
+            .flat_map(|a| std::mem::take(&mut a.running))
             .collect();
-        let lost_agents: Vec<String> = self
-            .agents
-            .values()
-            .filter(|a| !a.connected && a.disconnected_at.is_some_and(|t| now - t >= grace))
-            .map(|a| a.name.clone())
-            .collect();
-        let mut gone = gone;
-        for name in lost_agents {
-            gone.extend(self.orphans_of(&name).into_iter().map(|(pref, _)| pref));
-        }
         for pref in &gone {
-            // current_point was taken above; requeue only resets the point.
+            // The agent's running list was emptied above; requeue only resets the point.
             self.requeue(pref, "agent lost during the point");
         }
         if gone.is_empty() {
@@ -723,6 +721,10 @@ impl State {
             .get(agent)
             .map(|a| a.inventory.host.clone())
             .unwrap_or_default();
+        let unwritten = self
+            .persisted
+            .awaiting_write
+            .contains(&(pf.point_id.clone(), pf.attempt));
         let Some(sweep) = self.sweep_mut(&sweep_id) else {
             return (None, Vec::new());
         };
@@ -737,6 +739,19 @@ impl State {
         let current = p.attempt == pf.attempt
             && matches!(&p.state, PointState::Running { agent: a } if a == agent);
         if !current {
+            if p.state.is_terminal() && unwritten {
+                // A resend of a point whose rows are not on disk yet (its write is queued
+                // or failed): acknowledged only by a write, so the agent keeps its spool
+                // until then. The write is queued again (a failed one is retried).
+                let gpus = p.planned.gpus;
+                sweep.pending_writes += 1;
+                let job = WriteJob {
+                    sweep_id,
+                    gpus,
+                    acks: vec![(agent.to_string(), ack)],
+                };
+                return (Some(job), Vec::new());
+            }
             // A resend after reconnect, or an attempt that was re-queued: already handled.
             return (None, vec![(agent.to_string(), msg(CMsg::PointAck(ack)))]);
         }
@@ -776,7 +791,7 @@ impl State {
             info!(point_id = %p.point_id, attempt = p.attempt, error = %p.error, "point re-queued (policy retry)");
             sweep.bump();
             if let Some(a) = self.agents.get_mut(agent) {
-                a.current_point = None;
+                a.running.retain(|r| *r != (sweep_id.clone(), idx));
             }
             let mut out = vec![(agent.to_string(), msg(CMsg::PointAck(ack)))];
             out.extend(self.schedule());
@@ -835,7 +850,7 @@ impl State {
         sweep.bump();
         self.persisted.awaiting_write.insert(awaiting);
         if let Some(a) = self.agents.get_mut(agent) {
-            a.current_point = None;
+            a.running.retain(|r| *r != (sweep_id.clone(), idx));
         }
         // Assign the agent's next point before releasing this sweep's engines: an agent
         // whose next point (of another sweep) needs the same engine keeps it running.
@@ -894,10 +909,28 @@ impl State {
         Some(out)
     }
 
-    /// The point agent `name` should run next, if any (see [`State::schedule`]).
-    fn pick_point(&mut self, name: &str) -> Option<PointRef> {
+    /// GPUs agent `name` has free (its capacity less the GPUs of its running points) and
+    /// whether it may start one more engine.
+    fn room(&self, name: &str) -> (u32, bool) {
+        let Some(agent) = self.agents.get(name) else {
+            return (0, false);
+        };
+        let used: u32 = agent
+            .running
+            .iter()
+            .filter_map(|(sid, idx)| self.sweep(sid)?.points.get(*idx))
+            .map(|p| p.planned.gpus.max(1))
+            .sum();
+        (
+            agent.gpu_capacity().saturating_sub(used),
+            agent.running.len() < agent.engine_slots(),
+        )
+    }
+
+    /// The point agent `name` should run next on `gpu_count` free GPUs, if any (see
+    /// [`State::schedule`]).
+    fn pick_point(&mut self, name: &str, gpu_count: u32) -> Option<PointRef> {
         let agent = self.agents.get(name)?;
-        let gpu_count = count(agent.inventory.gpus.len()).max(1);
         let eligible: Vec<usize> = self
             .sweeps
             .iter()
@@ -917,11 +950,11 @@ impl State {
                     .map(|i| (s.id.clone(), i))
             })
         };
-        let warm = agent.engine.clone().and_then(|(ws, wg)| {
+        let warm = agent.engines.iter().rev().find_map(|(ws, wg)| {
             eligible
                 .iter()
-                .filter(|&&si| self.sweeps.get(si).is_some_and(|s| s.id == ws))
-                .find_map(|&si| first_pending(si, &|_, g| g == wg && g <= gpu_count))
+                .filter(|&&si| self.sweeps.get(si).is_some_and(|s| s.id == *ws))
+                .find_map(|&si| first_pending(si, &|_, g| g == *wg && g <= gpu_count))
         });
         if warm.is_some() {
             return warm;
@@ -931,7 +964,7 @@ impl State {
             .agents
             .values()
             .filter(|a| a.connected && a.name != name)
-            .filter_map(|a| a.engine.clone())
+            .flat_map(|a| a.engines.iter().cloned())
             .collect();
         let start = self
             .last_sweep
@@ -961,8 +994,11 @@ impl State {
         chosen
     }
 
-    /// Assigns pending points to idle, connected agents that match the sweep's placement
-    /// and have enough GPUs (an agent without GPUs counts as one, for simulated engines).
+    /// Assigns pending points to connected agents that match the sweep's placement and
+    /// have enough free GPUs (an agent without GPUs counts as one, for simulated engines)
+    /// and a free engine slot (`max_engines`: one point at a time unless the agent runs
+    /// engines side by side on disjoint GPUs). Agents take one point per round, so a
+    /// many-GPU agent does not take every point before the others get one.
     ///
     /// Spread: an agent first keeps taking points of its warm engine group (same sweep
     /// and GPU count) so engines restart rarely; a free agent takes a group no other agent
@@ -972,24 +1008,38 @@ impl State {
     /// children run only on their own agent.
     pub fn schedule(&mut self) -> Outgoing {
         let mut out = Vec::new();
-        let mut idle: Vec<String> = self
+        let mut open: Vec<String> = self
             .agents
             .values()
-            .filter(|a| a.connected && a.current_point.is_none())
+            .filter(|a| a.connected)
             .map(|a| a.name.clone())
             .collect();
-        idle.sort();
-        for name in idle {
-            let Some((sid, idx)) = self.pick_point(&name) else {
-                continue;
+        open.sort();
+        while !open.is_empty() {
+            open.retain(|name| self.assign_one(name, &mut out));
+        }
+        out
+    }
+
+    /// Gives agent `name` one more point if it has room and there is one for it; false
+    /// when it got none.
+    fn assign_one(&mut self, name: &str, out: &mut Outgoing) -> bool {
+        let name = name.to_string();
+        let (free_gpus, slot) = self.room(&name);
+        if free_gpus == 0 || !slot {
+            return false;
+        }
+        {
+            let Some((sid, idx)) = self.pick_point(&name, free_gpus) else {
+                return false;
             };
             let Some(s) = self.sweep_mut(&sid) else {
-                continue;
+                return false;
             };
             let (engine, load) = (s.engine.clone(), s.load.clone());
             s.agents_used.insert(name.clone());
             let Some(p) = s.points.get_mut(idx) else {
-                continue;
+                return false;
             };
             p.attempt += 1;
             p.state = PointState::Running {
@@ -1018,15 +1068,15 @@ impl State {
             info!(agent = %name, point_id = %spec.point_id, attempt = spec.attempt, "point assigned");
             s.bump();
             if let Some(a) = self.agents.get_mut(&name) {
-                a.current_point = Some((sid.clone(), idx));
-                a.engine = Some((sid, gpus));
+                a.running.push((sid.clone(), idx));
+                a.warm((sid, gpus));
             }
             out.push((
                 name,
                 msg(CMsg::Assignment(pb::Assignment { point: Some(spec) })),
             ));
         }
-        out
+        true
     }
 
     /// A queued partition write ended; `files` are what it wrote (empty when it failed)
@@ -1062,11 +1112,12 @@ impl State {
                     "disconnected".into()
                 },
                 current_point: a
-                    .current_point
-                    .as_ref()
-                    .and_then(|(s, i)| self.sweep(s).and_then(|s| s.points.get(*i)))
+                    .running
+                    .iter()
+                    .filter_map(|(s, i)| self.sweep(s).and_then(|s| s.points.get(*i)))
                     .map(|p| p.point_id.clone())
-                    .unwrap_or_default(),
+                    .collect::<Vec<_>>()
+                    .join(","),
                 last_seen_unix_ms: a.last_seen_ms,
             })
             .collect();
@@ -1198,20 +1249,11 @@ impl State {
                 agent_name: name.clone(),
                 ..Default::default()
             });
-            self.agents.insert(
-                name.clone(),
-                AgentEntry {
-                    name,
-                    inventory,
-                    connected: false,
-                    generation: self.next_generation,
-                    disconnected_at: Some(now),
-                    state: "disconnected".into(),
-                    current_point: None,
-                    last_seen_ms: row.last_seen_ms,
-                    engine: None,
-                },
-            );
+            let mut entry = AgentEntry::new(name.clone(), inventory, self.next_generation);
+            entry.disconnected_at = Some(now);
+            entry.state = "disconnected".into();
+            entry.last_seen_ms = row.last_seen_ms;
+            self.agents.insert(name, entry);
         }
         for LoadedSweep { id, row, points } in loaded.sweeps {
             let spec = match SweepSpec::parse(&row.spec_toml, &row.file_name) {
@@ -1284,27 +1326,18 @@ impl State {
             for (idx, agent, gpus) in running {
                 self.next_generation += 1;
                 let generation = self.next_generation;
-                let a = self
-                    .agents
-                    .entry(agent.clone())
-                    .or_insert_with(|| AgentEntry {
-                        name: agent.clone(),
-                        inventory: pb::Inventory {
-                            agent_name: agent.clone(),
-                            ..Default::default()
-                        },
-                        connected: false,
-                        generation,
-                        disconnected_at: Some(now),
-                        state: "disconnected".into(),
-                        current_point: None,
-                        last_seen_ms: 0,
-                        engine: None,
-                    });
-                if let Some(prev) = a.current_point.replace((id.clone(), idx)) {
-                    self.persisted.orphans.push(prev);
-                }
-                a.engine = Some((id.clone(), gpus));
+                let a = self.agents.entry(agent.clone()).or_insert_with(|| {
+                    let inventory = pb::Inventory {
+                        agent_name: agent.clone(),
+                        ..Default::default()
+                    };
+                    let mut entry = AgentEntry::new(agent.clone(), inventory, generation);
+                    entry.disconnected_at = Some(now);
+                    entry.state = "disconnected".into();
+                    entry
+                });
+                a.running.push((id.clone(), idx));
+                a.warm((id.clone(), gpus));
             }
             info!(sweep_id = %id, state = row.state, "sweep restored");
             // A sweep whose points all ended before the crash finishes now.
@@ -1510,6 +1543,61 @@ workloads = [{ input = 8, output = 4 }]
     }
 
     #[test]
+    fn an_agent_with_max_engines_runs_points_side_by_side_within_its_gpus() {
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(SPEC, "t").unwrap());
+        st.register(
+            pb::Inventory {
+                max_engines: 2,
+                ..agent("w", 3)
+            },
+            &[],
+        );
+        // Two 1-GPU points at once (two engine slots), not a third.
+        assert_eq!(
+            assignments(&st.schedule()),
+            vec![("w".into(), "s/p000".into()), ("w".into(), "s/p001".into())]
+        );
+        assert_eq!(st.agent_statuses()[0].current_point, "s/p000,s/p001");
+        // p000 ends: 2 GPUs free, so a 2-GPU point runs beside p001.
+        let (_, out) = finish(&mut st, "w", "s/p000", 1, true);
+        assert_eq!(assignments(&out), vec![("w".into(), "s/p002".into())]);
+        // p001 ends: 1 GPU free is too few for the last 2-GPU point.
+        let (_, out) = finish(&mut st, "w", "s/p001", 1, true);
+        assert!(assignments(&out).is_empty());
+        let (_, out) = finish(&mut st, "w", "s/p002", 1, true);
+        assert_eq!(assignments(&out), vec![("w".into(), "s/p003".into())]);
+    }
+
+    #[test]
+    fn a_resent_finish_is_acknowledged_only_once_its_rows_are_on_disk() {
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(SPEC, "t").unwrap());
+        st.register(agent("a", 2), &[]);
+        st.schedule();
+        let acks = |out: &Outgoing| {
+            out.iter()
+                .filter(|(_, m)| matches!(m.msg, Some(CMsg::PointAck(_))))
+                .count()
+        };
+        let (job, out) = finish(&mut st, "a", "s/p000", 1, true);
+        assert!(job.is_some());
+        assert_eq!(acks(&out), 0);
+        // The agent reconnects and resends before the write is done: no ack, but a
+        // write (retried if the first failed) that will acknowledge it.
+        let (job, out) = finish(&mut st, "a", "s/p000", 1, true);
+        let job = job.expect("a write for the resent point");
+        assert_eq!(job.acks.len(), 1);
+        assert_eq!(acks(&out), 0);
+        st.write_done("s", [], &[("s/p000".to_string(), 1)]);
+        st.write_done("s", [], &[]);
+        // Once on disk, a resend is acknowledged at once.
+        let (job, out) = finish(&mut st, "a", "s/p000", 1, true);
+        assert!(job.is_none());
+        assert_eq!(acks(&out), 1);
+    }
+
+    #[test]
     fn duplicate_batches_and_stale_attempts_are_ignored() {
         let mut st = State::default();
         st.add_sweep("s".into(), SweepSpec::parse(SPEC, "t").unwrap());
@@ -1631,7 +1719,7 @@ workloads = [{ input = 8, output = 4 }, { input = 16, output = 4 }]
 
     /// Runs the point the agent was just given to its end; returns the next assignment.
     fn run_current(st: &mut State, agent: &str, ok: bool, crash: bool) -> Outgoing {
-        let (sid, idx) = st.agents[agent].current_point.clone().unwrap();
+        let (sid, idx) = st.agents[agent].running[0].clone();
         let p = &st.sweep(&sid).unwrap().points[idx];
         let (pid, attempt) = (p.point_id.clone(), p.attempt);
         if crash {
@@ -1834,7 +1922,7 @@ workloads = [{ input = 8, output = 4 }, { input = 16, output = 4 }]
         st.register(agent("a", 2), &[]);
         st.schedule();
         store.apply(&st.store_ops()).unwrap();
-        let current = |st: &State| st.agents["a"].current_point.clone().unwrap();
+        let current = |st: &State| st.agents["a"].running[0].clone();
         // a finishes its first point and the write lands; its second point's finish
         // (a failure) is not written yet when the controller stops.
         let (_, i0) = current(&st);

@@ -54,6 +54,8 @@ pub struct AgentSpec {
     pub engine_env: BTreeMap<String, String>,
     pub model_paths: BTreeMap<String, String>,
     pub metrics_interval_ms: u64,
+    /// Engines the agent runs side by side (its `max_engines`).
+    pub max_engines: u32,
 }
 
 impl AgentSpec {
@@ -72,6 +74,7 @@ impl AgentSpec {
             engine_env: BTreeMap::new(),
             model_paths: BTreeMap::new(),
             metrics_interval_ms: 20,
+            max_engines: 1,
         }
     }
 }
@@ -175,6 +178,7 @@ impl Cluster {
                             memory_gib: 24.0,
                         })
                         .collect(),
+                    max_engines: a.max_engines,
                     vllm_command: a.vllm_command,
                     engine_env: a.engine_env,
                     model_paths: a.model_paths,

@@ -104,6 +104,7 @@ async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency()
         engine_env: BTreeMap::new(),
         model_paths: BTreeMap::from([(MODEL.to_string(), model_dir)]),
         metrics_interval_ms: 250,
+        max_engines: 1,
     };
     let cluster = Cluster::start(vec![agent]).await;
     cluster.wait_agents(1).await;

@@ -75,6 +75,8 @@ async fn agent_registers_late_and_again_after_a_controller_restart() {
         AgentConfig {
             name: "dialler".into(),
             controller: url.clone(),
+            // Its own spool folder (the default is per user, and locked).
+            spool_dir: tmp.path().join("spool"),
             ..AgentConfig::default()
         },
         agent_stop.clone(),
