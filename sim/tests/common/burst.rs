@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleetbench_sim::config::{CrashAction, EngineConfig, TimingModel};
+use fleetbench_sim::config::{CrashAction, EngineConfig, SimConfig, TimingModel};
 use fleetbench_sim::metrics::EngineStats;
 use fleetbench_sim::perf::{PerfModel, Profiles};
 use fleetbench_sim::scheduler::{FinishReason, NewRequest, spawn_engine};
@@ -127,8 +127,22 @@ pub async fn burst(config: EngineConfig, batch: usize, input: u32, output: u32) 
             out.e2e.push(last.unwrap() - t0);
         }
     }
-    out.preemptions = stats.snapshot().preemptions;
+    // Read the way a user reads it: vLLM's counter in the `/metrics` exposition.
+    out.preemptions = metrics_counter(
+        &stats.render(&SimConfig::new("burst-model")),
+        "vllm:num_preemptions_total",
+    );
     out.crashed = *crashed.lock().unwrap();
     shutdown.cancel();
     out
+}
+
+/// The value of the Prometheus sample `name{...} value` in an exposition (0 when absent).
+pub fn metrics_counter(exposition: &str, name: &str) -> u64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
 }
