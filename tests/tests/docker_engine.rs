@@ -2,8 +2,9 @@
 //! vllm-sim image (`deploy/docker/build-sim-image.sh`): engines with 1 and 2 "GPUs",
 //! readiness, one restart between two engine configurations and none within one, a crash
 //! mid-point recorded with its exit code and log tail before a fresh container serves the
-//! next point, and no container left behind, also after the agent is killed with SIGKILL and
-//! started again. Containers the agent did not create are never touched.
+//! next point, two containers side by side on disjoint GPU sets (`max_engines = 2`), and no
+//! container left behind, also after the agent is killed with SIGKILL and started again.
+//! Containers the agent did not create are never touched.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -117,6 +118,60 @@ async fn engines_restart_only_when_the_configuration_changes_and_leave_nothing_b
     assert_eq!(starts[1].1, serde_json::json!([0, 1]));
     assert_ne!(starts[0].2, starts[1].2);
     // The sweep ended: the agent stopped and removed its container.
+    wait_no_containers(&label).await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_containers_run_side_by_side_on_disjoint_gpu_sets() {
+    let image = sim_image();
+    let agent = "dock-wide";
+    let label = format!("{AGENT_LABEL}={agent}");
+    let spec = AgentSpec {
+        max_engines: 2,
+        ..AgentSpec::sim(agent, 4, &[])
+    };
+    let cluster = Cluster::start(vec![spec]).await;
+    cluster.wait_agents(1).await;
+    let mut client = cluster.client().await;
+    // Four 2-GPU points; every token takes a 20 ms step so points last long enough to meet.
+    let id = submit(
+        &mut client,
+        &sweep(
+            "wide",
+            &image,
+            r#"extra_args = ["--sim-step-ms", "20"]"#,
+            "gpus = [2]\nbatch_sizes = [1, 2, 4, 8]",
+        ),
+    )
+    .await;
+    let status = watch_to_end(&mut client, &id).await;
+    assert_eq!(status.state, "done", "{status:?}");
+    let file =
+        partition_dir(&cluster.results, "test/docker", 2).join(format!("{id}.points.parquet"));
+    let points = read_point_summaries(&file).unwrap();
+    assert_eq!(points.len(), 4);
+    let overlapping = points
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| points[i + 1..].iter().map(move |b| (a, b)))
+        .filter(|(a, b)| {
+            a.meta.started_unix_us < b.meta.finished_unix_us
+                && b.meta.started_unix_us < a.meta.finished_unix_us
+        })
+        .count();
+    assert!(overlapping >= 1, "no two points ran at the same time");
+    // Two containers, one per GPU set, each kept for its points.
+    let mut ready: Vec<(serde_json::Value, serde_json::Value)> = engine_events(&file)
+        .into_iter()
+        .filter(|ev| ev["kind"] == "ready")
+        .map(|ev| (ev["gpu_ids"].clone(), ev["container"].clone()))
+        .collect();
+    ready.sort_by_key(|r| r.0.to_string());
+    assert_eq!(ready.len(), 2, "{ready:?}");
+    assert_eq!(ready[0].0, serde_json::json!([0, 1]));
+    assert_eq!(ready[1].0, serde_json::json!([2, 3]));
+    assert_ne!(ready[0].1, ready[1].1);
     wait_no_containers(&label).await;
     cluster.stop().await;
 }
