@@ -286,3 +286,17 @@ pub async fn submit(client: &mut ControlServiceClient<Channel>, toml: &str) -> S
         .into_inner()
         .sweep_id
 }
+
+/// How many pairs of `points` ran at the same time (their start–finish spans overlap).
+pub fn overlapping_pairs(points: &[fleetbench_controller::summary::PointSummary]) -> usize {
+    let overlap = |a: &fleetbench_controller::summary::PointSummary,
+                   b: &fleetbench_controller::summary::PointSummary| {
+        a.meta.started_unix_us < b.meta.finished_unix_us
+            && b.meta.started_unix_us < a.meta.finished_unix_us
+    };
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, a)| points[i + 1..].iter().filter(|b| overlap(a, b)).count())
+        .sum()
+}

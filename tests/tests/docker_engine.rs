@@ -14,8 +14,8 @@ use std::time::Duration;
 use fleetbench_controller::results::{partition_dir, read_point_summaries};
 use fleetbench_proto::pb;
 use fleetbench_tests::{
-    AgentSpec, Cluster, containers_labelled, parquet_metadata, sim_image, submit, watch_to_end,
-    workspace_bin,
+    AgentSpec, Cluster, containers_labelled, overlapping_pairs, parquet_metadata, sim_image,
+    submit, watch_to_end, workspace_bin,
 };
 
 const AGENT_LABEL: &str = "io.fleetbench.agent";
@@ -151,16 +151,10 @@ async fn two_containers_run_side_by_side_on_disjoint_gpu_sets() {
         partition_dir(&cluster.results, "test/docker", 2).join(format!("{id}.points.parquet"));
     let points = read_point_summaries(&file).unwrap();
     assert_eq!(points.len(), 4);
-    let overlapping = points
-        .iter()
-        .enumerate()
-        .flat_map(|(i, a)| points[i + 1..].iter().map(move |b| (a, b)))
-        .filter(|(a, b)| {
-            a.meta.started_unix_us < b.meta.finished_unix_us
-                && b.meta.started_unix_us < a.meta.finished_unix_us
-        })
-        .count();
-    assert!(overlapping >= 1, "no two points ran at the same time");
+    assert!(
+        overlapping_pairs(&points) >= 1,
+        "no two points ran at the same time"
+    );
     // Two containers, one per GPU set, each kept for its points.
     let mut ready: Vec<(serde_json::Value, serde_json::Value)> = engine_events(&file)
         .into_iter()

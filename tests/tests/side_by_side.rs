@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 
 use fleetbench_controller::results::read_point_summaries;
 use fleetbench_controller::summary::PointSummary;
-use fleetbench_tests::{AgentSpec, Cluster, parquet_metadata, submit, watch_to_end};
+use fleetbench_tests::{
+    AgentSpec, Cluster, overlapping_pairs, parquet_metadata, submit, watch_to_end,
+};
 
 const SIM_ARGS: &[&str] = &[
     "--sim-step-ms",
@@ -66,11 +68,6 @@ fn ready_gpu_sets(file: &std::path::Path) -> Vec<Vec<u64>> {
         .collect()
 }
 
-fn overlap(a: &PointSummary, b: &PointSummary) -> bool {
-    a.meta.started_unix_us < b.meta.finished_unix_us
-        && b.meta.started_unix_us < a.meta.finished_unix_us
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_engines_share_a_host_on_disjoint_gpus_and_a_wide_one_runs_alone() {
     let agent = AgentSpec {
@@ -88,31 +85,20 @@ async fn two_engines_share_a_host_on_disjoint_gpus_and_a_wide_one_runs_alone() {
     let two = read_point_summaries(&partition(&cluster, &id, 2)).unwrap();
     let four = read_point_summaries(&partition(&cluster, &id, 4)).unwrap();
     assert_eq!((two.len(), four.len()), (4, 4));
-    let overlapping = two
-        .iter()
-        .enumerate()
-        .flat_map(|(i, a)| two[i + 1..].iter().map(move |b| (a, b)))
-        .filter(|(a, b)| overlap(a, b))
-        .count();
     assert!(
-        overlapping >= 1,
+        overlapping_pairs(&two) >= 1,
         "no two 2-GPU points ran at the same time: {:?}",
         two.iter()
             .map(|p| (p.meta.started_unix_us, p.meta.finished_unix_us))
             .collect::<Vec<_>>()
     );
-    for p in &four {
-        for q in two.iter().chain(four.iter()) {
-            if p.meta.point_id != q.meta.point_id {
-                assert!(
-                    !overlap(p, q),
-                    "4-GPU point {} overlapped {}",
-                    p.meta.point_id,
-                    q.meta.point_id
-                );
-            }
-        }
-    }
+    // The 4-GPU points ran alone: no overlap among all eight points but the 2-GPU ones'.
+    let all: Vec<PointSummary> = two.iter().chain(four.iter()).cloned().collect();
+    assert_eq!(
+        overlapping_pairs(&all),
+        overlapping_pairs(&two),
+        "a 4-GPU point overlapped another point"
+    );
 
     // Two 2-GPU engines on disjoint GPUs, each kept across its points; one 4-GPU engine.
     let ready = ready_gpu_sets(&partition(&cluster, &id, 2));
