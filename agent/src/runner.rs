@@ -140,6 +140,8 @@ pub struct Runner {
 struct PointResult {
     ok: bool,
     error: String,
+    /// The engine died during the point or failed to start for it.
+    engine_crashed: bool,
     endpoint: String,
     engine_metrics: Vec<pb::MetricSample>,
     fallbacks: Vec<String>,
@@ -162,6 +164,7 @@ impl PointResult {
         PointResult {
             ok,
             error,
+            engine_crashed: false,
             endpoint: o.endpoint.as_str().to_string(),
             engine_metrics: wire_samples(o.engine_metrics),
             fallbacks: o.fallbacks,
@@ -386,12 +389,14 @@ impl Runner {
     }
 
     /// Makes sure an engine for `key` is ready; reuses the running one when it matches.
+    /// The error says why, and whether the engine itself failed to start (an engine crash
+    /// for the sweep's failure policy) rather than the agent.
     async fn ensure_engine(
         &mut self,
         point: &pb::PointSpec,
         key: EngineKey,
         cancel: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), (String, bool)> {
         if let Some((sweep, engine)) = &mut self.engine {
             if engine.key == key && engine.exited().await.is_none() {
                 *sweep = point.sweep_id.clone();
@@ -442,9 +447,9 @@ impl Runner {
                 ev.exit_code = exit_code;
                 ev.log_tail = log_tail;
                 self.send_event(ev);
-                Err(message)
+                Err((message, true))
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err((e.to_string(), false)),
         }
     }
 
@@ -475,7 +480,10 @@ impl Runner {
             Duration::from_millis(self.cfg.batch_flush_ms),
         ));
         let mut result = match self.ensure_engine(&point, key, &cancel).await {
-            Err(error) => PointResult::failed(format!("engine start failed: {error}")),
+            Err((error, engine_crashed)) => PointResult {
+                engine_crashed,
+                ..PointResult::failed(format!("engine start failed: {error}"))
+            },
             Ok(()) => {
                 self.set_status("running", &point.point_id);
                 self.load_point(&point, &tx, &cancel).await
@@ -535,6 +543,7 @@ impl Runner {
                 fallbacks: result.fallbacks,
                 engine_image,
                 engine_image_digest,
+                engine_crashed: result.engine_crashed,
             })),
         });
         if let Err(e) = pushed {
@@ -604,9 +613,13 @@ impl Runner {
                 self.retire(engine).await;
             }
             self.send_event(ev);
-            return match outcome {
+            let result = match outcome {
                 Ok(o) => PointResult::from_outcome(false, error, o),
                 Err(_) => PointResult::failed(error),
+            };
+            return PointResult {
+                engine_crashed: true,
+                ..result
             };
         }
         match outcome {

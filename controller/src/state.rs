@@ -775,7 +775,9 @@ impl State {
             PointState::Failed
         };
         // An engine crash: the attempt failed and its engine died or never started.
-        let crashed = state == PointState::Failed && p.engine_crashed;
+        // The agent says so in the PointFinished too: its engine events are not spooled,
+        // so a controller restart mid-point may have missed them.
+        let crashed = state == PointState::Failed && (p.engine_crashed || pf.engine_crashed);
         if crashed && on_crash == OnEngineCrash::Retry && p.crash_retries < max_retries {
             // Back to the queue for a fresh engine; nothing of this attempt is kept (the
             // next attempt's records are never mixed with these) but its engine events.
@@ -1742,6 +1744,44 @@ workloads = [{ input = 8, output = 4 }, { input = 16, output = 4 }]
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_crash_reported_only_in_the_point_finished_counts_for_the_policy() {
+        // After a controller restart mid-point the engine's `exited` event may be gone;
+        // the agent's PointFinished still says the engine crashed.
+        let spec = format!("{POLICY_SPEC}on_engine_crash = \"skip-larger\"\n");
+        let mut st = State::default();
+        st.add_sweep("s".into(), SweepSpec::parse(&spec, "t").unwrap());
+        st.register(agent("a", 1), &[]);
+        st.schedule();
+        run_current(&mut st, "a", true, false);
+        run_current(&mut st, "a", true, false);
+        let (sid, idx) = st.agents["a"].running[0].clone();
+        let p = &st.sweep(&sid).unwrap().points[idx];
+        let (pid, attempt) = (p.point_id.clone(), p.attempt);
+        st.point_finished(
+            "a",
+            pb::PointFinished {
+                point_id: pid,
+                attempt,
+                ok: false,
+                error: "engine exited during the point with code 1".into(),
+                engine_crashed: true,
+                ..Default::default()
+            },
+        );
+        let got: Vec<_> = states(&st)[..5].iter().map(|t| (t.2, t.3)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "done"),
+                (4, "done"),
+                (16, "failed"),
+                (32, "skipped"),
+                (64, "skipped")
+            ]
+        );
     }
 
     #[test]
