@@ -243,12 +243,7 @@ pub fn summarize(
             .filter(|r| r.output_tokens != Some(r.target_output_tokens))
             .count(),
     );
-    let send_lag_s = percentiles(
-        &records
-            .iter()
-            .map(RequestRecord::send_lag_s)
-            .collect::<Vec<_>>(),
-    );
+    let send_lag_s = percentiles_of(records.iter().map(RequestRecord::send_lag_s).collect());
     let achieved_rate = achieved_rate(records);
     let achieved_concurrency = mean_in_flight(records);
     let in_flight = in_flight(records, engine_metrics);
@@ -285,9 +280,10 @@ pub fn summarize(
     let collect = |f: fn(&RequestRecord) -> Option<f64>| -> Vec<f64> {
         completed_records().filter_map(f).collect()
     };
-    let itl: Vec<f64> = completed_records()
-        .flat_map(|r| r.itl_s.iter().copied())
-        .collect();
+    let mut itl = Vec::with_capacity(completed_records().map(|r| r.itl_s.len()).sum());
+    for r in completed_records() {
+        itl.extend_from_slice(&r.itl_s);
+    }
 
     PointSummary {
         meta,
@@ -297,11 +293,11 @@ pub fn summarize(
         request_throughput: per_second(f64::from(completed)),
         output_throughput: per_second(output_tokens as f64),
         total_token_throughput: per_second((input_tokens + output_tokens) as f64),
-        output_speed: percentiles(&collect(RequestRecord::output_speed)),
-        ttft_s: percentiles(&collect(|r| r.ttft_s)),
-        tpot_s: percentiles(&collect(|r| r.tpot_s)),
-        itl_s: percentiles(&itl),
-        e2el_s: percentiles(&collect(|r| r.e2el_s)),
+        output_speed: percentiles_of(collect(RequestRecord::output_speed)),
+        ttft_s: percentiles_of(collect(|r| r.ttft_s)),
+        tpot_s: percentiles_of(collect(|r| r.tpot_s)),
+        itl_s: percentiles_of(itl),
+        e2el_s: percentiles_of(collect(|r| r.e2el_s)),
         server: server_stats(engine_metrics),
         input_len_mismatches,
         output_len_mismatches,
@@ -471,22 +467,65 @@ fn saturating_u32(n: usize) -> u32 {
 /// sorted values, index h = (n − 1)·q, result = v[⌊h⌋] + (h − ⌊h⌋)·(v[⌊h⌋+1] − v[⌊h⌋]),
 /// evaluated the way numpy's `_lerp` does so results match `np.percentile` bit for bit.
 pub fn percentiles(values: &[f64]) -> Percentiles {
-    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
-    if sorted.is_empty() {
+    percentiles_of(values.iter().copied().filter(|v| !v.is_nan()).collect())
+}
+
+/// [`percentiles`] of values the caller collected (NaNs are dropped here), reordered in
+/// place: the quantiles come from selections (`select_nth_unstable`, linear time), not a
+/// full sort. Under the total order (`f64::total_cmp`) a rank's value is unique, so the
+/// result is bit for bit the sorted-slice answer; a point's pooled ITLs are millions of
+/// values, and sorting them was the most expensive step of finishing a point.
+fn percentiles_of(mut values: Vec<f64>) -> Percentiles {
+    values.retain(|v| !v.is_nan());
+    if values.is_empty() {
         return Percentiles::default();
     }
-    // Summed in the given order (before sorting), as `np.mean` does for short inputs.
-    let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
-    sorted.sort_by(f64::total_cmp);
+    // Summed in the given order (before any reordering), as `np.mean` does for short inputs.
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let [p50, p90, p99] = quantiles(&mut values, [0.5, 0.9, 0.99]);
     Percentiles {
         mean: Some(mean),
-        p50: Some(quantile_of_sorted(&sorted, 50.0 / 100.0)),
-        p90: Some(quantile_of_sorted(&sorted, 90.0 / 100.0)),
-        p99: Some(quantile_of_sorted(&sorted, 99.0 / 100.0)),
+        p50: Some(p50),
+        p90: Some(p90),
+        p99: Some(p99),
     }
 }
 
+/// Linear-interpolated quantiles (ascending `qs` in 0..=1) of a non-empty slice without
+/// NaNs, as [`quantile_of_sorted`] computes them on the sorted slice. Reorders `values`.
+fn quantiles<const N: usize>(values: &mut [f64], qs: [f64; N]) -> [f64; N] {
+    let last = values.len().saturating_sub(1);
+    // Every rank selected so far is at its sorted place, the last one is `settled`, and
+    // the values right of it are at least as large (in the total order). With ascending
+    // `qs` a rank asked for again is always one selected before (⌊h⌋ or ⌊h⌋ + 1 of an
+    // earlier q), and later selections only reorder the values right of `settled`.
+    let mut settled: Option<usize> = None;
+    let mut rank = |values: &mut [f64], r: usize| -> f64 {
+        match settled {
+            Some(s) if r <= s => values[r],
+            _ => {
+                let from = settled.map_or(0, |s| s + 1);
+                let (_, v, _) = values[from..].select_nth_unstable_by(r - from, f64::total_cmp);
+                let v = *v;
+                settled = Some(r);
+                v
+            }
+        }
+    };
+    qs.map(|q| {
+        let h = last as f64 * q;
+        let below = h.floor();
+        let gamma = h - below;
+        let lo = (below as usize).min(last);
+        let hi = (lo + 1).min(last);
+        let a = rank(values, lo);
+        let b = rank(values, hi);
+        lerp(a, b, gamma)
+    })
+}
+
 /// Linear-interpolated quantile `q` (0..=1) of a non-empty ascending slice.
+#[cfg(test)]
 fn quantile_of_sorted(sorted: &[f64], q: f64) -> f64 {
     let last = sorted.len().saturating_sub(1);
     let h = last as f64 * q;
@@ -494,8 +533,11 @@ fn quantile_of_sorted(sorted: &[f64], q: f64) -> f64 {
     let gamma = h - below;
     let lo = (below as usize).min(last);
     let hi = (lo + 1).min(last);
-    let (a, b) = (sorted[lo], sorted[hi]);
-    // numpy's `_lerp`: interpolate from the nearer end to keep monotonicity and exactness.
+    lerp(sorted[lo], sorted[hi], gamma)
+}
+
+/// numpy's `_lerp`: interpolates from the nearer end to keep monotonicity and exactness.
+fn lerp(a: f64, b: f64, gamma: f64) -> f64 {
     let diff = b - a;
     if gamma >= 0.5 {
         b - diff * (1.0 - gamma)
@@ -648,6 +690,35 @@ mod tests {
         assert_eq!(p.p90, Some(6.8999999999999995));
         assert_eq!(p.p99, Some(8.79));
         assert_eq!(p.mean, Some(31.0 / 8.0));
+    }
+
+    #[test]
+    fn selected_quantiles_equal_the_sorted_ones() {
+        // Duplicates, signed zeros, infinities and every length from 1 to 300.
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for n in 1..=300 {
+            let values: Vec<f64> = (0..n)
+                .map(|_| match next() % 10 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 => f64::INFINITY,
+                    3 => 1.5,
+                    _ => (next() % 1000) as f64 / 7.0 - 50.0,
+                })
+                .collect();
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            let want = [0.0, 0.01, 0.5, 0.9, 0.99, 1.0].map(|q| quantile_of_sorted(&sorted, q));
+            let mut scratch = values.clone();
+            let got = quantiles(&mut scratch, [0.0, 0.01, 0.5, 0.9, 0.99, 1.0]);
+            assert_eq!(want.map(f64::to_bits), got.map(f64::to_bits), "{values:?}");
+        }
     }
 
     #[test]
