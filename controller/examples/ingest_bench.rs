@@ -38,10 +38,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use bytes::{BufMut, Bytes};
 use clap::Parser;
 use fleetbench_controller::{ControllerConfig, results};
-use fleetbench_proto::pb::agent_service_client::AgentServiceClient;
 use fleetbench_proto::pb::control_service_client::ControlServiceClient;
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use fleetbench_proto::pb::{self, agent_message::Msg, controller_message::Msg as CMsg};
 use fleetbench_proto::record::RequestRecord;
 use fleetbench_proto::unix_micros_now;
@@ -79,6 +83,11 @@ struct Args {
     /// back (clone of every record, one point's summary, one write of the whole partition).
     #[arg(long)]
     breakdown: bool,
+    /// Generate and protobuf-encode each batch while the clock runs, as a real agent does
+    /// (default: every point's records are encoded before the clock starts, so the figure
+    /// measures the controller rather than these simulated agents sharing its cores).
+    #[arg(long)]
+    live: bool,
 }
 
 /// What one simulated agent saw, on the benchmark's clock.
@@ -144,17 +153,158 @@ fn agent_msg(msg: Msg) -> pb::AgentMessage {
     pb::AgentMessage { msg: Some(msg) }
 }
 
+/// `RecordBatch.records`: the field number the pre-encoded records are tagged with.
+const RECORDS_FIELD: u32 = 5;
+/// `AgentMessage.record_batch`.
+const RECORD_BATCH_FIELD: u32 = 4;
+
+/// One `AgentMessage` on the wire, as two pieces: `head` (encoded when sent) and `body`
+/// (the records of a batch, encoded ahead of time). The two concatenated are exactly the
+/// bytes `prost` would produce for the whole message.
+struct Frame {
+    head: Vec<u8>,
+    body: Bytes,
+}
+
+impl Frame {
+    fn message(msg: Msg) -> Self {
+        Frame {
+            head: agent_msg(msg).encode_to_vec(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// A `RecordBatch` message around records encoded by [`encode_records`].
+    fn batch(point: &pb::PointSpec, seq: u64, records: Bytes) -> Self {
+        let header = pb::RecordBatch {
+            sweep_id: point.sweep_id.clone(),
+            point_id: point.point_id.clone(),
+            attempt: point.attempt,
+            seq,
+            records: Vec::new(),
+        }
+        .encode_to_vec();
+        let mut head = Vec::with_capacity(header.len() + 16);
+        encode_key(RECORD_BATCH_FIELD, WireType::LengthDelimited, &mut head);
+        encode_varint((header.len() + records.len()) as u64, &mut head);
+        head.extend_from_slice(&header);
+        Frame {
+            head,
+            body: records,
+        }
+    }
+}
+
+/// The `records` field of a `RecordBatch`, encoded (tag, length, record; per record).
+fn encode_records(records: &[pb::RequestRecord]) -> Bytes {
+    let len: usize = records
+        .iter()
+        .map(|r| prost::encoding::message::encoded_len(RECORDS_FIELD, r))
+        .sum();
+    let mut buf = Vec::with_capacity(len);
+    for r in records {
+        prost::encoding::message::encode(RECORDS_FIELD, r, &mut buf);
+    }
+    buf.into()
+}
+
+/// Sends [`Frame`]s as they are, decodes `ControllerMessage`s with prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct FrameCodec;
+
+impl Codec for FrameCodec {
+    type Encode = Frame;
+    type Decode = pb::ControllerMessage;
+    type Encoder = FrameCodec;
+    type Decoder = FrameCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        FrameCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        FrameCodec
+    }
+}
+
+impl Encoder for FrameCodec {
+    type Item = Frame;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Frame, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item.head);
+        dst.put_slice(&item.body);
+        Ok(())
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = pb::ControllerMessage;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut DecodeBuf<'_>,
+    ) -> Result<Option<pb::ControllerMessage>, tonic::Status> {
+        pb::ControllerMessage::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+/// The records of one point as the agents stream them: batch `seq` holds records
+/// `seq * batch ..`. Seeded by the point index, so a point's records do not depend on
+/// which agent runs it.
+fn point_batches(point_index: u32, args: &Args, base_us: i64) -> Vec<Bytes> {
+    let mut rng =
+        Rng((0x9E37_79B9_7F4A_7C15 ^ u64::from(point_index).wrapping_mul(0xA24B_AED4_963E_E407)) | 1);
+    let batch = args.batch.max(1) as u64;
+    (0..args.records.div_ceil(batch))
+        .map(|seq| {
+            let from = seq * batch;
+            let to = (from + batch).min(args.records);
+            let records: Vec<pb::RequestRecord> = (from..to)
+                .map(|i| record(&mut rng, i, args.itl, base_us))
+                .collect();
+            encode_records(&records)
+        })
+        .collect()
+}
+
+/// Every point's batches, encoded before the clock starts (on all cores).
+fn encode_all_points(args: &Args, points: usize) -> Vec<Vec<Bytes>> {
+    let base_us = unix_micros_now();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut out: Vec<Vec<Bytes>> = vec![Vec::new(); points];
+    std::thread::scope(|scope| {
+        for (w, chunk) in out.chunks_mut(points.div_ceil(workers).max(1)).enumerate() {
+            let first = w * points.div_ceil(workers).max(1);
+            scope.spawn(move || {
+                for (k, slot) in chunk.iter_mut().enumerate() {
+                    let index = u32::try_from(first + k).unwrap_or(u32::MAX);
+                    *slot = point_batches(index, args, base_us);
+                }
+            });
+        }
+    });
+    out
+}
+
 async fn run_agent(
     url: String,
     name: String,
     args: Arc<Args>,
+    encoded: Arc<Vec<Vec<Bytes>>>,
     start: Arc<Barrier>,
     acked: Arc<AtomicUsize>,
     all_done: CancellationToken,
 ) -> Result<AgentReport> {
-    let mut client = AgentServiceClient::connect(url).await?;
-    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(args.queue.max(1));
-    tx.send(agent_msg(Msg::Register(pb::Register {
+    let channel = tonic::transport::Endpoint::from_shared(url)?
+        .connect()
+        .await?;
+    let mut client = tonic::client::Grpc::new(channel);
+    let (tx, rx) = mpsc::channel::<Frame>(args.queue.max(1));
+    tx.send(Frame::message(Msg::Register(pb::Register {
         inventory: Some(pb::Inventory {
             agent_name: name.clone(),
             host: format!("{name}.bench"),
@@ -170,8 +320,17 @@ async fn run_agent(
         }),
         active_points: Vec::new(),
     })))
-    .await?;
-    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    .await
+    .map_err(|_| anyhow!("{name}: stream closed before Register"))?;
+    client.ready().await?;
+    let mut inbound = client
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            PathAndQuery::from_static("/fleetbench.v1.AgentService/Session"),
+            FrameCodec,
+        )
+        .await?
+        .into_inner();
 
     // Drains the controller's messages: hands assignments over, counts batch acks and
     // point acks (the next assignment comes before the previous point's ack, as it does
@@ -232,29 +391,36 @@ async fn run_agent(
             () = all_done.cancelled() => break,
         };
         done += 1;
+        let started_unix_us = unix_micros_now();
+        let point_start = Instant::now();
+        let pre_encoded = usize::try_from(point.index)
+            .ok()
+            .and_then(|i| encoded.get(i))
+            .filter(|b| !b.is_empty());
         let mut rng = Rng((0x9E37_79B9_7F4A_7C15
             ^ u64::from(point.index).wrapping_mul(0xA24B_AED4_963E_E407))
             | 1);
-        let started_unix_us = unix_micros_now();
-        let point_start = Instant::now();
         for seq in 0..batches {
-            let from = seq * batch;
-            let to = (from + batch).min(args.records);
-            let records = (from..to)
-                .map(|i| record(&mut rng, i, args.itl, started_unix_us))
-                .collect();
-            tx.send(agent_msg(Msg::RecordBatch(pb::RecordBatch {
-                sweep_id: point.sweep_id.clone(),
-                point_id: point.point_id.clone(),
-                attempt: point.attempt,
-                seq,
-                records,
-            })))
-            .await
-            .map_err(|_| anyhow!("{name}: stream closed while sending batch {seq}"))?;
+            let records = match pre_encoded {
+                Some(batches) => batches
+                    .get(usize::try_from(seq)?)
+                    .cloned()
+                    .context("a pre-encoded batch is missing")?,
+                None => {
+                    let from = seq * batch;
+                    let to = (from + batch).min(args.records);
+                    let records: Vec<pb::RequestRecord> = (from..to)
+                        .map(|i| record(&mut rng, i, args.itl, started_unix_us))
+                        .collect();
+                    encode_records(&records)
+                }
+            };
+            tx.send(Frame::batch(&point, seq, records))
+                .await
+                .map_err(|_| anyhow!("{name}: stream closed while sending batch {seq}"))?;
         }
         all_sent = Instant::now();
-        tx.send(agent_msg(Msg::PointFinished(pb::PointFinished {
+        tx.send(Frame::message(Msg::PointFinished(pb::PointFinished {
             sweep_id: point.sweep_id.clone(),
             point_id: point.point_id.clone(),
             attempt: point.attempt,
@@ -465,6 +631,20 @@ async fn main() -> Result<()> {
         stop.clone(),
     ));
 
+    let total_points = args.agents * args.points.max(1);
+    let encoded = Arc::new(if args.live {
+        Vec::new()
+    } else {
+        let t = Instant::now();
+        let encoded = encode_all_points(&args, total_points);
+        let bytes: usize = encoded.iter().flatten().map(Bytes::len).sum();
+        println!(
+            "pre-encoded {total_points} points' RecordBatches ({:.1} MiB) in {:.2} s, before the clock",
+            bytes as f64 / (1 << 20) as f64,
+            t.elapsed().as_secs_f64()
+        );
+        encoded
+    });
     let start = Arc::new(Barrier::new(args.agents));
     let acked = Arc::new(AtomicUsize::new(0));
     let all_done = CancellationToken::new();
@@ -474,6 +654,7 @@ async fn main() -> Result<()> {
                 url.clone(),
                 format!("bench-agent-{i:02}"),
                 args.clone(),
+                encoded.clone(),
                 start.clone(),
                 acked.clone(),
                 all_done.clone(),
