@@ -42,16 +42,16 @@ use bytes::{BufMut, Bytes};
 use clap::Parser;
 use fleetbench_controller::{ControllerConfig, results};
 use fleetbench_proto::pb::control_service_client::ControlServiceClient;
-use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
 use fleetbench_proto::pb::{self, agent_message::Msg, controller_message::Msg as CMsg};
 use fleetbench_proto::record::RequestRecord;
 use fleetbench_proto::unix_micros_now;
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint};
 use tokio::sync::{Barrier, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 
 const MODEL: &str = "bench-org/ingest-model";
 
@@ -256,8 +256,9 @@ impl Decoder for FrameCodec {
 /// `seq * batch ..`. Seeded by the point index, so a point's records do not depend on
 /// which agent runs it.
 fn point_batches(point_index: u32, args: &Args, base_us: i64) -> Vec<Bytes> {
-    let mut rng =
-        Rng((0x9E37_79B9_7F4A_7C15 ^ u64::from(point_index).wrapping_mul(0xA24B_AED4_963E_E407)) | 1);
+    let mut rng = Rng((0x9E37_79B9_7F4A_7C15
+        ^ u64::from(point_index).wrapping_mul(0xA24B_AED4_963E_E407))
+        | 1);
     let batch = args.batch.max(1) as u64;
     (0..args.records.div_ceil(batch))
         .map(|seq| {

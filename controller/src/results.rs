@@ -28,13 +28,14 @@ use fleetbench_proto::spec::model_slug;
 use parquet::arrow::ARROW_SCHEMA_META_KEY;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::arrow_writer::compute_leaves;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::column::writer::ColumnCloseResult;
 use parquet::file::metadata::KeyValue;
 use parquet::file::metadata::{ColumnChunkMetaData, PageIndexPolicy, ParquetMetaDataReader};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::Statistics;
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::error::ControllerError;
@@ -219,18 +220,13 @@ fn write(
         metrics: dir.join(format!("{sweep_id}{METRICS_SUFFIX}")),
     };
     let existing = (keep_existing && files.requests.exists()).then_some(files.requests.as_path());
-    let new_batches = update
-        .rows
-        .iter()
-        .map(|p| requests_batch(std::slice::from_ref(p)))
-        .collect::<Result<Vec<_>, _>>()?;
     let replaced: HashSet<&str> = update
         .rows
         .iter()
         .map(|(s, _)| s.meta.point_id.as_str())
         .collect();
     replace_atomically(&files.requests, |tmp| {
-        append_requests(tmp, existing, &replaced, &new_batches, update.metadata)
+        append_requests(tmp, existing, &replaced, update.rows, update.metadata)
     })?;
     write_atomically(
         &files.metrics,
@@ -243,15 +239,26 @@ fn write(
     Ok(files)
 }
 
+/// Rows turned into Arrow arrays at a time when encoding new rows: small buffers, reused
+/// by the allocator, rather than arrays of a whole point (fresh pages cost page faults).
+const ENCODE_CHUNK_ROWS: usize = 2048;
+
+/// The encoded column chunks of one new row group, in schema order.
+type EncodedRowGroup = Vec<ArrowColumnChunk>;
+
 /// Writes the requests file `tmp`: the row groups of `existing` whose point is not in
 /// `replaced` (copied byte for byte; a row group mixing points, as older versions wrote, is
 /// decoded and filtered instead), then one row group (or more, for very large points) per
-/// batch of `new`.
+/// point of `new`.
+///
+/// The new rows are encoded on two threads of their own (the ITL list column on one, the
+/// other columns on the other) while this thread copies the existing row groups; encoded
+/// row groups are handed over one at a time through bounded channels.
 fn append_requests(
     tmp: &Path,
     existing: Option<&Path>,
     replaced: &HashSet<&str>,
-    new: &[RecordBatch],
+    new: &[(PointSummary, &[RequestRecord])],
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), ControllerError> {
     let schema = Arc::new(requests_schema());
@@ -263,6 +270,116 @@ fn append_requests(
     let file = File::create(tmp).map_err(|e| ControllerError::io(tmp, e))?;
     let writer = ArrowWriter::try_new(&file, schema.clone(), Some(properties))?;
     let (mut out, factory) = writer.into_serialized_writer()?;
+    // The new row groups: at most `max_rows` rows of one point each.
+    let groups: Vec<(&PointMeta, &[RequestRecord])> = new
+        .iter()
+        .flat_map(|(s, records)| records.chunks(max_rows).map(move |c| (&s.meta, c)))
+        .collect();
+    let itl_leaf = schema
+        .index_of("itl_s")
+        .map_err(|_| bad(tmp, "no column `itl_s` in the requests schema"))?;
+    // Every column before `itl_s` has one leaf, so its leaf index is its field index.
+    let mut itl_writers = Vec::with_capacity(groups.len());
+    let mut other_writers = Vec::with_capacity(groups.len());
+    for i in 0..groups.len() {
+        let mut writers = factory.create_column_writers(i)?;
+        if itl_leaf >= writers.len() {
+            return Err(bad(tmp, "fewer leaf columns than the schema has"));
+        }
+        itl_writers.push(writers.remove(itl_leaf));
+        other_writers.push(writers);
+    }
+    let itl_field = schema.field(itl_leaf).clone();
+    let other_fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != itl_leaf)
+        .map(|(_, f)| f.as_ref().clone())
+        .collect();
+    std::thread::scope(|scope| {
+        let (itl_tx, itl_rx) = std::sync::mpsc::sync_channel(1);
+        let (other_tx, other_rx) = std::sync::mpsc::sync_channel(1);
+        let groups = &groups;
+        scope.spawn(move || {
+            for ((_, records), mut writer) in groups.iter().zip(itl_writers) {
+                let encoded = (|| {
+                    for chunk in records.chunks(ENCODE_CHUNK_ROWS) {
+                        for leaf in compute_leaves(&itl_field, &itl_array(chunk))? {
+                            writer.write(&leaf)?;
+                        }
+                    }
+                    Ok::<_, ControllerError>(writer.close()?)
+                })();
+                let failed = encoded.is_err();
+                if itl_tx.send(encoded).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        scope.spawn(move || {
+            for ((meta, records), mut writers) in groups.iter().zip(other_writers) {
+                let encoded = (|| {
+                    for chunk in records.chunks(ENCODE_CHUNK_ROWS) {
+                        let columns = scalar_columns(meta, chunk);
+                        let mut next = writers.iter_mut();
+                        for (field, column) in other_fields.iter().zip(&columns) {
+                            for leaf in compute_leaves(field, column)? {
+                                next.next()
+                                    .ok_or_else(|| bad(tmp, "more leaf columns than writers"))?
+                                    .write(&leaf)?;
+                            }
+                        }
+                    }
+                    writers
+                        .into_iter()
+                        .map(|w| Ok(w.close()?))
+                        .collect::<Result<Vec<_>, ControllerError>>()
+                })();
+                let failed = encoded.is_err();
+                if other_tx.send(encoded).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut row_group =
+            copy_existing(&mut out, &factory, &schema, existing, replaced, max_rows)?;
+        for _ in 0..groups.len() {
+            let itl = itl_rx
+                .recv()
+                .map_err(|_| bad(tmp, "the ITL encoder stopped early"))??;
+            let mut columns: EncodedRowGroup = other_rx
+                .recv()
+                .map_err(|_| bad(tmp, "the column encoder stopped early"))??;
+            if itl_leaf > columns.len() {
+                return Err(bad(tmp, "fewer encoded columns than the schema has"));
+            }
+            columns.insert(itl_leaf, itl);
+            let mut rg_out = out.next_row_group()?;
+            for column in columns {
+                column.append_to_row_group(&mut rg_out)?;
+            }
+            rg_out.close()?;
+            row_group += 1;
+        }
+        tracing::trace!(row_groups = row_group, "requests file encoded");
+        Ok::<(), ControllerError>(())
+    })?;
+    out.close()?;
+    file.sync_all().map_err(|e| ControllerError::io(tmp, e))
+}
+
+/// Copies into `out` the row groups of `existing` whose point is not in `replaced`: byte
+/// for byte, or (for a row group mixing points) decoded, filtered and encoded again.
+/// Returns the number of row groups written.
+fn copy_existing(
+    out: &mut SerializedFileWriter<&File>,
+    factory: &ArrowRowGroupWriterFactory,
+    schema: &Arc<Schema>,
+    existing: Option<&Path>,
+    replaced: &HashSet<&str>,
+    max_rows: usize,
+) -> Result<usize, ControllerError> {
     let mut row_group = 0usize;
     let mut rewrite: Vec<RecordBatch> = Vec::new();
     if let Some(path) = existing {
@@ -342,7 +459,7 @@ fn append_requests(
             }
         }
     }
-    for batch in rewrite.iter().chain(new) {
+    for batch in &rewrite {
         let mut offset = 0;
         while offset < batch.num_rows() {
             let len = max_rows.min(batch.num_rows() - offset);
@@ -351,9 +468,12 @@ fn append_requests(
             let mut next = writers.iter_mut();
             for (field, column) in schema.fields().iter().zip(slice.columns()) {
                 for leaf in compute_leaves(field, column)? {
-                    let writer = next
-                        .next()
-                        .ok_or_else(|| bad(tmp, "more leaf columns than the schema has"))?;
+                    let writer = next.next().ok_or_else(|| {
+                        bad(
+                            existing.unwrap_or(Path::new("")),
+                            "more leaf columns than the schema has",
+                        )
+                    })?;
                     writer.write(&leaf)?;
                 }
             }
@@ -366,8 +486,7 @@ fn append_requests(
             offset += len;
         }
     }
-    out.close()?;
-    file.sync_all().map_err(|e| ControllerError::io(tmp, e))
+    Ok(row_group)
 }
 
 /// The point id of a row group whose `point_id` column holds one value only (exact
@@ -849,49 +968,56 @@ fn timestamps<R>(rows: &[R], f: impl Fn(&R) -> i64) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC"))
 }
 
-fn requests_batch(
-    points: &[(PointSummary, &[RequestRecord])],
-) -> Result<RecordBatch, ControllerError> {
-    let rows: Vec<(&PointMeta, &RequestRecord)> = points
-        .iter()
-        .flat_map(|(s, records)| records.iter().map(move |r| (&s.meta, r)))
-        .collect();
-    let mut itl = ListBuilder::new(Float64Builder::new()).with_field(Arc::new(itl_item_field()));
-    for (_, r) in &rows {
+/// The `itl_s` column of `records`, built straight from their ITL slices.
+fn itl_array(records: &[RequestRecord]) -> ArrayRef {
+    let values = Float64Builder::with_capacity(records.iter().map(|r| r.itl_s.len()).sum());
+    let mut itl =
+        ListBuilder::with_capacity(values, records.len()).with_field(Arc::new(itl_item_field()));
+    for r in records {
         itl.values().append_slice(&r.itl_s);
         itl.append(true);
     }
-    let columns = vec![
-        utf8(&rows, |(m, _)| &m.sweep_id),
-        utf8(&rows, |(m, _)| &m.point_id),
-        u32s(&rows, |(m, _)| m.point_index),
-        u32s(&rows, |(m, _)| m.attempt),
-        utf8(&rows, |(m, _)| &m.agent),
-        utf8(&rows, |(m, _)| &m.host),
-        utf8(&rows, |(m, _)| &m.model),
-        u32s(&rows, |(m, _)| m.gpus),
-        u32s(&rows, |(m, _)| m.batch_size),
-        u32s(&rows, |(_, r)| r.request_index),
-        u32s(&rows, |(_, r)| r.wave),
-        timestamps(&rows, |(_, r)| r.send_time_unix_us),
-        opt_f64s(&rows, |(_, r)| r.ttft_s),
-        opt_f64s(&rows, |(_, r)| r.e2el_s),
-        opt_f64s(&rows, |(_, r)| r.tpot_s),
-        Arc::new(itl.finish()),
-        opt_u32s(&rows, |(_, r)| r.input_tokens),
-        opt_u32s(&rows, |(_, r)| r.output_tokens),
-        u32s(&rows, |(_, r)| r.target_input_tokens),
-        u32s(&rows, |(_, r)| r.target_output_tokens),
-        u32s(&rows, |(_, r)| r.content_chunks),
-        bools(&rows, |(_, r)| r.success()),
-        opt_utf8(&rows, |(_, r)| r.error_kind.map(ErrorKind::as_str)),
-        utf8(&rows, |(_, r)| &r.error),
-        utf8(&rows, |(_, r)| &r.endpoint),
-        bools(&rows, |(_, r)| r.usage_reported),
-        f64s(&rows, |(_, r)| r.scheduled_offset_s),
-        f64s(&rows, |(_, r)| r.send_offset_s),
-    ];
-    Ok(RecordBatch::try_new(Arc::new(requests_schema()), columns)?)
+    Arc::new(itl.finish())
+}
+
+/// Every column of the requests schema but `itl_s`, in schema order, for rows of one point.
+fn scalar_columns(meta: &PointMeta, records: &[RequestRecord]) -> Vec<ArrayRef> {
+    let n = records.len();
+    let same = |value: &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(value, n)))
+    };
+    let same_u32 = |value: u32| -> ArrayRef {
+        Arc::new(UInt32Array::from_iter_values(std::iter::repeat_n(value, n)))
+    };
+    vec![
+        same(&meta.sweep_id),
+        same(&meta.point_id),
+        same_u32(meta.point_index),
+        same_u32(meta.attempt),
+        same(&meta.agent),
+        same(&meta.host),
+        same(&meta.model),
+        same_u32(meta.gpus),
+        same_u32(meta.batch_size),
+        u32s(records, |r| r.request_index),
+        u32s(records, |r| r.wave),
+        timestamps(records, |r| r.send_time_unix_us),
+        opt_f64s(records, |r| r.ttft_s),
+        opt_f64s(records, |r| r.e2el_s),
+        opt_f64s(records, |r| r.tpot_s),
+        opt_u32s(records, |r| r.input_tokens),
+        opt_u32s(records, |r| r.output_tokens),
+        u32s(records, |r| r.target_input_tokens),
+        u32s(records, |r| r.target_output_tokens),
+        u32s(records, |r| r.content_chunks),
+        bools(records, RequestRecord::success),
+        opt_utf8(records, |r| r.error_kind.map(ErrorKind::as_str)),
+        utf8(records, |r| &r.error),
+        utf8(records, |r| &r.endpoint),
+        bools(records, |r| r.usage_reported),
+        f64s(records, |r| r.scheduled_offset_s),
+        f64s(records, |r| r.send_offset_s),
+    ]
 }
 
 fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, ControllerError> {
@@ -1495,6 +1621,42 @@ mod tests {
             files_in(&partition_dir(root.path(), "meta-llama/Llama-3.2-1B", 2)).len(),
             3
         );
+    }
+
+    #[test]
+    fn large_points_round_trip_through_the_chunked_encoders() {
+        // More rows than one encoding chunk, ITL lists of varying length, failures mixed in,
+        // and an update adding a second point after the first is on disk.
+        let root = tempfile::tempdir().unwrap();
+        let base = records();
+        let big: Vec<RequestRecord> = (0..(2 * ENCODE_CHUNK_ROWS + 77))
+            .map(|i| {
+                let mut r = base[i % base.len()].clone();
+                r.request_index = u32::try_from(i).unwrap();
+                r.itl_s = (0..i % 7).map(|k| k as f64 / 3.0 + i as f64).collect();
+                r
+            })
+            .collect();
+        let first = summarize(meta(0), &big, &[]);
+        let second = summarize(meta(1), &big[..10], &[]);
+        update(root.path(), &[(first.clone(), &big[..])], &[first.clone()]);
+        let files = update(
+            root.path(),
+            &[(second.clone(), &big[..10])],
+            &[first.clone(), second.clone()],
+        );
+        let rows = rows_of(&files.requests);
+        let mut want: Vec<(String, u32, RequestRecord)> = big
+            .iter()
+            .map(|r| (first.meta.point_id.clone(), first.meta.attempt, r.clone()))
+            .chain(
+                big[..10]
+                    .iter()
+                    .map(|r| (second.meta.point_id.clone(), second.meta.attempt, r.clone())),
+            )
+            .collect();
+        want.sort_by(|a, b| (&a.0, a.2.request_index).cmp(&(&b.0, b.2.request_index)));
+        assert_eq!(rows, want);
     }
 
     #[test]
