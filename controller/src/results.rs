@@ -1639,7 +1639,11 @@ mod tests {
             .collect();
         let first = summarize(meta(0), &big, &[]);
         let second = summarize(meta(1), &big[..10], &[]);
-        update(root.path(), &[(first.clone(), &big[..])], &[first.clone()]);
+        update(
+            root.path(),
+            &[(first.clone(), &big[..])],
+            std::slice::from_ref(&first),
+        );
         let files = update(
             root.path(),
             &[(second.clone(), &big[..10])],
