@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow_array::builder::{Float64Builder, ListBuilder};
 use arrow_array::{
@@ -147,7 +148,7 @@ pub fn write_partition(
         metrics,
         metadata,
     };
-    write(root, sweep_id, model, gpus, &update, false)
+    write(root, sweep_id, model, gpus, &update, None)
 }
 
 /// What one [`update_partition`] changes in a partition.
@@ -169,14 +170,19 @@ pub struct PartitionUpdate<'a> {
 /// `update.rows`, which are replaced), then each new point's rows follow as row groups of
 /// their own. The small points and metrics files are rewritten. Every file goes to disk
 /// atomically (temporary file, fsync, rename, fsync of the dir).
+///
+/// `next`, from [`prepare_next_requests`] after the previous write, saves copying the
+/// existing row groups again: it is used when the requests file is still the one it was
+/// prepared from and none of its points is re-written; otherwise it is discarded.
 pub fn update_partition(
     root: &Path,
     sweep_id: &str,
     model: &str,
     gpus: u32,
     update: &PartitionUpdate<'_>,
+    next: Option<NextRequests>,
 ) -> Result<PartitionFiles, ControllerError> {
-    write(root, sweep_id, model, gpus, update, true)
+    write(root, sweep_id, model, gpus, update, Some(next))
 }
 
 fn write(
@@ -185,7 +191,8 @@ fn write(
     model: &str,
     gpus: u32,
     update: &PartitionUpdate<'_>,
-    keep_existing: bool,
+    // `Some` keeps the existing requests rows (with a prepared next file, perhaps).
+    keep_existing: Option<Option<NextRequests>>,
 ) -> Result<PartitionFiles, ControllerError> {
     let dir = partition_dir(root, model, gpus);
     if sweep_id.is_empty() || sweep_id == "." || sweep_id == ".." || sweep_id.contains(['/', '\\'])
@@ -219,15 +226,44 @@ fn write(
         points: dir.join(format!("{sweep_id}{POINTS_SUFFIX}")),
         metrics: dir.join(format!("{sweep_id}{METRICS_SUFFIX}")),
     };
-    let existing = (keep_existing && files.requests.exists()).then_some(files.requests.as_path());
+    let existing =
+        (keep_existing.is_some() && files.requests.exists()).then_some(files.requests.as_path());
     let replaced: HashSet<&str> = update
         .rows
         .iter()
         .map(|(s, _)| s.meta.point_id.as_str())
         .collect();
-    replace_atomically(&files.requests, |tmp| {
-        append_requests(tmp, existing, &replaced, update.rows, update.metadata)
-    })?;
+    let prepared = keep_existing.flatten().and_then(|mut next| {
+        let current = existing.is_some_and(|path| {
+            next.requests == path && file_identity(path).ok() == Some(next.identity)
+        });
+        let untouched = next.points.iter().all(|p| !replaced.contains(p.as_str()));
+        // Dropping an unusable one removes its file.
+        (current && untouched).then(|| next.writer.take()).flatten()
+    });
+    // No rows to add (their points were written by an earlier, coalesced write) and the
+    // same metadata: the requests file stays as it is.
+    let unchanged = update.rows.is_empty()
+        && existing.is_some_and(|path| read_metadata(path).ok().as_ref() == Some(update.metadata));
+    match prepared {
+        _ if unchanged => {}
+        Some(mut w) => {
+            let tmp = w.tmp.clone();
+            let result = append_new(&mut w, update.rows, |_| Ok(()))
+                .and_then(|()| w.finish(update.metadata))
+                .and_then(|()| {
+                    fs::rename(&tmp, &files.requests)
+                        .map_err(|e| ControllerError::io(&files.requests, e))
+                });
+            if result.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            result?;
+        }
+        None => replace_atomically(&files.requests, |tmp| {
+            append_requests(tmp, existing, &replaced, update.rows, update.metadata)
+        })?,
+    }
     write_atomically(
         &files.metrics,
         &metrics_batch(sweep_id, update.metrics)?,
@@ -246,14 +282,141 @@ const ENCODE_CHUNK_ROWS: usize = 2048;
 /// The encoded column chunks of one new row group, in schema order.
 type EncodedRowGroup = Vec<ArrowColumnChunk>;
 
+/// What tells one version of a file from the next: its inode (each version is a new file
+/// renamed into place), size and modification time.
+type FileIdentity = (u64, u64, std::time::SystemTime);
+
+fn file_identity(path: &Path) -> Result<FileIdentity, ControllerError> {
+    let meta = fs::metadata(path).map_err(|e| ControllerError::io(path, e))?;
+    let modified = meta.modified().map_err(|e| ControllerError::io(path, e))?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Ok((inode, meta.len(), modified))
+}
+
+/// The next version of a partition's requests file, started before the write that needs
+/// it: a temporary file already holding a copy of the current file's row groups, so that
+/// write only adds the new points' rows. The copy is most of a write's cost once a sweep
+/// has many rows, and made this way it runs while the next points stream in rather than
+/// between a point's end and its acknowledgement. Dropped unused, it removes its file.
+pub struct NextRequests {
+    requests: PathBuf,
+    identity: FileIdentity,
+    points: HashSet<String>,
+    writer: Option<RequestsWriter>,
+}
+
+impl std::fmt::Debug for NextRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NextRequests")
+            .field("requests", &self.requests)
+            .field("points", &self.points.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for NextRequests {
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            let tmp = w.tmp.clone();
+            drop(w);
+            // Best effort: a leftover temporary file is never read.
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Starts the next version of the requests file of a (model, gpus) partition of a sweep
+/// (see [`NextRequests`]), as `<file>.next-<pid>` next to it. `None` when there is no
+/// requests file yet, or when `cancel` was set before the copy finished.
+pub fn prepare_next_requests(
+    root: &Path,
+    sweep_id: &str,
+    model: &str,
+    gpus: u32,
+    cancel: &AtomicBool,
+) -> Result<Option<NextRequests>, ControllerError> {
+    let requests = partition_dir(root, model, gpus).join(format!("{sweep_id}{REQUESTS_SUFFIX}"));
+    if !requests.exists() {
+        return Ok(None);
+    }
+    let identity = file_identity(&requests)?;
+    let mut tmp = requests.as_os_str().to_owned();
+    tmp.push(format!(".next-{}", std::process::id()));
+    let mut next = NextRequests {
+        requests,
+        identity,
+        points: HashSet::new(),
+        writer: Some(RequestsWriter::create(PathBuf::from(tmp))?),
+    };
+    let Some(w) = next.writer.as_mut() else {
+        return Ok(None);
+    };
+    match copy_existing(w, Some(&next.requests), &HashSet::new(), Some(cancel))? {
+        Some(points) => {
+            next.points = points;
+            // The file may have changed while it was copied.
+            Ok((file_identity(&next.requests)? == next.identity).then_some(next))
+        }
+        None => Ok(None),
+    }
+}
+
+/// A requests file being written under its temporary name.
+struct RequestsWriter {
+    tmp: PathBuf,
+    file: File,
+    out: SerializedFileWriter<File>,
+    factory: ArrowRowGroupWriterFactory,
+    schema: Arc<Schema>,
+    max_rows: usize,
+    row_groups: usize,
+}
+
+impl RequestsWriter {
+    /// Creates `tmp`. The key-value metadata goes in when the file is finished, so a file
+    /// started ahead of its write (see [`prepare_next_requests`]) carries that write's.
+    fn create(tmp: PathBuf) -> Result<Self, ControllerError> {
+        let schema = Arc::new(requests_schema());
+        let properties = writer_properties(&BTreeMap::new());
+        let max_rows = properties
+            .max_row_group_row_count()
+            .unwrap_or(1024 * 1024)
+            .max(1);
+        let file = File::create(&tmp).map_err(|e| ControllerError::io(&tmp, e))?;
+        let handle = file.try_clone().map_err(|e| ControllerError::io(&tmp, e))?;
+        let writer = ArrowWriter::try_new(handle, schema.clone(), Some(properties))?;
+        let (out, factory) = writer.into_serialized_writer()?;
+        Ok(RequestsWriter {
+            tmp,
+            file,
+            out,
+            factory,
+            schema,
+            max_rows,
+            row_groups: 0,
+        })
+    }
+
+    /// Writes the footer with `metadata` and syncs the file.
+    fn finish(mut self, metadata: &BTreeMap<String, String>) -> Result<(), ControllerError> {
+        for (k, v) in metadata {
+            self.out
+                .append_key_value_metadata(KeyValue::new(k.clone(), v.clone()));
+        }
+        self.out.close()?;
+        self.file
+            .sync_all()
+            .map_err(|e| ControllerError::io(&self.tmp, e))
+    }
+}
+
 /// Writes the requests file `tmp`: the row groups of `existing` whose point is not in
 /// `replaced` (copied byte for byte; a row group mixing points, as older versions wrote, is
 /// decoded and filtered instead), then one row group (or more, for very large points) per
 /// point of `new`.
-///
-/// The new rows are encoded on two threads of their own (the ITL list column on one, the
-/// other columns on the other) while this thread copies the existing row groups; encoded
-/// row groups are handed over one at a time through bounded channels.
 fn append_requests(
     tmp: &Path,
     existing: Option<&Path>,
@@ -261,15 +424,26 @@ fn append_requests(
     new: &[(PointSummary, &[RequestRecord])],
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), ControllerError> {
-    let schema = Arc::new(requests_schema());
-    let properties = writer_properties(metadata);
-    let max_rows = properties
-        .max_row_group_row_count()
-        .unwrap_or(1024 * 1024)
-        .max(1);
-    let file = File::create(tmp).map_err(|e| ControllerError::io(tmp, e))?;
-    let writer = ArrowWriter::try_new(&file, schema.clone(), Some(properties))?;
-    let (mut out, factory) = writer.into_serialized_writer()?;
+    let mut w = RequestsWriter::create(tmp.to_path_buf())?;
+    append_new(&mut w, new, |w| {
+        copy_existing(w, existing, replaced, None).map(|_| ())
+    })?;
+    w.finish(metadata)
+}
+
+/// Appends one row group (or more, for very large points) per point of `new` to `w`, after
+/// whatever `first` writes. The new rows are encoded on two threads of their own (the ITL
+/// list column on one, the other columns on the other) while this thread runs `first`
+/// (copying the existing row groups); encoded row groups are handed over one at a time
+/// through bounded channels.
+fn append_new(
+    w: &mut RequestsWriter,
+    new: &[(PointSummary, &[RequestRecord])],
+    first: impl FnOnce(&mut RequestsWriter) -> Result<(), ControllerError>,
+) -> Result<(), ControllerError> {
+    let tmp = w.tmp.clone();
+    let tmp = tmp.as_path();
+    let (schema, max_rows) = (w.schema.clone(), w.max_rows);
     // The new row groups: at most `max_rows` rows of one point each.
     let groups: Vec<(&PointMeta, &[RequestRecord])> = new
         .iter()
@@ -282,7 +456,7 @@ fn append_requests(
     let mut itl_writers = Vec::with_capacity(groups.len());
     let mut other_writers = Vec::with_capacity(groups.len());
     for i in 0..groups.len() {
-        let mut writers = factory.create_column_writers(i)?;
+        let mut writers = w.factory.create_column_writers(w.row_groups + i)?;
         if itl_leaf >= writers.len() {
             return Err(bad(tmp, "fewer leaf columns than the schema has"));
         }
@@ -342,8 +516,7 @@ fn append_requests(
                 }
             }
         });
-        let mut row_group =
-            copy_existing(&mut out, &factory, &schema, existing, replaced, max_rows)?;
+        first(w)?;
         for _ in 0..groups.len() {
             let itl = itl_rx
                 .recv()
@@ -355,39 +528,37 @@ fn append_requests(
                 return Err(bad(tmp, "fewer encoded columns than the schema has"));
             }
             columns.insert(itl_leaf, itl);
-            let mut rg_out = out.next_row_group()?;
+            let mut rg_out = w.out.next_row_group()?;
             for column in columns {
                 column.append_to_row_group(&mut rg_out)?;
             }
             rg_out.close()?;
-            row_group += 1;
+            w.row_groups += 1;
         }
-        tracing::trace!(row_groups = row_group, "requests file encoded");
         Ok::<(), ControllerError>(())
     })?;
-    out.close()?;
-    file.sync_all().map_err(|e| ControllerError::io(tmp, e))
+    Ok(())
 }
 
-/// Copies into `out` the row groups of `existing` whose point is not in `replaced`: byte
+/// Copies into `w` the row groups of `existing` whose point is not in `replaced`: byte
 /// for byte, or (for a row group mixing points) decoded, filtered and encoded again.
-/// Returns the number of row groups written.
+/// Returns the point ids copied, or `None` when `cancel` was set (checked between row
+/// groups).
 fn copy_existing(
-    out: &mut SerializedFileWriter<&File>,
-    factory: &ArrowRowGroupWriterFactory,
-    schema: &Arc<Schema>,
+    w: &mut RequestsWriter,
     existing: Option<&Path>,
     replaced: &HashSet<&str>,
-    max_rows: usize,
-) -> Result<usize, ControllerError> {
-    let mut row_group = 0usize;
+    cancel: Option<&AtomicBool>,
+) -> Result<Option<HashSet<String>>, ControllerError> {
+    let (schema, max_rows) = (w.schema.clone(), w.max_rows);
+    let mut points = HashSet::new();
     let mut rewrite: Vec<RecordBatch> = Vec::new();
     if let Some(path) = existing {
         let input = File::open(path).map_err(|e| ControllerError::io(path, e))?;
         let meta = ParquetMetaDataReader::new()
             .with_page_index_policy(PageIndexPolicy::Optional)
             .parse_and_finish(&input)?;
-        if meta.file_metadata().schema_descr().root_schema() != out.schema_descr().root_schema() {
+        if meta.file_metadata().schema_descr().root_schema() != w.out.schema_descr().root_schema() {
             return Err(bad(
                 path,
                 "the requests file's schema differs from this version's; not appending to it",
@@ -403,15 +574,20 @@ fn copy_existing(
         let page_index = meta.page_index();
         let mut mixed = Vec::new();
         for (rg_idx, rg) in meta.row_groups().iter().enumerate() {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Ok(None);
+            }
             match single_point(rg.column(point_column)) {
                 Some(point) if replaced.contains(point.as_str()) => continue,
-                Some(_) => {}
+                Some(point) => {
+                    points.insert(point);
+                }
                 None => {
                     mixed.push(rg_idx);
                     continue;
                 }
             }
-            let mut rg_out = out.next_row_group()?;
+            let mut rg_out = w.out.next_row_group()?;
             for (col_idx, column) in rg.columns().iter().enumerate() {
                 let result = ColumnCloseResult {
                     bytes_written: u64::try_from(column.compressed_size()).unwrap_or_default(),
@@ -428,7 +604,7 @@ fn copy_existing(
                 rg_out.append_column(&input, result)?;
             }
             rg_out.close()?;
-            row_group += 1;
+            w.row_groups += 1;
         }
         if !mixed.is_empty() {
             let reader = ParquetRecordBatchReaderBuilder::try_new(
@@ -447,6 +623,9 @@ fn copy_existing(
                 for i in 0..=batch.num_rows() {
                     let keep = i < batch.num_rows()
                         && !(ids.is_valid(i) && replaced.contains(ids.value(i)));
+                    if keep && ids.is_valid(i) {
+                        points.insert(ids.value(i).to_owned());
+                    }
                     match (keep, start) {
                         (true, None) => start = Some(i),
                         (false, Some(s)) => {
@@ -464,7 +643,7 @@ fn copy_existing(
         while offset < batch.num_rows() {
             let len = max_rows.min(batch.num_rows() - offset);
             let slice = batch.slice(offset, len);
-            let mut writers = factory.create_column_writers(row_group)?;
+            let mut writers = w.factory.create_column_writers(w.row_groups)?;
             let mut next = writers.iter_mut();
             for (field, column) in schema.fields().iter().zip(slice.columns()) {
                 for leaf in compute_leaves(field, column)? {
@@ -477,16 +656,16 @@ fn copy_existing(
                     writer.write(&leaf)?;
                 }
             }
-            let mut rg_out = out.next_row_group()?;
+            let mut rg_out = w.out.next_row_group()?;
             for writer in writers {
                 writer.close()?.append_to_row_group(&mut rg_out)?;
             }
             rg_out.close()?;
-            row_group += 1;
+            w.row_groups += 1;
             offset += len;
         }
     }
-    Ok(row_group)
+    Ok(Some(points))
 }
 
 /// The point id of a row group whose `point_id` column holds one value only (exact
@@ -1554,6 +1733,7 @@ mod tests {
                 metrics: &[],
                 metadata: &metadata(),
             },
+            None,
         )
         .unwrap()
     }
@@ -1621,6 +1801,110 @@ mod tests {
             files_in(&partition_dir(root.path(), "meta-llama/Llama-3.2-1B", 2)).len(),
             3
         );
+    }
+
+    fn prepare(root: &Path) -> Option<NextRequests> {
+        prepare_next_requests(
+            root,
+            "sw-20260101-abc",
+            "meta-llama/Llama-3.2-1B",
+            2,
+            &AtomicBool::new(false),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_prepared_next_file_is_used_only_while_it_is_current() {
+        let root = tempfile::tempdir().unwrap();
+        let recs = records();
+        let s0 = summarize(meta(0), &recs, &[]);
+        let s1 = summarize(meta(1), &recs[..1], &[]);
+        let s2 = summarize(meta(2), &recs[1..], &[]);
+        // Nothing to prepare before the first write.
+        assert!(prepare(root.path()).is_none());
+        update(
+            root.path(),
+            &[(s0.clone(), &recs[..])],
+            std::slice::from_ref(&s0),
+        );
+        let next = prepare(root.path()).unwrap();
+        assert_eq!(next.points, HashSet::from([s0.meta.point_id.clone()]));
+        let tmp = next.writer.as_ref().unwrap().tmp.clone();
+        assert!(tmp.exists());
+        let all = [s0.clone(), s1.clone()];
+        let files = update_partition(
+            root.path(),
+            "sw-20260101-abc",
+            "meta-llama/Llama-3.2-1B",
+            2,
+            &PartitionUpdate {
+                rows: &[(s1.clone(), &recs[..1])],
+                summaries: &all,
+                metrics: &[],
+                metadata: &metadata(),
+            },
+            Some(next),
+        )
+        .unwrap();
+        assert!(!tmp.exists(), "the prepared file became the requests file");
+        let points: Vec<String> = rows_of(&files.requests).into_iter().map(|r| r.0).collect();
+        assert_eq!(points.len(), recs.len() + 1);
+        assert_eq!(read_metadata(&files.requests).unwrap(), metadata());
+        // Prepared, then the file changes (point 0 re-written): the stale copy is dropped
+        // and removed, and the write copies the current file itself.
+        let stale = prepare(root.path()).unwrap();
+        let stale_tmp = stale.writer.as_ref().unwrap().tmp.clone();
+        update(
+            root.path(),
+            &[(s2.clone(), &recs[1..])],
+            &[s0.clone(), s1.clone(), s2.clone()],
+        );
+        let files = update_partition(
+            root.path(),
+            "sw-20260101-abc",
+            "meta-llama/Llama-3.2-1B",
+            2,
+            &PartitionUpdate {
+                rows: &[(s0.clone(), &recs[..1])],
+                summaries: &[s0.clone(), s1.clone(), s2.clone()],
+                metrics: &[],
+                metadata: &metadata(),
+            },
+            Some(stale),
+        )
+        .unwrap();
+        assert!(!stale_tmp.exists());
+        let mut by_point: Vec<(String, u32)> = rows_of(&files.requests)
+            .into_iter()
+            .map(|r| (r.0, r.2.request_index))
+            .collect();
+        by_point.sort();
+        let mut want = vec![(s0.meta.point_id.clone(), recs[0].request_index)];
+        want.push((s1.meta.point_id.clone(), recs[0].request_index));
+        want.extend(
+            recs[1..]
+                .iter()
+                .map(|r| (s2.meta.point_id.clone(), r.request_index)),
+        );
+        want.sort();
+        assert_eq!(by_point, want);
+        // A cancelled preparation leaves nothing behind.
+        let cancelled = prepare_next_requests(
+            root.path(),
+            "sw-20260101-abc",
+            "meta-llama/Llama-3.2-1B",
+            2,
+            &AtomicBool::new(true),
+        )
+        .unwrap();
+        assert!(cancelled.is_none());
+        let leftovers: Vec<_> = fs::read_dir(files.requests.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.contains(".next-") || n.contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]

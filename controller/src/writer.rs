@@ -4,14 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use fleetbench_proto::FLEETBENCH_VERSION;
 use fleetbench_proto::record::RequestRecord;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::results::{MetricRow, PartitionUpdate, update_partition};
+use crate::results::{
+    MetricRow, NextRequests, PartitionUpdate, prepare_next_requests, update_partition,
+};
 use crate::service::Controller;
 use crate::state::WriteJob;
 use crate::summary::PointSummary;
@@ -26,6 +29,55 @@ struct Snapshot {
     summaries: Vec<PointSummary>,
     metrics: Vec<MetricRow>,
     metadata: BTreeMap<String, String>,
+    /// Some point of the partition has not finished yet: another write will come.
+    more_to_come: bool,
+}
+
+/// The next version of a partition's requests file, being prepared on the blocking pool
+/// after a write (see [`NextRequests`]).
+struct Preparing {
+    sweep_id: String,
+    gpus: u32,
+    cancel: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Option<NextRequests>>,
+}
+
+impl Preparing {
+    fn start(ctl: &Controller, sweep_id: String, gpus: u32, model: String) -> Self {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let root = ctl.config.results_dir.clone();
+        let (id, stop) = (sweep_id.clone(), cancel.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            match prepare_next_requests(&root, &id, &model, gpus, &stop) {
+                Ok(next) => {
+                    debug!(sweep_id = %id, gpus, ready = next.is_some(), secs = started.elapsed().as_secs_f64(), "next requests file prepared");
+                    next
+                }
+                Err(e) => {
+                    warn!(sweep_id = %id, gpus, error = %e, "cannot prepare the next requests file; the next write copies the rows itself");
+                    None
+                }
+            }
+        });
+        Preparing {
+            sweep_id,
+            gpus,
+            cancel,
+            task,
+        }
+    }
+
+    /// The prepared file, for a write of (`sweep_id`, `gpus`); for another partition the
+    /// preparation is cancelled and its file removed.
+    async fn take(self, sweep_id: &str, gpus: u32) -> Option<NextRequests> {
+        let wanted = self.sweep_id == sweep_id && self.gpus == gpus;
+        if !wanted {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+        let next = self.task.await.ok().flatten();
+        if wanted { next } else { None }
+    }
 }
 
 /// Copies a partition's summaries and metadata and moves out the records of its finished
@@ -41,7 +93,9 @@ fn snapshot(ctl: &Controller, sweep_id: &str, gpus: u32) -> Option<Snapshot> {
     let mut engine_image: Option<(String, String)> = None;
     let mut events = Vec::new();
     let mut metrics = Vec::new();
+    let mut more_to_come = false;
     for p in sweep.points.iter_mut().filter(|p| p.planned.gpus == gpus) {
+        more_to_come |= !p.state.is_terminal();
         if let Some(s) = &p.summary {
             summaries.push(s.clone());
             if p.state.is_terminal() && !p.batches.is_empty() {
@@ -130,6 +184,7 @@ fn snapshot(ctl: &Controller, sweep_id: &str, gpus: u32) -> Option<Snapshot> {
         summaries,
         metrics,
         metadata,
+        more_to_come,
     })
 }
 
@@ -140,6 +195,7 @@ pub async fn run(
     mut jobs: mpsc::Receiver<WriteJob>,
     shutdown: CancellationToken,
 ) {
+    let mut preparing: Option<Preparing> = None;
     loop {
         let job = tokio::select! {
             biased;
@@ -159,15 +215,34 @@ pub async fn run(
             }
         }
         for group in groups {
-            write_group(&ctl, group).await;
+            let Some(first) = group.first() else { continue };
+            let (sweep_id, gpus) = (first.sweep_id.clone(), first.gpus);
+            let next = match preparing.take() {
+                Some(p) => p.take(&sweep_id, gpus).await,
+                None => None,
+            };
+            if let Some(model) = write_group(&ctl, group, next).await {
+                if !shutdown.is_cancelled() {
+                    preparing = Some(Preparing::start(&ctl, sweep_id, gpus, model));
+                }
+            }
         }
+    }
+    if let Some(p) = preparing {
+        p.take("", 0).await;
     }
 }
 
 /// Writes one partition for the jobs of `group` (same sweep and GPU count), reports each
-/// job done and acknowledges their points once the files are on disk.
-async fn write_group(ctl: &Arc<Controller>, group: Vec<WriteJob>) {
-    let Some(first) = group.first() else { return };
+/// job done and acknowledges their points once the files are on disk. `next` is the
+/// partition's prepared next requests file, if any. Returns the model when the write
+/// succeeded and more points of the partition are to come (worth preparing the next file).
+async fn write_group(
+    ctl: &Arc<Controller>,
+    group: Vec<WriteJob>,
+    next: Option<NextRequests>,
+) -> Option<String> {
+    let first = group.first()?;
     let (sweep_id, gpus) = (first.sweep_id.clone(), first.gpus);
     let span = info_span!("partition_write", sweep_id = %sweep_id, gpus, jobs = group.len());
     let started = std::time::Instant::now();
@@ -176,9 +251,10 @@ async fn write_group(ctl: &Arc<Controller>, group: Vec<WriteJob>) {
         for job in &group {
             st.write_done(&job.sweep_id, [], &[]);
         }
-        return;
+        return None;
     };
     let root = ctl.config.results_dir.clone();
+    let (model, more_to_come) = (snap.model.clone(), snap.more_to_come);
     let (id, n_rows) = (
         sweep_id.clone(),
         snap.rows.iter().map(|(_, r)| r.len()).sum::<usize>(),
@@ -195,7 +271,7 @@ async fn write_group(ctl: &Arc<Controller>, group: Vec<WriteJob>) {
             metrics: &snap.metrics,
             metadata: &snap.metadata,
         };
-        let result = update_partition(&root, &id, &snap.model, gpus, &update);
+        let result = update_partition(&root, &id, &snap.model, gpus, &update, next);
         drop(refs);
         (result, snap.rows)
     })
@@ -237,6 +313,7 @@ async fn write_group(ctl: &Arc<Controller>, group: Vec<WriteJob>) {
                 })
                 .collect();
             ctl.dispatch(acks);
+            more_to_come.then_some(model)
         }
         // Not acknowledged: the records go back to the state (a later write retries them)
         // and the agent keeps the results and resends them.
@@ -247,6 +324,7 @@ async fn write_group(ctl: &Arc<Controller>, group: Vec<WriteJob>) {
             for job in &group {
                 st.write_done(&job.sweep_id, [], &[]);
             }
+            None
         }
         Err(e) => {
             error!(error = %e, "results writer task failed");
@@ -254,6 +332,7 @@ async fn write_group(ctl: &Arc<Controller>, group: Vec<WriteJob>) {
             for job in &group {
                 st.write_done(&job.sweep_id, [], &[]);
             }
+            None
         }
     }
 }
