@@ -357,6 +357,11 @@ pub fn prepare_next_requests(
     match copy_existing(w, Some(&next.requests), &HashSet::new(), Some(cancel))? {
         Some(points) => {
             next.points = points;
+            // Written back now rather than by the fsync of the write that uses it, which
+            // then only waits for the new rows.
+            w.file
+                .sync_data()
+                .map_err(|e| ControllerError::io(&w.tmp, e))?;
             // The file may have changed while it was copied.
             Ok((file_identity(&next.requests)? == next.identity).then_some(next))
         }
