@@ -4,33 +4,65 @@
 //! The controller runs in this process on `127.0.0.1:0` with a temporary results dir. Each
 //! simulated agent is a plain gRPC client of `AgentService` speaking the real protocol: it
 //! registers (one GPU), waits for its `Assignment`, streams `RecordBatch`es of realistic
-//! records (consecutive `seq`), sends `PointFinished` and waits for its `PointAck`. The
-//! controller acknowledges a point only after the partition holding it is on disk (see
-//! `writer.rs`), so the clock runs from the first batch sent to the last `PointAck`.
-//! Afterwards the requests file is read back and its row count checked.
+//! records (consecutive `seq`, 64 records of 128 f64 ITLs each), sends `PointFinished` and
+//! waits for its `PointAck`. The controller acknowledges a point only after the partition
+//! holding it is on disk (see `writer.rs`), so the clock runs from the first batch sent to
+//! the last `PointAck`. Afterwards the requests file is read back and its rows checked.
 //!
 //! ```sh
 //! cargo run --release -p fleetbench-controller --example ingest_bench -- --agents 8 --records 250000
+//! cargo run --release -p fleetbench-controller --example ingest_bench -- --agents 8 --points 8 --records 4000
 //! ```
 //!
-//! Agents and controller share this process (and its tokio runtime): the figures include
-//! the clients' encoding work. `RUST_LOG=info` shows the controller's own log (partition
-//! writes included).
+//! What the figure includes: by default every point's records are generated and protobuf-
+//! encoded before the clock starts (on all cores); while it runs, the agents only hand
+//! those bytes to their gRPC streams (a raw-frame codec), so the figure is the controller's
+//! (HTTP/2 receive, protobuf decode, storing, summaries, Parquet encoding, file writes and
+//! fsyncs) plus the clients' HTTP/2 sends, all sharing this process and its two cores.
+//! `--live` generates and encodes each batch while the clock runs, as a real agent does.
+//! `RUST_LOG=fleetbench_controller=debug` logs each partition write (rows, seconds) and each
+//! prepared next requests file.
 //!
-//! Figures (release build, 2-core VM shared with other cargo builds, so noisy; 128 ITLs a
-//! record, `/usr/bin/time -v` for the peak RSS):
+//! Figures (release build, 2-core VM shared with another engineer's cargo builds and tests,
+//! load average 0.8-1.7 during the runs, 3.0-3.7 for the "before" ones; each run of each
+//! row at least twice; peak RSS from the report, which includes the pre-encoded batches):
 //!
 //! | run | records/s end to end | peak RSS at last ack |
 //! |---|---|---|
-//! | before (whole partition rewritten per point), `--agents 8 --records 250000` | 15.7-17.1k | 10-12 GB |
-//! | per-point appends, `--agents 8 --records 250000` | 28.3k (70.7 s) | 4.5 GB |
-//! | per-point appends, `--agents 8 --points 8 --records 4000` | 35.2k (7.3 s) | 275 MiB |
+//! | first version (whole partition rewritten per point), `--agents 8 --records 250000` | 15.7-17.1k | 10-12 GB |
+//! | per-point appends (06d09ae), `--agents 8 --records 250000` | 28.3k (doc) / 57.7k (re-measured) | 4.5 GB |
+//! | per-point appends (06d09ae), `--agents 8 --points 8 --records 4000` | 35.2k (doc) / 65-98k (re-measured) | 275 MiB |
+//! | now, `--agents 8 --records 250000` | 108-193k (9 runs; 2.1 GB of batches) | 5.1-5.5 GB |
+//! | now, `--agents 8 --points 8 --records 4000` | 148-224k (17 runs) | 490-515 MiB |
+//! | now, `--live`, the same two | 115k (one run) / 151-184k | 3.2 GB / - |
 //!
-//! Where the time goes now (`RUST_LOG=fleetbench_controller=info` logs each partition
-//! write's rows and seconds): streaming into memory runs at ~37-49k records/s with the agents'
-//! record generation and protobuf encoding in this same process; a Parquet write costs
-//! 25-40 µs a row (column encoding + zstd of 128 f64 ITLs, one core), i.e. 25-40k rows/s. The
-//! 200k records/s target is not reached on this machine.
+//! What changed (each measured with `perf record --call-graph dwarf` first): exact
+//! percentiles by selection instead of sorting the pooled ITLs (the sort was ~20% of all CPU,
+//! under the state lock); the ITL values stored uncompressed without statistics (zstd saved
+//! ~5% of their bytes for ~1/3 of a write's CPU); new rows encoded on two threads in 2048-row
+//! chunks while the writer copies the existing row groups; after each write the next
+//! version of the requests file is prepared in the background (existing row groups copied
+//! and written back), so a point's write only adds its own rows; a write with no new rows
+//! leaves the requests file alone; the simulated agents' encoding moved before the clock.
+//!
+//! Where the time goes now (`--agents 8 --points 8 --records 4000` at 022d1de, perf at
+//! 1999 Hz, the read-back and pre-encoding excluded): the background copy of the requests file for the
+//! next write 22%, encoding new rows 15%, the writer's own appends/writes/fsyncs 14%,
+//! protobuf decode in tonic 12%, point summaries 9% (still under the state lock), the
+//! simulated agents' HTTP/2 sends 8%, the controller's HTTP/2 receive 6%. The process keeps
+//! only ~1.2-1.4 of the 2 cores busy: the last write after the last `PointFinished` is
+//! serial (its new rows, fsync, points file), and the copies are kernel page-cache work.
+//! Writing a fresh page-cache page is slow on this VM (`dd` of 1 GiB: 2.6 s of system
+//! time, 90% in `copy_folio_from_iter_atomic`, i.e. first touch of guest memory), so every
+//! byte of the requests file costs ~2.5-3 ns each time it is written; the same run's CPU
+//! time varies from 14 to 24 s with the state of the page cache. With one requests file per
+//! sweep and GPU count, renamed into place on every point (design.md), each write copies
+//! the file; preparing the copy ahead takes it off the critical path but not off the CPU.
+//! The 200k records/s target is reached on the small-point run only in its faster runs; on
+//! the 250k-record points the last ~1 GB of rows (the points finishing last) is encoded
+//! and written after they finish, 2.5-9 s. What would remain to try: f32 ITLs (half the
+//! bytes; loses the exact f64 round trip the tests check), summaries off the state lock
+//! (state.rs), encoding a running point's rows while it streams.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

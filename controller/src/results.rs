@@ -8,8 +8,8 @@
 //!
 //! No column is called `model` or `gpus`: those are the partition keys, and readers that add
 //! partition columns would clash; the columns are `model_name` and `gpu_count` instead.
-//! Timestamps are `Timestamp(µs, "UTC")`; files are zstd-compressed and carry the sweep's
-//! key-value metadata. Files are written under a temporary name and renamed into place, so
+//! Timestamps are `Timestamp(µs, "UTC")`; files are zstd-compressed (but for the ITL values,
+//! stored plain: measured floats barely compress) and carry the sweep's key-value metadata. Files are written under a temporary name and renamed into place, so
 //! a reader never sees half a file.
 
 use std::collections::{BTreeMap, HashSet};
