@@ -50,8 +50,14 @@
 //! next write 22%, encoding new rows 15%, the writer's own appends/writes/fsyncs 14%,
 //! protobuf decode in tonic 12%, point summaries 9% (still under the state lock), the
 //! simulated agents' HTTP/2 sends 8%, the controller's HTTP/2 receive 6%. The process keeps
-//! only ~1.2-1.4 of the 2 cores busy: the last write after the last `PointFinished` is
-//! serial (its new rows, fsync, points file), and the copies are kernel page-cache work.
+//! only ~1.2-1.4 of the 2 cores busy. While the batches stream, the tokio workers spend
+//! about half their time parked or in `epoll_wait` (perf `sched:sched_switch`: ~1.7 s over
+//! a 1.6 s run; the state mutex was contended for only ~0.05 s): one agent's stream tops
+//! out near 30k records/s whatever the CPU (`--agents 2` streams 50-63k records/s with 0.3
+//! cores busy; `--batch 256` +8% with 8 agents), so streaming is bound by the latency of
+//! the HTTP/2 path (the server's window and frame settings in `server.rs` are untried).
+//! The last write after the last `PointFinished` is serial (its new rows, fsync, points
+//! file), and the copies are kernel page-cache work.
 //! Writing a fresh page-cache page is slow on this VM (`dd` of 1 GiB: 2.6 s of system
 //! time, 90% in `copy_folio_from_iter_atomic`, i.e. first touch of guest memory), so every
 //! byte of the requests file costs ~2.5-3 ns each time it is written; the same run's CPU
