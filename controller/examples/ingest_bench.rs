@@ -20,6 +20,8 @@
 //! (HTTP/2 receive, protobuf decode, storing, summaries, Parquet encoding, file writes and
 //! fsyncs) plus the clients' HTTP/2 sends, all sharing this process and its two cores.
 //! `--live` generates and encodes each batch while the clock runs, as a real agent does.
+//! `--nodelay` sets TCP_NODELAY on the listening socket (see below): the controller as
+//! shipped does not, so the default figure is without it.
 //! `RUST_LOG=fleetbench_controller=debug` logs each partition write (rows, seconds) and each
 //! prepared next requests file.
 //!
@@ -35,6 +37,8 @@
 //! | now, `--agents 8 --records 250000` | 108-193k (9 runs; 2.1 GB of batches) | 5.1-5.5 GB |
 //! | now, `--agents 8 --points 8 --records 4000` | 148-224k (17 runs) | 490-515 MiB |
 //! | now, `--live`, the same two | 115k (one run) / 151-184k | 3.2 GB / - |
+//! | now `--nodelay`, `--agents 8 --records 250000` | 123-169k (3 runs) | 5.6 GB |
+//! | now `--nodelay`, `--agents 8 --points 8 --records 4000` | 210-235k (5 runs; `--live` 213k) | - |
 //!
 //! What changed (each measured with `perf record --call-graph dwarf` first): exact
 //! percentiles by selection instead of sorting the pooled ITLs (the sort was ~20% of all CPU,
@@ -53,22 +57,30 @@
 //! only ~1.2-1.4 of the 2 cores busy. While the batches stream, the tokio workers spend
 //! about half their time parked or in `epoll_wait` (perf `sched:sched_switch`: ~1.7 s over
 //! a 1.6 s run; the state mutex was contended for only ~0.05 s): one agent's stream tops
-//! out near 30k records/s whatever the CPU (`--agents 2` streams 50-63k records/s with 0.3
-//! cores busy; `--batch 256` +8% with 8 agents), so streaming is bound by the latency of
-//! the HTTP/2 path (the server's window and frame settings in `server.rs` are untried).
-//! The last write after the last `PointFinished` is serial (its new rows, fsync, points
-//! file), and the copies are kernel page-cache work.
+//! out near 30k records/s whatever the CPU (`--agents 2` streams 46-63k records/s with 0.3
+//! cores busy). The cause is Nagle's algorithm on the controller's accepted sockets
+//! (`server.rs` serves a plain `TcpListenerStream`, without TCP_NODELAY): the controller's
+//! small HTTP/2 frames (window updates, acks) wait for the peer's TCP acks and each stream
+//! stalls. With `--nodelay`, `--agents 2` streams 364-377k records/s (1.3 cores busy) and
+//! 8 agents 350-380k; the run is then CPU-bound while streaming (1.6-1.8 cores), and what
+//! remains is the serial end: the last job waits for the background copy of the requests
+//! file, then its own rows, fsyncs and the points file (0.4-0.5 s of a ~1.1 s run). The
+//! one-line fix (TCP_NODELAY on accepted connections, e.g. tonic's `TcpIncoming` with
+//! `with_nodelay(Some(true))`) belongs in `server.rs`, not made here. On the 250k-record
+//! points the writes after the points finish dominate either way.
 //! Writing a fresh page-cache page is slow on this VM (`dd` of 1 GiB: 2.6 s of system
 //! time, 90% in `copy_folio_from_iter_atomic`, i.e. first touch of guest memory), so every
 //! byte of the requests file costs ~2.5-3 ns each time it is written; the same run's CPU
 //! time varies from 14 to 24 s with the state of the page cache. With one requests file per
 //! sweep and GPU count, renamed into place on every point (design.md), each write copies
 //! the file; preparing the copy ahead takes it off the critical path but not off the CPU.
-//! The 200k records/s target is reached on the small-point run only in its faster runs; on
-//! the 250k-record points the last ~1 GB of rows (the points finishing last) is encoded
-//! and written after they finish, 2.5-9 s. What would remain to try: f32 ITLs (half the
-//! bytes; loses the exact f64 round trip the tests check), summaries off the state lock
-//! (state.rs), encoding a running point's rows while it streams.
+//! The 200k records/s target: reached on the small-point run with `--nodelay` (210-235k)
+//! and in the faster default runs (up to 224k); not on the 250k-record points (108-193k,
+//! 123-169k with `--nodelay`), where the rows of the points that finish last (1-2 GB) are
+//! encoded and written after they finish, 2.5-9.6 s at the VM's page-cache cost. What would
+//! remain to try: TCP_NODELAY in `server.rs`; f32 ITLs (half the bytes; loses the exact f64
+//! round trip the tests check); summaries off the state lock (`state.rs`; 0.30 s for a
+//! 250k-record point, `--breakdown`); encoding a running point's rows while it streams.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,6 +138,12 @@ struct Args {
     /// measures the controller rather than these simulated agents sharing its cores).
     #[arg(long)]
     live: bool,
+    /// Set TCP_NODELAY on the controller's listening socket, which its accepted agent
+    /// connections inherit. The controller itself (`server.rs`, `bin/controller.rs`) does
+    /// not set it: without it Nagle's algorithm holds back the controller's small HTTP/2
+    /// frames (window updates, acks) and each agent stream stalls.
+    #[arg(long)]
+    nodelay: bool,
 }
 
 /// What one simulated agent saw, on the benchmark's clock.
@@ -658,7 +676,15 @@ async fn main() -> Result<()> {
         .clone()
         .unwrap_or_else(|| tmp.path().join("results"));
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = if args.nodelay {
+        // Accepted connections inherit TCP_NODELAY from the listening socket (Linux).
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_nodelay(true)?;
+        socket.bind("127.0.0.1:0".parse()?)?;
+        socket.listen(1024)?
+    } else {
+        tokio::net::TcpListener::bind("127.0.0.1:0").await?
+    };
     let url = format!("http://{}", listener.local_addr()?);
     let stop = CancellationToken::new();
     let controller = tokio::spawn(fleetbench_controller::run(
