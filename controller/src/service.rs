@@ -27,6 +27,9 @@ pub struct ControllerConfig {
     /// Directory of the durable state store (redb); `None` keeps the state in memory
     /// only (a restart forgets every sweep).
     pub state_dir: Option<PathBuf>,
+    /// Where the read-only HTTP report pages are served (`GET /`, `GET /sweeps/<id>/report`);
+    /// `None`: no HTTP listener.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Default for ControllerConfig {
@@ -35,6 +38,7 @@ impl Default for ControllerConfig {
             results_dir: PathBuf::from("results"),
             agent_grace: Duration::from_secs(60),
             state_dir: None,
+            http: None,
         }
     }
 }

@@ -159,6 +159,7 @@ impl Cluster {
                 results_dir: results.clone(),
                 agent_grace: Duration::from_secs(30),
                 state_dir: None,
+                http: None,
             },
             listener,
             shutdown.clone(),

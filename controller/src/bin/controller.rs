@@ -24,6 +24,10 @@ struct Args {
     /// next to the results directory.
     #[arg(long, env = "FLEETBENCH_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Also serve read-only report pages over HTTP on this address (`GET /` lists the
+    /// sweeps, `GET /sweeps/<id>/report` renders one from the results folder).
+    #[arg(long, env = "FLEETBENCH_HTTP")]
+    http: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -45,6 +49,7 @@ async fn main() -> std::process::ExitCode {
         results_dir: args.results,
         agent_grace: Duration::from_secs(args.agent_grace_s),
         state_dir: Some(state_dir),
+        http: args.http,
     };
     // Bind before anything else runs: a taken port is a usage error, reported at once.
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
