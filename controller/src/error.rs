@@ -37,6 +37,9 @@ pub enum ControllerError {
     /// The state store holds something this controller cannot read.
     #[error("state store {path}: {reason}")]
     BadStore { path: PathBuf, reason: String },
+    /// A report could not be drawn.
+    #[error("report: {0}")]
+    Report(String),
     /// A replicate sweep was submitted while no connected agent matches its placement.
     #[error("no connected agent matches the sweep's [placement] ({0}); nothing to replicate on")]
     NoMatchingAgent(String),

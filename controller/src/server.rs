@@ -1,5 +1,6 @@
 //! Runs the controller: both gRPC services and the health service on one listener, the
-//! results writer, and the reaper that re-queues points of lost agents.
+//! results writer, the reaper that re-queues points of lost agents, and (with an `http`
+//! address) the read-only report pages.
 
 use std::time::Duration;
 
@@ -52,6 +53,16 @@ pub async fn run(
         }
         None => (State::default(), None),
     };
+    // The report pages' listener is bound before anything runs: a taken port fails the
+    // start.
+    let http = match config.http {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| ControllerError::io(format!("http listen address {addr}"), e))?,
+        ),
+        None => None,
+    };
     let ctl = Controller::with_store(config, write_tx, state, store);
     let tracker = TaskTracker::new();
     let writer_task = tokio::spawn(
@@ -76,6 +87,19 @@ pub async fn run(
         }
         .instrument(info_span!("reaper")),
     );
+
+    if let Some(listener) = http {
+        let dir = ctl.config.results_dir.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(
+            async move {
+                if let Err(e) = crate::report::http::serve(listener, dir, stop).await {
+                    warn!(error = %e, "report pages stopped");
+                }
+            }
+            .instrument(info_span!("report_http")),
+        );
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

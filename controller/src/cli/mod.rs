@@ -8,6 +8,7 @@
 pub mod local;
 pub mod output;
 pub mod progress;
+pub mod report;
 pub mod results;
 
 use std::path::{Path, PathBuf};
@@ -71,6 +72,10 @@ pub enum Command {
     /// filtered, one row per point or side by side (--group-by). Exits 1 when no point
     /// matches. The GPU model is not recorded in the points files: no filter for it.
     Results(results::ResultsArgs),
+    /// Plots, an HTML page and CSV files from the results folder (one sweep, a filter, or
+    /// everything): throughput and per-request speed vs batch size per model and GPU
+    /// count, scaling across GPU counts, latency, and hosts or engine settings compared.
+    Report(report::ReportArgs),
     /// Check a sweep file and print the expanded plan without submitting.
     Validate { file: PathBuf },
     /// Run a sweep end to end on this machine: a controller, one agent and vllm-sim.
@@ -268,6 +273,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ControllerError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Results(args) => results::run(args, &cli.controller).await,
+        Command::Report(args) => tokio::task::spawn_blocking(move || report::run(args))
+            .await
+            .map_err(|e| ControllerError::Report(e.to_string()))?,
         Command::Local {
             file,
             results,
@@ -404,6 +412,22 @@ mod tests {
                 "json",
             ],
             vec!["controllerctl", "results", "x", "--live"],
+            vec!["controllerctl", "report"],
+            vec![
+                "controllerctl",
+                "report",
+                "x",
+                "--dir",
+                "r",
+                "--model",
+                "a/b",
+                "--gpus",
+                "1,2",
+                "--host",
+                "h",
+                "--out",
+                "o",
+            ],
         ] {
             Cli::try_parse_from(args.clone()).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }

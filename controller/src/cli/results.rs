@@ -568,9 +568,9 @@ pub fn grouped_table(g: &Grouped<'_>) -> String {
     out
 }
 
-/// The points under `dir` that match `filter`, sorted ([`sort_points`]), and the number of
-/// points files read. Files that cannot be read are reported on stderr and skipped.
-pub fn load(dir: &Path, filter: &Filter) -> Result<(Vec<PointSummary>, usize), ControllerError> {
+/// The points files under `dir` that may hold points matching `filter` (all of them, or
+/// those of the filter's sweeps), sorted.
+pub fn points_files(dir: &Path, filter: &Filter) -> Result<BTreeSet<PathBuf>, ControllerError> {
     let mut files = BTreeSet::new();
     if filter.sweep.is_empty() {
         files.extend(find_result_files(dir, None)?);
@@ -579,6 +579,13 @@ pub fn load(dir: &Path, filter: &Filter) -> Result<(Vec<PointSummary>, usize), C
             files.extend(find_result_files(dir, Some(sweep))?);
         }
     }
+    Ok(files)
+}
+
+/// The points under `dir` that match `filter`, sorted ([`sort_points`]), and the number of
+/// points files read. Files that cannot be read are reported on stderr and skipped.
+pub fn load(dir: &Path, filter: &Filter) -> Result<(Vec<PointSummary>, usize), ControllerError> {
+    let files = points_files(dir, filter)?;
     let mut points = Vec::new();
     for file in &files {
         match read_point_summaries(file) {
