@@ -37,6 +37,8 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 
 pub struct Cluster {
     pub addr: String,
+    /// The controller's report pages (`http://127.0.0.1:<port>`), when started with them.
+    pub http: Option<String>,
     pub results: PathBuf,
     pub shutdown: CancellationToken,
     controller: Option<JoinHandle<Result<(), fleetbench_controller::ControllerError>>>,
@@ -149,6 +151,22 @@ impl Cluster {
     /// Starts a controller on 127.0.0.1:0 and the given agents (each starts its own
     /// `vllm-sim` processes for the points it runs).
     pub async fn start(agents: Vec<AgentSpec>) -> Cluster {
+        Cluster::start_with(agents, false).await
+    }
+
+    /// [`Cluster::start`] with the controller's HTTP report pages on a free port too.
+    pub async fn start_with_http(agents: Vec<AgentSpec>) -> Cluster {
+        Cluster::start_with(agents, true).await
+    }
+
+    async fn start_with(agents: Vec<AgentSpec>, http: bool) -> Cluster {
+        // The controller binds the HTTP address itself: take a free port and let it go.
+        let http_addr = if http {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            Some(l.local_addr().unwrap())
+        } else {
+            None
+        };
         let tmp = tempfile::tempdir().unwrap();
         let results = tmp.path().join("results");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -159,7 +177,7 @@ impl Cluster {
                 results_dir: results.clone(),
                 agent_grace: Duration::from_secs(30),
                 state_dir: None,
-                http: None,
+                http: http_addr,
             },
             listener,
             shutdown.clone(),
@@ -194,6 +212,7 @@ impl Cluster {
             .collect();
         Cluster {
             addr,
+            http: http_addr.map(|a| format!("http://{a}")),
             results,
             shutdown,
             controller: Some(controller),
