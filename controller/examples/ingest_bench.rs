@@ -20,8 +20,9 @@
 //! (HTTP/2 receive, protobuf decode, storing, summaries, Parquet encoding, file writes and
 //! fsyncs) plus the clients' HTTP/2 sends, all sharing this process and its two cores.
 //! `--live` generates and encodes each batch while the clock runs, as a real agent does.
-//! `--nodelay` sets TCP_NODELAY on the listening socket (see below): the controller as
-//! shipped does not, so the default figure is without it.
+//! The controller sets TCP_NODELAY on every accepted connection (`server.rs`); the rows
+//! marked `--nodelay` below were measured before it did, with a flag (since removed) that
+//! set it on the listening socket.
 //! `RUST_LOG=fleetbench_controller=debug` logs each partition write (rows, seconds) and each
 //! prepared next requests file.
 //!
@@ -39,6 +40,8 @@
 //! | now, `--live`, the same two | 115k (one run) / 151-184k | 3.2 GB / - |
 //! | now `--nodelay`, `--agents 8 --records 250000` | 123-169k (3 runs) | 5.6 GB |
 //! | now `--nodelay`, `--agents 8 --points 8 --records 4000` | 210-235k (5 runs; `--live` 213k) | - |
+//! | TCP_NODELAY in `server.rs`, `--agents 8 --points 8 --records 4000` | 191-223k (6 runs, median 203k; streaming alone 339-364k) | 906 MiB after the read-back |
+//! | TCP_NODELAY in `server.rs`, `--agents 8 --records 250000` | 134-180k (2 runs; streaming alone 228-314k) | 5.6 GB |
 //!
 //! What changed (each measured with `perf record --call-graph dwarf` first): exact
 //! percentiles by selection instead of sorting the pooled ITLs (the sort was ~20% of all CPU,
@@ -59,14 +62,13 @@
 //! a 1.6 s run; the state mutex was contended for only ~0.05 s): one agent's stream tops
 //! out near 30k records/s whatever the CPU (`--agents 2` streams 46-63k records/s with 0.3
 //! cores busy). The cause is Nagle's algorithm on the controller's accepted sockets
-//! (`server.rs` serves a plain `TcpListenerStream`, without TCP_NODELAY): the controller's
+//! (`server.rs` served a plain `TcpListenerStream`, without TCP_NODELAY): the controller's
 //! small HTTP/2 frames (window updates, acks) wait for the peer's TCP acks and each stream
 //! stalls. With `--nodelay`, `--agents 2` streams 364-377k records/s (1.3 cores busy) and
 //! 8 agents 350-380k; the run is then CPU-bound while streaming (1.6-1.8 cores), and what
 //! remains is the serial end: the last job waits for the background copy of the requests
 //! file, then its own rows, fsyncs and the points file (0.4-0.5 s of a ~1.1 s run). The
-//! one-line fix (TCP_NODELAY on accepted connections, e.g. tonic's `TcpIncoming` with
-//! `with_nodelay(Some(true))`) belongs in `server.rs`, not made here. On the 250k-record
+//! fix, TCP_NODELAY on accepted connections, is now in `server.rs`. On the 250k-record
 //! points the writes after the points finish dominate either way.
 //! Writing a fresh page-cache page is slow on this VM (`dd` of 1 GiB: 2.6 s of system
 //! time, 90% in `copy_folio_from_iter_atomic`, i.e. first touch of guest memory), so every
@@ -78,7 +80,7 @@
 //! and in the faster default runs (up to 224k); not on the 250k-record points (108-193k,
 //! 123-169k with `--nodelay`), where the rows of the points that finish last (1-2 GB) are
 //! encoded and written after they finish, 2.5-9.6 s at the VM's page-cache cost. What would
-//! remain to try: TCP_NODELAY in `server.rs`; f32 ITLs (half the bytes; loses the exact f64
+//! remain to try: f32 ITLs (half the bytes; loses the exact f64
 //! round trip the tests check); summaries off the state lock (`state.rs`; 0.30 s for a
 //! 250k-record point, `--breakdown`); encoding a running point's rows while it streams.
 
@@ -138,12 +140,6 @@ struct Args {
     /// measures the controller rather than these simulated agents sharing its cores).
     #[arg(long)]
     live: bool,
-    /// Set TCP_NODELAY on the controller's listening socket, which its accepted agent
-    /// connections inherit. The controller itself (`server.rs`, `bin/controller.rs`) does
-    /// not set it: without it Nagle's algorithm holds back the controller's small HTTP/2
-    /// frames (window updates, acks) and each agent stream stalls.
-    #[arg(long)]
-    nodelay: bool,
 }
 
 /// What one simulated agent saw, on the benchmark's clock.
@@ -676,15 +672,7 @@ async fn main() -> Result<()> {
         .clone()
         .unwrap_or_else(|| tmp.path().join("results"));
 
-    let listener = if args.nodelay {
-        // Accepted connections inherit TCP_NODELAY from the listening socket (Linux).
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.set_nodelay(true)?;
-        socket.bind("127.0.0.1:0".parse()?)?;
-        socket.listen(1024)?
-    } else {
-        tokio::net::TcpListener::bind("127.0.0.1:0").await?
-    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let stop = CancellationToken::new();
     let controller = tokio::spawn(fleetbench_controller::run(
