@@ -291,16 +291,22 @@ where
             chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }
     }
-    // Failed points last, on top, with one legend entry after the lines'.
+    // Failed points last, on top, with one legend entry after the lines'. Crosses of
+    // several series at the same spot (e.g. two workloads that crashed at one batch size,
+    // both at 0) are stacked upwards so that each stays visible.
     let mut failed_labelled = false;
     for (i, s) in panel.series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         if !s.failed.is_empty() {
-            let anno = chart.draw_series(
-                s.failed
+            let anno = chart.draw_series(s.failed.iter().map(|&p| {
+                let below = panel.series[..i]
                     .iter()
-                    .map(|&p| Cross::new(p, 6, color.stroke_width(2))),
-            )?;
+                    .flat_map(|earlier| &earlier.failed)
+                    .filter(|q| same_spot(**q, p))
+                    .count();
+                let dy = -(CROSS_STACK_PX * i32::try_from(below).unwrap_or(0));
+                EmptyElement::at(p) + Cross::new((0, dy), 6, color.stroke_width(2))
+            }))?;
             if !failed_labelled {
                 failed_labelled = true;
                 anno.label("failed / engine crashed")
@@ -320,6 +326,15 @@ where
         .border_style(BLACK.mix(0.4))
         .draw()?;
     Ok(())
+}
+
+/// Pixels between crosses stacked at one spot.
+const CROSS_STACK_PX: i32 = 13;
+
+/// Two failed points drawn at the same place (same x, same y up to rounding).
+fn same_spot(a: (f64, f64), b: (f64, f64)) -> bool {
+    let close = |u: f64, v: f64| (u - v).abs() <= 1e-9 * u.abs().max(v.abs()).max(1.0);
+    close(a.0, b.0) && close(a.1, b.1)
 }
 
 /// Y tick labels: nothing below 0 (the axis starts a little below 0 so that markers at 0
