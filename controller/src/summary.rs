@@ -415,7 +415,11 @@ fn verdict(c: &Checks<'_>) -> String {
             client.cores
         ));
     }
-    if let Some(f) = in_flight {
+    // With failed requests the client's count is not what the engine held: a request that
+    // failed (an engine crash, a cut stream) has no end the client can place, so the
+    // comparison would report a false "served requests not of this point". The failures
+    // are named above.
+    if let Some(f) = in_flight.filter(|_| failed == 0) {
         let slack = IN_FLIGHT_TOLERANCE * f.client_peak + IN_FLIGHT_SLACK;
         if f.server_peak < f.client_peak - slack {
             reasons.push(format!(
@@ -1023,6 +1027,16 @@ mod tests {
             shared.verdict.contains("not of this point"),
             "{}",
             shared.verdict
+        );
+        // A point with failed requests (an engine crash) is judged by its failures only:
+        // the client cannot place a failed request's end, so in flight says nothing.
+        let mut crashed = records.clone();
+        crashed.push(failed(0));
+        let crashed = summarize(meta(), &crashed, &scrapes(12.0, 3.0, 6));
+        assert_eq!(
+            crashed.verdict, "1 of 9 requests failed",
+            "{}",
+            crashed.verdict
         );
         // Within 10 % + 1 request: scrape timing, not a finding.
         let close = summarize(meta(), &records, &scrapes(7.0, 0.0, 6));
