@@ -320,3 +320,36 @@ pub fn overlapping_pairs(points: &[fleetbench_controller::summary::PointSummary]
         .map(|(i, a)| points[i + 1..].iter().filter(|b| overlap(a, b)).count())
         .sum()
 }
+
+/// A burst sweep of the tiny test model (`test-org/tiny-model`) on vllm-sim as a process
+/// engine: 1 and 2 GPUs, workloads 64/16 and 32/8 tokens, chat endpoint, one warm-up
+/// request, the given batch sizes (a TOML list such as `[1, 2, 4]`) and seed. Tests add
+/// sections (e.g. `[placement]`) by appending to it.
+pub fn tiny_sweep(name: &str, batch_sizes: &str, seed: u64) -> String {
+    format!(
+        r#"
+name = "{name}"
+model = "test-org/tiny-model"
+
+[engine]
+kind = "vllm"
+runtime = "process"
+max_model_len = 1024
+block_size = 16
+max_num_seqs = 64
+startup_timeout_s = 60
+
+[matrix]
+gpus = [1, 2]
+batch_sizes = {batch_sizes}
+workloads = [{{ input = 64, output = 16 }}, {{ input = 32, output = 8 }}]
+
+[load]
+mode = "burst"
+endpoint = "chat"
+timeout_s = 60
+warmup_requests = 1
+seed = {seed}
+"#
+    )
+}

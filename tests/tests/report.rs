@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use fleetbench_controller::results::{find_result_files, read_point_summaries};
-use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end, workspace_bin};
+use fleetbench_tests::{AgentSpec, Cluster, submit, tiny_sweep, watch_to_end, workspace_bin};
 use quick_xml::events::Event;
 
 const SIM_ARGS: &[&str] = &[
@@ -23,30 +23,9 @@ const SIM_ARGS: &[&str] = &[
 
 const MODEL_SLUG: &str = "test-org--tiny-model";
 
-const SWEEP: &str = r#"
-name = "report"
-model = "test-org/tiny-model"
-
-[engine]
-kind = "vllm"
-runtime = "process"
-max_model_len = 1024
-block_size = 16
-max_num_seqs = 64
-startup_timeout_s = 60
-
-[matrix]
-gpus = [1, 2]
-batch_sizes = [1, 2, 4]
-workloads = [{ input = 64, output = 16 }, { input = 32, output = 8 }]
-
-[load]
-mode = "burst"
-endpoint = "chat"
-timeout_s = 60
-warmup_requests = 1
-seed = 3
-"#;
+fn sweep() -> String {
+    tiny_sweep("report", "[1, 2, 4]", 3)
+}
 
 /// Parses `text` as XML; panics on any syntax error, a mismatched or unclosed element.
 /// Returns the `polyline` elements with `class="series"`, as (data-panel, data-series).
@@ -94,7 +73,7 @@ async fn report_of_a_sim_sweep_has_every_point_a_line_per_workload_and_is_served
     let cluster = Cluster::start_with_http(vec![AgentSpec::sim("alpha", 2, SIM_ARGS)]).await;
     cluster.wait_agents(1).await;
     let mut client = cluster.client().await;
-    let id = submit(&mut client, SWEEP).await;
+    let id = submit(&mut client, &sweep()).await;
     let status = watch_to_end(&mut client, &id).await;
     assert_eq!(status.state, "done", "{status:?}");
 

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end, workspace_bin};
+use fleetbench_tests::{AgentSpec, Cluster, submit, tiny_sweep, watch_to_end, workspace_bin};
 
 const SIM_ARGS: &[&str] = &[
     "--sim-step-ms",
@@ -19,30 +19,9 @@ const SIM_ARGS: &[&str] = &[
     "10",
 ];
 
-const SWEEP: &str = r#"
-name = "readers"
-model = "test-org/tiny-model"
-
-[engine]
-kind = "vllm"
-runtime = "process"
-max_model_len = 1024
-block_size = 16
-max_num_seqs = 64
-startup_timeout_s = 60
-
-[matrix]
-gpus = [1, 2]
-batch_sizes = [1, 4, 8]
-workloads = [{ input = 64, output = 16 }, { input = 32, output = 8 }]
-
-[load]
-mode = "burst"
-endpoint = "chat"
-timeout_s = 60
-warmup_requests = 1
-seed = 5
-"#;
+fn sweep() -> String {
+    tiny_sweep("readers", "[1, 4, 8]", 5)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyarrow_and_duckdb_read_the_results_folder_and_agree_with_controllerctl() {
@@ -51,7 +30,7 @@ async fn pyarrow_and_duckdb_read_the_results_folder_and_agree_with_controllerctl
     let mut client = cluster.client().await;
     // Two sweeps: the readers see several files per partition.
     for _ in 0..2 {
-        let id = submit(&mut client, SWEEP).await;
+        let id = submit(&mut client, &sweep()).await;
         let status = watch_to_end(&mut client, &id).await;
         assert_eq!(status.state, "done", "{status:?}");
     }

@@ -10,7 +10,7 @@ use fleetbench_controller::results::{
     read_metadata, read_metrics, read_point_summaries, read_requests,
 };
 use fleetbench_proto::pb;
-use fleetbench_tests::{AgentSpec, Cluster, percentile, watch_to_end, workspace_bin};
+use fleetbench_tests::{AgentSpec, Cluster, percentile, tiny_sweep, watch_to_end, workspace_bin};
 
 // Simulator timing model used by this test (see sim/src/scheduler.rs): a step takes
 // STEP_MS + PER_SEQ_MS × running sequences + PREFILL_US/1000 × prompt tokens prefilled.
@@ -27,33 +27,13 @@ const SIM_ARGS: &[&str] = &[
     "20",
 ];
 
-const SWEEP: &str = r#"
-name = "e2e"
-model = "test-org/tiny-model"
-
-[engine]
-kind = "vllm"
-runtime = "process"
-max_model_len = 1024
-block_size = 16
-max_num_seqs = 64
-startup_timeout_s = 60
-
-[matrix]
-gpus = [1, 2]
-batch_sizes = [1, 2, 4]
-workloads = [{ input = 64, output = 16 }, { input = 32, output = 8 }]
-
-[load]
-mode = "burst"
-endpoint = "chat"
-timeout_s = 60
-warmup_requests = 1
-seed = 7
-
+fn sweep() -> String {
+    tiny_sweep("e2e", "[1, 2, 4]", 7)
+        + r#"
 [placement]
 agents = ["alpha", "beta"]
-"#;
+"#
+}
 
 fn step_ms(seqs: u32, prefill_tokens: u32) -> f64 {
     STEP_MS + PER_SEQ_MS * f64::from(seqs) + PREFILL_US / 1000.0 * f64::from(prefill_tokens)
@@ -70,7 +50,7 @@ async fn sweep_on_two_agents_lands_in_hive_parquet_and_matches_the_timing_model(
     let mut client = cluster.client().await;
     let submitted = client
         .submit_sweep(pb::SubmitSweepRequest {
-            spec_toml: SWEEP.into(),
+            spec_toml: sweep(),
             file_name: "e2e.toml".into(),
         })
         .await
@@ -243,15 +223,15 @@ async fn malformed_sweeps_are_rejected_with_line_and_field_and_nothing_is_submit
     let ctl = workspace_bin("controllerctl");
     let cases = [
         (
-            SWEEP.replace("block_size = 16", "block_size = 16\nblok_size = 32"),
+            sweep().replace("block_size = 16", "block_size = 16\nblok_size = 32"),
             "e2e.toml:10:1: field `blok_size`",
         ),
         (
-            SWEEP.replace("batch_sizes = [1, 2, 4]", "batch_sizes = [1, 0, 4]"),
+            sweep().replace("batch_sizes = [1, 2, 4]", "batch_sizes = [1, 0, 4]"),
             "e2e.toml:15:19: field `matrix.batch_sizes[1]`",
         ),
         (
-            SWEEP.replace(
+            sweep().replace(
                 "{ input = 32, output = 8 }",
                 "{ input = 32, output = 2000 }",
             ),
@@ -295,7 +275,7 @@ async fn malformed_sweeps_are_rejected_with_line_and_field_and_nothing_is_submit
 
     // validate prints the plan of a good file.
     let file = tmp.path().join("good.toml");
-    std::fs::write(&file, SWEEP).unwrap();
+    std::fs::write(&file, sweep()).unwrap();
     let out = Command::new(&ctl)
         .arg("validate")
         .arg(&file)
