@@ -42,6 +42,8 @@
 //! | now `--nodelay`, `--agents 8 --points 8 --records 4000` | 210-235k (5 runs; `--live` 213k) | - |
 //! | TCP_NODELAY in `server.rs`, `--agents 8 --points 8 --records 4000` | 191-223k (6 runs, median 203k; streaming alone 339-364k) | 906 MiB after the read-back |
 //! | TCP_NODELAY in `server.rs`, `--agents 8 --records 250000` | 134-180k (2 runs; streaming alone 228-314k) | 5.6 GB |
+//! | TCP_NODELAY in `server.rs`, `--agents 8 --points 64 --records 256` (batch-256 points, the seed's largest) | 114-141k (5 runs) | - |
+//! | TCP_NODELAY in `server.rs`, `--agents 8 --points 256 --records 256` (2048 points, 524k records) | 88-137k (4 runs; streaming alone 335-380k) | 1.9 GB |
 //!
 //! What changed (each measured with `perf record --call-graph dwarf` first): exact
 //! percentiles by selection instead of sorting the pooled ITLs (the sort was ~20% of all CPU,
@@ -76,6 +78,13 @@
 //! time varies from 14 to 24 s with the state of the page cache. With one requests file per
 //! sweep and GPU count, renamed into place on every point (design.md), each write copies
 //! the file; preparing the copy ahead takes it off the critical path but not off the CPU.
+//! Many small points (256 records, as a batch-256 burst gives) are the realistic shape and
+//! the slowest: streaming takes 1.4-1.6 s for 524k records, then 2.8-4.5 s go on writes.
+//! The writer coalesces (`RUST_LOG=fleetbench_controller=debug`: 6 writes with rows for
+//! 2048 points, the last adding 304k rows in 3.0 s), so the tail is the encode-and-write
+//! rate of new rows, ~100k rows/s (~100 MB/s of ITLs) while two cores are shared with the
+//! streams, not the number of writes. Raising it needs fewer bytes per row (f32 ITLs) or
+//! encoding rows as they arrive rather than after the point ends.
 //! The 200k records/s target: reached on the small-point run with `--nodelay` (210-235k)
 //! and in the faster default runs (up to 224k); not on the 250k-record points (108-193k,
 //! 123-169k with `--nodelay`), where the rows of the points that finish last (1-2 GB) are
