@@ -1,7 +1,7 @@
 //! Results written by fleetbench are read by real third-party readers: after a vllm-sim
 //! sweep, `tests/py/check_readers.py` reads the whole results folder with pyarrow.dataset
 //! and DuckDB (Hive partitioning) and compares their totals with `controllerctl results
-//! --format json`. pyarrow and DuckDB must be installed (`.ci/run` pins them); a missing
+//! --format json`. pyarrow and DuckDB must be installed (the README's test command installs them, pinned); a missing
 //! reader fails the test, it never skips.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
