@@ -40,7 +40,7 @@
 //! | now, `--live`, the same two | 115k (one run) / 151-184k | 3.2 GB / - |
 //! | now `--nodelay`, `--agents 8 --records 250000` | 123-169k (3 runs) | 5.6 GB |
 //! | now `--nodelay`, `--agents 8 --points 8 --records 4000` | 210-235k (5 runs; `--live` 213k) | - |
-//! | TCP_NODELAY in `server.rs`, `--agents 8 --points 8 --records 4000` | 191-223k (6 runs, median 203k; streaming alone 339-364k) | 906 MiB after the read-back |
+//! | TCP_NODELAY in `server.rs`, `--agents 8 --points 8 --records 4000` | 181-258k (15 runs, median 212k, 11 of 15 at 200k or more; streaming alone 339-364k) | 570 MiB at the last ack, 906 MiB after the read-back |
 //! | TCP_NODELAY in `server.rs`, `--agents 8 --records 250000` | 134-180k (2 runs; streaming alone 228-314k) | 5.6 GB |
 //! | TCP_NODELAY in `server.rs`, `--agents 8 --points 64 --records 256` (batch-256 points, the seed's largest) | 114-141k (5 runs) | - |
 //! | TCP_NODELAY in `server.rs`, `--agents 8 --points 256 --records 256` (2048 points, 524k records) | 88-137k (4 runs; streaming alone 335-380k) | 1.9 GB |
@@ -85,13 +85,13 @@
 //! rate of new rows, ~100k rows/s (~100 MB/s of ITLs) while two cores are shared with the
 //! streams, not the number of writes. Raising it needs fewer bytes per row (f32 ITLs) or
 //! encoding rows as they arrive rather than after the point ends.
-//! The 200k records/s target: reached on the small-point run with `--nodelay` (210-235k)
-//! and in the faster default runs (up to 224k); not on the 250k-record points (108-193k,
-//! 123-169k with `--nodelay`), where the rows of the points that finish last (1-2 GB) are
-//! encoded and written after they finish, 2.5-9.6 s at the VM's page-cache cost. What would
-//! remain to try: f32 ITLs (half the bytes; loses the exact f64
-//! round trip the tests check); summaries off the state lock (`state.rs`; 0.30 s for a
-//! 250k-record point, `--breakdown`); encoding a running point's rows while it streams.
+//! The 200k records/s target, with TCP_NODELAY in `server.rs`: reached on the small-point
+//! run (median 212k, 11 of 15 runs), not on the 250k-record points (134-180k) nor on many
+//! small points (88-141k), where the rows of the points that finish last are encoded and
+//! written after they finish at the VM's page-cache cost. What would remain to try: f32
+//! ITLs (half the bytes; loses the exact f64 round trip the tests check); summaries off the
+//! state lock (`state.rs`; 0.30 s for a 250k-record point, `--breakdown`); encoding a
+//! running point's rows while it streams.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
