@@ -44,6 +44,10 @@
 //! | TCP_NODELAY in `server.rs`, `--agents 8 --records 250000` | 134-180k (2 runs; streaming alone 228-314k) | 5.6 GB |
 //! | TCP_NODELAY in `server.rs`, `--agents 8 --points 64 --records 256` (batch-256 points, the seed's largest) | 114-141k (5 runs) | - |
 //! | TCP_NODELAY in `server.rs`, `--agents 8 --points 256 --records 256` (2048 points, 524k records) | 88-137k (4 runs; streaming alone 335-380k) | 1.9 GB |
+//! | Snappy instead of zstd, `--agents 8 --points 256 --records 256` | 180-217k (4 runs alternating with the zstd build: 121-131k) | - |
+//! | Snappy instead of zstd, `--agents 8 --points 64 --records 256` | 154-187k (5 runs; alternating: 166-172k against zstd's 128-139k) | - |
+//! | Snappy instead of zstd, `--agents 8 --points 8 --records 4000` | 190-261k (12 runs, median 242k) | - |
+//! | Snappy instead of zstd, `--agents 8 --records 250000` | 114-220k (4 runs: 114k and 119k right after the page cache was dropped, 220k and 207k alternating with the zstd build's 207k and 220k) | 5.7 GB |
 //!
 //! What changed (each measured with `perf record --call-graph dwarf` first): exact
 //! percentiles by selection instead of sorting the pooled ITLs (the sort was ~20% of all CPU,
@@ -78,17 +82,20 @@
 //! time varies from 14 to 24 s with the state of the page cache. With one requests file per
 //! sweep and GPU count, renamed into place on every point (design.md), each write copies
 //! the file; preparing the copy ahead takes it off the critical path but not off the CPU.
-//! Many small points (256 records, as a batch-256 burst gives) are the realistic shape and
-//! the slowest: streaming takes 1.4-1.6 s for 524k records, then 2.8-4.5 s go on writes.
-//! The writer coalesces (`RUST_LOG=fleetbench_controller=debug`: 6 writes with rows for
-//! 2048 points, the last adding 304k rows in 3.0 s), so the tail is the encode-and-write
-//! rate of new rows, ~100k rows/s (~100 MB/s of ITLs) while two cores are shared with the
-//! streams, not the number of writes. Raising it needs fewer bytes per row (f32 ITLs) or
-//! encoding rows as they arrive rather than after the point ends.
-//! The 200k records/s target, with TCP_NODELAY in `server.rs`: reached on the small-point
-//! run (median 212k, 11 of 15 runs), not on the 250k-record points (134-180k) nor on many
-//! small points (88-141k), where the rows of the points that finish last are encoded and
-//! written after they finish at the VM's page-cache cost. What would remain to try: f32
+//! Many small points (256 records, as a batch-256 burst gives) are the realistic shape: with
+//! zstd, streaming took 1.4-1.6 s for 524k records, then 2.8-4.5 s went on writes (the
+//! writer coalesces: 6 writes with rows for 2048 points, the last adding 304k rows in
+//! 3.0 s). perf showed why: `ZSTD_createCCtx` 8.8% and `ZSTD_createDCtx` 8.2% of all
+//! samples, plus the kernel clearing their pages (`clear_page_erms` 14%). parquet builds a
+//! codec per column chunk, and a zstd codec makes both contexts each time, so with a row
+//! group per point every point paid ~30 context set-ups. Snappy has no such set-up: the
+//! same runs went from 121-131k to 180-217k records/s, for files 1.1% larger (8 x 8 x 4000:
+//! 275.9 MB against 272.9 MB).
+//! The 200k records/s target, with TCP_NODELAY and Snappy: reached on 8 x 8 x 4000 (median
+//! 242k) and on 2048 points of 256 records in 3 of 4 runs (180-217k); not on 8 x 64 x 256
+//! (154-187k, a ~0.7 s run where the last write is a large share); on the 250k-record points
+//! it depends on the VM's page cache (114-220k), as the rows of the points that finish last
+//! are encoded and written after they finish at the page-cache cost above. What would remain to try: f32
 //! ITLs (half the bytes; loses the exact f64 round trip the tests check); summaries off the
 //! state lock (`state.rs`; 0.30 s for a 250k-record point, `--breakdown`); encoding a
 //! running point's rows while it streams.
