@@ -202,6 +202,9 @@ async fn report_of_a_sim_sweep_has_every_point_a_line_per_workload_and_is_served
     for p in &point_ids {
         assert!(page.contains(p.as_str()), "served page does not name {p}");
     }
+    // It reloads itself (a running sweep's page follows its points); the file does not.
+    assert!(page.contains(r#"<meta http-equiv="refresh" content="30"/>"#));
+    assert!(!html.contains("http-equiv"));
     let index = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(index.status(), 200);
     assert!(

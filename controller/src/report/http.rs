@@ -103,11 +103,24 @@ async fn report(State(dir): State<Arc<PathBuf>>, UrlPath(id): UrlPath<String>) -
             StatusCode::NOT_FOUND,
             &format!("no results for sweep {id} (yet)"),
         ),
-        Ok(Ok((page, _))) => ([(header::CONTENT_TYPE, HTML)], page).into_response(),
+        Ok(Ok((page, _))) => ([(header::CONTENT_TYPE, HTML)], live(&page)).into_response(),
         Ok(Err(e)) => {
             warn!(sweep = %id, error = %e, "report failed");
             error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
         }
         Err(e) => error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+/// Seconds between reloads of a served report page.
+const RELOAD_S: u32 = 30;
+
+/// The served page reloads itself, so a browser left on a running sweep follows its points
+/// (the written `index.html` does not).
+fn live(page: &str) -> String {
+    page.replacen(
+        "<head>",
+        &format!("<head>\n<meta http-equiv=\"refresh\" content=\"{RELOAD_S}\"/>"),
+        1,
+    )
 }
