@@ -33,15 +33,7 @@ pub fn run(args: ReportArgs) -> Result<ExitCode, ControllerError> {
         mut filter,
         out,
     } = args;
-    if let Some(id) = sweep_id {
-        if !filter.sweep.is_empty() && !filter.sweep.contains(&id) {
-            return Err(ControllerError::Usage(format!(
-                "SWEEP_ID {id} is not among --sweep {}",
-                filter.sweep.join(",")
-            )));
-        }
-        filter.sweep = vec![id];
-    }
+    filter.narrow_to_sweep(sweep_id)?;
     let data = ReportData::load(&dir, &filter)?;
     if data.points.is_empty() {
         eprintln!("no points match (under {})", dir.display());

@@ -96,6 +96,21 @@ impl Filter {
             && any(&self.sweep, &m.sweep_id)
             && any(&self.state, &m.state)
     }
+
+    /// Narrows the filter to the positional SWEEP_ID, when given; an id that `--sweep`
+    /// already excludes is a usage error rather than an empty result.
+    pub fn narrow_to_sweep(&mut self, sweep_id: Option<String>) -> Result<(), ControllerError> {
+        if let Some(id) = sweep_id {
+            if !self.sweep.is_empty() && !self.sweep.contains(&id) {
+                return Err(ControllerError::Usage(format!(
+                    "SWEEP_ID {id} is not among --sweep {}",
+                    self.sweep.join(",")
+                )));
+            }
+            self.sweep = vec![id];
+        }
+        Ok(())
+    }
 }
 
 /// The dimension `--group-by` puts side by side.
@@ -618,15 +633,7 @@ pub async fn run(args: ResultsArgs, controller: &str) -> Result<ExitCode, Contro
         }
         return live_results(controller, sweep_id, format).await;
     }
-    if let Some(id) = sweep_id {
-        if !filter.sweep.is_empty() && !filter.sweep.contains(&id) {
-            return Err(ControllerError::Usage(format!(
-                "SWEEP_ID {id} is not among --sweep {}",
-                filter.sweep.join(",")
-            )));
-        }
-        filter.sweep = vec![id];
-    }
+    filter.narrow_to_sweep(sweep_id)?;
     let (points, files) = load(&dir, &filter)?;
     if points.is_empty() {
         eprintln!(
