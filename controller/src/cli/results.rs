@@ -702,6 +702,26 @@ mod tests {
     use super::*;
     use crate::summary::{ClientStats, Percentiles, PointMeta, ServerStats};
 
+    #[test]
+    fn sweep_id_narrows_the_filter_unless_sweep_excludes_it() {
+        let mut f = Filter::default();
+        f.narrow_to_sweep(None).unwrap();
+        assert!(f.sweep.is_empty());
+        f.narrow_to_sweep(Some("a".into())).unwrap();
+        assert_eq!(f.sweep, ["a"]);
+        let mut f = Filter {
+            sweep: vec!["a".into(), "b".into()],
+            ..Filter::default()
+        };
+        f.narrow_to_sweep(Some("b".into())).unwrap();
+        assert_eq!(f.sweep, ["b"]);
+        let err = f.narrow_to_sweep(Some("c".into())).unwrap_err();
+        assert!(
+            matches!(&err, ControllerError::Usage(m) if m == "SWEEP_ID c is not among --sweep b"),
+            "{err}"
+        );
+    }
+
     fn point(sweep: &str, host: &str, gpus: u32, batch: u32, tput: f64) -> PointSummary {
         PointSummary {
             meta: PointMeta {
