@@ -321,6 +321,17 @@ pub fn overlapping_pairs(points: &[fleetbench_controller::summary::PointSummary]
         .sum()
 }
 
+/// vllm-sim's flat step model for sweeps that only need it fast and deterministic: 4 ms + 1 ms
+/// per running sequence per step, 10 µs per prefilled token.
+pub const TINY_SIM_ARGS: &[&str] = &[
+    "--sim-step-ms",
+    "4",
+    "--sim-step-ms-per-seq",
+    "1",
+    "--sim-prefill-us-per-token",
+    "10",
+];
+
 /// A burst sweep of the tiny test model (`test-org/tiny-model`) on vllm-sim as a process
 /// engine: 1 and 2 GPUs, workloads 64/16 and 32/8 tokens, chat endpoint, one warm-up
 /// request, the given batch sizes (a TOML list such as `[1, 2, 4]`) and seed. Tests add

@@ -9,17 +9,10 @@ use std::path::Path;
 use std::process::Command;
 
 use fleetbench_controller::results::{find_result_files, read_point_summaries};
-use fleetbench_tests::{AgentSpec, Cluster, submit, tiny_sweep, watch_to_end, workspace_bin};
+use fleetbench_tests::{
+    AgentSpec, Cluster, TINY_SIM_ARGS, submit, tiny_sweep, watch_to_end, workspace_bin,
+};
 use quick_xml::events::Event;
-
-const SIM_ARGS: &[&str] = &[
-    "--sim-step-ms",
-    "4",
-    "--sim-step-ms-per-seq",
-    "1",
-    "--sim-prefill-us-per-token",
-    "10",
-];
 
 const MODEL_SLUG: &str = "test-org--tiny-model";
 
@@ -70,7 +63,7 @@ fn read(path: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_of_a_sim_sweep_has_every_point_a_line_per_workload_and_is_served() {
-    let cluster = Cluster::start_with_http(vec![AgentSpec::sim("alpha", 2, SIM_ARGS)]).await;
+    let cluster = Cluster::start_with_http(vec![AgentSpec::sim("alpha", 2, TINY_SIM_ARGS)]).await;
     cluster.wait_agents(1).await;
     let mut client = cluster.client().await;
     let id = submit(&mut client, &sweep()).await;

@@ -8,16 +8,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use fleetbench_tests::{AgentSpec, Cluster, submit, tiny_sweep, watch_to_end, workspace_bin};
-
-const SIM_ARGS: &[&str] = &[
-    "--sim-step-ms",
-    "4",
-    "--sim-step-ms-per-seq",
-    "1",
-    "--sim-prefill-us-per-token",
-    "10",
-];
+use fleetbench_tests::{
+    AgentSpec, Cluster, TINY_SIM_ARGS, submit, tiny_sweep, watch_to_end, workspace_bin,
+};
 
 fn sweep() -> String {
     tiny_sweep("readers", "[1, 4, 8]", 5)
@@ -25,7 +18,7 @@ fn sweep() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyarrow_and_duckdb_read_the_results_folder_and_agree_with_controllerctl() {
-    let cluster = Cluster::start(vec![AgentSpec::sim("alpha", 2, SIM_ARGS)]).await;
+    let cluster = Cluster::start(vec![AgentSpec::sim("alpha", 2, TINY_SIM_ARGS)]).await;
     cluster.wait_agents(1).await;
     let mut client = cluster.client().await;
     // Two sweeps: the readers see several files per partition.
