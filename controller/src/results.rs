@@ -1684,19 +1684,7 @@ mod tests {
         use parquet::arrow::ArrowWriter;
         use parquet::basic::ZstdLevel;
         let root = tempfile::tempdir().unwrap();
-        let recs = records();
-        let done = summarize(meta(0), &recs, &[]);
-        let points: Vec<(PointSummary, &[RequestRecord])> = vec![(done.clone(), recs.as_slice())];
-        let files = write_partition(
-            root.path(),
-            "sw-20260101-abc",
-            "meta-llama/Llama-3.2-1B",
-            2,
-            &points,
-            &[],
-            &metadata(),
-        )
-        .unwrap();
+        let (files, done, recs) = one_point_partition(root.path());
         for path in [&files.points, &files.requests] {
             let reader = open(path).unwrap();
             let schema = reader.schema().clone();
@@ -1734,13 +1722,13 @@ mod tests {
         assert_eq!(read_requests(&files.requests).unwrap(), expected);
     }
 
-    #[test]
-    fn columns_avoid_partition_keys_and_use_utc_micros() {
-        let root = tempfile::tempdir().unwrap();
+    /// A partition holding one finished point of [`records`]: its files, summary and rows.
+    fn one_point_partition(root: &Path) -> (PartitionFiles, PointSummary, Vec<RequestRecord>) {
         let recs = records();
-        let points = vec![(summarize(meta(0), &recs, &[]), recs.as_slice())];
+        let done = summarize(meta(0), &recs, &[]);
+        let points = vec![(done.clone(), recs.as_slice())];
         let files = write_partition(
-            root.path(),
+            root,
             "sw-20260101-abc",
             "meta-llama/Llama-3.2-1B",
             2,
@@ -1749,6 +1737,13 @@ mod tests {
             &metadata(),
         )
         .unwrap();
+        (files, done, recs)
+    }
+
+    #[test]
+    fn columns_avoid_partition_keys_and_use_utc_micros() {
+        let root = tempfile::tempdir().unwrap();
+        let (files, _, _) = one_point_partition(root.path());
         for path in [&files.points, &files.requests] {
             let builder = open(path).unwrap();
             let schema = builder.schema();
