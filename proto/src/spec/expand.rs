@@ -1,0 +1,68 @@
+//! Expansion of a valid sweep into its ordered points (GPU count × workload × batch size
+//! or rate).
+
+use super::sections::{BatchSizes, LoadMode, SweepSpec, WorkloadEntry};
+
+/// One point of the expanded plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedPoint {
+    pub index: u32,
+    pub gpus: u32,
+    pub workload: WorkloadEntry,
+    /// Burst: requests per wave; concurrency: requests in flight; rate mode: 0.
+    pub batch_size: u32,
+    /// Rate mode: requests per second; otherwise 0.
+    pub request_rate: f64,
+}
+
+impl SweepSpec {
+    /// Batch sizes in the order they run (empty in rate mode).
+    pub fn batch_sizes(&self) -> Vec<u32> {
+        let Some(sizes) = &self.matrix.batch_sizes else {
+            return Vec::new();
+        };
+        match sizes.get_ref() {
+            BatchSizes::List(list) => list.iter().map(|b| *b.get_ref()).collect(),
+            BatchSizes::PowersOf2 => {
+                let max = self
+                    .matrix
+                    .max_batch_size
+                    .as_ref()
+                    .map_or(1, |m| *m.get_ref());
+                std::iter::successors(Some(1u32), |b| b.checked_mul(2))
+                    .take_while(|b| *b <= max)
+                    .collect()
+            }
+        }
+    }
+
+    /// Expands the matrix into points, ordered so the engine restarts as rarely as
+    /// possible: grouped by GPU count (the only engine setting the matrix varies), then
+    /// workload, then ascending batch size.
+    pub fn expand(&self) -> Vec<PlannedPoint> {
+        // (batch size, rate): one axis or the other, by mode.
+        let loads: Vec<(u32, f64)> = match &self.matrix.rates {
+            Some(rates) if self.load.mode == LoadMode::Rate => {
+                rates.get_ref().iter().map(|r| (0, *r.get_ref())).collect()
+            }
+            _ => self.batch_sizes().into_iter().map(|b| (b, 0.0)).collect(),
+        };
+        let mut points = Vec::new();
+        let mut index = 0u32;
+        for gpus in self.matrix.gpus.get_ref() {
+            for w in self.matrix.workloads.get_ref() {
+                for &(batch_size, request_rate) in &loads {
+                    points.push(PlannedPoint {
+                        index,
+                        gpus: *gpus.get_ref(),
+                        workload: *w.get_ref(),
+                        batch_size,
+                        request_rate,
+                    });
+                    index += 1;
+                }
+            }
+        }
+        points
+    }
+}

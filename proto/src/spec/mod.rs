@@ -1,0 +1,35 @@
+//! The sweep file: what a user submits with `controllerctl submit sweep.toml`.
+//!
+//! Parsing is strict: unknown fields and impossible values are errors that name the line,
+//! the column and the field ([`SpecError`](crate::error::SpecError)). [`SweepSpec::expand`]
+//! turns a valid sweep into the ordered list of points (GPU count × workload × batch size)
+//! the controller schedules.
+//!
+//! One concept a file, each importing only the ones before it in this list:
+//! - `sections`: the TOML sections as serde reads them, their enums and defaults;
+//! - `locate`: line:column of a TOML span, for error messages;
+//! - `validate`: [`SweepSpec::parse`] and the value checks (uses `sections`, `locate`);
+//! - `expand`: [`SweepSpec::expand`] into [`PlannedPoint`]s (uses `sections`);
+//! - `wire`: [`SweepSpec::engine_wire`] / [`SweepSpec::load_wire`] (uses `sections`);
+//! - `vllm_flags`: the engine's command-line flags from a wire [`EngineSpec`](crate::pb::EngineSpec).
+//!
+//! This file only declares the modules and re-exports their public items.
+
+mod expand;
+mod locate;
+mod sections;
+mod validate;
+mod vllm_flags;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use expand::PlannedPoint;
+pub use sections::{
+    Arrival, BatchSizes, DEFAULT_CRASH_RETRIES, Endpoint, EngineKind, EngineSection, GPU_VENDORS,
+    LoadMode, LoadSection, MatrixSection, OnEngineCrash, PlacementSection, PolicySection, Runtime,
+    Strategy, SweepSpec, TokenizerSource, WorkloadEntry, model_slug,
+};
+pub use validate::MAX_BATCH_SIZE;
+pub use vllm_flags::vllm_flags;

@@ -1,0 +1,431 @@
+//! Tests of the sweep file: parsing, validation errors and their locations, expansion,
+//! wire conversion, vLLM flags, placement and policy.
+
+use super::*;
+use crate::pb;
+
+const GOOD: &str = r#"
+name = "demo"
+model = "meta-llama/Llama-3.2-1B-Instruct"
+
+[engine]
+kind = "vllm"
+runtime = "process"
+max_model_len = 4096
+block_size = 64
+enforce_eager = true
+
+[matrix]
+gpus = [1, 2]
+batch_sizes = "powers-of-2"
+max_batch_size = 8
+workloads = [{ input = 1024, output = 512 }, { input = 128, output = 128 }]
+
+[load]
+endpoint = "auto"
+timeout_s = 600
+"#;
+
+fn rate_spec(load: &str, matrix_extra: &str) -> String {
+    GOOD.replace(
+        "batch_sizes = \"powers-of-2\"\nmax_batch_size = 8\n",
+        matrix_extra,
+    )
+    .replace("[load]\n", &format!("[load]\n{load}\n"))
+}
+
+#[test]
+fn rate_mode_sweeps_rates_with_arrival_settings() {
+    let text = rate_spec(
+        "mode = \"rate\"\narrival = \"gamma\"\nburstiness = 0.5\nduration_s = 20\nidle_timeout_s = 30",
+        "rates = [1.5, 10]\n",
+    );
+    let spec = SweepSpec::parse(&text, "rate.toml").unwrap();
+    let points = spec.expand();
+    assert_eq!(points.len(), 2 * 2 * 2);
+    assert_eq!(points[0].request_rate, 1.5);
+    assert_eq!(points[1].request_rate, 10.0);
+    assert!(points.iter().all(|p| p.batch_size == 0));
+    let wire = spec.load_wire();
+    assert_eq!(wire.mode, "rate");
+    assert_eq!(wire.arrival, "gamma");
+    assert_eq!(wire.burstiness, 0.5);
+    assert_eq!(wire.duration_s, 20.0);
+    assert_eq!(wire.requests, 0);
+    assert_eq!(wire.idle_timeout_s, 30.0);
+    assert_eq!(wire.tokenizer, "auto");
+}
+
+#[test]
+fn concurrency_mode_keeps_batch_sizes_and_needs_an_end() {
+    let text = rate_spec(
+        "mode = \"concurrency\"\nrequests = 200",
+        "batch_sizes = [4, 16]\n",
+    );
+    let spec = SweepSpec::parse(&text, "c.toml").unwrap();
+    assert_eq!(spec.expand()[1].batch_size, 16);
+    assert_eq!(spec.load_wire().requests, 200);
+
+    let text = rate_spec("mode = \"concurrency\"", "batch_sizes = [4]\n");
+    let err = SweepSpec::parse(&text, "c.toml").unwrap_err();
+    assert_eq!(err.field, "load.duration_s");
+    assert!(
+        err.message.contains("needs `duration_s` or `requests`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mode_and_matrix_axis_mismatches_name_the_field() {
+    let cases = [
+        // rate mode with batch sizes
+        (
+            "mode = \"rate\"\nduration_s = 5",
+            "batch_sizes = [1]\n",
+            "matrix.batch_sizes",
+        ),
+        // burst with rates
+        ("", "batch_sizes = [1]\nrates = [2.0]\n", "matrix.rates"),
+        // zero rate
+        (
+            "mode = \"rate\"\nrequests = 5",
+            "rates = [0.0]\n",
+            "matrix.rates[0]",
+        ),
+        // waves outside burst
+        (
+            "mode = \"rate\"\nrequests = 5\nwaves = 2",
+            "rates = [1.0]\n",
+            "load.waves",
+        ),
+        // duration in burst
+        ("duration_s = 3", "batch_sizes = [1]\n", "load.duration_s"),
+        // burstiness without gamma
+        (
+            "mode = \"rate\"\nrequests = 5\nburstiness = 2",
+            "rates = [1.0]\n",
+            "load.burstiness",
+        ),
+        // non-positive idle timeout
+        (
+            "idle_timeout_s = 0",
+            "batch_sizes = [1]\n",
+            "load.idle_timeout_s",
+        ),
+    ];
+    for (load, matrix, field) in cases {
+        let text = rate_spec(load, matrix);
+        let err = SweepSpec::parse(&text, "x.toml").unwrap_err();
+        assert_eq!(err.field, field, "{load} / {matrix}: {err}");
+    }
+}
+
+#[test]
+fn parses_and_expands_in_engine_order() {
+    let spec = SweepSpec::parse(GOOD, "good.toml").unwrap();
+    assert_eq!(spec.batch_sizes(), vec![1, 2, 4, 8]);
+    let points = spec.expand();
+    assert_eq!(points.len(), 2 * 2 * 4);
+    // Grouped by GPU count first, so one engine start per GPU count.
+    assert!(points[..8].iter().all(|p| p.gpus == 1));
+    assert!(points[8..].iter().all(|p| p.gpus == 2));
+    assert_eq!(points[3].batch_size, 8);
+    assert_eq!(
+        points[4].workload,
+        WorkloadEntry {
+            input: 128,
+            output: 128
+        }
+    );
+    assert_eq!(spec.load.endpoint, Endpoint::Auto);
+    let flags = vllm_flags(&spec.engine_wire(), 2);
+    let joined = flags.join(" ");
+    assert!(joined.contains("--tensor-parallel-size 2"), "{joined}");
+    assert!(joined.contains("--block-size 64"), "{joined}");
+    assert!(joined.contains("--enforce-eager"), "{joined}");
+    assert!(joined.contains("--no-enable-prefix-caching"), "{joined}");
+}
+
+#[test]
+fn unknown_field_names_line_and_field() {
+    let bad = GOOD.replace("block_size = 64", "blocksize = 64");
+    let err = SweepSpec::parse(&bad, "bad.toml").unwrap_err();
+    assert_eq!(err.line, 9, "{err}");
+    assert_eq!(err.field, "blocksize", "{err}");
+    assert!(err.message.contains("unknown field"), "{err}");
+}
+
+#[test]
+fn batch_size_zero_is_rejected_with_location() {
+    let bad = GOOD
+        .replace("batch_sizes = \"powers-of-2\"", "batch_sizes = [1, 0, 4]")
+        .replace("max_batch_size = 8\n", "");
+    let err = SweepSpec::parse(&bad, "bad.toml").unwrap_err();
+    assert_eq!(err.field, "matrix.batch_sizes[1]", "{err}");
+    assert_eq!((err.line, err.column), (14, 19), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("bad.toml:14:19: field `matrix.batch_sizes[1]`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn docker_runtime_needs_an_image_and_only_it_takes_one() {
+    let docker = GOOD.replace("runtime = \"process\"", "runtime = \"docker\"");
+    let err = SweepSpec::parse(&docker, "d.toml").unwrap_err();
+    assert_eq!(err.field, "engine.image", "{err}");
+    assert!(err.message.contains("needs `image`"), "{err}");
+
+    let ok = docker.replace(
+        "runtime = \"docker\"",
+        "runtime = \"docker\"\nimage = \"fleetbench/vllm-sim:dev\"\nentrypoint = [\"/vllm-sim\"]",
+    );
+    let spec = SweepSpec::parse(&ok, "d.toml").unwrap();
+    let wire = spec.engine_wire();
+    assert_eq!(
+        (wire.runtime.as_str(), wire.image.as_str()),
+        ("docker", "fleetbench/vllm-sim:dev")
+    );
+    assert_eq!(wire.entrypoint, vec!["/vllm-sim"]);
+
+    let process_with_image = GOOD.replace(
+        "runtime = \"process\"",
+        "runtime = \"process\"\nimage = \"x\"",
+    );
+    let err = SweepSpec::parse(&process_with_image, "p.toml").unwrap_err();
+    assert_eq!((err.field.as_str(), err.line), ("engine.image", 8), "{err}");
+}
+
+#[test]
+fn output_above_max_model_len_is_rejected() {
+    let bad = GOOD.replace(
+        "{ input = 128, output = 128 }",
+        "{ input = 128, output = 4000 }",
+    );
+    let err = SweepSpec::parse(&bad, "bad.toml").unwrap_err();
+    assert_eq!(err.field, "matrix.workloads[1].output", "{err}");
+    assert_eq!(err.line, 16, "{err}");
+    assert!(
+        err.message.contains("exceed engine.max_model_len 4096"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_type_and_bad_enum_name_the_line() {
+    let bad = GOOD.replace("runtime = \"process\"", "runtime = \"kubernetes\"");
+    let err = SweepSpec::parse(&bad, "bad.toml").unwrap_err();
+    assert_eq!(err.line, 7, "{err}");
+    assert!(err.message.contains("kubernetes"), "{err}");
+    assert_eq!(err.field, "engine.runtime", "{err}");
+
+    let bad = GOOD.replace("timeout_s = 600", "timeout_s = \"ten\"");
+    let err = SweepSpec::parse(&bad, "bad.toml").unwrap_err();
+    assert_eq!(err.line, 20, "{err}");
+}
+
+#[test]
+fn powers_of_two_need_a_max() {
+    let bad = GOOD.replace("max_batch_size = 8\n", "");
+    let err = SweepSpec::parse(&bad, "bad.toml").unwrap_err();
+    assert_eq!(err.field, "matrix.max_batch_size", "{err}");
+    assert_eq!(err.line, 14, "{err}");
+}
+
+#[test]
+fn model_slug_is_a_safe_partition_value() {
+    assert_eq!(
+        model_slug("meta-llama/Llama-3.2-1B"),
+        "meta-llama--Llama-3.2-1B"
+    );
+    assert_eq!(model_slug("/models/x y=z"), "models--x_y_z");
+}
+
+fn with_policy(policy: &str) -> String {
+    format!("{GOOD}\n[policy]\n{policy}\n")
+}
+
+#[test]
+fn policy_defaults_to_continue_and_load_timeout() {
+    let spec = SweepSpec::parse(GOOD, "good.toml").unwrap();
+    assert_eq!(spec.policy.on_engine_crash, OnEngineCrash::Continue);
+    assert_eq!(spec.policy.crash_retries(), 0);
+    assert_eq!(spec.load_wire().timeout_s, 600);
+}
+
+#[test]
+fn policy_parses_skip_larger_retry_and_point_timeout() {
+    let spec = SweepSpec::parse(
+        &with_policy("on_engine_crash = \"skip-larger\"\npoint_timeout_s = 90"),
+        "p.toml",
+    )
+    .unwrap();
+    assert_eq!(spec.policy.on_engine_crash, OnEngineCrash::SkipLarger);
+    assert_eq!(spec.policy.crash_retries(), 0);
+    // The policy's point timeout overrides [load] timeout_s on the wire.
+    assert_eq!(spec.load_wire().timeout_s, 90);
+
+    let spec = SweepSpec::parse(&with_policy("on_engine_crash = \"retry\""), "p.toml").unwrap();
+    assert_eq!(spec.policy.crash_retries(), DEFAULT_CRASH_RETRIES);
+    let spec = SweepSpec::parse(
+        &with_policy("on_engine_crash = \"retry\"\nretries = 3"),
+        "p.toml",
+    )
+    .unwrap();
+    assert_eq!(spec.policy.crash_retries(), 3);
+    assert_eq!(spec.load_wire().timeout_s, 600);
+}
+
+#[test]
+fn policy_errors_name_the_field_and_line() {
+    // GOOD ends on line 20; "[policy]" is line 22, its first key line 23.
+    let err =
+        SweepSpec::parse(&with_policy("on_engine_crash = \"explode\""), "p.toml").unwrap_err();
+    assert_eq!(err.field, "policy.on_engine_crash", "{err}");
+    assert_eq!((err.line, err.column), (23, 19), "{err}");
+    assert!(err.message.contains("explode"), "{err}");
+    assert!(err.to_string().starts_with("p.toml:23:19: "), "{err}");
+
+    let err = SweepSpec::parse(
+        &with_policy("on_engine_crash = \"retry\"\nretries = 0"),
+        "p.toml",
+    )
+    .unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.line),
+        ("policy.retries", 24),
+        "{err}"
+    );
+    assert!(err.message.contains("at least 1"), "{err}");
+
+    let err = SweepSpec::parse(
+        &with_policy("on_engine_crash = \"skip-larger\"\nretries = 2"),
+        "p.toml",
+    )
+    .unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.line),
+        ("policy.retries", 24),
+        "{err}"
+    );
+    assert!(err.message.contains("only applies with"), "{err}");
+
+    let err = SweepSpec::parse(&with_policy("retries = 2"), "p.toml").unwrap_err();
+    assert_eq!(err.field, "policy.retries", "{err}");
+
+    let err = SweepSpec::parse(&with_policy("point_timeout_s = 0"), "p.toml").unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.line),
+        ("policy.point_timeout_s", 23),
+        "{err}"
+    );
+
+    let err = SweepSpec::parse(&with_policy("retry_count = 2"), "p.toml").unwrap_err();
+    assert_eq!((err.field.as_str(), err.line), ("retry_count", 23), "{err}");
+    assert!(err.message.contains("unknown field"), "{err}");
+
+    let err = SweepSpec::parse(&with_policy("retries = -1"), "p.toml").unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.line),
+        ("policy.retries", 23),
+        "{err}"
+    );
+}
+
+fn inventory(name: &str, labels: &[(&str, &str)], gpus: &[(&str, &str)]) -> pb::Inventory {
+    pb::Inventory {
+        agent_name: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        gpus: gpus
+            .iter()
+            .enumerate()
+            .map(|(i, (vendor, model))| pb::Gpu {
+                index: u32::try_from(i).unwrap(),
+                vendor: vendor.to_string(),
+                model: model.to_string(),
+                memory_bytes: 0,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn placement_matches_names_and_labels() {
+    let p = PlacementSection {
+        labels: [("gpu".to_string(), "b60".to_string())].into(),
+        ..Default::default()
+    };
+    assert!(p.matches(&inventory("a", &[("gpu", "b60")], &[])));
+    assert!(!p.matches(&inventory("a", &[("gpu", "h100")], &[])));
+    let p = PlacementSection {
+        agents: vec!["b".into()],
+        ..Default::default()
+    };
+    assert!(!p.matches(&inventory("a", &[], &[])));
+    assert!(p.matches(&inventory("b", &[], &[])));
+}
+
+fn with_placement(placement: &str) -> String {
+    format!("{GOOD}\n[placement]\n{placement}\n")
+}
+
+#[test]
+fn placement_matches_gpu_vendor_and_model_without_case() {
+    let spec = SweepSpec::parse(
+        &with_placement("strategy = \"replicate\"\ngpu_vendor = \"Intel\"\ngpu_model = \"b60\""),
+        "p.toml",
+    )
+    .unwrap();
+    let p = &spec.placement;
+    assert_eq!(p.strategy, Strategy::Replicate);
+    assert!(p.matches(&inventory("a", &[], &[("intel", "Arc Pro B60")])));
+    // Vendor and model must hold for the same GPU.
+    assert!(!p.matches(&inventory(
+        "a",
+        &[],
+        &[("nvidia", "B60 lookalike"), ("intel", "Arc A770")]
+    )));
+    assert!(!p.matches(&inventory("a", &[], &[])));
+    let spec = SweepSpec::parse(GOOD, "p.toml").unwrap();
+    assert_eq!(spec.placement.strategy, Strategy::Spread);
+    assert!(spec.placement.matches(&inventory("a", &[], &[])));
+}
+
+#[test]
+fn placement_errors_name_the_field_and_line() {
+    // GOOD ends on line 20; "[placement]" is line 22, its first key line 23.
+    let err = SweepSpec::parse(&with_placement("strategy = \"scatter\""), "p.toml").unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.line),
+        ("placement.strategy", 23),
+        "{err}"
+    );
+    assert!(err.message.contains("scatter"), "{err}");
+
+    let err = SweepSpec::parse(
+        &with_placement("strategy = \"spread\"\ngpu_vendor = \"intle\""),
+        "p.toml",
+    )
+    .unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.line),
+        ("placement.gpu_vendor", 24),
+        "{err}"
+    );
+    assert!(err.message.contains("intle"), "{err}");
+
+    let err = SweepSpec::parse(&with_placement("gpu_model = \" \""), "p.toml").unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.line),
+        ("placement.gpu_model", 23),
+        "{err}"
+    );
+
+    let err = SweepSpec::parse(&with_placement("gpu_count = 2"), "p.toml").unwrap_err();
+    assert_eq!((err.field.as_str(), err.line), ("gpu_count", 23), "{err}");
+}

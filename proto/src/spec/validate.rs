@@ -1,0 +1,418 @@
+//! Parsing a sweep file and checking its values: every impossible or contradictory
+//! setting is an error that names the field, the line and the column.
+
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::locate::{located, toml_error};
+use super::sections::{
+    Arrival, BatchSizes, GPU_VENDORS, LoadMode, OnEngineCrash, Runtime, SweepSpec,
+};
+use crate::error::SpecError;
+
+/// Largest batch size a sweep may ask for.
+pub const MAX_BATCH_SIZE: u32 = 65_536;
+
+impl SweepSpec {
+    /// Parses and validates a sweep file. `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, SpecError> {
+        let spec: SweepSpec = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        spec.validate(text, file)?;
+        Ok(spec)
+    }
+
+    fn validate(&self, text: &str, file: &str) -> Result<(), SpecError> {
+        let err = |span: Range<usize>, field: &str, message: String| {
+            Err(located(text, file, span, field, message))
+        };
+        if self.name.get_ref().trim().is_empty() {
+            return err(self.name.span(), "name", "must not be empty".into());
+        }
+        if !self
+            .name
+            .get_ref()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return err(
+                self.name.span(),
+                "name",
+                "may hold only ASCII letters, digits, '-', '_' and '.'".into(),
+            );
+        }
+        if self.model.get_ref().trim().is_empty() {
+            return err(self.model.span(), "model", "must not be empty".into());
+        }
+        let e = &self.engine;
+        match (e.runtime, &e.url) {
+            (Runtime::External, None) => {
+                return err(
+                    0..0,
+                    "engine.url",
+                    "runtime \"external\" needs `url`".into(),
+                );
+            }
+            (Runtime::External, Some(url))
+                if !(url.get_ref().starts_with("http://")
+                    || url.get_ref().starts_with("https://")) =>
+            {
+                return err(
+                    url.span(),
+                    "engine.url",
+                    "must start with http:// or https://".into(),
+                );
+            }
+            (Runtime::Process | Runtime::Docker, Some(url)) => {
+                return err(
+                    url.span(),
+                    "engine.url",
+                    "only runtime \"external\" takes a url".into(),
+                );
+            }
+            _ => {}
+        }
+        match (e.runtime, &e.image) {
+            (Runtime::Docker, None) => {
+                return err(
+                    0..0,
+                    "engine.image",
+                    "runtime \"docker\" needs `image`".into(),
+                );
+            }
+            (Runtime::Docker, Some(image)) if image.get_ref().trim().is_empty() => {
+                return err(image.span(), "engine.image", "must not be empty".into());
+            }
+            (Runtime::Process | Runtime::External, Some(image)) => {
+                return err(
+                    image.span(),
+                    "engine.image",
+                    "only runtime \"docker\" takes an image".into(),
+                );
+            }
+            _ => {}
+        }
+        let util = *e.gpu_memory_utilization.get_ref();
+        if !(util > 0.0 && util <= 1.0) {
+            return err(
+                e.gpu_memory_utilization.span(),
+                "engine.gpu_memory_utilization",
+                format!("{util} is not in (0, 1]"),
+            );
+        }
+        for (field, v) in [
+            ("engine.max_model_len", &e.max_model_len),
+            ("engine.block_size", &e.block_size),
+            ("engine.max_num_batched_tokens", &e.max_num_batched_tokens),
+            ("engine.max_num_seqs", &e.max_num_seqs),
+            ("engine.startup_timeout_s", &e.startup_timeout_s),
+        ] {
+            if *v.get_ref() == 0 {
+                return err(v.span(), field, "must be at least 1".into());
+            }
+        }
+        if self.matrix.gpus.get_ref().is_empty() {
+            return err(
+                self.matrix.gpus.span(),
+                "matrix.gpus",
+                "must not be empty".into(),
+            );
+        }
+        for (i, g) in self.matrix.gpus.get_ref().iter().enumerate() {
+            if *g.get_ref() == 0 {
+                return err(
+                    g.span(),
+                    &format!("matrix.gpus[{i}]"),
+                    "GPU count must be at least 1".into(),
+                );
+            }
+        }
+        self.validate_load_axis(text, file)?;
+        match self
+            .matrix
+            .batch_sizes
+            .as_ref()
+            .map(|b| (b.get_ref(), b.span()))
+        {
+            None => {}
+            Some((BatchSizes::List(list), span)) => {
+                if list.is_empty() {
+                    return err(span, "matrix.batch_sizes", "must not be empty".into());
+                }
+                for (i, b) in list.iter().enumerate() {
+                    let v = *b.get_ref();
+                    if v == 0 || v > MAX_BATCH_SIZE {
+                        return err(
+                            b.span(),
+                            &format!("matrix.batch_sizes[{i}]"),
+                            format!("batch size {v} is not in 1..={MAX_BATCH_SIZE}"),
+                        );
+                    }
+                }
+                if let Some(max) = &self.matrix.max_batch_size {
+                    return err(
+                        max.span(),
+                        "matrix.max_batch_size",
+                        "only applies with batch_sizes = \"powers-of-2\"".into(),
+                    );
+                }
+            }
+            Some((BatchSizes::PowersOf2, span)) => match &self.matrix.max_batch_size {
+                None => {
+                    return err(
+                        span,
+                        "matrix.max_batch_size",
+                        "batch_sizes = \"powers-of-2\" needs max_batch_size".into(),
+                    );
+                }
+                Some(max) if *max.get_ref() == 0 || *max.get_ref() > MAX_BATCH_SIZE => {
+                    return err(
+                        max.span(),
+                        "matrix.max_batch_size",
+                        format!("{} is not in 1..={MAX_BATCH_SIZE}", max.get_ref()),
+                    );
+                }
+                Some(_) => {}
+            },
+        }
+        if self.matrix.workloads.get_ref().is_empty() {
+            return err(
+                self.matrix.workloads.span(),
+                "matrix.workloads",
+                "must not be empty".into(),
+            );
+        }
+        let max_len = *e.max_model_len.get_ref();
+        for (i, w) in self.matrix.workloads.get_ref().iter().enumerate() {
+            let wl = w.get_ref();
+            if wl.input == 0 {
+                return err(
+                    w.span(),
+                    &format!("matrix.workloads[{i}].input"),
+                    "must be at least 1 token".into(),
+                );
+            }
+            if wl.output == 0 {
+                return err(
+                    w.span(),
+                    &format!("matrix.workloads[{i}].output"),
+                    "must be at least 1 token".into(),
+                );
+            }
+            if u64::from(wl.input) + u64::from(wl.output) > u64::from(max_len) {
+                return err(
+                    w.span(),
+                    &format!("matrix.workloads[{i}].output"),
+                    format!(
+                        "input {} + output {} tokens exceed engine.max_model_len {max_len}",
+                        wl.input, wl.output
+                    ),
+                );
+            }
+        }
+        if *self.load.timeout_s.get_ref() == 0 {
+            return err(
+                self.load.timeout_s.span(),
+                "load.timeout_s",
+                "must be at least 1".into(),
+            );
+        }
+        if *self.load.waves.get_ref() == 0 {
+            return err(
+                self.load.waves.span(),
+                "load.waves",
+                "must be at least 1".into(),
+            );
+        }
+        let idle = *self.load.idle_timeout_s.get_ref();
+        if !(idle.is_finite() && idle > 0.0) {
+            return err(
+                self.load.idle_timeout_s.span(),
+                "load.idle_timeout_s",
+                format!("{idle} is not a positive number of seconds"),
+            );
+        }
+        let placement = &self.placement;
+        if let Some(v) = &placement.gpu_vendor {
+            let lower = v.get_ref().to_lowercase();
+            if !GPU_VENDORS.contains(&lower.as_str()) {
+                return err(
+                    v.span(),
+                    "placement.gpu_vendor",
+                    format!(
+                        "\"{}\" is not one of {}",
+                        v.get_ref(),
+                        GPU_VENDORS.join(", ")
+                    ),
+                );
+            }
+        }
+        if let Some(m) = &placement.gpu_model
+            && m.get_ref().trim().is_empty()
+        {
+            return err(m.span(), "placement.gpu_model", "must not be empty".into());
+        }
+        if placement.agents.iter().any(|a| a.trim().is_empty()) {
+            return err(0..0, "placement.agents", "holds an empty name".into());
+        }
+        let policy = &self.policy;
+        if let Some(r) = &policy.retries {
+            if policy.on_engine_crash != OnEngineCrash::Retry {
+                return err(
+                    r.span(),
+                    "policy.retries",
+                    format!(
+                        "only applies with on_engine_crash = \"retry\" (it is \"{}\")",
+                        policy.on_engine_crash.as_str()
+                    ),
+                );
+            }
+            if *r.get_ref() == 0 {
+                return err(
+                    r.span(),
+                    "policy.retries",
+                    "must be at least 1 with on_engine_crash = \"retry\"".into(),
+                );
+            }
+        }
+        if let Some(t) = &policy.point_timeout_s
+            && *t.get_ref() == 0
+        {
+            return err(
+                t.span(),
+                "policy.point_timeout_s",
+                "must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks that the matrix varies what the load mode needs (batch sizes for burst and
+    /// concurrency, rates for rate mode) and that the mode's own settings make sense.
+    fn validate_load_axis(&self, text: &str, file: &str) -> Result<(), SpecError> {
+        let err = |span: Range<usize>, field: &str, message: String| {
+            Err(located(text, file, span, field, message))
+        };
+        let load = &self.load;
+        let mode = load.mode;
+        match (mode, &self.matrix.batch_sizes, &self.matrix.rates) {
+            (LoadMode::Rate, Some(b), _) => {
+                return err(
+                    b.span(),
+                    "matrix.batch_sizes",
+                    "rate mode sweeps matrix.rates (requests per second), not batch sizes".into(),
+                );
+            }
+            (LoadMode::Rate, None, None) => {
+                return err(
+                    0..0,
+                    "matrix.rates",
+                    "rate mode needs `rates` (requests per second)".into(),
+                );
+            }
+            (LoadMode::Rate, None, Some(rates)) => {
+                if rates.get_ref().is_empty() {
+                    return err(rates.span(), "matrix.rates", "must not be empty".into());
+                }
+                for (i, r) in rates.get_ref().iter().enumerate() {
+                    let v = *r.get_ref();
+                    if !(v.is_finite() && v > 0.0 && v <= 1e6) {
+                        return err(
+                            r.span(),
+                            &format!("matrix.rates[{i}]"),
+                            format!("rate {v} is not in (0, 1000000] requests/s"),
+                        );
+                    }
+                }
+            }
+            (_, _, Some(rates)) => {
+                return err(
+                    rates.span(),
+                    "matrix.rates",
+                    format!(
+                        "only applies with load.mode = \"rate\" (mode is \"{}\")",
+                        mode.as_str()
+                    ),
+                );
+            }
+            (_, None, None) => {
+                return err(
+                    0..0,
+                    "matrix.batch_sizes",
+                    format!("{} mode needs `batch_sizes`", mode.as_str()),
+                );
+            }
+            (_, Some(_), None) => {}
+        }
+        let waves_set = load.waves.span() != (0..0);
+        match mode {
+            LoadMode::Burst => {
+                for (field, span) in [
+                    (
+                        "load.duration_s",
+                        load.duration_s.as_ref().map(Spanned::span),
+                    ),
+                    ("load.requests", load.requests.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = span {
+                        return err(
+                            span,
+                            field,
+                            "burst mode sends batch_size x waves requests; use waves".into(),
+                        );
+                    }
+                }
+            }
+            LoadMode::Concurrency | LoadMode::Rate => {
+                if waves_set {
+                    return err(
+                        load.waves.span(),
+                        "load.waves",
+                        "only applies with load.mode = \"burst\"".into(),
+                    );
+                }
+                if load.duration_s.is_none() && load.requests.is_none() {
+                    return err(
+                        0..0,
+                        "load.duration_s",
+                        format!(
+                            "{} mode needs `duration_s` or `requests` (or both)",
+                            mode.as_str()
+                        ),
+                    );
+                }
+                if let Some(d) = &load.duration_s {
+                    let v = *d.get_ref();
+                    if !(v.is_finite() && v > 0.0) {
+                        return err(
+                            d.span(),
+                            "load.duration_s",
+                            format!("{v} is not a positive number of seconds"),
+                        );
+                    }
+                }
+                if let Some(r) = &load.requests
+                    && *r.get_ref() == 0
+                {
+                    return err(r.span(), "load.requests", "must be at least 1".into());
+                }
+            }
+        }
+        let shape = *load.burstiness.get_ref();
+        if !(shape.is_finite() && shape > 0.0) {
+            return err(
+                load.burstiness.span(),
+                "load.burstiness",
+                format!("{shape} is not a positive gamma shape"),
+            );
+        }
+        if load.burstiness.span() != (0..0) && load.arrival != Arrival::Gamma {
+            return err(
+                load.burstiness.span(),
+                "load.burstiness",
+                "only applies with arrival = \"gamma\"".into(),
+            );
+        }
+        Ok(())
+    }
+}
