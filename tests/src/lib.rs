@@ -308,9 +308,9 @@ pub async fn submit(client: &mut ControlServiceClient<Channel>, toml: &str) -> S
 }
 
 /// How many pairs of `points` ran at the same time (their start–finish spans overlap).
-pub fn overlapping_pairs(points: &[fleetbench_controller::summary::PointSummary]) -> usize {
-    let overlap = |a: &fleetbench_controller::summary::PointSummary,
-                   b: &fleetbench_controller::summary::PointSummary| {
+pub fn overlapping_pairs(points: &[fleetbench_results::summary::PointSummary]) -> usize {
+    let overlap = |a: &fleetbench_results::summary::PointSummary,
+                   b: &fleetbench_results::summary::PointSummary| {
         a.meta.started_unix_us < b.meta.finished_unix_us
             && b.meta.started_unix_us < a.meta.finished_unix_us
     };

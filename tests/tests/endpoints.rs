@@ -6,8 +6,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fleetbench_agent::sse::{SseEvent, SseParser};
-use fleetbench_controller::results::{partition_dir, read_point_summaries, read_requests};
+use fleetbench_agent::load::sse::{SseEvent, SseParser};
+use fleetbench_results::results::{partition_dir, read_point_summaries, read_requests};
 use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end, workspace_bin};
 
 const FAST: &[&str] = &[

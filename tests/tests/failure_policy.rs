@@ -7,8 +7,8 @@
 
 use std::path::PathBuf;
 
-use fleetbench_controller::results::{read_point_summaries, read_requests};
-use fleetbench_controller::summary::PointSummary;
+use fleetbench_results::results::{read_point_summaries, read_requests};
+use fleetbench_results::summary::PointSummary;
 use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end};
 
 const SIM_ARGS: &[&str] = &[

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use fleetbench_agent::prompt::mix;
-use fleetbench_agent::schedule::RateSchedule;
-use fleetbench_controller::results::{partition_dir, read_point_summaries, read_requests};
+use fleetbench_agent::load::prompt::mix;
+use fleetbench_agent::load::schedule::RateSchedule;
+use fleetbench_results::results::{partition_dir, read_point_summaries, read_requests};
 use fleetbench_proto::spec::Arrival;
 use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end};
 

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use fleetbench_controller::cli::output::to_table;
-use fleetbench_controller::results::{
+use fleetbench_results::text::to_table;
+use fleetbench_results::results::{
     partition_dir, read_metrics, read_point_summaries, read_requests,
 };
 use fleetbench_proto::pb;
@@ -179,7 +179,7 @@ async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency()
             tput[3] > tput[0],
             "output throughput rises from batch 1 to 8: {tput:?}"
         );
-        let decode_rate = |p: &&fleetbench_controller::summary::PointSummary| {
+        let decode_rate = |p: &&fleetbench_results::summary::PointSummary| {
             f64::from(p.meta.batch_size) / p.tpot_s.p50.unwrap()
         };
         let (d1, d8) = (decode_rate(&by_batch[0]), decode_rate(&by_batch[3]));

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use fleetbench_controller::results::write_partition;
-use fleetbench_controller::summary::{ClientStats, PointMeta, summarize};
+use fleetbench_results::PartitionMetadata;
+use fleetbench_results::results::write_partition;
+use fleetbench_results::summary::{ClientStats, PointMeta, summarize};
 use fleetbench_proto::record::{RequestRecord, tpot};
 use fleetbench_tests::workspace_bin;
 
@@ -87,7 +88,10 @@ fn write_sweep(root: &Path, sweep: &str, host: &str, gpu_counts: &[u32], e2el_s:
                 )
             })
             .collect();
-        let metadata = BTreeMap::from([("fleetbench.sweep_id".to_owned(), sweep.to_owned())]);
+        let metadata = PartitionMetadata {
+            sweep_id: sweep.to_owned(),
+            ..PartitionMetadata::default()
+        };
         write_partition(root, sweep, MODEL, gpus, &points, &[], &metadata).unwrap();
     }
 }

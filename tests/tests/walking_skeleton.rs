@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use fleetbench_controller::results::{
+use fleetbench_results::results::{
     read_metadata, read_metrics, read_point_summaries, read_requests,
 };
 use fleetbench_proto::pb;

@@ -1,0 +1,243 @@
+//! Following a sweep: one line per point as it changes state, then a closing summary.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use fleetbench_proto::pb::{self, control_service_client::ControlServiceClient};
+use tonic::transport::Channel;
+
+use crate::error::CliError;
+
+/// Points that will not run any more: done, failed, skipped and cancelled ones.
+pub fn points_finished(s: &pb::SweepStatus) -> u32 {
+    let cancelled = s.points.iter().filter(|p| p.state == "cancelled").count();
+    s.points_done + s.points_failed + s.points_skipped + u32::try_from(cancelled).unwrap_or(0)
+}
+
+/// Time left at the pace of the points finished so far (`None` before the first).
+pub fn eta(s: &pb::SweepStatus, now_ms: i64) -> Option<Duration> {
+    let finished = points_finished(s);
+    let ran = s.points_done + s.points_failed;
+    if ran == 0 || finished >= s.points_total || s.submitted_unix_ms <= 0 {
+        return None;
+    }
+    let elapsed_ms = u64::try_from(now_ms - s.submitted_unix_ms).ok()?;
+    let left = u64::from(s.points_total - finished);
+    Some(Duration::from_millis(elapsed_ms / u64::from(ran) * left))
+}
+
+fn point_line(s: &pb::SweepStatus, p: &pb::PointStatus) -> String {
+    let w = p.workload.unwrap_or_default();
+    let finished = points_finished(s);
+    let load = if p.request_rate > 0.0 {
+        format!("rate={}/s", p.request_rate)
+    } else {
+        format!("batch={:<4}", p.batch_size)
+    };
+    let mut line = format!(
+        "[{finished:>3}/{}] {:<9} gpus={} {load} {}/{} tokens",
+        s.points_total, p.state, p.gpus, w.input_tokens, w.output_tokens
+    );
+    if !p.agent.is_empty() {
+        let _ = write!(line, " on {}", p.agent);
+    }
+    if p.state == "done" || p.state == "failed" {
+        let _ = write!(line, " ({} ok, {} failed requests)", p.completed, p.failed);
+    }
+    if !p.error.is_empty() {
+        let _ = write!(line, " error: {}", p.error);
+    }
+    line
+}
+
+/// Errors after which `watch` waits for the controller rather than giving up: the
+/// controller is down or restarting.
+fn retriable(e: &tonic::Status) -> bool {
+    matches!(
+        e.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Cancelled
+            | tonic::Code::Aborted
+            | tonic::Code::DeadlineExceeded
+    )
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Streams a sweep's status until it ends, printing point transitions to stderr. While
+/// the controller is unreachable (restarting) it retries with backoff, says so once per
+/// outage, and carries on where it was when the controller is back.
+pub async fn watch(
+    client: &mut ControlServiceClient<Channel>,
+    sweep_id: &str,
+) -> Result<pb::SweepStatus, CliError> {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut last: Option<pb::SweepStatus> = None;
+    let mut backoff = RETRY_MIN;
+    let mut outage = false;
+    loop {
+        let opened = client
+            .watch_sweep(pb::WatchSweepRequest {
+                sweep_id: sweep_id.to_string(),
+            })
+            .await;
+        let broke = match opened {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(status)) => {
+                            if outage {
+                                eprintln!("controller reachable again; following {sweep_id}");
+                                outage = false;
+                            }
+                            backoff = RETRY_MIN;
+                            print_changes(&mut seen, &status);
+                            last = Some(status);
+                        }
+                        Ok(None) => break None,
+                        Err(e) => break Some(e),
+                    }
+                }
+            }
+            Err(e) => Some(e),
+        };
+        let Some(e) = broke else { break };
+        if !retriable(&e) {
+            return Err(e.into());
+        }
+        if !outage {
+            eprintln!("controller unreachable ({}), retrying", e.message());
+            outage = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RETRY_MAX);
+    }
+    let status = last.ok_or_else(|| CliError::Usage(format!("no status for {sweep_id}")))?;
+    eprintln!("{}", closing_line(&status));
+    Ok(status)
+}
+
+fn print_changes(seen: &mut HashMap<String, String>, status: &pb::SweepStatus) {
+    let mut changed = false;
+    for p in &status.points {
+        if seen.get(&p.point_id) != Some(&p.state) {
+            seen.insert(p.point_id.clone(), p.state.clone());
+            if p.state != "pending" {
+                eprintln!("{}", point_line(status, p));
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        if let Some(eta) = eta(status, fleetbench_proto::unix_millis_now()) {
+            let secs = eta.as_secs();
+            eprintln!(
+                "      {} failed so far, about {}m{:02}s left",
+                status.points_failed,
+                secs / 60,
+                secs % 60
+            );
+        }
+    }
+}
+
+/// The line `watch` ends with.
+pub fn closing_line(status: &pb::SweepStatus) -> String {
+    format!(
+        "sweep {} {}: {} done, {} failed, {} skipped of {} points",
+        status.sweep_id,
+        status.state,
+        status.points_done,
+        status.points_failed,
+        status.points_skipped,
+        status.points_total
+    )
+}
+
+/// `controllerctl status ID`.
+pub fn status_text(s: &pb::SweepStatus) -> String {
+    let mut out = format!(
+        "{} ({}) {}: {}/{} finished ({} done, {} failed, {} skipped)\n",
+        s.sweep_id,
+        s.model,
+        s.state,
+        points_finished(s),
+        s.points_total,
+        s.points_done,
+        s.points_failed,
+        s.points_skipped
+    );
+    for p in &s.points {
+        out.push_str(&point_line(s, p));
+        out.push('\n');
+    }
+    for f in &s.result_files {
+        out.push_str(f);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(state: &str) -> pb::PointStatus {
+        pb::PointStatus {
+            point_id: format!("s/{state}"),
+            state: state.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn skipped_and_cancelled_points_count_as_finished() {
+        let s = pb::SweepStatus {
+            sweep_id: "s".into(),
+            state: "done".into(),
+            points_total: 5,
+            points_done: 2,
+            points_failed: 1,
+            points_skipped: 1,
+            points: ["done", "done", "failed", "skipped", "cancelled"]
+                .map(point)
+                .to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(points_finished(&s), 5);
+        assert!(point_line(&s, &s.points[3]).starts_with("[  5/5]"));
+        assert!(status_text(&s).contains("5/5 finished"));
+        assert_eq!(eta(&s, 10_000), None, "nothing left");
+    }
+
+    #[test]
+    fn eta_extrapolates_the_pace_of_points_that_ran() {
+        let s = pb::SweepStatus {
+            points_total: 10,
+            points_done: 2,
+            points_skipped: 2,
+            submitted_unix_ms: 1_000,
+            ..Default::default()
+        };
+        // 2 points ran in 20 s; 6 are left.
+        assert_eq!(eta(&s, 21_000), Some(Duration::from_secs(60)));
+        let fresh = pb::SweepStatus {
+            points_done: 0,
+            ..s
+        };
+        assert_eq!(eta(&fresh, 21_000), None);
+    }
+
+    #[test]
+    fn only_outages_are_retried() {
+        assert!(retriable(&tonic::Status::unavailable("down")));
+        assert!(retriable(&tonic::Status::unknown("h2 protocol error")));
+        assert!(!retriable(&tonic::Status::not_found("no such sweep")));
+        assert!(!retriable(&tonic::Status::invalid_argument("bad")));
+    }
+}

@@ -1,0 +1,163 @@
+//! Runs the controller: both gRPC services and the health service on one listener, the
+//! results writer, the reaper that re-queues points of lost agents, and (with an `http`
+//! address) the read-only report pages.
+
+use std::time::Duration;
+
+use fleetbench_proto::pb::agent_service_server::AgentServiceServer;
+use fleetbench_proto::pb::control_service_server::ControlServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+/// How long open connections may take to finish after shutdown is requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+use crate::agent_service::AgentServiceImpl;
+use crate::control_service::ControlServiceImpl;
+use crate::error::ControllerError;
+use crate::service::{Controller, ControllerConfig};
+use crate::state::{State, SweepState};
+use crate::store::Store;
+use crate::writer;
+
+/// Serves until `shutdown` is cancelled, then drains: pending partition writes are
+/// flushed before this returns.
+pub async fn run(
+    config: ControllerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ControllerError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ControllerError::io("listener", e))?;
+    let (write_tx, write_rx) = mpsc::channel(256);
+    let (state, store) = match &config.state_dir {
+        Some(dir) => {
+            let store = Store::open(dir)?;
+            let mut state = State::default();
+            let problems = state.restore(store.load()?);
+            for p in &problems {
+                warn!(problem = %p, "state not restored");
+            }
+            let unfinished = state
+                .sweeps
+                .iter()
+                .filter(|s| s.state == SweepState::Running)
+                .count();
+            info!(store = %store.path().display(), sweeps = state.sweeps.len(), unfinished, "controller state restored");
+            (state, Some(store))
+        }
+        None => (State::default(), None),
+    };
+    // The report pages' listener is bound before anything runs: a taken port fails the
+    // start.
+    let http = match config.http {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| ControllerError::io(format!("http listen address {addr}"), e))?,
+        ),
+        None => None,
+    };
+    let ctl = Controller::with_store(config, write_tx, state, store);
+    let tracker = TaskTracker::new();
+    let writer_task = tokio::spawn(
+        writer::run(ctl.clone(), write_rx, shutdown.clone())
+            .instrument(info_span!("results_writer")),
+    );
+
+    let reaper_ctl = ctl.clone();
+    let reaper_stop = shutdown.clone();
+    tracker.spawn(
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = reaper_stop.cancelled() => break,
+                }
+                let grace = reaper_ctl.config.agent_grace;
+                let out = reaper_ctl.state().reap(grace);
+                reaper_ctl.dispatch(out);
+            }
+        }
+        .instrument(info_span!("reaper")),
+    );
+
+    if let Some(listener) = http {
+        let dir = ctl.config.results_dir.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(
+            async move {
+                if let Err(e) = crate::http::serve(listener, dir, stop).await {
+                    warn!(error = %e, "report pages stopped");
+                }
+            }
+            .instrument(info_span!("report_http")),
+        );
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AgentServiceServer<AgentServiceImpl>>()
+        .await;
+    health
+        .set_serving::<ControlServiceServer<ControlServiceImpl>>()
+        .await;
+    let agents = AgentServiceImpl {
+        ctl: ctl.clone(),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    };
+    let control = ControlServiceImpl {
+        ctl: ctl.clone(),
+        shutdown: shutdown.clone(),
+    };
+    info!(%addr, results = %ctl.config.results_dir.display(), "controller listening");
+    {
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(15)))
+            .add_service(health_service)
+            .add_service(AgentServiceServer::new(agents))
+            .add_service(ControlServiceServer::new(control))
+            .serve_with_incoming_shutdown(with_nodelay(listener), shutdown.cancelled());
+        tokio::pin!(server);
+        // Graceful shutdown waits for open connections; an idle client must not hold the
+        // controller up forever, so draining gets a deadline.
+        let drain_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        };
+        tokio::select! {
+            r = &mut server => r?,
+            () = drain_deadline => warn!("connections still open {DRAIN_TIMEOUT:?} after shutdown; closing them"),
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    // The writer flushes what is queued, then stops.
+    let _ = writer_task.await;
+    info!("controller stopped");
+    Ok(())
+}
+
+/// The accepted connections with TCP_NODELAY set. Without it Nagle's algorithm holds the
+/// controller's small HTTP/2 frames (window updates, acks) until the peer's TCP ack, and each
+/// agent's record stream stalls near 30k records/s (`examples/ingest_bench.rs`). A socket
+/// that refuses the option is served as it is.
+fn with_nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(error = %e, "TCP_NODELAY not set on an accepted connection");
+            }
+        })
+    })
+}
