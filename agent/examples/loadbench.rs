@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use fleetbench_agent::load::tokenizer::LocalTokenizer;
 use fleetbench_agent::load::{LoadOutcome, run_point};
-use fleetbench_agent::tokenizer::LocalTokenizer;
 use fleetbench_proto::pb;
 use fleetbench_proto::record::RequestRecord;
 use serde_json::json;

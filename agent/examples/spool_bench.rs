@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use fleetbench_agent::outbox::Outbox;
+use fleetbench_agent::link::outbox::Outbox;
 use fleetbench_proto::pb::{self, agent_message::Msg};
 
 fn main() -> anyhow::Result<()> {

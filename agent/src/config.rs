@@ -36,7 +36,7 @@ pub struct AgentConfig {
     #[serde(default)]
     pub labels: HashMap<String, String>,
     /// GPU inventory; empty: discovered at start (sysfs, xpu-smi, nvidia-smi; see
-    /// [`crate::gpu`]). Listing GPUs here overrides discovery.
+    /// [`crate::engine::gpu`]). Listing GPUs here overrides discovery.
     #[serde(default)]
     pub gpus: Vec<GpuConfig>,
     /// Engines this agent runs at the same time, each on its own (disjoint) GPUs: a host
@@ -79,7 +79,7 @@ pub struct AgentConfig {
     #[serde(default)]
     pub docker: DockerConfig,
     /// Folder of the results spool: every record batch and point-finished message stays
-    /// here until the controller acknowledges the point (see [`crate::spool`]). Empty:
+    /// here until the controller acknowledges the point (see [`crate::link::spool`]). Empty:
     /// `<state dir>/spool/<name>`, the state dir being `$STATE_DIRECTORY` (systemd's
     /// `StateDirectory=`), else `/var/lib/fleetbench-agent` for root, else
     /// `$XDG_STATE_HOME/fleetbench-agent` (default `~/.local/state/fleetbench-agent`).

@@ -2,36 +2,33 @@
 //! readiness, keep its log tail for forensics, stop it (the whole process group: vLLM
 //! starts child processes).
 //!
-//! Runtimes: `process` (spawn `vllm serve …` or `vllm-sim serve …` natively), `docker`
-//! (a container of the sweep's image, see [`crate::docker`]) and `external` (an engine
-//! that already runs; no lifecycle).
+//! Runtimes: `process` (spawn `vllm serve …` or `vllm-sim serve …` natively, see
+//! [`process`]), `docker` (a container of the sweep's image, see [`docker`]) and `external`
+//! (an engine that already runs; no lifecycle).
+//!
+//! Submodules, what an engine runs on: [`process`] and [`docker`] (the runtimes),
+//! [`log_tail`] (the engine's last log lines), [`gpu`] (this host's GPUs and which engine
+//! holds which) and [`telemetry`] (the engine's `/metrics`, scraped while a point runs).
 
-use std::collections::VecDeque;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+pub mod docker;
+pub mod gpu;
+pub mod log_tail;
+pub mod process;
+pub mod telemetry;
+
 use std::time::Duration;
 
 use fleetbench_proto::pb;
-use fleetbench_proto::spec::vllm_flags;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::AgentConfig;
-use crate::docker::{Container, ContainerPlan};
+use crate::engine::docker::{Container, ContainerPlan};
+use crate::engine::gpu::GpuGrant;
+use crate::engine::log_tail::LogTail;
+use crate::engine::process::{EngineProcess, Spawned};
 use crate::error::AgentError;
-use crate::gpu::GpuGrant;
-
-/// What starting an engine process needs besides its key.
-struct ProcessStart<'a> {
-    cfg: &'a AgentConfig,
-    client: &'a reqwest::Client,
-    log_tail: LogTail,
-    deadline: Instant,
-    grant: &'a GpuGrant,
-}
 
 /// What decides whether a running engine can serve the next point.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,38 +39,6 @@ pub struct EngineKey {
 
 /// How long an engine that stopped answering may take to be reported dead.
 const DEATH_GRACE: Duration = Duration::from_secs(10);
-
-/// Bounded ring of the engine's most recent log lines.
-#[derive(Debug, Clone)]
-pub struct LogTail {
-    lines: Arc<Mutex<VecDeque<String>>>,
-    cap: usize,
-}
-
-impl LogTail {
-    pub fn new(cap: usize) -> Self {
-        LogTail {
-            lines: Arc::new(Mutex::new(VecDeque::with_capacity(cap.min(1024)))),
-            cap: cap.max(1),
-        }
-    }
-
-    pub fn push(&self, line: String) {
-        if let Ok(mut l) = self.lines.lock() {
-            if l.len() == self.cap {
-                l.pop_front();
-            }
-            l.push_back(line);
-        }
-    }
-
-    pub fn snapshot(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .map(|l| l.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-}
 
 /// How an engine process or container ended.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -88,14 +53,7 @@ pub struct ExitInfo {
 
 #[derive(Debug)]
 enum Runtime {
-    Process {
-        child: Box<Child>,
-        pgid: i32,
-        /// Set once [`Engine::stop`] has reaped the group, so `Drop` never signals a
-        /// process group id the kernel may have handed out again.
-        stopped: bool,
-        followers: Vec<tokio::task::JoinHandle<()>>,
-    },
+    Process(EngineProcess),
     Docker(Box<Container>),
     External,
 }
@@ -150,14 +108,29 @@ impl Engine {
                 Ok(engine)
             }
             "process" => {
-                let start = ProcessStart {
-                    cfg,
-                    client,
+                let Spawned {
+                    process,
+                    base_url,
+                    args,
+                } = EngineProcess::spawn(&key.spec, key.gpus, cfg, grant, &log_tail)?;
+                let mut engine = Engine {
+                    base_url,
+                    args,
+                    version: String::new(),
                     log_tail,
-                    deadline,
-                    grant,
+                    image: String::new(),
+                    image_digest: String::new(),
+                    container: String::new(),
+                    gpu_ids: grant.ids.clone(),
+                    log_tail_lines: cfg.log_tail_lines,
+                    runtime: Runtime::Process(process),
+                    key,
                 };
-                Self::start_process(key, start, cancel).await
+                if let Err(e) = engine.wait_ready(client, deadline, cancel).await {
+                    engine.stop().await;
+                    return Err(e);
+                }
+                Ok(engine)
             }
             other => Err(AgentError::Engine(format!(
                 "runtime {other:?} is not supported by this agent"
@@ -191,90 +164,6 @@ impl Engine {
             gpu_ids: container.gpu_ids.clone(),
             log_tail_lines: cfg.log_tail_lines,
             runtime: Runtime::Docker(Box::new(container)),
-            key,
-        };
-        if let Err(e) = engine.wait_ready(client, deadline, cancel).await {
-            engine.stop().await;
-            return Err(e);
-        }
-        Ok(engine)
-    }
-
-    async fn start_process(
-        key: EngineKey,
-        start: ProcessStart<'_>,
-        cancel: &CancellationToken,
-    ) -> Result<Engine, AgentError> {
-        let ProcessStart {
-            cfg,
-            client,
-            log_tail,
-            deadline,
-            grant,
-        } = start;
-        let port = free_port(&cfg.engine_host)?;
-        let mut args: Vec<String> = cfg.vllm_command[1..].to_vec();
-        // A local folder for this model, when the agent has one; otherwise the name.
-        let model = cfg
-            .model_paths
-            .get(&key.spec.model)
-            .cloned()
-            .unwrap_or_else(|| key.spec.model.clone());
-        args.push(model);
-        args.extend(vllm_flags(&key.spec, key.gpus));
-        args.extend([
-            "--host".to_string(),
-            cfg.engine_host.clone(),
-            "--port".into(),
-            port.to_string(),
-        ]);
-        info!(program = %cfg.vllm_command[0], args = %args.join(" "), "starting engine process");
-        let mut cmd = Command::new(&cfg.vllm_command[0]);
-        cmd.args(&args)
-            .envs(&cfg.engine_env)
-            .envs(grant.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| AgentError::EngineStart {
-            message: format!("cannot run {:?}: {e}", cfg.vllm_command[0]),
-            exit_code: None,
-            log_tail: Vec::new(),
-        })?;
-        let pgid = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .ok_or_else(|| AgentError::Engine("engine process has no pid".into()))?;
-        let mut followers = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            followers.push(tokio::spawn(follow_log(out, log_tail.clone())));
-        }
-        if let Some(err) = child.stderr.take() {
-            followers.push(tokio::spawn(follow_log(err, log_tail.clone())));
-        }
-        let host = if cfg.engine_host == "0.0.0.0" {
-            "127.0.0.1"
-        } else {
-            cfg.engine_host.as_str()
-        };
-        let mut engine = Engine {
-            base_url: format!("http://{host}:{port}"),
-            args,
-            version: String::new(),
-            log_tail,
-            image: String::new(),
-            image_digest: String::new(),
-            container: String::new(),
-            gpu_ids: grant.ids.clone(),
-            log_tail_lines: cfg.log_tail_lines,
-            runtime: Runtime::Process {
-                child: Box::new(child),
-                pgid,
-                stopped: false,
-                followers,
-            },
             key,
         };
         if let Err(e) = engine.wait_ready(client, deadline, cancel).await {
@@ -381,116 +270,35 @@ impl Engine {
     /// `Some` once the engine process or container has exited (never for external
     /// engines). The log tail includes everything the engine wrote before it died.
     pub async fn exited(&mut self) -> Option<ExitInfo> {
-        let (child, followers) = match &mut self.runtime {
-            Runtime::Process {
-                child, followers, ..
-            } => (child, followers),
+        match &mut self.runtime {
+            Runtime::Process(process) => {
+                let code = process.exited().await?;
+                Some(ExitInfo {
+                    code,
+                    log_tail: self.log_tail.snapshot(),
+                    ..ExitInfo::default()
+                })
+            }
             Runtime::Docker(container) => {
                 let exit = container.exited().await?;
-                return Some(ExitInfo {
+                Some(ExitInfo {
                     code: exit.code,
                     log_tail: container.log_tail(self.log_tail_lines).await,
                     oom_killed: exit.oom_killed,
                     finished_unix_us: exit.finished_unix_us,
-                });
+                })
             }
-            Runtime::External => return None,
-        };
-        let status = match child.try_wait() {
-            Ok(Some(status)) => status,
-            Ok(None) => return None,
-            Err(e) => {
-                warn!(error = %e, "cannot poll engine process");
-                return None;
-            }
-        };
-        // The pipes close when the group exits; let the followers drain them.
-        for f in followers.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), f).await;
+            Runtime::External => None,
         }
-        Some(ExitInfo {
-            code: status.code(),
-            log_tail: self.log_tail.snapshot(),
-            ..ExitInfo::default()
-        })
     }
 
     /// Stops the engine: SIGTERM to the whole process group, SIGKILL after a grace period;
     /// a container is stopped the same way by Docker, then removed.
     pub async fn stop(&mut self) {
-        let (child, pgid, stopped) = match &mut self.runtime {
-            Runtime::Process {
-                child,
-                pgid,
-                stopped,
-                ..
-            } => (child, pgid, stopped),
-            Runtime::Docker(container) => {
-                container.stop().await;
-                return;
-            }
-            Runtime::External => return,
-        };
-        if *stopped {
-            return;
-        }
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            // The leader is gone; its workers may not be.
-            signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
-            *stopped = true;
-            return;
-        }
-        info!(pgid = *pgid, "stopping engine process group");
-        signal_group(*pgid, nix::sys::signal::Signal::SIGTERM);
-        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
-            Ok(_) => {}
-            Err(_) => warn!(pgid = *pgid, "engine ignored SIGTERM for 20s; killing"),
-        }
-        // Children of the leader may outlive it: make sure the group is gone.
-        signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = child.wait().await;
-        *stopped = true;
-    }
-}
-
-impl Drop for Engine {
-    /// An engine must never outlive its agent (a panic, an aborted task, a dropped
-    /// runtime): kill the whole process group. After a clean [`Engine::stop`] the group is
-    /// gone already and this does nothing.
-    fn drop(&mut self) {
-        if let Runtime::Process {
-            pgid,
-            stopped: false,
-            ..
-        } = &self.runtime
-        {
-            signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
-
-fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) {
-    if let Err(e) = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig) {
-        if e != nix::errno::Errno::ESRCH {
-            warn!(pgid, error = %e, "killpg failed");
-        }
-    }
-}
-
-async fn follow_log(stream: impl AsyncRead + Unpin, tail: LogTail) {
-    let mut lines = BufReader::new(stream).lines();
-    loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                debug!(target: "engine", "{line}");
-                tail.push(line);
-            }
-            Ok(None) => break,
-            Err(e) => {
-                // Non-UTF-8 output must not kill the follower; keep a marker instead.
-                tail.push(format!("<unreadable engine output: {e}>"));
-                break;
-            }
+        match &mut self.runtime {
+            Runtime::Process(process) => process.stop().await,
+            Runtime::Docker(container) => container.stop().await,
+            Runtime::External => {}
         }
     }
 }
@@ -512,25 +320,9 @@ async fn fetch_version(client: &reqwest::Client, base_url: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A port that was free a moment ago on `host` (the engine binds it right after).
-fn free_port(host: &str) -> Result<u16, AgentError> {
-    let bind_host = if host == "0.0.0.0" { "127.0.0.1" } else { host };
-    let listener = std::net::TcpListener::bind((bind_host, 0))?;
-    Ok(listener.local_addr()?.port())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn log_tail_keeps_the_last_lines() {
-        let t = LogTail::new(3);
-        for i in 0..5 {
-            t.push(format!("l{i}"));
-        }
-        assert_eq!(t.snapshot(), vec!["l2", "l3", "l4"]);
-    }
 
     #[tokio::test]
     async fn a_process_that_dies_at_startup_fails_fast_with_its_log() {

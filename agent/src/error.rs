@@ -23,7 +23,7 @@ pub enum AgentError {
     Docker(String),
     #[error("prompt: {0}")]
     Prompt(String),
-    /// The results spool (see [`crate::spool`]) could not be opened, written or read.
+    /// The results spool (see [`crate::link::spool`]) could not be opened, written or read.
     #[error("results spool: {0}")]
     Spool(String),
     #[error("I/O: {0}")]

@@ -1,35 +1,30 @@
 //! fleetbench agent: runs on each GPU host, dials the controller, starts engines for the
 //! points it is assigned and measures them with its load generator.
 //!
-//! Modules, one concept each: [`config`] (agent config), [`session`] (the gRPC stream to
-//! the controller), [`outbox`] (messages to send, results until acknowledged), [`spool`] (the outbox's
-//! on-disk file per attempt), [`runner`] (points in order,
-//! engine reuse), [`engine`] (engine lifecycle), [`docker`] (engine containers), [`gpu`] (GPU inventory and
-//! which engine holds which GPUs), [`load`] (a point's load: burst,
-//! concurrency or rate), [`schedule`] (rate mode's arrival times), [`probe`] (what the
-//! engine accepts), [`request`] (one measured request), [`sse`] (stream parser), [`prompt`]
-//! (exact-length prompts), [`telemetry`] (the engine's `/metrics`), [`cpu`] (the agent's
-//! own CPU time).
+//! Modules, grouped by subsystem, one concept each:
+//!
+//! - [`config`] (agent config) and [`error`] (the agent's errors);
+//! - [`link`], the link to the controller: [`link::session`] (the gRPC stream),
+//!   [`link::outbox`] (messages to send, results until acknowledged), [`link::spool`] (the
+//!   outbox's on-disk file per attempt);
+//! - [`lanes`], points to engines: [`lanes::dispatch`] (which lane runs a point, engine
+//!   reuse, GPUs), [`lanes::runner`] (one lane: its points in order on its engine);
+//! - [`engine`] (engine lifecycle) and what an engine runs on: [`engine::process`] and
+//!   [`engine::docker`] (the runtimes), [`engine::log_tail`] (its last log lines),
+//!   [`engine::gpu`] (GPU inventory and which engine holds which GPUs),
+//!   [`engine::telemetry`] (the engine's `/metrics`);
+//! - [`load`] (a point's load: burst, concurrency or rate) and what it is made of:
+//!   [`load::schedule`] (rate mode's arrival times), [`load::prompt`] (exact-length
+//!   prompts), [`load::tokenizer`] (local token counting), [`load::probe`] (what the engine
+//!   accepts), [`load::request`] (one measured request), [`load::sse`] (stream parser),
+//!   [`load::cpu`] (the agent's own CPU time).
 
 pub mod config;
-pub mod cpu;
-pub mod dispatch;
-pub mod docker;
 pub mod engine;
 pub mod error;
-pub mod gpu;
+pub mod lanes;
+pub mod link;
 pub mod load;
-pub mod outbox;
-pub mod probe;
-pub mod prompt;
-pub mod request;
-pub mod runner;
-pub mod schedule;
-pub mod session;
-pub mod spool;
-pub mod sse;
-pub mod telemetry;
-pub mod tokenizer;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,25 +72,25 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     }
     let client = http_client()?;
     let gpus = tokio::select! {
-        gpus = session::host_gpus(cfg.clone()) => Arc::new(gpus),
+        gpus = link::session::host_gpus(cfg.clone()) => Arc::new(gpus),
         () = shutdown.cancelled() => return Ok(()),
     };
     // Images this host can start without a registry, for the inventory (none without Docker).
-    let engine_images = match docker::connect(&cfg.docker).await {
-        Ok(d) => docker::local_images(&d).await.unwrap_or_else(|e| {
+    let engine_images = match engine::docker::connect(&cfg.docker).await {
+        Ok(d) => engine::docker::local_images(&d).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot list local images");
             Vec::new()
         }),
         Err(_) => Vec::new(),
     };
-    let outbox = Arc::new(outbox::Outbox::open(&cfg.spool_dir)?);
+    let outbox = Arc::new(link::outbox::Outbox::open(&cfg.spool_dir)?);
     tracing::info!(spool = %cfg.spool_dir.display(), "results spool open");
-    let cancels: runner::CancelMap = Arc::default();
-    let status = Arc::new(Mutex::new(runner::AgentStatus::default()));
+    let cancels: lanes::runner::CancelMap = Arc::default();
+    let status = Arc::new(Mutex::new(lanes::runner::AgentStatus::default()));
     let (runner_tx, runner_rx) = mpsc::channel(64);
     let tracker = TaskTracker::new();
     let span = info_span!("agent", agent = %cfg.name);
-    let runner = dispatch::Dispatcher::new(
+    let runner = lanes::dispatch::Dispatcher::new(
         cfg.clone(),
         client,
         outbox.clone(),
@@ -108,7 +103,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
             .run(runner_rx, shutdown.clone())
             .instrument(span.clone()),
     );
-    let ctx = session::SessionContext {
+    let ctx = link::session::SessionContext {
         cfg,
         outbox,
         runner: runner_tx,
@@ -117,7 +112,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         gpus,
         engine_images,
     };
-    tracker.spawn(session::run(ctx, shutdown.clone()).instrument(span));
+    tracker.spawn(link::session::run(ctx, shutdown.clone()).instrument(span));
     tracker.close();
     tracker.wait().await;
     Ok(())

@@ -11,6 +11,19 @@
 //! its scheduled and actual send offsets, so a late client shows as send lag instead of
 //! hiding in the latencies. Warm-up requests go first and are never recorded. The agent's
 //! own CPU time during the load is measured so a saturated client can be called out.
+//!
+//! Submodules, what a point's load is made of: [`schedule`] (rate mode's arrival times),
+//! [`prompt`] (exact-length prompts), [`tokenizer`] (local token counting), [`probe`]
+//! (what the engine accepts), [`request`] (one measured request), [`sse`] (the stream
+//! parser) and [`cpu`] (the agent's own CPU time).
+
+pub mod cpu;
+pub mod probe;
+pub mod prompt;
+pub mod request;
+pub mod schedule;
+pub mod sse;
+pub mod tokenizer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,16 +38,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
-use crate::cpu::cpu_time;
+use crate::engine::telemetry::{MetricSample, spawn_scraper};
 use crate::error::AgentError;
-use crate::probe::{probe_extensions, resolve_endpoint};
-use crate::prompt::{Prompt, TokenCounter, build_prompts, mix};
-use crate::request::{
+use crate::load::cpu::cpu_time;
+use crate::load::probe::{probe_extensions, resolve_endpoint};
+use crate::load::prompt::{Prompt, TokenCounter, build_prompts, mix};
+use crate::load::request::{
     ApiEndpoint, Extensions, PreparedRequest, RequestContext, RequestPlan, measure_prepared,
 };
-use crate::schedule::RateSchedule;
-use crate::telemetry::{MetricSample, spawn_scraper};
-use crate::tokenizer::{LocalTokenizer, find_tokenizer_json};
+use crate::load::schedule::RateSchedule;
+use crate::load::tokenizer::{LocalTokenizer, find_tokenizer_json};
 
 /// Concurrency mode bounded only by time cycles through this many distinct prompts per
 /// slot (the request count is unknown up front); bounds below and above.
@@ -52,7 +65,7 @@ pub struct LoadOutcome {
     pub inexact_prompts: u32,
     /// The engine's `/metrics` during the measured load.
     pub engine_metrics: Vec<MetricSample>,
-    /// Request extensions the engine refused (see [`crate::probe`]).
+    /// Request extensions the engine refused (see [`crate::load::probe`]).
     pub fallbacks: Vec<String>,
     /// The agent's CPU seconds (user + system, all threads) during the measured load.
     pub client_cpu_s: f64,
@@ -474,93 +487,4 @@ impl Launcher {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn point(
-        mode: &str,
-        batch: u32,
-        rate: f64,
-        load: pb::LoadSpec,
-    ) -> (pb::PointSpec, pb::LoadSpec) {
-        let load = pb::LoadSpec {
-            mode: mode.into(),
-            ..load
-        };
-        (
-            pb::PointSpec {
-                batch_size: batch,
-                request_rate: rate,
-                load: Some(load.clone()),
-                ..Default::default()
-            },
-            load,
-        )
-    }
-
-    #[test]
-    fn plans_follow_the_mode() {
-        let (p, l) = point(
-            "burst",
-            4,
-            0.0,
-            pb::LoadSpec {
-                waves: 3,
-                ..Default::default()
-            },
-        );
-        let plan = Plan::from_point(&p, &l).unwrap();
-        assert_eq!(plan, Plan::Burst { batch: 4, waves: 3 });
-        assert_eq!(plan.prompts_needed(), 12);
-
-        let (p, l) = point(
-            "concurrency",
-            8,
-            0.0,
-            pb::LoadSpec {
-                requests: 100,
-                ..Default::default()
-            },
-        );
-        assert_eq!(Plan::from_point(&p, &l).unwrap().prompts_needed(), 100);
-        let (p, l) = point(
-            "concurrency",
-            8,
-            0.0,
-            pb::LoadSpec {
-                duration_s: 5.0,
-                ..Default::default()
-            },
-        );
-        assert_eq!(
-            Plan::from_point(&p, &l).unwrap().prompts_needed(),
-            MIN_PROMPT_POOL
-        );
-
-        let (p, l) = point(
-            "rate",
-            0,
-            100.0,
-            pb::LoadSpec {
-                duration_s: 2.0,
-                arrival: "constant".into(),
-                ..Default::default()
-            },
-        );
-        let plan = Plan::from_point(&p, &l).unwrap();
-        assert!((200..=201).contains(&plan.prompts_needed()), "{plan:?}");
-
-        let (p, l) = point(
-            "rate",
-            0,
-            0.0,
-            pb::LoadSpec {
-                duration_s: 2.0,
-                ..Default::default()
-            },
-        );
-        assert!(Plan::from_point(&p, &l).is_err());
-        let (p, l) = point("zigzag", 1, 0.0, pb::LoadSpec::default());
-        assert!(Plan::from_point(&p, &l).is_err());
-    }
-}
+mod tests;

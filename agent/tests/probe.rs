@@ -11,8 +11,8 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use fleetbench_agent::probe::probe_extensions;
-use fleetbench_agent::request::{ApiEndpoint, Extensions};
+use fleetbench_agent::load::probe::probe_extensions;
+use fleetbench_agent::load::request::{ApiEndpoint, Extensions};
 
 #[derive(Clone, Copy)]
 enum Behaviour {

@@ -2,7 +2,7 @@
 //! engine up across points that share its configuration, restarts it when the
 //! configuration or GPU count changes, streams records in batches while a point runs, and
 //! reports how the point ended. Several lanes run side by side on disjoint GPUs when the
-//! agent allows more than one engine (see [`crate::dispatch`]).
+//! agent allows more than one engine (see [`crate::lanes::dispatch`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::AgentConfig;
-use crate::docker::{self, Accelerator, ContainerPlan};
+use crate::engine::docker::{self, Accelerator, ContainerPlan};
+use crate::engine::gpu::{self, GpuGrant, GpuPool};
 use crate::engine::{Engine, EngineKey, ExitInfo};
 use crate::error::AgentError;
-use crate::gpu::{self, GpuGrant, GpuPool};
+use crate::link::outbox::Outbox;
 use crate::load::{self, LoadOutcome};
-use crate::outbox::Outbox;
 
 /// What the session asks the agent to do, in order.
 #[derive(Debug)]
@@ -653,7 +653,7 @@ fn death_message(exit: &ExitInfo) -> String {
     format!("engine exited during the point with code {code}{oom}")
 }
 
-fn wire_samples(samples: Vec<crate::telemetry::MetricSample>) -> Vec<pb::MetricSample> {
+fn wire_samples(samples: Vec<crate::engine::telemetry::MetricSample>) -> Vec<pb::MetricSample> {
     samples
         .into_iter()
         .map(|s| pb::MetricSample {

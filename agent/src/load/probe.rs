@@ -12,8 +12,8 @@ use serde_json::json;
 use tracing::info;
 
 use crate::error::AgentError;
-use crate::request::{ApiEndpoint, Extensions, RequestPlan, request_body};
-use crate::sse::{SseEvent, SseParser};
+use crate::load::request::{ApiEndpoint, Extensions, RequestPlan, request_body};
+use crate::load::sse::{SseEvent, SseParser};
 
 /// How long one probe request may take (a cold engine compiles kernels on first use).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(120);

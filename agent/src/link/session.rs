@@ -1,7 +1,7 @@
 //! The agent's one long-lived gRPC stream to the controller: register with inventory,
 //! heartbeat, receive assignments and acknowledgements, send what the outbox holds.
 //! Reconnects with exponential backoff; every attempt the controller has not acknowledged
-//! with a `PointAck` is re-sent from the spool each time (see [`crate::outbox`]).
+//! with a `PointAck` is re-sent from the spool each time (see [`crate::link::outbox`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
+use crate::engine::gpu;
 use crate::error::AgentError;
-use crate::gpu;
-use crate::outbox::Outbox;
-use crate::runner::{AgentStatus, CancelMap, RunnerCommand};
+use crate::lanes::runner::{AgentStatus, CancelMap, RunnerCommand};
+use crate::link::outbox::Outbox;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);

@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::AgentError;
-use crate::request::ApiEndpoint;
-use crate::tokenizer::LocalTokenizer;
+use crate::load::request::ApiEndpoint;
+use crate::load::tokenizer::LocalTokenizer;
 
 const WORDS: &[&str] = &[
     "the", "of", "and", "to", "in", "is", "that", "for", "it", "with", "as", "was", "on", "be",

@@ -126,7 +126,10 @@ pub fn spawn_scraper(
 mod tests {
     use super::*;
 
-    const REAL: &str = include_str!("../../tests/fixtures/vllm-0.32-cpu/metrics.prom");
+    const REAL: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/vllm-0.32-cpu/metrics.prom"
+    ));
 
     #[test]
     fn parses_the_real_vllm_exposition() {

@@ -1,0 +1,85 @@
+//! Unit tests of a point's load: the plan of each mode.
+
+use super::*;
+
+fn point(mode: &str, batch: u32, rate: f64, load: pb::LoadSpec) -> (pb::PointSpec, pb::LoadSpec) {
+    let load = pb::LoadSpec {
+        mode: mode.into(),
+        ..load
+    };
+    (
+        pb::PointSpec {
+            batch_size: batch,
+            request_rate: rate,
+            load: Some(load.clone()),
+            ..Default::default()
+        },
+        load,
+    )
+}
+
+#[test]
+fn plans_follow_the_mode() {
+    let (p, l) = point(
+        "burst",
+        4,
+        0.0,
+        pb::LoadSpec {
+            waves: 3,
+            ..Default::default()
+        },
+    );
+    let plan = Plan::from_point(&p, &l).unwrap();
+    assert_eq!(plan, Plan::Burst { batch: 4, waves: 3 });
+    assert_eq!(plan.prompts_needed(), 12);
+
+    let (p, l) = point(
+        "concurrency",
+        8,
+        0.0,
+        pb::LoadSpec {
+            requests: 100,
+            ..Default::default()
+        },
+    );
+    assert_eq!(Plan::from_point(&p, &l).unwrap().prompts_needed(), 100);
+    let (p, l) = point(
+        "concurrency",
+        8,
+        0.0,
+        pb::LoadSpec {
+            duration_s: 5.0,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        Plan::from_point(&p, &l).unwrap().prompts_needed(),
+        MIN_PROMPT_POOL
+    );
+
+    let (p, l) = point(
+        "rate",
+        0,
+        100.0,
+        pb::LoadSpec {
+            duration_s: 2.0,
+            arrival: "constant".into(),
+            ..Default::default()
+        },
+    );
+    let plan = Plan::from_point(&p, &l).unwrap();
+    assert!((200..=201).contains(&plan.prompts_needed()), "{plan:?}");
+
+    let (p, l) = point(
+        "rate",
+        0,
+        0.0,
+        pb::LoadSpec {
+            duration_s: 2.0,
+            ..Default::default()
+        },
+    );
+    assert!(Plan::from_point(&p, &l).is_err());
+    let (p, l) = point("zigzag", 1, 0.0, pb::LoadSpec::default());
+    assert!(Plan::from_point(&p, &l).is_err());
+}
