@@ -7,6 +7,19 @@
 //! to measure a client rather than an engine, on a fixed per-request schedule or as fast as
 //! possible (`--sim-timing exact|fast`, see [`direct`]).
 //!
+//! Modules, from the command line to the bytes on the wire:
+//!
+//! - [`cli`], [`config`], [`perf`]: `vllm serve`'s flags, the validated [`SimConfig`], and the
+//!   GPU/model performance profiles that time an engine step;
+//! - [`api`], [`protocol`], [`tokenizer`]: the HTTP routes, request and response bodies, and
+//!   the synthetic tokenizer and output text;
+//! - [`scheduler`]: the engine's continuous-batching step loop; [`direct`]: requests that
+//!   bypass it (`--sim-timing exact|fast`), paced by [`precise_timer`];
+//! - [`stream`]: the SSE chunks of streamed answers; [`stop`]: the engine's stop signal, as
+//!   streams see it; [`finish`]: why a request ended;
+//! - [`metrics`]: the engine statistics, their Prometheus text and periodic log line;
+//!   [`logging`]: vLLM's log formats; [`error`]: the one error type.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), fleetbench_sim::SimError> {
 //! use fleetbench_sim::{SimConfig, run};
@@ -22,12 +35,14 @@ pub mod cli;
 pub mod config;
 pub mod direct;
 pub mod error;
+pub mod finish;
 pub mod logging;
 pub mod metrics;
 pub mod perf;
 pub mod precise_timer;
 pub mod protocol;
 pub mod scheduler;
+pub mod stop;
 pub mod stream;
 pub mod tokenizer;
 
@@ -143,7 +158,7 @@ pub async fn run(
         ));
     }
     let disable_completions = config.disable_completions;
-    let stop = direct::StopSignal::new(engine_shutdown.clone(), &tracker);
+    let stop = stop::StopSignal::new(engine_shutdown.clone(), &tracker);
     let app = api::router(api::AppState::new(config, engine, stats, stop));
 
     tracing::info!(

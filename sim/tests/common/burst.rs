@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleetbench_sim::config::{CrashAction, EngineConfig, SimConfig, TimingModel};
+use fleetbench_sim::finish::FinishReason;
 use fleetbench_sim::metrics::EngineStats;
 use fleetbench_sim::perf::{PerfModel, Profiles};
-use fleetbench_sim::scheduler::{FinishReason, NewRequest, spawn_engine};
+use fleetbench_sim::scheduler::{NewRequest, spawn_engine};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
