@@ -11,12 +11,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use fleetbench_results::results::{
-    MetricRow, NextRequests, PartitionUpdate, prepare_next_requests, update_partition,
-};
 use crate::service::Controller;
 use crate::state::WriteJob;
+use fleetbench_results::schema::MetricRow;
 use fleetbench_results::summary::PointSummary;
+use fleetbench_results::write::{
+    NextRequests, PartitionUpdate, prepare_next_requests, update_partition,
+};
 use fleetbench_results::{EngineEvent, PartitionMetadata};
 
 /// Everything one partition write needs, taken out of the state.
@@ -155,7 +156,7 @@ fn snapshot(ctl: &Controller, sweep_id: &str, gpus: u32) -> Option<Snapshot> {
         gpus,
         version: FLEETBENCH_VERSION.into(),
         hosts: hosts.into_iter().collect(),
-        engine_runtime: sweep.engine.runtime.clone(),
+        engine_runtime: sweep.spec.engine.runtime.as_str().into(),
         engine_args: engine_args.unwrap_or_default(),
         engine_version: engine_version.unwrap_or_default(),
         engine_image,

@@ -1,0 +1,494 @@
+//! The point lifecycle: agents registering, disconnecting and being reaped (their points
+//! re-queued), record batches arriving, a point attempt finishing (summarized; a
+//! [`WriteJob`] queued for its partition), the engine-crash policy (`on_engine_crash`:
+//! retry, skip-larger), cancellation, a sweep's end, and the end of a partition write.
+
+use std::time::Duration;
+
+use fleetbench_proto::pb::{self, controller_message::Msg as CMsg};
+use fleetbench_proto::record::RequestRecord;
+use fleetbench_proto::spec::{OnEngineCrash, PlannedPoint};
+use fleetbench_proto::unix_millis_now;
+use fleetbench_results::summary::{ClientStats, PointMeta, summarize};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::State;
+use super::model::{AgentEntry, Outgoing, PointRef, PointState, Sweep, SweepState, msg};
+use super::partition::WriteJob;
+
+/// A `RecordBatch` with its records decoded (unreadable ones are logged and dropped).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedBatch {
+    pub point_id: String,
+    pub attempt: u32,
+    pub seq: u64,
+    pub records: Vec<RequestRecord>,
+}
+
+impl DecodedBatch {
+    /// Decodes the records of `batch`; done before taking the state lock.
+    pub fn decode(batch: pb::RecordBatch) -> Self {
+        let mut records = Vec::with_capacity(batch.records.len());
+        for r in batch.records {
+            match RequestRecord::try_from(r) {
+                Ok(r) => records.push(r),
+                Err(e) => warn!(point_id = %batch.point_id, error = %e, "unreadable record"),
+            }
+        }
+        Self {
+            point_id: batch.point_id,
+            attempt: batch.attempt,
+            seq: batch.seq,
+            records,
+        }
+    }
+}
+
+impl State {
+    /// An agent registered (or re-registered after a reconnect). Points this agent was
+    /// running but no longer knows about are re-queued.
+    pub fn register(&mut self, inventory: pb::Inventory, active_points: &[String]) -> u64 {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let name = inventory.agent_name.clone();
+        let running: Vec<(PointRef, String)> = self
+            .agents
+            .get(&name)
+            .map(|a| a.running.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|pref| {
+                let pid = self.sweep(&pref.0)?.points.get(pref.1)?.point_id.clone();
+                Some((pref, pid))
+            })
+            .collect();
+        let entry = self
+            .agents
+            .entry(name.clone())
+            .or_insert_with(|| AgentEntry::new(name.clone(), inventory.clone(), generation));
+        entry.inventory = inventory;
+        entry.connected = true;
+        entry.generation = generation;
+        entry.disconnected_at = None;
+        entry.last_seen_ms = unix_millis_now();
+        self.persisted.dirty_agents.insert(name.clone());
+        for (pref, pid) in running {
+            if !active_points.contains(&pid) {
+                warn!(agent = %name, point_id = %pid, "agent re-registered without its running point; re-queueing it");
+                self.requeue(&pref, "agent restarted during the point");
+            }
+        }
+        generation
+    }
+
+    /// The session of `generation` ended. The agent keeps its point for a grace period.
+    pub fn disconnect(&mut self, name: &str, generation: u64) {
+        if let Some(a) = self.agents.get_mut(name) {
+            if a.generation == generation {
+                a.connected = false;
+                a.disconnected_at = Some(Instant::now());
+            }
+        }
+    }
+
+    pub fn heartbeat(&mut self, name: &str, hb: &pb::Heartbeat) {
+        if let Some(a) = self.agents.get_mut(name) {
+            a.last_seen_ms = unix_millis_now();
+            a.state = hb.state.clone();
+        }
+    }
+
+    fn requeue(&mut self, pref: &PointRef, why: &str) {
+        if let Some(agent) = self
+            .sweep(&pref.0)
+            .and_then(|s| s.points.get(pref.1))
+            .and_then(|p| match &p.state {
+                PointState::Running { agent } => Some(agent.clone()),
+                _ => None,
+            })
+        {
+            if let Some(a) = self.agents.get_mut(&agent) {
+                a.running.retain(|r| r != pref);
+            }
+        }
+        if let Some(s) = self.sweep_mut(&pref.0) {
+            if let Some(p) = s.points.get_mut(pref.1) {
+                if !p.state.is_terminal() {
+                    info!(point_id = %p.point_id, why, "point re-queued; partial records of the attempt discarded");
+                    p.state = PointState::Pending;
+                    p.batches.clear();
+                    p.error = why.to_string();
+                }
+            }
+            s.bump();
+        }
+    }
+
+    /// Re-queues the points of agents disconnected for longer than `grace`.
+    pub fn reap(&mut self, grace: Duration) -> Outgoing {
+        let now = Instant::now();
+        let gone: Vec<PointRef> = self
+            .agents
+            .values_mut()
+            .filter(|a| !a.connected && a.disconnected_at.is_some_and(|t| now - t >= grace))
+            .flat_map(|a| std::mem::take(&mut a.running))
+            .collect();
+        for pref in &gone {
+            // The agent's running list was emptied above; requeue only resets the point.
+            self.requeue(pref, "agent lost during the point");
+        }
+        if gone.is_empty() {
+            Vec::new()
+        } else {
+            self.schedule()
+        }
+    }
+
+    /// Stores a record batch of a running attempt (duplicates are ignored). Returns the
+    /// acknowledgement to send (stale batches are acknowledged too, so agents drop them).
+    pub fn record_batch(&mut self, agent: &str, batch: pb::RecordBatch) -> pb::ControllerMessage {
+        self.record_decoded(agent, DecodedBatch::decode(batch))
+    }
+
+    /// [`State::record_batch`] of a batch decoded beforehand, outside the state lock.
+    pub fn record_decoded(&mut self, agent: &str, batch: DecodedBatch) -> pb::ControllerMessage {
+        let ack = msg(CMsg::BatchAck(pb::BatchAck {
+            point_id: batch.point_id.clone(),
+            attempt: batch.attempt,
+            seq: batch.seq,
+        }));
+        let Some((sweep_id, idx)) = self.find_point(&batch.point_id) else {
+            warn!(point_id = %batch.point_id, "record batch for an unknown point");
+            return ack;
+        };
+        let Some(p) = self
+            .sweep_mut(&sweep_id)
+            .and_then(|s| s.points.get_mut(idx))
+        else {
+            return ack;
+        };
+        let current = p.attempt == batch.attempt
+            && matches!(&p.state, PointState::Running { agent: a } if a == agent);
+        if !current {
+            warn!(point_id = %batch.point_id, attempt = batch.attempt, "record batch of a stale attempt ignored");
+            return ack;
+        }
+        p.batches.entry(batch.seq).or_insert(batch.records);
+        ack
+    }
+
+    pub fn engine_event(&mut self, agent: &str, ev: pb::EngineEvent) {
+        info!(agent, sweep_id = %ev.sweep_id, point_id = %ev.point_id, kind = %ev.kind, exit_code = ?ev.exit_code, message = %ev.message, "engine event");
+        if let Some((sweep_id, idx)) = self.find_point(&ev.point_id) {
+            if let Some(s) = self.sweep_mut(&sweep_id) {
+                if let Some(p) = s.points.get_mut(idx) {
+                    // Only a death during this point's running attempt makes it a crash.
+                    let running_here =
+                        matches!(&p.state, PointState::Running { agent: a } if a == agent);
+                    if running_here && matches!(ev.kind.as_str(), "exited" | "start-failed") {
+                        p.engine_crashed = true;
+                    }
+                    p.engine_events.push(ev);
+                }
+                s.bump();
+            }
+        }
+    }
+
+    /// A point attempt ended on `agent`. Returns the partition write to make (which
+    /// acknowledges the point once on disk) or, for a duplicate, the acknowledgement.
+    pub fn point_finished(
+        &mut self,
+        agent: &str,
+        pf: pb::PointFinished,
+    ) -> (Option<WriteJob>, Outgoing) {
+        let ack = pb::PointAck {
+            point_id: pf.point_id.clone(),
+            attempt: pf.attempt,
+        };
+        let Some((sweep_id, idx)) = self.find_point(&pf.point_id) else {
+            return (None, vec![(agent.to_string(), msg(CMsg::PointAck(ack)))]);
+        };
+        let host = self
+            .agents
+            .get(agent)
+            .map(|a| a.inventory.host.clone())
+            .unwrap_or_default();
+        let unwritten = self
+            .persisted
+            .awaiting_write
+            .contains(&(pf.point_id.clone(), pf.attempt));
+        let Some(sweep) = self.sweep_mut(&sweep_id) else {
+            return (None, Vec::new());
+        };
+        let model = sweep.spec.model.get_ref().clone();
+        let mode = sweep.spec.load.mode.as_str().to_string();
+        let cancelled = sweep.state == SweepState::Cancelled;
+        let on_crash = sweep.spec.policy.on_engine_crash;
+        let max_retries = sweep.spec.policy.crash_retries();
+        let Some(p) = sweep.points.get_mut(idx) else {
+            return (None, Vec::new());
+        };
+        let current = p.attempt == pf.attempt
+            && matches!(&p.state, PointState::Running { agent: a } if a == agent);
+        if !current {
+            if p.state.is_terminal() && unwritten {
+                // A resend of a point whose rows are not on disk yet (its write is queued
+                // or failed): acknowledged only by a write, so the agent keeps its spool
+                // until then. The write is queued again (a failed one is retried).
+                let gpus = p.planned.gpus;
+                sweep.pending_writes += 1;
+                let job = WriteJob {
+                    sweep_id,
+                    gpus,
+                    acks: vec![(agent.to_string(), ack)],
+                };
+                return (Some(job), Vec::new());
+            }
+            // A resend after reconnect, or an attempt that was re-queued: already handled.
+            return (None, vec![(agent.to_string(), msg(CMsg::PointAck(ack)))]);
+        }
+        let missing: Vec<u64> = (0..pf.batches)
+            .filter(|s| !p.batches.contains_key(s))
+            .collect();
+        if !missing.is_empty() {
+            warn!(point_id = %pf.point_id, ?missing, "point finished but record batches are missing; waiting for the resend");
+            return (None, Vec::new());
+        }
+        // Moved into one batch, not cloned; the writer moves them out again.
+        let records: Vec<RequestRecord> = std::mem::take(&mut p.batches)
+            .into_values()
+            .flatten()
+            .collect();
+        let state = if pf.ok {
+            PointState::Done
+        } else if cancelled || pf.error == "cancelled" {
+            PointState::Cancelled
+        } else {
+            PointState::Failed
+        };
+        // An engine crash: the attempt failed and its engine died or never started.
+        // The agent says so in the PointFinished too: its engine events are not spooled,
+        // so a controller restart mid-point may have missed them.
+        let crashed = state == PointState::Failed && (p.engine_crashed || pf.engine_crashed);
+        if crashed && on_crash == OnEngineCrash::Retry && p.crash_retries < max_retries {
+            // Back to the queue for a fresh engine; nothing of this attempt is kept (the
+            // next attempt's records are never mixed with these) but its engine events.
+            p.crash_retries += 1;
+            p.state = PointState::Pending;
+            p.batches.clear();
+            p.summary = None;
+            p.finished = None;
+            p.error = format!(
+                "engine crashed; retry {} of {max_retries}: {}",
+                p.crash_retries, pf.error
+            );
+            info!(point_id = %p.point_id, attempt = p.attempt, error = %p.error, "point re-queued (policy retry)");
+            sweep.bump();
+            if let Some(a) = self.agents.get_mut(agent) {
+                a.running.retain(|r| *r != (sweep_id.clone(), idx));
+            }
+            let mut out = vec![(agent.to_string(), msg(CMsg::PointAck(ack)))];
+            out.extend(self.schedule());
+            return (None, out);
+        }
+        let error = if state == PointState::Failed && p.crash_retries > 0 {
+            format!(
+                "engine crashed; retry {} of {max_retries} failed: {}",
+                p.crash_retries, pf.error
+            )
+        } else {
+            pf.error.clone()
+        };
+        let meta = PointMeta {
+            sweep_id: sweep_id.clone(),
+            point_id: p.point_id.clone(),
+            point_index: p.planned.index,
+            attempt: p.attempt,
+            model,
+            gpus: p.planned.gpus,
+            host: host.clone(),
+            agent: agent.to_string(),
+            batch_size: p.planned.batch_size,
+            input_tokens: p.planned.workload.input,
+            output_tokens: p.planned.workload.output,
+            state: state.as_str().into(),
+            error: error.clone(),
+            endpoint: pf.endpoint.clone(),
+            started_unix_us: pf.started_unix_us,
+            finished_unix_us: pf.finished_unix_us,
+            mode,
+            request_rate: p.planned.request_rate,
+            client: ClientStats {
+                cpu_s: pf.client_cpu_s,
+                wall_s: pf.load_wall_s,
+                cores: pf.client_cores,
+            },
+            fallbacks: pf.fallbacks.clone(),
+        };
+        let template = meta.clone();
+        p.summary = Some(summarize(meta, &records, &pf.engine_metrics));
+        if !records.is_empty() {
+            p.batches.insert(0, records);
+        }
+        let awaiting = (p.point_id.clone(), p.attempt);
+        p.state = state;
+        p.error = error;
+        p.host = host;
+        p.finished = Some(pf);
+        let planned = p.planned.clone();
+        let gpus = planned.gpus;
+        if crashed && on_crash == OnEngineCrash::SkipLarger {
+            skip_larger(sweep, &planned, &template);
+        }
+        sweep.pending_writes += 1;
+        sweep.bump();
+        self.persisted.awaiting_write.insert(awaiting);
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.running.retain(|r| *r != (sweep_id.clone(), idx));
+        }
+        // Assign the agent's next point before releasing this sweep's engines: an agent
+        // whose next point (of another sweep) needs the same engine keeps it running.
+        let mut out = self.schedule();
+        out.extend(self.finish_sweep_if_complete(&sweep_id));
+        let job = WriteJob {
+            sweep_id,
+            gpus,
+            acks: vec![(agent.to_string(), ack)],
+        };
+        (Some(job), out)
+    }
+
+    /// Marks the sweep finished when every point is terminal, and releases its engines.
+    pub(super) fn finish_sweep_if_complete(&mut self, sweep_id: &str) -> Outgoing {
+        let Some(s) = self.sweep_mut(sweep_id) else {
+            return Vec::new();
+        };
+        if !s.points.iter().all(|p| p.state.is_terminal()) || s.finished_ms != 0 {
+            return Vec::new();
+        }
+        if s.state == SweepState::Running {
+            s.state = SweepState::Done;
+        }
+        s.finished_ms = unix_millis_now();
+        s.bump();
+        info!(sweep_id, state = s.state.as_str(), "sweep finished");
+        release_engines(s)
+    }
+
+    /// Cancels a sweep: pending points are cancelled, running ones are told to stop, and
+    /// the sweep's engines are released. Finished points keep their results.
+    pub fn cancel(&mut self, sweep_id: &str) -> Option<Outgoing> {
+        let s = self.sweep_mut(sweep_id)?;
+        if s.state != SweepState::Running {
+            return Some(Vec::new());
+        }
+        s.state = SweepState::Cancelled;
+        let mut out = Vec::new();
+        for p in &mut s.points {
+            match &p.state {
+                PointState::Pending => p.state = PointState::Cancelled,
+                PointState::Running { agent } => out.push((
+                    agent.clone(),
+                    msg(CMsg::CancelPoint(pb::CancelPoint {
+                        sweep_id: sweep_id.to_string(),
+                        point_id: p.point_id.clone(),
+                        reason: "sweep cancelled".into(),
+                    })),
+                )),
+                _ => {}
+            }
+        }
+        s.bump();
+        out.extend(self.finish_sweep_if_complete(sweep_id));
+        Some(out)
+    }
+
+    /// A queued partition write ended; `files` are what it wrote (empty when it failed)
+    /// and `durable` the (point id, attempt) pairs whose rows it put on disk: their
+    /// terminal state and summary go to the store with the next [`State::store_ops`].
+    pub fn write_done(
+        &mut self,
+        sweep_id: &str,
+        files: impl IntoIterator<Item = String>,
+        durable: &[(String, u32)],
+    ) {
+        for pair in durable {
+            self.persisted.awaiting_write.remove(pair);
+        }
+        if let Some(s) = self.sweep_mut(sweep_id) {
+            s.pending_writes = s.pending_writes.saturating_sub(1);
+            s.result_files.extend(files);
+            s.bump();
+        }
+    }
+}
+
+/// `on_engine_crash = "skip-larger"`: `crashed` took its engine down, so every still-pending
+/// point of the sweep with the same GPU count and workload and a larger load (batch size;
+/// rate mode: request rate) is skipped. Skipped points get an empty summary, so they are
+/// written with the partition (state "skipped", the reason in `error`).
+fn skip_larger(sweep: &mut Sweep, crashed: &PlannedPoint, template: &PointMeta) {
+    let rate_mode = crashed.batch_size == 0;
+    let reason = if rate_mode {
+        format!(
+            "skipped: engine crashed at rate {} req/s (policy skip-larger)",
+            crashed.request_rate
+        )
+    } else {
+        format!(
+            "skipped: engine crashed at batch {} (policy skip-larger)",
+            crashed.batch_size
+        )
+    };
+    for q in &mut sweep.points {
+        let larger = if rate_mode {
+            q.planned.request_rate > crashed.request_rate
+        } else {
+            q.planned.batch_size > crashed.batch_size
+        };
+        if q.state != PointState::Pending
+            || q.planned.gpus != crashed.gpus
+            || q.planned.workload != crashed.workload
+            || !larger
+        {
+            continue;
+        }
+        info!(point_id = %q.point_id, reason, "point skipped");
+        let meta = PointMeta {
+            point_id: q.point_id.clone(),
+            point_index: q.planned.index,
+            attempt: q.attempt,
+            host: String::new(),
+            agent: String::new(),
+            batch_size: q.planned.batch_size,
+            request_rate: q.planned.request_rate,
+            state: PointState::Skipped.as_str().into(),
+            error: reason.clone(),
+            endpoint: String::new(),
+            started_unix_us: 0,
+            finished_unix_us: 0,
+            client: ClientStats::default(),
+            fallbacks: Vec::new(),
+            ..template.clone()
+        };
+        q.summary = Some(summarize(meta, &[], &[]));
+        q.state = PointState::Skipped;
+        q.error = reason.clone();
+    }
+}
+
+fn release_engines(s: &Sweep) -> Outgoing {
+    s.agents_used
+        .iter()
+        .map(|a| {
+            (
+                a.clone(),
+                msg(CMsg::ReleaseEngine(pb::ReleaseEngine {
+                    sweep_id: s.id.clone(),
+                })),
+            )
+        })
+        .collect()
+}

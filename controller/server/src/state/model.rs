@@ -1,0 +1,216 @@
+//! The entity model: sweeps and their points, agents and what they run, and the states
+//! each goes through. Plain data with the few helpers that only read or update one entity;
+//! the rules that move entities between states live in the sibling modules.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fleetbench_proto::pb::{self, controller_message::Msg as CMsg};
+use fleetbench_proto::record::RequestRecord;
+use fleetbench_proto::spec::{PlannedPoint, SweepSpec};
+use fleetbench_results::summary::PointSummary;
+use tokio::time::Instant;
+
+/// Messages to send to agents once the state lock is released: (agent name, message).
+pub type Outgoing = Vec<(String, pb::ControllerMessage)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointState {
+    Pending,
+    Running {
+        agent: String,
+    },
+    Done,
+    Failed,
+    Cancelled,
+    /// Never run: the sweep's failure policy gave up on it (`on_engine_crash =
+    /// "skip-larger"` after a smaller load crashed the engine).
+    Skipped,
+}
+
+impl PointState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PointState::Pending => "pending",
+            PointState::Running { .. } => "running",
+            PointState::Done => "done",
+            PointState::Failed => "failed",
+            PointState::Cancelled => "cancelled",
+            PointState::Skipped => "skipped",
+        }
+    }
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            PointState::Done | PointState::Failed | PointState::Cancelled | PointState::Skipped
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PointEntry {
+    pub planned: PlannedPoint,
+    pub point_id: String,
+    pub state: PointState,
+    /// Attempt number of the current/last run (0 before the first assignment).
+    pub attempt: u32,
+    /// Record batches of the current attempt, by sequence number (de-duplicated).
+    pub batches: BTreeMap<u64, Vec<RequestRecord>>,
+    pub summary: Option<PointSummary>,
+    pub finished: Option<pb::PointFinished>,
+    pub engine_events: Vec<pb::EngineEvent>,
+    /// The current attempt's engine died ("exited") or failed to start ("start-failed").
+    pub engine_crashed: bool,
+    /// Attempts re-queued after an engine crash (`on_engine_crash = "retry"`).
+    pub crash_retries: u32,
+    pub agent: String,
+    pub host: String,
+    pub error: String,
+}
+
+impl PointEntry {
+    /// A point of a new sweep: pending, never run.
+    pub(super) fn new(point_id: String, planned: PlannedPoint) -> PointEntry {
+        PointEntry {
+            point_id,
+            planned,
+            state: PointState::Pending,
+            attempt: 0,
+            batches: BTreeMap::new(),
+            summary: None,
+            finished: None,
+            engine_events: Vec::new(),
+            engine_crashed: false,
+            crash_retries: 0,
+            agent: String::new(),
+            host: String::new(),
+            error: String::new(),
+        }
+    }
+
+    /// All records of the current attempt in sequence order.
+    pub fn records(&self) -> Vec<RequestRecord> {
+        self.batches.values().flatten().cloned().collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepState {
+    Running,
+    Done,
+    Cancelled,
+}
+
+impl SweepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SweepState::Running => "running",
+            SweepState::Done => "done",
+            SweepState::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Sweep {
+    pub id: String,
+    pub spec: SweepSpec,
+    pub engine: pb::EngineSpec,
+    pub load: pb::LoadSpec,
+    pub points: Vec<PointEntry>,
+    pub state: SweepState,
+    pub submitted_ms: i64,
+    pub finished_ms: i64,
+    pub result_files: BTreeSet<String>,
+    pub agents_used: BTreeSet<String>,
+    /// Partition writes queued but not yet on disk; a finished sweep reports `writing`
+    /// until they are, so a watcher that sees `done` finds every file in place.
+    pub pending_writes: u32,
+    /// Bumped on every change; `watch` streams follow it.
+    pub version: tokio::sync::watch::Sender<u64>,
+    /// Set on the child sweeps of a `strategy = "replicate"` submission: each runs the
+    /// whole sweep on one agent, grouped under the parent id.
+    pub replica: Option<Replica>,
+}
+
+/// A child sweep of a replicate submission: `<parent>.<agent>`, pinned to `agent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// The id the user submitted under; `status`/`watch`/`cancel` of it cover all children.
+    pub parent: String,
+    /// The only agent that runs this child's points.
+    pub agent: String,
+}
+
+impl Sweep {
+    pub(super) fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+}
+
+#[derive(Debug)]
+pub struct AgentEntry {
+    pub name: String,
+    pub inventory: pb::Inventory,
+    pub connected: bool,
+    /// Increases with every registration, so a stale session's disconnect is ignored.
+    pub generation: u64,
+    pub disconnected_at: Option<Instant>,
+    pub state: String,
+    /// Points running on the agent (several when it runs engines side by side).
+    pub running: Vec<PointRef>,
+    pub last_seen_ms: i64,
+    /// (sweep id, GPU count) of the engines the agent last ran, most recent last, to keep
+    /// engines warm (at most `max_engines` of them).
+    pub engines: Vec<(String, u32)>,
+}
+
+impl AgentEntry {
+    pub(super) fn new(name: String, inventory: pb::Inventory, generation: u64) -> AgentEntry {
+        AgentEntry {
+            name,
+            inventory,
+            connected: false,
+            generation,
+            disconnected_at: None,
+            state: "idle".into(),
+            running: Vec::new(),
+            last_seen_ms: 0,
+            engines: Vec::new(),
+        }
+    }
+
+    /// GPUs the agent has for points: its GPU count, or one for an agent without GPUs
+    /// (simulated engines).
+    pub(super) fn gpu_capacity(&self) -> u32 {
+        count(self.inventory.gpus.len()).max(1)
+    }
+
+    /// Engines the agent runs at once (its `max_engines`, at least 1).
+    pub(super) fn engine_slots(&self) -> usize {
+        usize::try_from(self.inventory.max_engines.max(1)).unwrap_or(1)
+    }
+
+    /// Remembers that the agent now runs an engine of (sweep, GPU count).
+    pub(super) fn warm(&mut self, group: (String, u32)) {
+        self.engines.retain(|g| *g != group);
+        self.engines.push(group);
+        let keep = self.engine_slots();
+        if self.engines.len() > keep {
+            let drop = self.engines.len() - keep;
+            self.engines.drain(..drop);
+        }
+    }
+}
+
+/// Where a point lives: sweep id and index into its points.
+pub type PointRef = (String, usize);
+
+/// A count as the wire's `u32` (saturating).
+pub(super) fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A controller message of `m`.
+pub(super) fn msg(m: CMsg) -> pb::ControllerMessage {
+    pb::ControllerMessage { msg: Some(m) }
+}

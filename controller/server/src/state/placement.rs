@@ -1,0 +1,184 @@
+//! Placement: which connected agent runs which pending point next. The rules the README
+//! describes (placement filters, GPU fit, engine slots, warm engine groups, spread and
+//! round-robin across sweeps, replicate children pinned to their agent) are all here, in
+//! [`State::schedule`] and the helpers it calls.
+
+use std::collections::BTreeSet;
+
+use fleetbench_proto::pb::{self, controller_message::Msg as CMsg};
+use tracing::info;
+
+use super::State;
+use super::model::{Outgoing, PointRef, PointState, Sweep, SweepState, msg};
+
+impl State {
+    /// GPUs agent `name` has free (its capacity less the GPUs of its running points) and
+    /// whether it may start one more engine.
+    fn room(&self, name: &str) -> (u32, bool) {
+        let Some(agent) = self.agents.get(name) else {
+            return (0, false);
+        };
+        let used: u32 = agent
+            .running
+            .iter()
+            .filter_map(|(sid, idx)| self.sweep(sid)?.points.get(*idx))
+            .map(|p| p.planned.gpus.max(1))
+            .sum();
+        (
+            agent.gpu_capacity().saturating_sub(used),
+            agent.running.len() < agent.engine_slots(),
+        )
+    }
+
+    /// The point agent `name` should run next on `gpu_count` free GPUs, if any (see
+    /// [`State::schedule`]).
+    fn pick_point(&mut self, name: &str, gpu_count: u32) -> Option<PointRef> {
+        let agent = self.agents.get(name)?;
+        let eligible: Vec<usize> = self
+            .sweeps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.state == SweepState::Running
+                    && s.spec.placement.matches(&agent.inventory)
+                    && s.replica.as_ref().is_none_or(|r| r.agent == name)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let first_pending = |si: usize, fits: &dyn Fn(&Sweep, u32) -> bool| {
+            self.sweeps.get(si).and_then(|s| {
+                s.points
+                    .iter()
+                    .position(|p| p.state == PointState::Pending && fits(s, p.planned.gpus))
+                    .map(|i| (s.id.clone(), i))
+            })
+        };
+        let warm = agent.engines.iter().rev().find_map(|(ws, wg)| {
+            eligible
+                .iter()
+                .filter(|&&si| self.sweeps.get(si).is_some_and(|s| s.id == *ws))
+                .find_map(|&si| first_pending(si, &|_, g| g == *wg && g <= gpu_count))
+        });
+        if warm.is_some() {
+            return warm;
+        }
+        // Groups other connected agents hold warm engines for.
+        let held: BTreeSet<(String, u32)> = self
+            .agents
+            .values()
+            .filter(|a| a.connected && a.name != name)
+            .flat_map(|a| a.engines.iter().cloned())
+            .collect();
+        let start = self
+            .last_sweep
+            .as_ref()
+            .and_then(|last| {
+                eligible
+                    .iter()
+                    .position(|&si| self.sweeps.get(si).is_some_and(|s| s.id == *last))
+            })
+            .map_or(0, |p| p + 1);
+        let order: Vec<usize> = eligible
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(eligible.len())
+            .copied()
+            .collect();
+        let free = |s: &Sweep, g: u32| g <= gpu_count && !held.contains(&(s.id.clone(), g));
+        let any = |_: &Sweep, g: u32| g <= gpu_count;
+        let chosen = order
+            .iter()
+            .find_map(|&si| first_pending(si, &free))
+            .or_else(|| order.iter().find_map(|&si| first_pending(si, &any)));
+        if let Some((sid, _)) = &chosen {
+            self.last_sweep = Some(sid.clone());
+        }
+        chosen
+    }
+
+    /// Assigns pending points to connected agents that match the sweep's placement and
+    /// have enough free GPUs (an agent without GPUs counts as one, for simulated engines)
+    /// and a free engine slot (`max_engines`: one point at a time unless the agent runs
+    /// engines side by side on disjoint GPUs). Agents take one point per round, so a
+    /// many-GPU agent does not take every point before the others get one.
+    ///
+    /// Spread: an agent first keeps taking points of its warm engine group (same sweep
+    /// and GPU count) so engines restart rarely; a free agent takes a group no other agent
+    /// holds, and only when there is none, shares a held group (so every matching host
+    /// works). Free agents serve the running sweeps round-robin, starting after the sweep
+    /// that got the last new group, rather than strictly in submission order. Replicate
+    /// children run only on their own agent.
+    pub fn schedule(&mut self) -> Outgoing {
+        let mut out = Vec::new();
+        let mut open: Vec<String> = self
+            .agents
+            .values()
+            .filter(|a| a.connected)
+            .map(|a| a.name.clone())
+            .collect();
+        open.sort();
+        while !open.is_empty() {
+            open.retain(|name| self.assign_one(name, &mut out));
+        }
+        out
+    }
+
+    /// Gives agent `name` one more point if it has room and there is one for it; false
+    /// when it got none.
+    fn assign_one(&mut self, name: &str, out: &mut Outgoing) -> bool {
+        let name = name.to_string();
+        let (free_gpus, slot) = self.room(&name);
+        if free_gpus == 0 || !slot {
+            return false;
+        }
+        {
+            let Some((sid, idx)) = self.pick_point(&name, free_gpus) else {
+                return false;
+            };
+            let Some(s) = self.sweep_mut(&sid) else {
+                return false;
+            };
+            let (engine, load) = (s.engine.clone(), s.load);
+            s.agents_used.insert(name.clone());
+            let Some(p) = s.points.get_mut(idx) else {
+                return false;
+            };
+            p.attempt += 1;
+            p.state = PointState::Running {
+                agent: name.clone(),
+            };
+            p.agent = name.clone();
+            p.batches.clear();
+            p.error.clear();
+            p.engine_crashed = false;
+            let spec = pb::PointSpec {
+                sweep_id: sid.clone(),
+                point_id: p.point_id.clone(),
+                index: p.planned.index,
+                engine: Some(engine),
+                gpus: p.planned.gpus,
+                workload: Some(pb::Workload {
+                    input_tokens: p.planned.workload.input,
+                    output_tokens: p.planned.workload.output,
+                }),
+                batch_size: p.planned.batch_size,
+                load: Some(load),
+                attempt: p.attempt,
+                request_rate: p.planned.request_rate,
+            };
+            let gpus = p.planned.gpus;
+            info!(agent = %name, point_id = %spec.point_id, attempt = spec.attempt, "point assigned");
+            s.bump();
+            if let Some(a) = self.agents.get_mut(&name) {
+                a.running.push((sid.clone(), idx));
+                a.warm((sid, gpus));
+            }
+            out.push((
+                name,
+                msg(CMsg::Assignment(pb::Assignment { point: Some(spec) })),
+            ));
+        }
+        true
+    }
+}

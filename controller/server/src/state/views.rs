@@ -1,0 +1,132 @@
+//! Status views: the `pb` status and listing messages the control service answers with
+//! (a sweep's status with its points, a replicate group's summed status, the agents).
+
+use fleetbench_proto::pb;
+
+use super::State;
+use super::model::{PointEntry, PointState, Sweep, SweepState, count};
+
+impl Sweep {
+    pub fn status(&self, with_points: bool) -> pb::SweepStatus {
+        let done = self
+            .points
+            .iter()
+            .filter(|p| p.state == PointState::Done)
+            .count();
+        let failed = self
+            .points
+            .iter()
+            .filter(|p| p.state == PointState::Failed)
+            .count();
+        let skipped = self
+            .points
+            .iter()
+            .filter(|p| p.state == PointState::Skipped)
+            .count();
+        pb::SweepStatus {
+            sweep_id: self.id.clone(),
+            name: self.spec.name.get_ref().clone(),
+            model: self.spec.model.get_ref().clone(),
+            state: if self.state != SweepState::Running && self.pending_writes > 0 {
+                "writing".into()
+            } else {
+                self.state.as_str().into()
+            },
+            points_total: count(self.points.len()),
+            points_done: count(done),
+            points_failed: count(failed),
+            points_skipped: count(skipped),
+            points: if with_points {
+                self.points.iter().map(point_status).collect()
+            } else {
+                Vec::new()
+            },
+            submitted_unix_ms: self.submitted_ms,
+            finished_unix_ms: self.finished_ms,
+            result_files: self.result_files.iter().cloned().collect(),
+        }
+    }
+}
+
+fn point_status(p: &PointEntry) -> pb::PointStatus {
+    pb::PointStatus {
+        point_id: p.point_id.clone(),
+        index: p.planned.index,
+        state: p.state.as_str().into(),
+        agent: p.agent.clone(),
+        gpus: p.planned.gpus,
+        batch_size: p.planned.batch_size,
+        workload: Some(pb::Workload {
+            input_tokens: p.planned.workload.input,
+            output_tokens: p.planned.workload.output,
+        }),
+        error: p.error.clone(),
+        completed: p.summary.as_ref().map_or(0, |s| s.completed),
+        failed: p.summary.as_ref().map_or(0, |s| s.failed),
+        attempt: p.attempt,
+        request_rate: p.planned.request_rate,
+    }
+}
+
+impl State {
+    /// Status of a sweep or of a replicate group (counts summed, points of all children,
+    /// running until every child has ended); `None` when the id names nothing.
+    pub fn group_status(&self, id: &str, with_points: bool) -> Option<pb::SweepStatus> {
+        let members = self.group(id);
+        let (first, rest) = members.split_first()?;
+        if rest.is_empty() && first.id == id {
+            return Some(first.status(with_points));
+        }
+        let mut st = first.status(with_points);
+        st.sweep_id = id.to_string();
+        let mut states = vec![st.state.clone()];
+        for s in rest {
+            let c = s.status(with_points);
+            st.points_total += c.points_total;
+            st.points_done += c.points_done;
+            st.points_failed += c.points_failed;
+            st.points_skipped += c.points_skipped;
+            st.points.extend(c.points);
+            st.submitted_unix_ms = st.submitted_unix_ms.min(c.submitted_unix_ms);
+            st.finished_unix_ms = st.finished_unix_ms.max(c.finished_unix_ms);
+            st.result_files.extend(c.result_files);
+            states.push(c.state);
+        }
+        st.state = ["running", "writing", "cancelled"]
+            .into_iter()
+            .find(|want| states.iter().any(|s| s == want))
+            .unwrap_or("done")
+            .to_string();
+        if st.state == "running" || st.state == "writing" {
+            st.finished_unix_ms = 0;
+        }
+        Some(st)
+    }
+
+    pub fn agent_statuses(&self) -> Vec<pb::AgentStatus> {
+        let mut v: Vec<pb::AgentStatus> = self
+            .agents
+            .values()
+            .map(|a| pb::AgentStatus {
+                agent_id: a.name.clone(),
+                inventory: Some(a.inventory.clone()),
+                connected: a.connected,
+                state: if a.connected {
+                    a.state.clone()
+                } else {
+                    "disconnected".into()
+                },
+                current_point: a
+                    .running
+                    .iter()
+                    .filter_map(|(s, i)| self.sweep(s).and_then(|s| s.points.get(*i)))
+                    .map(|p| p.point_id.clone())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                last_seen_unix_ms: a.last_seen_ms,
+            })
+            .collect();
+        v.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        v
+    }
+}
