@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fleetbench_agent::config::{AgentConfig, GpuConfig};
-use fleetbench_results::results::{read_point_summaries, read_requests};
+use fleetbench_results::read::{read_point_summaries, read_requests};
 use fleetbench_proto::pb;
 use fleetbench_proto::pb::control_service_client::ControlServiceClient;
 use fleetbench_tests::{test_docker_config, watch_to_end, workspace_bin};

@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fleetbench_agent::load::sse::{SseEvent, SseParser};
-use fleetbench_results::results::{partition_dir, read_point_summaries, read_requests};
+use fleetbench_results::layout::partition_dir;
+use fleetbench_results::read::{read_point_summaries, read_requests};
 use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end, workspace_bin};
 
 const FAST: &[&str] = &[

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use fleetbench_results::results::{read_point_summaries, read_requests};
+use fleetbench_results::read::{read_point_summaries, read_requests};
 use fleetbench_results::summary::PointSummary;
 use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end};
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use fleetbench_agent::load::prompt::mix;
 use fleetbench_agent::load::schedule::RateSchedule;
-use fleetbench_results::results::{partition_dir, read_point_summaries, read_requests};
+use fleetbench_results::layout::partition_dir;
+use fleetbench_results::read::{read_point_summaries, read_requests};
 use fleetbench_proto::spec::Arrival;
 use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end};
 

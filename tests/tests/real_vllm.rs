@@ -10,9 +10,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use fleetbench_results::text::to_table;
-use fleetbench_results::results::{
-    partition_dir, read_metrics, read_point_summaries, read_requests,
-};
+use fleetbench_results::layout::partition_dir;
+use fleetbench_results::read::{read_metrics, read_point_summaries, read_requests};
 use fleetbench_proto::pb;
 use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end};
 

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
-use fleetbench_results::results::{find_result_files, read_point_summaries};
+use fleetbench_results::layout::find_result_files;
+use fleetbench_results::read::read_point_summaries;
 use fleetbench_tests::{
     AgentSpec, Cluster, TINY_SIM_ARGS, submit, tiny_sweep, watch_to_end, workspace_bin,
 };

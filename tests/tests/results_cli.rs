@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use fleetbench_results::PartitionMetadata;
-use fleetbench_results::results::write_partition;
+use fleetbench_results::write::write_partition;
 use fleetbench_results::summary::{ClientStats, PointMeta, summarize};
 use fleetbench_proto::record::{RequestRecord, tpot};
 use fleetbench_tests::workspace_bin;

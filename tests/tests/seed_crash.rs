@@ -7,7 +7,7 @@
 //! 400× faster than real time (`--sim-speedup`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use fleetbench_results::results::read_point_summaries;
+use fleetbench_results::read::read_point_summaries;
 use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end};
 
 const SIM_ARGS: &[&str] = &[

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use fleetbench_results::results::read_point_summaries;
+use fleetbench_results::read::read_point_summaries;
 use fleetbench_results::summary::PointSummary;
 use fleetbench_tests::{
     AgentSpec, Cluster, overlapping_pairs, parquet_metadata, submit, watch_to_end,

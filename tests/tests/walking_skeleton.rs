@@ -6,9 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use fleetbench_results::results::{
-    read_metadata, read_metrics, read_point_summaries, read_requests,
-};
+use fleetbench_results::read::{read_metadata, read_metrics, read_point_summaries, read_requests};
 use fleetbench_proto::pb;
 use fleetbench_tests::{AgentSpec, Cluster, percentile, tiny_sweep, watch_to_end, workspace_bin};
 

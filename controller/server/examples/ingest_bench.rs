@@ -109,7 +109,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::{BufMut, Bytes};
 use clap::Parser;
 use fleetbench_controller::ControllerConfig;
-use fleetbench_results::results;
+use fleetbench_results::{layout, read, write};
 use fleetbench_proto::pb::control_service_client::ControlServiceClient;
 use fleetbench_proto::pb::{self, agent_message::Msg, controller_message::Msg as CMsg};
 use fleetbench_proto::record::RequestRecord;
@@ -651,7 +651,7 @@ fn breakdown(
         .map(|(s, r)| (s.clone(), r.as_slice()))
         .collect();
     let t = Instant::now();
-    results::write_partition(
+    write::write_partition(
         &scratch.join("breakdown"),
         sweep_id,
         MODEL,
@@ -842,13 +842,13 @@ async fn main() -> Result<()> {
         })
         .await?
         .into_inner();
-    let dir = results::partition_dir(&root, MODEL, 1);
+    let dir = layout::partition_dir(&root, MODEL, 1);
     let requests = dir.join(format!("{}.requests.parquet", submitted.sweep_id));
     let points = dir.join(format!("{}.points.parquet", submitted.sweep_id));
     let read_start = Instant::now();
-    let rows = results::read_requests(&requests)?;
+    let rows = read::read_requests(&requests)?;
     let read_s = read_start.elapsed().as_secs_f64();
-    let summaries = results::read_point_summaries(&points)?;
+    let summaries = read::read_point_summaries(&points)?;
     ensure!(
         rows.len() as u64 == total,
         "{} rows in {} for {total} records sent",

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use fleetbench_results::query::Filter;
 use crate::error::ControllerError;
-use fleetbench_results::results::find_result_files;
+use fleetbench_results::layout::find_result_files;
 
 const HTML: &str = "text/html; charset=utf-8";
 

@@ -1,0 +1,180 @@
+//! The point summary types (what a point's records and engine samples come to) and their
+//! wire form.
+
+use fleetbench_proto::pb;
+
+use crate::summary::percentiles::Percentiles;
+
+/// What the controller knows about a finished point attempt, besides its records.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PointMeta {
+    pub sweep_id: String,
+    pub point_id: String,
+    pub point_index: u32,
+    pub attempt: u32,
+    pub model: String,
+    pub gpus: u32,
+    pub host: String,
+    pub agent: String,
+    pub batch_size: u32,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    /// "done" | "failed" | "cancelled" | "skipped"
+    pub state: String,
+    pub error: String,
+    pub endpoint: String,
+    pub started_unix_us: i64,
+    pub finished_unix_us: i64,
+    /// "burst" | "concurrency" | "rate"
+    pub mode: String,
+    /// Rate mode: the requested rate in requests per second; 0 otherwise.
+    pub request_rate: f64,
+    /// The agent's own resource use during the load.
+    pub client: ClientStats,
+    /// Request extensions the engine refused (output length or usage not exact).
+    pub fallbacks: Vec<String>,
+}
+
+/// The load generator's CPU use during a point's measured load.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ClientStats {
+    /// CPU seconds (user + system, all threads).
+    pub cpu_s: f64,
+    /// Wall seconds of the measured load.
+    pub wall_s: f64,
+    /// Cores the agent could use.
+    pub cores: u32,
+}
+
+impl ClientStats {
+    /// Average cores busy: CPU seconds / wall seconds (0 without a wall time).
+    pub fn cpu_cores(&self) -> f64 {
+        if self.wall_s > 0.0 {
+            self.cpu_s / self.wall_s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The summary of one point attempt (definitions in the module docs).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PointSummary {
+    pub meta: PointMeta,
+    pub completed: u32,
+    pub failed: u32,
+    pub duration_s: f64,
+    pub request_throughput: f64,
+    pub output_throughput: f64,
+    pub total_token_throughput: f64,
+    /// Per-request output speed: output tokens / E2EL, in tokens per second.
+    pub output_speed: Percentiles,
+    pub ttft_s: Percentiles,
+    pub tpot_s: Percentiles,
+    pub itl_s: Percentiles,
+    pub e2el_s: Percentiles,
+    /// What the engine reported about itself while the point ran.
+    pub server: ServerStats,
+    /// Completed requests whose input length, as the server counted it
+    /// (`usage.prompt_tokens`), is not the target (or was not reported).
+    pub input_len_mismatches: u32,
+    /// Completed requests whose output length (`usage.completion_tokens`) is not the target.
+    pub output_len_mismatches: u32,
+    /// Requests sent per second over the send span: (sent − 1) / (last send − first send),
+    /// on the agent's clock; 0 with fewer than two requests.
+    pub achieved_rate: f64,
+    /// Time-averaged requests in flight while requests were being sent (from the first
+    /// send to the last), from each request's [send, send + E2EL] interval.
+    pub achieved_concurrency: f64,
+    /// Actual − scheduled send time of every measured request, in seconds.
+    pub send_lag_s: Percentiles,
+    /// Requests in flight as the client and as the engine saw them at the engine's
+    /// scrapes; `None` with too few scrapes during the load.
+    pub in_flight: Option<InFlight>,
+    /// `valid`, or why the point did not measure what it asked for.
+    pub verdict: String,
+}
+
+/// The engine's view of a point, from its Prometheus `/metrics` scraped during the load:
+/// the most requests it ran and queued at once, its peak KV-cache use (0..1), and the
+/// preemptions during the point (counter increase). `None` when the engine had no metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ServerStats {
+    pub running_max: Option<f64>,
+    pub waiting_max: Option<f64>,
+    pub kv_cache_usage_max: Option<f64>,
+    pub preemptions: Option<f64>,
+}
+
+/// Requests in flight at the moments the engine was scraped, over the scrapes taken while
+/// the client had at least one request out: the most the client had out (sent, not yet
+/// finished) and the most the engine reported (`vllm:num_requests_running` +
+/// `vllm:num_requests_waiting`). Peaks, not means: an engine updates its gauges only when a
+/// step ends, so during a long prefill step (seconds on a CPU engine) it reports the
+/// previous step's counts, which drags a mean down but not the peak. The engine peaking
+/// lower means requests waited before they reached it (client or network); higher means
+/// requests that are not this point's (a shared engine).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InFlight {
+    pub scrapes: usize,
+    pub client_peak: f64,
+    pub server_peak: f64,
+}
+
+fn to_pb_percentiles(p: Percentiles) -> pb::Percentiles {
+    pb::Percentiles {
+        mean: p.mean,
+        p50: p.p50,
+        p90: p.p90,
+        p99: p.p99,
+    }
+}
+
+impl From<&PointSummary> for pb::PointSummary {
+    fn from(s: &PointSummary) -> Self {
+        let m = &s.meta;
+        pb::PointSummary {
+            sweep_id: m.sweep_id.clone(),
+            point_id: m.point_id.clone(),
+            point_index: m.point_index,
+            model: m.model.clone(),
+            gpus: m.gpus,
+            host: m.host.clone(),
+            agent: m.agent.clone(),
+            batch_size: m.batch_size,
+            input_tokens: m.input_tokens,
+            output_tokens: m.output_tokens,
+            completed: s.completed,
+            failed: s.failed,
+            duration_s: s.duration_s,
+            request_throughput: s.request_throughput,
+            output_throughput: s.output_throughput,
+            total_token_throughput: s.total_token_throughput,
+            per_request_output_speed_mean: s.output_speed.mean,
+            ttft_s: Some(to_pb_percentiles(s.ttft_s)),
+            tpot_s: Some(to_pb_percentiles(s.tpot_s)),
+            itl_s: Some(to_pb_percentiles(s.itl_s)),
+            e2el_s: Some(to_pb_percentiles(s.e2el_s)),
+            state: m.state.clone(),
+            error: m.error.clone(),
+            endpoint: m.endpoint.clone(),
+            server_running_max: s.server.running_max,
+            server_waiting_max: s.server.waiting_max,
+            server_kv_cache_usage_max: s.server.kv_cache_usage_max,
+            server_preemptions: s.server.preemptions,
+            input_len_mismatches: s.input_len_mismatches,
+            output_len_mismatches: s.output_len_mismatches,
+            verdict: s.verdict.clone(),
+            mode: m.mode.clone(),
+            request_rate: m.request_rate,
+            achieved_rate: s.achieved_rate,
+            achieved_concurrency: s.achieved_concurrency,
+            send_lag_s: Some(to_pb_percentiles(s.send_lag_s)),
+            client_cpu_cores: m.client.cpu_cores(),
+            client_cores: m.client.cores,
+            fallbacks: m.fallbacks.clone(),
+            in_flight_client_peak: s.in_flight.map(|f| f.client_peak),
+            in_flight_engine_peak: s.in_flight.map(|f| f.server_peak),
+        }
+    }
+}
