@@ -313,7 +313,7 @@ pub fn plan_text(spec: &SweepSpec) -> String {
     let _ = writeln!(
         out,
         "engine: vllm ({}) flags per GPU count: {}",
-        spec.engine_wire().runtime,
+        spec.engine.runtime.as_str(),
         fleetbench_proto::spec::vllm_flags(&spec.engine_wire(), 1).join(" ")
     );
     let mut gpu_counts: Vec<u32> = points.iter().map(|p| p.gpus).collect();

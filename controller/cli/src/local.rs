@@ -81,7 +81,7 @@ pub async fn run_local(
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
     if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(30), controller).await {
-        return Err(e);
+        return Err(e.into());
     }
     outcome
 }
