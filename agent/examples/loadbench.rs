@@ -192,8 +192,11 @@ async fn main() -> anyhow::Result<()> {
         batch_size: batch,
         request_rate: rate,
         load: Some(pb::LoadSpec {
-            mode: mode.into(),
-            endpoint: "chat".into(),
+            load_mode: pb::LoadMode::from(serde_json::from_value::<
+                fleetbench_proto::spec::LoadMode,
+            >(json!(mode))?)
+            .into(),
+            endpoint_kind: pb::Endpoint::Chat.into(),
             timeout_s: 600,
             warmup_requests: warmup,
             waves,
@@ -204,9 +207,14 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 0
             },
-            arrival,
+            arrival_kind: pb::Arrival::from(if arrival.is_empty() {
+                fleetbench_proto::spec::Arrival::default()
+            } else {
+                serde_json::from_value(json!(arrival))?
+            })
+            .into(),
             idle_timeout_s: 60.0,
-            tokenizer: "local".into(),
+            tokenizer_source: pb::TokenizerSource::Local.into(),
             ..Default::default()
         }),
         ..Default::default()

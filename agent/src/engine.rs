@@ -88,8 +88,8 @@ impl Engine {
     ) -> Result<Engine, AgentError> {
         let log_tail = LogTail::new(cfg.log_tail_lines);
         let deadline = Instant::now() + Duration::from_secs(u64::from(key.spec.startup_timeout_s));
-        match key.spec.runtime.as_str() {
-            "external" => {
+        match key.spec.runtime_kind() {
+            pb::Runtime::External => {
                 let base_url = key.spec.external_url.trim_end_matches('/').to_string();
                 let mut engine = Engine {
                     base_url,
@@ -107,7 +107,7 @@ impl Engine {
                 engine.wait_ready(client, deadline, cancel).await?;
                 Ok(engine)
             }
-            "process" => {
+            pb::Runtime::Process => {
                 let Spawned {
                     process,
                     base_url,
@@ -337,7 +337,7 @@ mod tests {
         };
         let key = EngineKey {
             spec: pb::EngineSpec {
-                runtime: "process".into(),
+                runtime_kind: pb::Runtime::Process.into(),
                 model: "m".into(),
                 served_model_name: "m".into(),
                 startup_timeout_s: 60,

@@ -92,8 +92,9 @@ enum Plan {
 
 impl Plan {
     fn from_point(point: &pb::PointSpec, load: &pb::LoadSpec) -> Result<Plan, AgentError> {
-        let mode = LoadMode::parse(&load.mode)
-            .ok_or_else(|| AgentError::Engine(format!("unknown load mode {:?}", load.mode)))?;
+        let mode = pb::LoadMode::try_from(load.load_mode)
+            .map(LoadMode::from)
+            .map_err(|_| AgentError::Engine(format!("unknown load mode {}", load.load_mode)))?;
         let requests = (load.requests > 0).then_some(load.requests);
         let duration = (load.duration_s > 0.0 && load.duration_s.is_finite())
             .then(|| Duration::from_secs_f64(load.duration_s));
@@ -114,9 +115,11 @@ impl Plan {
                         point.request_rate
                     )));
                 }
-                let arrival = Arrival::parse(&load.arrival).ok_or_else(|| {
-                    AgentError::Engine(format!("unknown arrival {:?}", load.arrival))
-                })?;
+                let arrival = pb::Arrival::try_from(load.arrival_kind)
+                    .map(Arrival::from)
+                    .map_err(|_| {
+                        AgentError::Engine(format!("unknown arrival {}", load.arrival_kind))
+                    })?;
                 Plan::Rate(
                     RateSchedule {
                         rate: point.request_rate,
@@ -153,16 +156,18 @@ impl Plan {
 }
 
 /// The local tokenizer a point's prompts are counted with, by the spec's `tokenizer`
-/// setting: `auto` uses the model's `tokenizer.json` when the agent finds one (see
-/// [`find_tokenizer_json`]) and the engine's `/tokenize` otherwise; `local` requires it;
-/// `server` never uses it.
+/// setting (`source`: the wire's `LoadSpec.tokenizer_source`, unspecified = `auto`, a value
+/// this agent does not know is an error): `auto` uses the model's `tokenizer.json` when the
+/// agent finds one (see [`find_tokenizer_json`]) and the engine's `/tokenize` otherwise;
+/// `local` requires it; `server` never uses it.
 pub fn local_tokenizer(
-    source: &str,
+    source: i32,
     model: &str,
     model_paths: &BTreeMap<String, String>,
 ) -> Result<Option<LocalTokenizer>, AgentError> {
-    let source = TokenizerSource::parse(source)
-        .ok_or_else(|| AgentError::Prompt(format!("unknown tokenizer source {source:?}")))?;
+    let source = pb::TokenizerSource::try_from(source)
+        .map(TokenizerSource::from)
+        .map_err(|_| AgentError::Prompt(format!("unknown tokenizer source {source}")))?;
     let found = || find_tokenizer_json(model, model_paths);
     match source {
         TokenizerSource::Server => Ok(None),
@@ -189,14 +194,14 @@ pub async fn run_point(
     tokenizer: Option<LocalTokenizer>,
     cancel: &CancellationToken,
 ) -> Result<LoadOutcome, AgentError> {
-    let load = point.load.clone().unwrap_or_default();
+    let load = point.load.unwrap_or_default();
     let workload = point.workload.unwrap_or_default();
     let engine = point.engine.clone().unwrap_or_default();
     let model = engine.served_model_name.clone();
     let deadline = Instant::now() + Duration::from_secs(u64::from(load.timeout_s.max(1)));
     let plan = Plan::from_point(point, &load)?;
 
-    let wanted = Endpoint::parse(&load.endpoint).unwrap_or(Endpoint::Chat);
+    let wanted = Endpoint::from(load.endpoint_kind());
     let endpoint = resolve_endpoint(client, base_url, &model, wanted).await?;
     let accepted = probe_extensions(client, base_url, &model, endpoint).await?;
 

@@ -35,6 +35,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The name in the results' `error_kind` column (Parquet) and in displays.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Connect => "connect",
@@ -49,6 +50,7 @@ impl ErrorKind {
         }
     }
 
+    /// Reads the name [`ErrorKind::as_str`] wrote (the Parquet `error_kind` column).
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "connect" => ErrorKind::Connect,
@@ -61,6 +63,40 @@ impl ErrorKind {
             "cancelled" => ErrorKind::Cancelled,
             "no-content" => ErrorKind::NoContent,
             _ => return None,
+        })
+    }
+}
+
+impl From<ErrorKind> for pb::ErrorKind {
+    fn from(k: ErrorKind) -> Self {
+        match k {
+            ErrorKind::Connect => pb::ErrorKind::Connect,
+            ErrorKind::HttpStatus => pb::ErrorKind::HttpStatus,
+            ErrorKind::Truncated => pb::ErrorKind::Truncated,
+            ErrorKind::Stalled => pb::ErrorKind::Stalled,
+            ErrorKind::Malformed => pb::ErrorKind::Malformed,
+            ErrorKind::ServerError => pb::ErrorKind::ServerError,
+            ErrorKind::Timeout => pb::ErrorKind::Timeout,
+            ErrorKind::Cancelled => pb::ErrorKind::Cancelled,
+            ErrorKind::NoContent => pb::ErrorKind::NoContent,
+        }
+    }
+}
+
+impl ErrorKind {
+    /// The kind a wire record carries; `None` for `UNSPECIFIED` (a successful request).
+    fn from_wire(k: pb::ErrorKind) -> Option<Self> {
+        Some(match k {
+            pb::ErrorKind::Unspecified => return None,
+            pb::ErrorKind::Connect => ErrorKind::Connect,
+            pb::ErrorKind::HttpStatus => ErrorKind::HttpStatus,
+            pb::ErrorKind::Truncated => ErrorKind::Truncated,
+            pb::ErrorKind::Stalled => ErrorKind::Stalled,
+            pb::ErrorKind::Malformed => ErrorKind::Malformed,
+            pb::ErrorKind::ServerError => ErrorKind::ServerError,
+            pb::ErrorKind::Timeout => ErrorKind::Timeout,
+            pb::ErrorKind::Cancelled => ErrorKind::Cancelled,
+            pb::ErrorKind::NoContent => ErrorKind::NoContent,
         })
     }
 }
@@ -139,10 +175,10 @@ impl From<&RequestRecord> for pb::RequestRecord {
             target_output_tokens: r.target_output_tokens,
             content_chunks: r.content_chunks,
             success: r.success(),
-            error_kind: r
+            failure_kind: r
                 .error_kind
-                .map(|k| k.as_str().to_string())
-                .unwrap_or_default(),
+                .map_or(pb::ErrorKind::Unspecified, pb::ErrorKind::from)
+                .into(),
             error: r.error.clone(),
             endpoint: r.endpoint.clone(),
             usage_reported: r.usage_reported,
@@ -159,12 +195,16 @@ impl TryFrom<pb::RequestRecord> for RequestRecord {
         let error_kind = if r.success {
             None
         } else {
-            Some(ErrorKind::parse(&r.error_kind).ok_or_else(|| {
-                crate::ProtoError::InvalidField {
-                    message: "RequestRecord",
-                    field: "error_kind",
-                    reason: format!("unknown error kind {:?} on a failed request", r.error_kind),
-                }
+            let kind = pb::ErrorKind::try_from(r.failure_kind)
+                .ok()
+                .and_then(ErrorKind::from_wire);
+            Some(kind.ok_or_else(|| crate::ProtoError::InvalidField {
+                message: "RequestRecord",
+                field: "failure_kind",
+                reason: format!(
+                    "unknown or unspecified error kind {} on a failed request",
+                    r.failure_kind
+                ),
             })?)
         };
         Ok(RequestRecord {
@@ -232,6 +272,27 @@ mod tests {
         };
         let wire = pb::RequestRecord::from(&failed);
         assert!(!wire.success);
+        assert_eq!(wire.failure_kind(), pb::ErrorKind::Truncated);
         assert_eq!(RequestRecord::try_from(wire).unwrap(), failed);
+    }
+
+    #[test]
+    fn failed_wire_record_needs_a_known_error_kind() {
+        let ok = pb::RequestRecord {
+            success: true,
+            ..Default::default()
+        };
+        assert_eq!(RequestRecord::try_from(ok).unwrap().error_kind, None);
+        for failure_kind in [0, 99] {
+            let failed = pb::RequestRecord {
+                success: false,
+                failure_kind,
+                ..Default::default()
+            };
+            assert!(RequestRecord::try_from(failed).is_err(), "{failure_kind}");
+        }
+        for kind in [ErrorKind::Connect, ErrorKind::NoContent] {
+            assert_eq!(ErrorKind::parse(kind.as_str()), Some(kind));
+        }
     }
 }

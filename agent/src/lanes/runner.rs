@@ -302,8 +302,8 @@ impl Runner {
     ) -> Result<Engine, AgentError> {
         let n = self.ctx.engines_started.fetch_add(1, Ordering::Relaxed) + 1;
         let name = docker::container_name(&self.cfg.name, n);
-        if key.spec.runtime != "docker" {
-            let grant = if key.spec.runtime == "process" {
+        if key.spec.runtime_kind() != pb::Runtime::Docker {
+            let grant = if key.spec.runtime_kind() == pb::Runtime::Process {
                 let ids = self.take_gpus(&name, key.gpus)?;
                 GpuGrant::for_process(self.ctx.gpus.gpus.first().map(|g| g.vendor), ids)
             } else {
@@ -414,7 +414,12 @@ impl Runner {
             &point.sweep_id,
             &point.point_id,
             "starting",
-            format!("runtime {} with {} GPU(s)", key.spec.runtime, key.gpus),
+            format!(
+                "runtime {} with {} GPU(s)",
+                fleetbench_proto::spec::Runtime::try_from(key.spec.runtime_kind())
+                    .map_or("", fleetbench_proto::spec::Runtime::as_str),
+                key.gpus
+            ),
         ));
         match self.start_engine(point, key, cancel).await {
             Ok(engine) => {
@@ -567,18 +572,18 @@ impl Runner {
         let tokenizer_source = point
             .load
             .as_ref()
-            .map(|l| l.tokenizer.clone())
+            .map(|l| l.tokenizer_source)
             .unwrap_or_default();
         let model = point
             .engine
             .as_ref()
             .map(|e| e.model.clone())
             .unwrap_or_default();
-        let tokenizer =
-            match load::local_tokenizer(&tokenizer_source, &model, &self.cfg.model_paths) {
-                Ok(t) => t,
-                Err(e) => return PointResult::failed(e.to_string()),
-            };
+        let tokenizer = match load::local_tokenizer(tokenizer_source, &model, &self.cfg.model_paths)
+        {
+            Ok(t) => t,
+            Err(e) => return PointResult::failed(e.to_string()),
+        };
         let load_started_us = unix_micros_now();
         let outcome = load::run_point(
             &self.client,

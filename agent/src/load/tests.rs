@@ -2,16 +2,21 @@
 
 use super::*;
 
-fn point(mode: &str, batch: u32, rate: f64, load: pb::LoadSpec) -> (pb::PointSpec, pb::LoadSpec) {
+fn point(
+    mode: pb::LoadMode,
+    batch: u32,
+    rate: f64,
+    load: pb::LoadSpec,
+) -> (pb::PointSpec, pb::LoadSpec) {
     let load = pb::LoadSpec {
-        mode: mode.into(),
+        load_mode: mode.into(),
         ..load
     };
     (
         pb::PointSpec {
             batch_size: batch,
             request_rate: rate,
-            load: Some(load.clone()),
+            load: Some(load),
             ..Default::default()
         },
         load,
@@ -21,7 +26,7 @@ fn point(mode: &str, batch: u32, rate: f64, load: pb::LoadSpec) -> (pb::PointSpe
 #[test]
 fn plans_follow_the_mode() {
     let (p, l) = point(
-        "burst",
+        pb::LoadMode::Burst,
         4,
         0.0,
         pb::LoadSpec {
@@ -34,7 +39,7 @@ fn plans_follow_the_mode() {
     assert_eq!(plan.prompts_needed(), 12);
 
     let (p, l) = point(
-        "concurrency",
+        pb::LoadMode::Concurrency,
         8,
         0.0,
         pb::LoadSpec {
@@ -44,7 +49,7 @@ fn plans_follow_the_mode() {
     );
     assert_eq!(Plan::from_point(&p, &l).unwrap().prompts_needed(), 100);
     let (p, l) = point(
-        "concurrency",
+        pb::LoadMode::Concurrency,
         8,
         0.0,
         pb::LoadSpec {
@@ -58,12 +63,12 @@ fn plans_follow_the_mode() {
     );
 
     let (p, l) = point(
-        "rate",
+        pb::LoadMode::Rate,
         0,
         100.0,
         pb::LoadSpec {
             duration_s: 2.0,
-            arrival: "constant".into(),
+            arrival_kind: pb::Arrival::Constant.into(),
             ..Default::default()
         },
     );
@@ -71,7 +76,7 @@ fn plans_follow_the_mode() {
     assert!((200..=201).contains(&plan.prompts_needed()), "{plan:?}");
 
     let (p, l) = point(
-        "rate",
+        pb::LoadMode::Rate,
         0,
         0.0,
         pb::LoadSpec {
@@ -80,6 +85,8 @@ fn plans_follow_the_mode() {
         },
     );
     assert!(Plan::from_point(&p, &l).is_err());
-    let (p, l) = point("zigzag", 1, 0.0, pb::LoadSpec::default());
+    // A mode this agent does not know (a newer controller's).
+    let (p, l) = point(pb::LoadMode::Burst, 1, 0.0, pb::LoadSpec::default());
+    let l = pb::LoadSpec { load_mode: 99, ..l };
     assert!(Plan::from_point(&p, &l).is_err());
 }

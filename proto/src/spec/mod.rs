@@ -10,7 +10,8 @@
 //! - `locate`: line:column of a TOML span, for error messages;
 //! - `validate`: [`SweepSpec::parse`] and the value checks (uses `sections`, `locate`);
 //! - `expand`: [`SweepSpec::expand`] into [`PlannedPoint`]s (uses `sections`);
-//! - `wire`: [`SweepSpec::engine_wire`] / [`SweepSpec::load_wire`] (uses `sections`);
+//! - `wire`: [`SweepSpec::engine_wire`] / [`SweepSpec::load_wire`], and the sweep-file
+//!   enums to and from their generated `pb` enums (uses `sections`);
 //! - `vllm_flags`: the engine's command-line flags from a wire [`EngineSpec`](crate::pb::EngineSpec).
 //!
 //! This file only declares the modules and re-exports their public items.

@@ -51,7 +51,7 @@ pub enum Runtime {
 }
 
 impl Runtime {
-    /// The name used in sweep files and on the wire.
+    /// The name used in sweep files, displays and the results' `engine_runtime` metadata.
     pub fn as_str(self) -> &'static str {
         match self {
             Runtime::Process => "process",
@@ -192,20 +192,12 @@ pub enum LoadMode {
 }
 
 impl LoadMode {
+    /// The name used in sweep files, error messages and the results' `mode` column.
     pub fn as_str(self) -> &'static str {
         match self {
             LoadMode::Burst => "burst",
             LoadMode::Concurrency => "concurrency",
             LoadMode::Rate => "rate",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "burst" | "" => Some(LoadMode::Burst),
-            "concurrency" => Some(LoadMode::Concurrency),
-            "rate" => Some(LoadMode::Rate),
-            _ => None,
         }
     }
 }
@@ -224,25 +216,6 @@ pub enum Arrival {
     Gamma,
 }
 
-impl Arrival {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arrival::Constant => "constant",
-            Arrival::Poisson => "poisson",
-            Arrival::Gamma => "gamma",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "constant" => Some(Arrival::Constant),
-            "poisson" | "" => Some(Arrival::Poisson),
-            "gamma" => Some(Arrival::Gamma),
-            _ => None,
-        }
-    }
-}
-
 /// How prompts are counted to their exact length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -256,25 +229,6 @@ pub enum TokenizerSource {
     Local,
 }
 
-impl TokenizerSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TokenizerSource::Auto => "auto",
-            TokenizerSource::Server => "server",
-            TokenizerSource::Local => "local",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "auto" | "" => Some(TokenizerSource::Auto),
-            "server" => Some(TokenizerSource::Server),
-            "local" => Some(TokenizerSource::Local),
-            _ => None,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Endpoint {
@@ -286,20 +240,12 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The name used in sweep files and in each record's `endpoint` (the Parquet column).
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::Chat => "chat",
             Endpoint::Completions => "completions",
             Endpoint::Auto => "auto",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "chat" => Some(Endpoint::Chat),
-            "completions" => Some(Endpoint::Completions),
-            "auto" => Some(Endpoint::Auto),
-            _ => None,
         }
     }
 }

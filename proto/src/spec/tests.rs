@@ -47,13 +47,13 @@ fn rate_mode_sweeps_rates_with_arrival_settings() {
     assert_eq!(points[1].request_rate, 10.0);
     assert!(points.iter().all(|p| p.batch_size == 0));
     let wire = spec.load_wire();
-    assert_eq!(wire.mode, "rate");
-    assert_eq!(wire.arrival, "gamma");
+    assert_eq!(wire.load_mode(), pb::LoadMode::Rate);
+    assert_eq!(wire.arrival_kind(), pb::Arrival::Gamma);
     assert_eq!(wire.burstiness, 0.5);
     assert_eq!(wire.duration_s, 20.0);
     assert_eq!(wire.requests, 0);
     assert_eq!(wire.idle_timeout_s, 30.0);
-    assert_eq!(wire.tokenizer, "auto");
+    assert_eq!(wire.tokenizer_source(), pb::TokenizerSource::Auto);
 }
 
 #[test]
@@ -147,6 +147,41 @@ fn parses_and_expands_in_engine_order() {
 }
 
 #[test]
+fn wire_enums_round_trip_and_unspecified_reads_as_the_default() {
+    for m in [LoadMode::Burst, LoadMode::Concurrency, LoadMode::Rate] {
+        assert_eq!(LoadMode::from(pb::LoadMode::from(m)), m);
+    }
+    for e in [Endpoint::Chat, Endpoint::Completions, Endpoint::Auto] {
+        assert_eq!(Endpoint::from(pb::Endpoint::from(e)), e);
+    }
+    for a in [Arrival::Constant, Arrival::Poisson, Arrival::Gamma] {
+        assert_eq!(Arrival::from(pb::Arrival::from(a)), a);
+    }
+    for t in [
+        TokenizerSource::Auto,
+        TokenizerSource::Server,
+        TokenizerSource::Local,
+    ] {
+        assert_eq!(TokenizerSource::from(pb::TokenizerSource::from(t)), t);
+    }
+    for r in [Runtime::Process, Runtime::External, Runtime::Docker] {
+        assert_eq!(Runtime::try_from(pb::Runtime::from(r)).unwrap(), r);
+    }
+    // A LoadSpec without the fields (what an empty string meant before).
+    let empty = pb::LoadSpec::default();
+    assert_eq!(LoadMode::from(empty.load_mode()), LoadMode::Burst);
+    assert_eq!(Endpoint::from(empty.endpoint_kind()), Endpoint::Chat);
+    assert_eq!(Arrival::from(empty.arrival_kind()), Arrival::Poisson);
+    assert_eq!(
+        TokenizerSource::from(empty.tokenizer_source()),
+        TokenizerSource::Auto
+    );
+    assert!(Runtime::try_from(pb::EngineSpec::default().runtime_kind()).is_err());
+    // A value this build does not know is refused by the generated `try_from`.
+    assert!(pb::LoadMode::try_from(99).is_err());
+}
+
+#[test]
 fn unknown_field_names_line_and_field() {
     let bad = GOOD.replace("block_size = 64", "blocksize = 64");
     let err = SweepSpec::parse(&bad, "bad.toml").unwrap_err();
@@ -184,8 +219,8 @@ fn docker_runtime_needs_an_image_and_only_it_takes_one() {
     let spec = SweepSpec::parse(&ok, "d.toml").unwrap();
     let wire = spec.engine_wire();
     assert_eq!(
-        (wire.runtime.as_str(), wire.image.as_str()),
-        ("docker", "fleetbench/vllm-sim:dev")
+        (wire.runtime_kind(), wire.image.as_str()),
+        (pb::Runtime::Docker, "fleetbench/vllm-sim:dev")
     );
     assert_eq!(wire.entrypoint, vec!["/vllm-sim"]);
 

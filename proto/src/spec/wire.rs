@@ -1,8 +1,15 @@
 //! Wire conversion: the engine and load settings of a sweep as the `pb` messages the
-//! controller sends to agents.
+//! controller sends to agents, and the sweep-file enums to and from their generated `pb`
+//! counterparts.
+//!
+//! From the wire, `UNSPECIFIED` reads as what an empty string read as before the enums
+//! replaced strings: the section's default (burst, chat, poisson, auto), and for the
+//! runtime, which has no default, an error. A value this build does not know is not
+//! mapped here: a receiver that must refuse it checks `pb::X::try_from(i32)` first (the
+//! generated accessors such as `load_mode()` read it as `UNSPECIFIED`).
 
-use super::sections::SweepSpec;
-use crate::pb;
+use super::sections::{Arrival, Endpoint, LoadMode, Runtime, SweepSpec, TokenizerSource};
+use crate::{ProtoError, pb};
 
 impl SweepSpec {
     /// The engine configuration as sent to agents.
@@ -10,7 +17,7 @@ impl SweepSpec {
         let e = &self.engine;
         pb::EngineSpec {
             kind: "vllm".into(),
-            runtime: e.runtime.as_str().into(),
+            runtime_kind: pb::Runtime::from(e.runtime).into(),
             model: self.model.get_ref().clone(),
             served_model_name: self.served_model_name(),
             max_model_len: *e.max_model_len.get_ref(),
@@ -40,8 +47,8 @@ impl SweepSpec {
     pub fn load_wire(&self) -> pb::LoadSpec {
         let l = &self.load;
         pb::LoadSpec {
-            mode: l.mode.as_str().into(),
-            endpoint: l.endpoint.as_str().into(),
+            load_mode: pb::LoadMode::from(l.mode).into(),
+            endpoint_kind: pb::Endpoint::from(l.endpoint).into(),
             // [policy] point_timeout_s, when set, is the point timeout agents enforce.
             timeout_s: self
                 .policy
@@ -53,10 +60,126 @@ impl SweepSpec {
             seed: l.seed,
             duration_s: l.duration_s.as_ref().map_or(0.0, |d| *d.get_ref()),
             requests: l.requests.as_ref().map_or(0, |r| *r.get_ref()),
-            arrival: l.arrival.as_str().into(),
+            arrival_kind: pb::Arrival::from(l.arrival).into(),
             burstiness: *l.burstiness.get_ref(),
             idle_timeout_s: *l.idle_timeout_s.get_ref(),
-            tokenizer: l.tokenizer.as_str().into(),
+            tokenizer_source: pb::TokenizerSource::from(l.tokenizer).into(),
+        }
+    }
+}
+
+impl From<Runtime> for pb::Runtime {
+    fn from(r: Runtime) -> Self {
+        match r {
+            Runtime::Process => pb::Runtime::Process,
+            Runtime::External => pb::Runtime::External,
+            Runtime::Docker => pb::Runtime::Docker,
+        }
+    }
+}
+
+impl TryFrom<pb::Runtime> for Runtime {
+    type Error = ProtoError;
+
+    /// `UNSPECIFIED` is an error: no runtime is assumed.
+    fn try_from(r: pb::Runtime) -> Result<Self, ProtoError> {
+        match r {
+            pb::Runtime::Process => Ok(Runtime::Process),
+            pb::Runtime::External => Ok(Runtime::External),
+            pb::Runtime::Docker => Ok(Runtime::Docker),
+            pb::Runtime::Unspecified => Err(ProtoError::InvalidField {
+                message: "EngineSpec",
+                field: "runtime_kind",
+                reason: "no runtime given".into(),
+            }),
+        }
+    }
+}
+
+impl From<LoadMode> for pb::LoadMode {
+    fn from(m: LoadMode) -> Self {
+        match m {
+            LoadMode::Burst => pb::LoadMode::Burst,
+            LoadMode::Concurrency => pb::LoadMode::Concurrency,
+            LoadMode::Rate => pb::LoadMode::Rate,
+        }
+    }
+}
+
+impl From<pb::LoadMode> for LoadMode {
+    /// `UNSPECIFIED` is burst, the default mode.
+    fn from(m: pb::LoadMode) -> Self {
+        match m {
+            pb::LoadMode::Unspecified => LoadMode::default(),
+            pb::LoadMode::Burst => LoadMode::Burst,
+            pb::LoadMode::Concurrency => LoadMode::Concurrency,
+            pb::LoadMode::Rate => LoadMode::Rate,
+        }
+    }
+}
+
+impl From<Endpoint> for pb::Endpoint {
+    fn from(e: Endpoint) -> Self {
+        match e {
+            Endpoint::Chat => pb::Endpoint::Chat,
+            Endpoint::Completions => pb::Endpoint::Completions,
+            Endpoint::Auto => pb::Endpoint::Auto,
+        }
+    }
+}
+
+impl From<pb::Endpoint> for Endpoint {
+    /// `UNSPECIFIED` is chat, the default endpoint.
+    fn from(e: pb::Endpoint) -> Self {
+        match e {
+            pb::Endpoint::Unspecified => Endpoint::default(),
+            pb::Endpoint::Chat => Endpoint::Chat,
+            pb::Endpoint::Completions => Endpoint::Completions,
+            pb::Endpoint::Auto => Endpoint::Auto,
+        }
+    }
+}
+
+impl From<Arrival> for pb::Arrival {
+    fn from(a: Arrival) -> Self {
+        match a {
+            Arrival::Constant => pb::Arrival::Constant,
+            Arrival::Poisson => pb::Arrival::Poisson,
+            Arrival::Gamma => pb::Arrival::Gamma,
+        }
+    }
+}
+
+impl From<pb::Arrival> for Arrival {
+    /// `UNSPECIFIED` is poisson, the default arrival.
+    fn from(a: pb::Arrival) -> Self {
+        match a {
+            pb::Arrival::Unspecified => Arrival::default(),
+            pb::Arrival::Constant => Arrival::Constant,
+            pb::Arrival::Poisson => Arrival::Poisson,
+            pb::Arrival::Gamma => Arrival::Gamma,
+        }
+    }
+}
+
+impl From<TokenizerSource> for pb::TokenizerSource {
+    fn from(t: TokenizerSource) -> Self {
+        match t {
+            TokenizerSource::Auto => pb::TokenizerSource::Auto,
+            TokenizerSource::Server => pb::TokenizerSource::Server,
+            TokenizerSource::Local => pb::TokenizerSource::Local,
+        }
+    }
+}
+
+impl From<pb::TokenizerSource> for TokenizerSource {
+    /// `UNSPECIFIED` is auto, the default source.
+    fn from(t: pb::TokenizerSource) -> Self {
+        match t {
+            pb::TokenizerSource::Unspecified => TokenizerSource::default(),
+            pb::TokenizerSource::Auto => TokenizerSource::Auto,
+            pb::TokenizerSource::Server => TokenizerSource::Server,
+            pb::TokenizerSource::Local => TokenizerSource::Local,
         }
     }
 }

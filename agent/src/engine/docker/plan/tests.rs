@@ -6,7 +6,7 @@ use super::*;
 fn spec() -> pb::EngineSpec {
     pb::EngineSpec {
         kind: "vllm".into(),
-        runtime: "docker".into(),
+        runtime_kind: pb::Runtime::Docker.into(),
         model: "deepseek-ai/DeepSeek-R1-Distill-Llama-8B".into(),
         served_model_name: "deepseek-ai/DeepSeek-R1-Distill-Llama-8B".into(),
         max_model_len: 4096,
