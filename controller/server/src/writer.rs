@@ -1,38 +1,39 @@
 //! Writes a sweep's Parquet partition whenever one of its points finishes, one write at a
 //! time (so two points of the same partition never race), then acknowledges the points
 //! to their agents: an agent forgets results only once they are on disk.
+//!
+//! The records' way is one-way: a [`WriteJob`] carries its point's records out of the
+//! state; the rest of the partition comes from [`State::partition_snapshot`]; once the
+//! files are on disk the writer reports each job done (`State::write_done`) and sends its
+//! acknowledgements. A failed write is kept here, jobs and records, and retried: with the
+//! partition's next write, or after a backoff (1 s, doubling up to 30 s). Jobs queued
+//! while a write runs are coalesced into one write per partition.
+//!
+//! [`State::partition_snapshot`]: crate::state::State::partition_snapshot
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use fleetbench_proto::FLEETBENCH_VERSION;
+use fleetbench_proto::pb;
 use fleetbench_proto::record::RequestRecord;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
-
-use crate::service::Controller;
-use crate::state::WriteJob;
-use fleetbench_results::schema::MetricRow;
 use fleetbench_results::summary::PointSummary;
 use fleetbench_results::write::{
     NextRequests, PartitionUpdate, prepare_next_requests, update_partition,
 };
-use fleetbench_results::{EngineEvent, PartitionMetadata};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
-/// Everything one partition write needs, taken out of the state.
-struct Snapshot {
-    model: String,
-    /// Points whose request rows this write adds (or replaces), with their records; the
-    /// records were moved out of the state and go back if the write fails.
-    rows: Vec<(PointSummary, Vec<RequestRecord>)>,
-    /// Every summary of the partition (the points file is rewritten from these).
-    summaries: Vec<PointSummary>,
-    metrics: Vec<MetricRow>,
-    metadata: PartitionMetadata,
-    /// Some point of the partition has not finished yet: another write will come.
-    more_to_come: bool,
-}
+use crate::service::Controller;
+use crate::state::{PointRows, WriteJob};
+
+/// The first wait before a failed write is retried; each failure in a row doubles it, up
+/// to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The next version of a partition's requests file, being prepared on the blocking pool
 /// after a write (see [`NextRequests`]).
@@ -81,244 +82,407 @@ impl Preparing {
     }
 }
 
-/// Copies a partition's summaries and metadata and moves out the records of its finished
-/// points that are not on disk yet (a point's records are in the state only until written).
-fn snapshot(ctl: &Controller, sweep_id: &str, gpus: u32) -> Option<Snapshot> {
-    let mut st = ctl.state();
-    let sweep = st.sweep_for_write(sweep_id)?;
-    let mut rows = Vec::new();
-    let mut summaries = Vec::new();
-    let mut hosts = std::collections::BTreeSet::new();
-    let mut engine_args = None;
-    let mut engine_version = None;
-    let mut engine_image: Option<(String, String)> = None;
-    let mut events = Vec::new();
-    let mut metrics = Vec::new();
-    let mut more_to_come = false;
-    for p in sweep.points.iter_mut().filter(|p| p.planned.gpus == gpus) {
-        more_to_come |= !p.state.is_terminal();
-        if let Some(s) = &p.summary {
-            summaries.push(s.clone());
-            if p.state.is_terminal() && !p.batches.is_empty() {
-                // Moved, not cloned: the rows are freed once on disk.
-                let records: Vec<RequestRecord> = std::mem::take(&mut p.batches)
-                    .into_values()
-                    .flatten()
-                    .collect();
-                rows.push((s.clone(), records));
-            }
-            // Skipped points never ran anywhere.
-            if !p.host.is_empty() {
-                hosts.insert(p.host.clone());
-            }
-        }
-        if let Some(f) = &p.finished {
-            metrics.extend(f.engine_metrics.iter().map(|m| MetricRow {
-                point_id: p.point_id.clone(),
-                point_index: p.planned.index,
-                attempt: f.attempt,
-                agent: p.agent.clone(),
-                offset_s: m.offset_s,
-                unix_ms: m.unix_ms,
-                metric: m.name.clone(),
-                value: m.value,
-            }));
-            if engine_args.is_none() && !f.engine_args.is_empty() {
-                engine_args = Some(f.engine_args.join(" "));
-            }
-            if engine_version.is_none() && !f.engine_version.is_empty() {
-                engine_version = Some(f.engine_version.clone());
-            }
-            if engine_image.is_none() && !f.engine_image.is_empty() {
-                engine_image = Some((f.engine_image.clone(), f.engine_image_digest.clone()));
-            }
-        }
-        events.extend(p.engine_events.iter().map(|ev| EngineEvent {
-            point_id: ev.point_id.clone(),
-            kind: ev.kind.clone(),
-            message: ev.message.clone(),
-            exit_code: ev.exit_code.map(i64::from),
-            unix_ms: ev.unix_ms,
-            log_tail: ev.log_tail.clone(),
-            oom_killed: ev.oom_killed,
-            died_after_s: ev.died_after_s,
-            container: ev.container.clone(),
-            image: ev.image.clone(),
-            image_digest: ev.image_digest.clone(),
-            gpu_ids: ev.gpu_ids.clone(),
-        }));
+/// Why the writer woke up: a job, the end of a failed write's backoff (retry), or
+/// shutdown with nothing queued (last round: what failed is tried once more).
+fn woke(job: Option<WriteJob>) -> (Vec<WriteJob>, bool, bool) {
+    match job {
+        Some(job) => (vec![job], false, false),
+        None => (Vec::new(), true, true),
     }
-    let (engine_image, engine_image_digest) = engine_image.unwrap_or_default();
-    let metadata = PartitionMetadata {
-        sweep_id: sweep.id.clone(),
-        sweep_name: sweep.spec.name.get_ref().clone(),
-        model: sweep.spec.model.get_ref().clone(),
-        gpus,
-        version: FLEETBENCH_VERSION.into(),
-        hosts: hosts.into_iter().collect(),
-        engine_runtime: sweep.spec.engine.runtime.as_str().into(),
-        engine_args: engine_args.unwrap_or_default(),
-        engine_version: engine_version.unwrap_or_default(),
-        engine_image,
-        engine_image_digest,
-        load: format!("{:?}", sweep.load),
-        engine_events: events,
-    };
-    Some(Snapshot {
-        model: sweep.spec.model.get_ref().clone(),
-        rows,
-        summaries,
-        metrics,
-        metadata,
-        more_to_come,
-    })
 }
 
-/// Runs until `shutdown`, then writes whatever is still queued and stops. Jobs queued while
-/// a write runs are coalesced: one write per partition adds all their points.
+/// Runs until `shutdown`, then writes whatever is still queued (and tries what failed
+/// once more) and stops. Jobs queued while a write runs are coalesced: one write per
+/// partition adds all their points.
 pub async fn run(
     ctl: Arc<Controller>,
     mut jobs: mpsc::Receiver<WriteJob>,
     shutdown: CancellationToken,
 ) {
     let mut preparing: Option<Preparing> = None;
+    // Jobs not done yet: those of failed writes (with their records), and resends whose
+    // rows another job, still on its way, carries.
+    let mut held: Vec<WriteJob> = Vec::new();
+    let mut retry_at: Option<Instant> = None;
+    let mut backoff = RETRY_FIRST;
     loop {
-        let job = tokio::select! {
+        let (mut fresh, retry, last) = tokio::select! {
             biased;
-            j = jobs.recv() => j,
-            () = shutdown.cancelled() => jobs.try_recv().ok(),
+            j = jobs.recv() => woke(j),
+            () = shutdown.cancelled() => woke(jobs.try_recv().ok()),
+            () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => (Vec::new(), true, false),
         };
-        let Some(job) = job else { break };
-        // Everything queued behind it, grouped by partition in arrival order.
-        let mut groups: Vec<Vec<WriteJob>> = vec![vec![job]];
+        // Everything queued behind it.
         while let Ok(more) = jobs.try_recv() {
-            match groups.iter_mut().find(|g| {
-                g.first()
-                    .is_some_and(|j| j.sweep_id == more.sweep_id && j.gpus == more.gpus)
-            }) {
-                Some(g) => g.push(more),
-                None => groups.push(vec![more]),
-            }
+            fresh.push(more);
         }
-        for group in groups {
+        if retry {
+            retry_at = None;
+        }
+        for group in plan(&mut held, fresh, retry) {
             let Some(first) = group.first() else { continue };
             let (sweep_id, gpus) = (first.sweep_id.clone(), first.gpus);
             let next = match preparing.take() {
                 Some(p) => p.take(&sweep_id, gpus).await,
                 None => None,
             };
-            if let Some(model) = write_group(&ctl, group, next).await {
-                if !shutdown.is_cancelled() {
-                    preparing = Some(Preparing::start(&ctl, sweep_id, gpus, model));
+            match write_group(&ctl, group, next).await {
+                Written::Done { model, waiting } => {
+                    held.extend(waiting);
+                    if let Some(model) = model {
+                        if !shutdown.is_cancelled() {
+                            preparing = Some(Preparing::start(&ctl, sweep_id, gpus, model));
+                        }
+                    }
                 }
+                Written::Failed(jobs) => held.extend(jobs),
+                Written::Dropped => {}
             }
+        }
+        if last {
+            break;
+        }
+        if held.iter().any(|j| j.rows.is_some()) {
+            if retry_at.is_none() {
+                warn!(
+                    jobs = held.len(),
+                    retry_in_s = backoff.as_secs_f64(),
+                    "results not written; retrying"
+                );
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        } else {
+            retry_at = None;
+            backoff = RETRY_FIRST;
         }
     }
     if let Some(p) = preparing {
         p.take("", 0).await;
     }
+    if !held.is_empty() {
+        warn!(
+            jobs = held.len(),
+            "results writer stopped with writes not done; their agents keep the results and resend them"
+        );
+    }
+}
+
+/// The partition writes of one round, each with its jobs (held ones first, then fresh ones
+/// in arrival order). A partition is written when a fresh job goes to it or, on a `retry`
+/// round, when a held job of it carries rows; every held job of a written partition joins
+/// the write. Held jobs of other partitions stay in `held`.
+fn plan(held: &mut Vec<WriteJob>, fresh: Vec<WriteJob>, retry: bool) -> Vec<Vec<WriteJob>> {
+    let key = |j: &WriteJob| (j.sweep_id.clone(), j.gpus);
+    let mut keys: Vec<(String, u32)> = Vec::new();
+    let retried = held.iter().filter(|j| retry && j.rows.is_some());
+    for k in retried.chain(&fresh).map(key) {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let mut groups: Vec<Vec<WriteJob>> = keys.iter().map(|_| Vec::new()).collect();
+    let mut keep = Vec::new();
+    for job in held.drain(..).chain(fresh) {
+        let k = key(&job);
+        match keys
+            .iter()
+            .position(|g| *g == k)
+            .and_then(|i| groups.get_mut(i))
+        {
+            Some(group) => group.push(job),
+            None => keep.push(job),
+        }
+    }
+    *held = keep;
+    groups
+}
+
+/// What became of a partition write's jobs.
+enum Written {
+    /// On disk. `model` when more points of the partition are to come (worth preparing the
+    /// next requests file); `waiting`: resends whose rows are still on their way.
+    Done {
+        model: Option<String>,
+        waiting: Vec<WriteJob>,
+    },
+    /// Not written: the jobs, records and all, to retry.
+    Failed(Vec<WriteJob>),
+    /// The sweep is gone: nothing to write.
+    Dropped,
 }
 
 /// Writes one partition for the jobs of `group` (same sweep and GPU count), reports each
 /// job done and acknowledges their points once the files are on disk. `next` is the
-/// partition's prepared next requests file, if any. Returns the model when the write
-/// succeeded and more points of the partition are to come (worth preparing the next file).
+/// partition's prepared next requests file, if any.
 async fn write_group(
     ctl: &Arc<Controller>,
     group: Vec<WriteJob>,
     next: Option<NextRequests>,
-) -> Option<String> {
-    let first = group.first()?;
+) -> Written {
+    let Some(first) = group.first() else {
+        return Written::Dropped;
+    };
     let (sweep_id, gpus) = (first.sweep_id.clone(), first.gpus);
     let span = info_span!("partition_write", sweep_id = %sweep_id, gpus, jobs = group.len());
     let started = std::time::Instant::now();
-    let Some(snap) = snapshot(ctl, &sweep_id, gpus) else {
+    let snap = ctl.state().partition_snapshot(&sweep_id, gpus);
+    let Some(snap) = snap else {
         let mut st = ctl.state();
         for job in &group {
             st.write_done(&job.sweep_id, [], &[]);
         }
-        return None;
+        return Written::Dropped;
     };
     let root = ctl.config.results_dir.clone();
-    let (model, more_to_come) = (snap.model.clone(), snap.more_to_come);
-    let (id, n_rows) = (
-        sweep_id.clone(),
-        snap.rows.iter().map(|(_, r)| r.len()).sum::<usize>(),
-    );
+    let (model, more_to_come) = (snap.metadata.model.clone(), snap.more_to_come);
+    let n_rows: usize = group
+        .iter()
+        .filter_map(|j| j.rows.as_ref())
+        .map(|r| r.records.len())
+        .sum();
+    // Shared with the blocking task, which only reads the records: the jobs come back
+    // here whatever becomes of the write.
+    let group = Arc::new(group);
+    let (jobs, id) = (Arc::clone(&group), sweep_id.clone());
     let written = tokio::task::spawn_blocking(move || {
-        let refs: Vec<(PointSummary, &[RequestRecord])> = snap
-            .rows
+        // Points without records add no request rows; their summaries are in `snap`.
+        let rows: Vec<(PointSummary, &[RequestRecord])> = jobs
             .iter()
-            .map(|(s, r)| (s.clone(), r.as_slice()))
+            .filter_map(|j| j.rows.as_ref())
+            .filter(|r| !r.records.is_empty())
+            .map(|r| (r.summary.clone(), r.records.as_slice()))
             .collect();
         let update = PartitionUpdate {
-            rows: &refs,
+            rows: &rows,
             summaries: &snap.summaries,
             metrics: &snap.metrics,
             metadata: &snap.metadata,
         };
-        let result = update_partition(&root, &id, &snap.model, gpus, &update, next);
-        drop(refs);
-        (result, snap.rows)
+        update_partition(&root, &id, &snap.metadata.model, gpus, &update, next)
     })
     .instrument(span.clone())
     .await;
     let _enter = span.enter();
-    match written {
-        Ok((Ok(files), _rows)) => {
-            info!(requests = %files.requests.display(), rows = n_rows, secs = started.elapsed().as_secs_f64(), "results written");
-            let mut acks = Vec::new();
-            {
-                let mut st = ctl.state();
-                for job in group {
-                    let durable: Vec<(String, u32)> = job
-                        .acks
-                        .iter()
-                        .map(|(_, a)| (a.point_id.clone(), a.attempt))
-                        .collect();
-                    st.write_done(
-                        &job.sweep_id,
-                        [
-                            files.requests.display().to_string(),
-                            files.points.display().to_string(),
-                        ],
-                        &durable,
-                    );
-                    acks.extend(job.acks);
-                }
-            }
-            let acks = acks
-                .into_iter()
-                .map(|(agent, ack)| {
-                    (
-                        agent,
-                        fleetbench_proto::pb::ControllerMessage {
-                            msg: Some(fleetbench_proto::pb::controller_message::Msg::PointAck(ack)),
-                        },
-                    )
-                })
-                .collect();
-            ctl.dispatch(acks);
-            more_to_come.then_some(model)
-        }
-        // Not acknowledged: the records go back to the state (a later write retries them)
-        // and the agent keeps the results and resends them.
-        Ok((Err(e), rows)) => {
+    // The task has ended, so its handle on the jobs is gone.
+    let Some(group) = Arc::into_inner(group) else {
+        error!("write jobs still shared after their write; dropped");
+        return Written::Dropped;
+    };
+    let files = match written {
+        Ok(Ok(files)) => files,
+        // Not acknowledged: the writer keeps the jobs and retries them; the agents keep
+        // the results meanwhile (and resend them after a reconnect).
+        Ok(Err(e)) => {
             error!(error = %e, "writing results failed");
-            let mut st = ctl.state();
-            st.restore_records(&sweep_id, rows);
-            for job in &group {
-                st.write_done(&job.sweep_id, [], &[]);
-            }
-            None
+            return Written::Failed(group);
         }
         Err(e) => {
             error!(error = %e, "results writer task failed");
-            let mut st = ctl.state();
-            for job in &group {
-                st.write_done(&job.sweep_id, [], &[]);
-            }
-            None
+            return Written::Failed(group);
         }
+    };
+    info!(requests = %files.requests.display(), rows = n_rows, secs = started.elapsed().as_secs_f64(), "results written");
+    let files = [
+        files.requests.display().to_string(),
+        files.points.display().to_string(),
+    ];
+    let written: BTreeSet<(String, u32)> = group
+        .iter()
+        .filter_map(|j| j.rows.as_ref())
+        .map(PointRows::key)
+        .collect();
+    let mut acks = Vec::new();
+    let mut waiting = Vec::new();
+    // Freed once the lock is released.
+    let mut done = Vec::new();
+    {
+        let mut st = ctl.state();
+        for mut job in group {
+            // A resend's job acknowledges a point whose rows this write or an earlier one
+            // put on disk; otherwise they are still on their way and it waits for them.
+            let on_disk = job.acks.iter().all(|(_, a)| {
+                let k = (a.point_id.clone(), a.attempt);
+                written.contains(&k) || !st.awaits_write(&k)
+            });
+            if !on_disk {
+                waiting.push(job);
+                continue;
+            }
+            let durable: Vec<(String, u32)> = job.rows.iter().map(PointRows::key).collect();
+            st.write_done(&job.sweep_id, files.clone(), &durable);
+            acks.append(&mut job.acks);
+            done.push(job);
+        }
+    }
+    drop(done);
+    let acks = acks
+        .into_iter()
+        .map(|(agent, ack)| {
+            (
+                agent,
+                pb::ControllerMessage {
+                    msg: Some(pb::controller_message::Msg::PointAck(ack)),
+                },
+            )
+        })
+        .collect();
+    ctl.dispatch(acks);
+    Written::Done {
+        model: more_to_come.then_some(model),
+        waiting,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fleetbench_proto::pb::{self, controller_message::Msg as CMsg};
+    use fleetbench_proto::spec::SweepSpec;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{WriteJob, plan};
+    use crate::service::{Controller, ControllerConfig};
+
+    const SPEC: &str = r#"
+name = "t"
+model = "m/x"
+[engine]
+kind = "vllm"
+runtime = "process"
+[matrix]
+gpus = [1]
+batch_sizes = [1, 2]
+workloads = [{ input = 8, output = 4 }]
+"#;
+
+    fn job(sweep_id: &str, gpus: u32, point_id: &str) -> WriteJob {
+        WriteJob {
+            sweep_id: sweep_id.into(),
+            gpus,
+            rows: None,
+            acks: vec![(
+                "a".into(),
+                pb::PointAck {
+                    point_id: point_id.into(),
+                    attempt: 1,
+                },
+            )],
+        }
+    }
+
+    fn ids(groups: &[Vec<WriteJob>]) -> Vec<Vec<String>> {
+        groups
+            .iter()
+            .map(|g| g.iter().map(|j| j.acks[0].1.point_id.clone()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn held_jobs_join_the_next_write_of_their_partition() {
+        let mut held = vec![job("s", 1, "held1"), job("s", 2, "held2")];
+        let groups = plan(
+            &mut held,
+            vec![job("s", 1, "new1"), job("t", 1, "t1")],
+            false,
+        );
+        assert_eq!(
+            ids(&groups),
+            vec![vec!["held1".to_string(), "new1".into()], vec!["t1".into()]]
+        );
+        // The other partition's held job waits for its own write (or a retry round).
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].gpus, 2);
+        // A retry round writes only partitions with rows to retry.
+        assert!(plan(&mut held, Vec::new(), true).is_empty());
+        assert_eq!(held.len(), 1);
+    }
+
+    /// A write that fails keeps its job, records and all, and is retried: the point is
+    /// acknowledged (and the sweep stops `writing`) only once its rows are on disk.
+    #[tokio::test]
+    async fn a_failed_write_is_retried_from_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the results tree should be: every write fails until it is gone.
+        let results_dir = dir.path().join("results");
+        std::fs::write(&results_dir, b"in the way").unwrap();
+        let (writes, jobs) = mpsc::channel(8);
+        let config = ControllerConfig {
+            results_dir: results_dir.clone(),
+            ..Default::default()
+        };
+        let ctl = Controller::new(config, writes);
+        let (tx, mut rx) = mpsc::channel(16);
+        let job = {
+            let mut st = ctl.state();
+            st.add_sweep("s".into(), SweepSpec::parse(SPEC, "t").unwrap());
+            let generation = st.register(
+                pb::Inventory {
+                    agent_name: "a".into(),
+                    ..Default::default()
+                },
+                &[],
+            );
+            ctl.attach_session("a", generation, tx);
+            st.schedule();
+            st.record_batch(
+                "a",
+                pb::RecordBatch {
+                    point_id: "s/p000".into(),
+                    attempt: 1,
+                    seq: 0,
+                    records: vec![pb::RequestRecord {
+                        success: true,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            );
+            let (job, _) = st.point_finished(
+                "a",
+                pb::PointFinished {
+                    point_id: "s/p000".into(),
+                    attempt: 1,
+                    batches: 1,
+                    ok: true,
+                    ..Default::default()
+                },
+            );
+            job.unwrap()
+        };
+        assert_eq!(job.rows.as_ref().map(|r| r.records.len()), Some(1));
+        assert!(
+            ctl.state().sweep("s").unwrap().points[0].batches.is_empty(),
+            "the records left the state with the job"
+        );
+        let shutdown = CancellationToken::new();
+        let writer = tokio::spawn(super::run(ctl.clone(), jobs, shutdown.clone()));
+        ctl.queue_write(job);
+        let acked = |m: Option<Result<pb::ControllerMessage, tonic::Status>>| matches!(m, Some(Ok(pb::ControllerMessage { msg: Some(CMsg::PointAck(a)) })) if a.point_id == "s/p000");
+        // The first write fails: no acknowledgement, the write is still pending.
+        let first = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(first.is_err(), "acknowledged before on disk: {first:?}");
+        assert_eq!(ctl.state().sweep("s").unwrap().pending_writes, 1);
+        // Once the way is clear, the retry writes the records the job kept.
+        std::fs::remove_file(&results_dir).unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap();
+        assert!(acked(m), "the retried write acknowledges the point");
+        {
+            let st = ctl.state();
+            let s = st.sweep("s").unwrap();
+            assert_eq!(s.pending_writes, 0);
+            assert_eq!(s.result_files.len(), 2, "{:?}", s.result_files);
+            assert!(
+                s.result_files
+                    .iter()
+                    .all(|f| std::path::Path::new(f).exists())
+            );
+        }
+        shutdown.cancel();
+        writer.await.unwrap();
     }
 }

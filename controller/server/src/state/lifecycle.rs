@@ -1,6 +1,6 @@
 //! The point lifecycle: agents registering, disconnecting and being reaped (their points
-//! re-queued), record batches arriving, a point attempt finishing (summarized; a
-//! [`WriteJob`] queued for its partition), the engine-crash policy (`on_engine_crash`:
+//! re-queued), record batches arriving, a point attempt finishing (summarized; its records
+//! move into the partition's [`WriteJob`]), the engine-crash policy (`on_engine_crash`:
 //! retry, skip-larger), cancellation, a sweep's end, and the end of a partition write.
 
 use std::time::Duration;
@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::State;
 use super::model::{AgentEntry, Outgoing, PointRef, PointState, Sweep, SweepState, msg};
-use super::partition::WriteJob;
+use super::partition::{PointRows, WriteJob};
 
 /// A `RecordBatch` with its records decoded (unreadable ones are logged and dropped).
 #[derive(Debug, Clone, PartialEq)]
@@ -198,6 +198,9 @@ impl State {
 
     /// A point attempt ended on `agent`. Returns the partition write to make (which
     /// acknowledges the point once on disk) or, for a duplicate, the acknowledgement.
+    ///
+    /// The attempt's records leave the state here, moved into the write job; the point
+    /// keeps its summary only.
     pub fn point_finished(
         &mut self,
         agent: &str,
@@ -234,14 +237,16 @@ impl State {
             && matches!(&p.state, PointState::Running { agent: a } if a == agent);
         if !current {
             if p.state.is_terminal() && unwritten {
-                // A resend of a point whose rows are not on disk yet (its write is queued
-                // or failed): acknowledged only by a write, so the agent keeps its spool
-                // until then. The write is queued again (a failed one is retried).
+                // A resend of a point whose rows are not on disk yet (the job carrying them
+                // is queued, or held by the writer for a retry): acknowledged only once
+                // they are, so the agent keeps its spool until then. This job carries the
+                // acknowledgement only; the writer sends it with the rows' write.
                 let gpus = p.planned.gpus;
                 sweep.pending_writes += 1;
                 let job = WriteJob {
                     sweep_id,
                     gpus,
+                    rows: None,
                     acks: vec![(agent.to_string(), ack)],
                 };
                 return (Some(job), Vec::new());
@@ -256,7 +261,7 @@ impl State {
             warn!(point_id = %pf.point_id, ?missing, "point finished but record batches are missing; waiting for the resend");
             return (None, Vec::new());
         }
-        // Moved into one batch, not cloned; the writer moves them out again.
+        // Moved out of the state, not cloned: the write job carries them to the writer.
         let records: Vec<RequestRecord> = std::mem::take(&mut p.batches)
             .into_values()
             .flatten()
@@ -328,10 +333,9 @@ impl State {
             fallbacks: pf.fallbacks.clone(),
         };
         let template = meta.clone();
-        p.summary = Some(summarize(meta, &records, &pf.engine_metrics));
-        if !records.is_empty() {
-            p.batches.insert(0, records);
-        }
+        let summary = summarize(meta, &records, &pf.engine_metrics);
+        p.summary = Some(summary.clone());
+        let rows = PointRows { summary, records };
         let awaiting = (p.point_id.clone(), p.attempt);
         p.state = state;
         p.error = error;
@@ -355,6 +359,7 @@ impl State {
         let job = WriteJob {
             sweep_id,
             gpus,
+            rows: Some(rows),
             acks: vec![(agent.to_string(), ack)],
         };
         (Some(job), out)
@@ -405,9 +410,10 @@ impl State {
         Some(out)
     }
 
-    /// A queued partition write ended; `files` are what it wrote (empty when it failed)
-    /// and `durable` the (point id, attempt) pairs whose rows it put on disk: their
-    /// terminal state and summary go to the store with the next [`State::store_ops`].
+    /// A write job is done; `files` are what its write wrote (empty when nothing was
+    /// written) and `durable` the (point id, attempt) pairs whose rows it put on disk:
+    /// their terminal state and summary go to the store with the next
+    /// [`State::store_ops`].
     pub fn write_done(
         &mut self,
         sweep_id: &str,

@@ -12,7 +12,7 @@
 //! - `lifecycle`: agents coming and going, record batches, a point's end, the engine-crash
 //!   policy, cancellation and the end of a partition write;
 //! - `replicas`: `strategy = "replicate"` submissions and groups of child sweeps;
-//! - `partition`: what a partition write takes from the state (its job, its records);
+//! - `partition`: what a partition write takes from the state (its job, its snapshot);
 //! - `persistence`: to and from the durable store (`crate::store`);
 //! - `views`: the `pb` status and listing messages.
 //!
@@ -37,7 +37,7 @@ use fleetbench_proto::unix_millis_now;
 
 pub use lifecycle::DecodedBatch;
 pub use model::{AgentEntry, Outgoing, PointEntry, PointState, Replica, Sweep, SweepState};
-pub use partition::WriteJob;
+pub use partition::{PartitionSnapshot, PointRows, WriteJob};
 
 use model::PointRef;
 use persistence::Persisted;

@@ -53,7 +53,8 @@ pub struct PointEntry {
     pub state: PointState,
     /// Attempt number of the current/last run (0 before the first assignment).
     pub attempt: u32,
-    /// Record batches of the current attempt, by sequence number (de-duplicated).
+    /// Record batches of the running attempt, by sequence number (de-duplicated). Emptied
+    /// when the attempt ends: a finished point's records move into its write job.
     pub batches: BTreeMap<u64, Vec<RequestRecord>>,
     pub summary: Option<PointSummary>,
     pub finished: Option<pb::PointFinished>,
@@ -87,7 +88,7 @@ impl PointEntry {
         }
     }
 
-    /// All records of the current attempt in sequence order.
+    /// All records of the running attempt in sequence order.
     pub fn records(&self) -> Vec<RequestRecord> {
         self.batches.values().flatten().cloned().collect()
     }
