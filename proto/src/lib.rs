@@ -4,7 +4,9 @@
 //! - [`spec`]: the sweep file (TOML), its validation with line/field errors, and its
 //!   expansion into points.
 //! - [`record`]: one measured request, as the agent records it and the controller stores it.
+//! - [`channel`]: dialing the controller over plain text or TLS.
 
+pub mod channel;
 pub mod error;
 pub mod record;
 pub mod spec;

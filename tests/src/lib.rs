@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleetbench_agent::config::{AgentConfig, DockerConfig, GpuConfig};
+use fleetbench_agent::policy::Policy;
 use fleetbench_controller::ControllerConfig;
 use fleetbench_proto::pb::control_service_client::ControlServiceClient;
 use tokio::task::JoinHandle;
@@ -89,6 +90,19 @@ pub fn test_docker_config() -> DockerConfig {
         stop_timeout_s: 5,
         ..DockerConfig::default()
     }
+}
+
+/// The `[policy]` of test agents: the default policy, plus the made-up vLLM flag that
+/// `docker_engine`'s start-up failure test passes on purpose and a simulator image named
+/// by `FLEETBENCH_SIM_IMAGE` (the default one, `fleetbench/vllm-sim:dev`, is allowed by
+/// default).
+pub fn test_policy() -> Policy {
+    let mut policy = Policy::default();
+    policy.extra_args.push("--no-such-vllm-flag".into());
+    if let Ok(image) = std::env::var("FLEETBENCH_SIM_IMAGE") {
+        policy.images.push(image);
+    }
+    policy
 }
 
 /// The vllm-sim image the Docker tests run (`deploy/docker/build-sim-image.sh` builds it;
@@ -178,6 +192,7 @@ impl Cluster {
                 agent_grace: Duration::from_secs(30),
                 state_dir: None,
                 http: http_addr,
+                ..ControllerConfig::default()
             },
             listener,
             shutdown.clone(),
@@ -204,6 +219,7 @@ impl Cluster {
                     heartbeat_s: 1,
                     metrics_interval_ms: a.metrics_interval_ms,
                     docker: test_docker_config(),
+                    policy: test_policy(),
                     spool_dir: tmp.path().join("spool").join(&a.name),
                     ..AgentConfig::default()
                 };

@@ -20,6 +20,9 @@ pub enum CliError {
     },
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The controller could not be dialed.
+    #[error("{0}")]
+    Dial(#[from] fleetbench_proto::channel::DialError),
     #[error("gRPC: {0}")]
     Status(#[from] tonic::Status),
     #[error("{0}")]

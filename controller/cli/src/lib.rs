@@ -6,6 +6,8 @@
 //! 2 the sweep was cancelled; 64 usage error; 65 invalid sweep file; 69 controller
 //! unavailable; 70 internal error.
 
+pub mod certs;
+pub mod connect;
 pub mod error;
 pub mod local;
 pub mod output;
@@ -17,12 +19,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleetbench_proto::pb::{self, control_service_client::ControlServiceClient};
+use fleetbench_proto::pb;
 use fleetbench_proto::spec::SweepSpec;
-use tonic::transport::Channel;
 
 use crate::error::CliError;
 use fleetbench_controller::ControllerError;
+use connect::{Client, Credentials};
 use output::Format;
 
 pub const EXIT_POINTS_FAILED: u8 = 1;
@@ -50,6 +52,8 @@ pub struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     pub controller: String,
+    #[command(flatten)]
+    pub credentials: Credentials,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -79,6 +83,9 @@ pub enum Command {
     /// everything): throughput and per-request speed vs batch size per model and GPU
     /// count, scaling across GPU counts, latency, and hosts or engine settings compared.
     Report(report::ReportArgs),
+    /// Make a development CA and certificates for a controller, agents and operators, and
+    /// operator tokens (README: Securing a fleet).
+    Certs(certs::CertsArgs),
     /// Check a sweep file and print the expanded plan without submitting.
     Validate { file: PathBuf },
     /// Run a sweep end to end on this machine: a controller, one agent and vllm-sim.
@@ -111,7 +118,9 @@ fn exit_code_for(e: &CliError) -> u8 {
     match e {
         CliError::Spec(_) | CliError::Controller(ControllerError::Spec(_)) => EXIT_BAD_SWEEP,
         CliError::Usage(_) | CliError::Controller(ControllerError::SweepNotFound(_)) => EXIT_USAGE,
-        CliError::Transport(_) | CliError::Controller(ControllerError::NoMatchingAgent(_)) => {
+        CliError::Transport(_)
+        | CliError::Dial(_)
+        | CliError::Controller(ControllerError::NoMatchingAgent(_)) => {
             EXIT_UNAVAILABLE
         }
         CliError::Status(s) => match s.code() {
@@ -139,12 +148,19 @@ pub fn read_sweep_file(path: &Path) -> Result<String, CliError> {
     std::fs::read_to_string(path).map_err(|e| CliError::io(path, e))
 }
 
-async fn connect(addr: &str) -> Result<ControlServiceClient<Channel>, CliError> {
-    Ok(ControlServiceClient::connect(addr.to_string()).await?)
+async fn connect(controller: &str, credentials: &Credentials) -> Result<Client, CliError> {
+    connect::connect(controller, credentials).await
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
+        Command::Certs(args) => {
+            let written = certs::generate(&args)?;
+            for f in &written.files {
+                println!("wrote {}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { file } => {
             let text = read_sweep_file(&file)?;
             let spec = SweepSpec::parse(&text, &file.display().to_string())?;
@@ -155,7 +171,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             let text = read_sweep_file(&file)?;
             // Validate locally first: a bad file never reaches the controller.
             SweepSpec::parse(&text, &file.display().to_string())?;
-            let mut client = connect(&cli.controller).await?;
+            let mut client = connect(&cli.controller, &cli.credentials).await?;
             let resp = client
                 .submit_sweep(pb::SubmitSweepRequest {
                     spec_toml: text,
@@ -174,12 +190,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch { sweep_id } => {
-            let mut client = connect(&cli.controller).await?;
+            let mut client = connect(&cli.controller, &cli.credentials).await?;
             let status = progress::watch(&mut client, &sweep_id).await?;
             Ok(sweep_exit(&status))
         }
         Command::Status { sweep_id: Some(id) } => {
-            let mut client = connect(&cli.controller).await?;
+            let mut client = connect(&cli.controller, &cli.credentials).await?;
             let s = client
                 .get_sweep(pb::GetSweepRequest { sweep_id: id })
                 .await?
@@ -188,7 +204,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { sweep_id: None } => {
-            let mut client = connect(&cli.controller).await?;
+            let mut client = connect(&cli.controller, &cli.credentials).await?;
             let list = client
                 .list_sweeps(pb::ListSweepsRequest {})
                 .await?
@@ -230,7 +246,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agents => {
-            let mut client = connect(&cli.controller).await?;
+            let mut client = connect(&cli.controller, &cli.credentials).await?;
             let list = client
                 .list_agents(pb::ListAgentsRequest {})
                 .await?
@@ -266,7 +282,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { sweep_id } => {
-            let mut client = connect(&cli.controller).await?;
+            let mut client = connect(&cli.controller, &cli.credentials).await?;
             let resp = client
                 .cancel_sweep(pb::CancelSweepRequest {
                     sweep_id: sweep_id.clone(),
@@ -277,7 +293,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             println!("{sweep_id}: {state}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Results(args) => results::run(args, &cli.controller).await,
+        Command::Results(args) => results::run(args, &cli.controller, &cli.credentials).await,
         Command::Report(args) => tokio::task::spawn_blocking(move || report::run(args))
             .await
             .map_err(|e| CliError::Internal(e.to_string()))?,

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use fleetbench_agent::config::{AgentConfig, GpuConfig};
-use fleetbench_proto::pb::{self, control_service_client::ControlServiceClient};
+use fleetbench_proto::pb;
 use fleetbench_proto::spec::SweepSpec;
 use tokio_util::sync::CancellationToken;
 
+use crate::connect::{Client, Credentials};
 use crate::{output, progress, sweep_exit};
 use crate::error::CliError;
 use fleetbench_controller::ControllerConfig;
@@ -120,11 +121,15 @@ async fn drive(
 
 async fn connect_with_retry(
     addr: &str,
-) -> Result<ControlServiceClient<tonic::transport::Channel>, CliError> {
+) -> Result<Client, CliError> {
     let mut last = None;
     for _ in 0..50 {
-        match ControlServiceClient::connect(addr.to_string()).await {
-            Ok(c) => return Ok(c),
+        match tonic::transport::Endpoint::from_shared(addr.to_string())?
+            .connect()
+            .await
+        {
+            // The in-process controller listens on loopback without credentials.
+            Ok(c) => return crate::connect::client(c, &Credentials::default()),
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

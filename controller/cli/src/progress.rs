@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::Duration;
 
-use fleetbench_proto::pb::{self, control_service_client::ControlServiceClient};
-use tonic::transport::Channel;
+use fleetbench_proto::pb;
+
+use crate::connect::Client;
 
 use crate::error::CliError;
 
@@ -72,7 +73,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// the controller is unreachable (restarting) it retries with backoff, says so once per
 /// outage, and carries on where it was when the controller is back.
 pub async fn watch(
-    client: &mut ControlServiceClient<Channel>,
+    client: &mut Client,
     sweep_id: &str,
 ) -> Result<pb::SweepStatus, CliError> {
     let mut seen: HashMap<String, String> = HashMap::new();

@@ -14,6 +14,7 @@ use fleetbench_results::query::{
     to_json, to_table,
 };
 
+use crate::connect::Credentials;
 use crate::error::CliError;
 use crate::output::{self, Format};
 
@@ -95,7 +96,11 @@ impl From<GroupByArg> for GroupBy {
 }
 
 /// Runs `controllerctl results`.
-pub async fn run(args: ResultsArgs, controller: &str) -> Result<ExitCode, CliError> {
+pub async fn run(
+    args: ResultsArgs,
+    controller: &str,
+    credentials: &Credentials,
+) -> Result<ExitCode, CliError> {
     let ResultsArgs {
         sweep_id,
         dir,
@@ -115,7 +120,7 @@ pub async fn run(args: ResultsArgs, controller: &str) -> Result<ExitCode, CliErr
                 "--live prints one sweep as the controller holds it: filters and --group-by read --dir".into(),
             ));
         }
-        return live_results(controller, sweep_id, format).await;
+        return live_results(controller, credentials, sweep_id, format).await;
     }
     filter.narrow_to_sweep(sweep_id)?;
     let (points, files) = load(&dir, &filter)?;
@@ -164,10 +169,11 @@ pub async fn run(args: ResultsArgs, controller: &str) -> Result<ExitCode, CliErr
 /// results folder was read).
 async fn live_results(
     controller: &str,
+    credentials: &Credentials,
     sweep_id: String,
     format: Format,
 ) -> Result<ExitCode, CliError> {
-    let mut client = crate::connect(controller).await?;
+    let mut client = crate::connect(controller, credentials).await?;
     let resp = client
         .get_results(pb::GetResultsRequest { sweep_id })
         .await?

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::auth::{Principal, valid_name};
 use crate::service::Controller;
 
 /// How long an agent has to send `Register` after opening the stream.
@@ -35,6 +36,13 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        // Set by the auth layer: on a controller with client certificates, the agent's name
+        // comes from its certificate.
+        let principal = request
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .unwrap_or(Principal::Open);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await
@@ -51,8 +59,18 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
             .inventory
             .ok_or_else(|| Status::invalid_argument("Register lacks inventory"))?;
         let name = inventory.agent_name.clone();
-        if name.is_empty() {
-            return Err(Status::invalid_argument("agent_name must not be empty"));
+        if !valid_name(&name) {
+            return Err(Status::invalid_argument(
+                "agent_name must be 1-64 characters of A-Z a-z 0-9 . _ -",
+            ));
+        }
+        if let Principal::Agent(certified) = &principal {
+            if *certified != name {
+                warn!(agent = %name, certificate = %certified, "registration under another agent's name refused");
+                return Err(Status::permission_denied(format!(
+                    "this certificate identifies agent {certified:?}; it may not register as {name:?}"
+                )));
+            }
         }
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let heartbeat_ms = 5000;

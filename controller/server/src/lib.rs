@@ -2,13 +2,14 @@
 //! turns the per-request records agents stream back into Parquet results (through
 //! `fleetbench-results`). Depends on neither the CLI nor the agent.
 //!
-//! Modules, one concept each: [`state`] (sweeps, points, agents, scheduling), [`store`]
+//! Modules, one concept each: [`auth`] (who may call what), [`state`] (sweeps, points, agents, scheduling), [`store`]
 //! (durable state, redb), [`service`] (shared controller handle), [`agent_service`] and
 //! [`control_service`] (the two gRPC services), [`writer`] (Parquet writes, then
 //! acknowledgements), [`http`] (read-only report pages, drawn by `fleetbench-report`),
 //! [`server`] (`run`).
 
 pub mod agent_service;
+pub mod auth;
 pub mod control_service;
 pub mod error;
 pub mod http;
@@ -20,4 +21,4 @@ pub mod writer;
 
 pub use error::ControllerError;
 pub use server::run;
-pub use service::ControllerConfig;
+pub use service::{ControllerConfig, TlsFiles};

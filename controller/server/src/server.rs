@@ -2,6 +2,7 @@
 //! results writer, the reaper that re-queues points of lost agents, and (with an `http`
 //! address) the read-only report pages.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use fleetbench_proto::pb::agent_service_server::AgentServiceServer;
@@ -11,12 +12,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{Instrument, info, info_span, warn};
 
 /// How long open connections may take to finish after shutdown is requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 use crate::agent_service::AgentServiceImpl;
+use crate::auth::{Access, AuthLayer};
 use crate::control_service::ControlServiceImpl;
 use crate::error::ControllerError;
 use crate::service::{Controller, ControllerConfig};
@@ -34,6 +37,7 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| ControllerError::io("listener", e))?;
+    let (access, tls) = security(&config, addr)?;
     let (write_tx, write_rx) = mpsc::channel(256);
     let (state, store) = match &config.state_dir {
         Some(dir) => {
@@ -119,8 +123,13 @@ pub async fn run(
     };
     info!(%addr, results = %ctl.config.results_dir.display(), "controller listening");
     {
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
             .http2_keepalive_interval(Some(Duration::from_secs(15)))
+            .layer(AuthLayer::new(access))
             .add_service(health_service)
             .add_service(AgentServiceServer::new(agents))
             .add_service(ControlServiceServer::new(control))
@@ -143,6 +152,57 @@ pub async fn run(
     let _ = writer_task.await;
     info!("controller stopped");
     Ok(())
+}
+
+/// Who may call this controller, and its TLS configuration. Plain text, or a controller
+/// that asks no credentials, is refused on a non-loopback address unless the operator said
+/// `insecure` (logged as a warning on every start).
+fn security(
+    config: &ControllerConfig,
+    addr: SocketAddr,
+) -> Result<(Access, Option<ServerTlsConfig>), ControllerError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| ControllerError::io(path, e))
+    };
+    let tls = match &config.tls {
+        Some(files) => {
+            let identity = Identity::from_pem(read(&files.cert)?, read(&files.key)?);
+            let mut tls = ServerTlsConfig::new().identity(identity);
+            if let Some(ca) = &files.client_ca {
+                // Optional at the TLS layer (operators may use tokens instead); the auth
+                // layer refuses whoever brings neither. A certificate that is presented
+                // must chain to this CA, or the handshake fails.
+                tls = tls
+                    .client_ca_root(Certificate::from_pem(read(ca)?))
+                    .client_auth_optional(true);
+            }
+            Some(tls)
+        }
+        None => None,
+    };
+    let client_certs = config
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca.is_some());
+    let access = Access::new(client_certs, config.tokens.as_deref())?;
+    let loopback = addr.ip().is_loopback();
+    let mut exposed = Vec::new();
+    if tls.is_none() {
+        exposed.push("plain text (no --tls-cert/--tls-key)");
+    }
+    if access.is_open() {
+        exposed.push("no credentials asked (no --client-ca, no --tokens)");
+    }
+    if !exposed.is_empty() && !loopback {
+        if !config.insecure {
+            return Err(ControllerError::Usage(format!(
+                "refusing to listen on {addr} with {}: anyone who reaches it could run containers on every GPU host. Configure TLS and credentials (README: Securing a fleet), listen on 127.0.0.1, or pass --insecure",
+                exposed.join(" and ")
+            )));
+        }
+        warn!(%addr, "INSECURE: listening with {} on a non-loopback address (--insecure)", exposed.join(" and "));
+    }
+    Ok((access, tls))
 }
 
 /// The accepted connections with TCP_NODELAY set. Without it Nagle's algorithm holds the

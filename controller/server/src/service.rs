@@ -30,6 +30,23 @@ pub struct ControllerConfig {
     /// Where the read-only HTTP report pages are served (`GET /`, `GET /sweeps/<id>/report`);
     /// `None`: no HTTP listener.
     pub http: Option<std::net::SocketAddr>,
+    /// TLS for the gRPC listener (and client certificates, with a client CA); `None`:
+    /// plain text, allowed on loopback only unless `insecure`.
+    pub tls: Option<TlsFiles>,
+    /// Operator tokens (TOML: `[[token]] name, role, sha256`).
+    pub tokens: Option<PathBuf>,
+    /// Plain text (or no credentials) on a non-loopback address: the operator said so.
+    pub insecure: bool,
+}
+
+/// The controller's TLS files (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that signs agent and operator certificates: with it, clients authenticate
+    /// with certificates (agents must).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ControllerConfig {
@@ -39,6 +56,9 @@ impl Default for ControllerConfig {
             agent_grace: Duration::from_secs(60),
             state_dir: None,
             http: None,
+            tls: None,
+            tokens: None,
+            insecure: false,
         }
     }
 }

@@ -3,16 +3,36 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use fleetbench_controller::ControllerConfig;
+use fleetbench_controller::{ControllerConfig, ControllerError, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
 /// fleetbench controller: receives sweeps, drives agents, writes Parquet results.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// Address for agents and controllerctl (gRPC).
-    #[arg(long, env = "FLEETBENCH_LISTEN", default_value = "0.0.0.0:50051")]
+    /// Address for agents and controllerctl (gRPC). Loopback by default; any other address
+    /// needs TLS and credentials (--tls-cert, --tls-key, --client-ca and/or --tokens) or
+    /// --insecure.
+    #[arg(long, env = "FLEETBENCH_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// The controller's certificate (PEM), for TLS on the gRPC listener.
+    #[arg(long, env = "FLEETBENCH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "FLEETBENCH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signs agent and operator certificates: clients authenticate with
+    /// certificates chaining to it (agents must). Needs --tls-cert.
+    #[arg(long, env = "FLEETBENCH_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Operator tokens (TOML: `[[token]]` with `name`, `role` = admin|viewer and `sha256`,
+    /// the hex SHA-256 of the token; `controllerctl certs` writes one).
+    #[arg(long, env = "FLEETBENCH_TOKENS")]
+    tokens: Option<PathBuf>,
+    /// Serve plain text or without credentials on a non-loopback address. Anyone who
+    /// reaches the port can then run containers on every GPU host: lab use only.
+    #[arg(long)]
+    insecure: bool,
     /// Root of the Hive-partitioned results tree.
     #[arg(long, env = "FLEETBENCH_RESULTS", default_value = "results")]
     results: PathBuf,
@@ -50,6 +70,16 @@ async fn main() -> std::process::ExitCode {
         agent_grace: Duration::from_secs(args.agent_grace_s),
         state_dir: Some(state_dir),
         http: args.http,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: args.client_ca,
+            }),
+            _ => None,
+        },
+        tokens: args.tokens,
+        insecure: args.insecure,
     };
     // Bind before anything else runs: a taken port is a usage error, reported at once.
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
@@ -81,7 +111,10 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("controller: {e}");
-            std::process::ExitCode::from(1)
+            // A configuration the controller refuses (plain text on a public address, a
+            // bad tokens file) is a usage error.
+            let code = if matches!(e, ControllerError::Usage(_)) { 64 } else { 1 };
+            std::process::ExitCode::from(code)
         }
     }
 }
