@@ -29,7 +29,7 @@ fn certs(dir: &Path, agents: &str, operators: &str) {
     let out = Command::new(workspace_bin("controllerctl"))
         .args(["certs", "--out"])
         .arg(dir)
-        .args(["--controller", "localhost,127.0.0.1"])
+        .args(["--controller-names", "localhost,127.0.0.1"])
         .args(["--agents", agents, "--operators", operators])
         .output()
         .unwrap();

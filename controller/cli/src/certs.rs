@@ -22,9 +22,10 @@ pub struct CertsArgs {
     /// Folder to write into (created owner-only if missing; existing files are not replaced).
     #[arg(long, default_value = "fleetbench-certs")]
     pub out: PathBuf,
-    /// Names the controller is reached by (DNS names or IP addresses), comma-separated.
+    /// Names the controller is reached by (DNS names or IP addresses), comma-separated:
+    /// its certificate is valid for these.
     #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
-    pub controller: Vec<String>,
+    pub controller_names: Vec<String>,
     /// Agent names, comma-separated: one certificate each.
     #[arg(long, value_delimiter = ',')]
     pub agents: Vec<String>,
@@ -84,7 +85,7 @@ pub fn generate(args: &CertsArgs) -> Result<Written, CliError> {
     };
 
     let mut sans = Vec::new();
-    for name in &args.controller {
+    for name in &args.controller_names {
         sans.push(match name.parse::<std::net::IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(name.as_str().try_into().map_err(cert_err)?),
@@ -199,7 +200,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let args = CertsArgs {
             out: dir.path().join("c"),
-            controller: vec!["localhost".into(), "127.0.0.1".into()],
+            controller_names: vec!["localhost".into(), "127.0.0.1".into()],
             agents: vec!["gpu-1".into()],
             operators: vec!["alice:admin".into(), "bob:viewer".into()],
         };
@@ -236,7 +237,7 @@ mod tests {
         for (agents, operators) in [(vec!["a/b"], vec![]), (vec![], vec!["x:root"])] {
             let args = CertsArgs {
                 out: dir.path().join("c"),
-                controller: vec!["localhost".into()],
+                controller_names: vec!["localhost".into()],
                 agents: agents.into_iter().map(String::from).collect(),
                 operators: operators.into_iter().map(String::from).collect(),
             };

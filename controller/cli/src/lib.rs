@@ -3,8 +3,10 @@
 //! a whole sweep locally (controller + agent + vllm-sim in one command).
 //!
 //! Exit codes scripts can rely on: 0 success; 1 the sweep finished with failed points;
-//! 2 the sweep was cancelled; 64 usage error; 65 invalid sweep file; 69 controller
-//! unavailable; 70 internal error.
+//! 2 the sweep was cancelled; 3 the sweep ended but results could not be written (points
+//! `write-failed`, sweep `failed`; the controller keeps retrying and the points turn
+//! `done` once a write lands: see `controllerctl status`); 64 usage error; 65 invalid
+//! sweep file; 69 controller unavailable; 70 internal error.
 
 pub mod certs;
 pub mod connect;
@@ -29,6 +31,8 @@ use output::Format;
 
 pub const EXIT_POINTS_FAILED: u8 = 1;
 pub const EXIT_CANCELLED: u8 = 2;
+/// The sweep ended with results the controller could not write (yet).
+pub const EXIT_WRITE_FAILED: u8 = 3;
 pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_BAD_SWEEP: u8 = 65;
 pub const EXIT_UNAVAILABLE: u8 = 69;
@@ -135,13 +139,7 @@ fn exit_code_for(e: &CliError) -> u8 {
 
 /// Exit code for a finished sweep.
 pub fn sweep_exit(status: &pb::SweepStatus) -> ExitCode {
-    if status.state == "cancelled" {
-        ExitCode::from(EXIT_CANCELLED)
-    } else if status.points_failed > 0 {
-        ExitCode::from(EXIT_POINTS_FAILED)
-    } else {
-        ExitCode::SUCCESS
-    }
+    ExitCode::from(progress::exit_code(status))
 }
 
 pub fn read_sweep_file(path: &Path) -> Result<String, CliError> {
@@ -364,6 +362,27 @@ pub fn plan_text(spec: &SweepSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_has_no_clashing_flags() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        // The global --controller address and `certs --controller-names` stay apart.
+        let cli = Cli::try_parse_from([
+            "controllerctl",
+            "--controller",
+            "https://c:1",
+            "certs",
+            "--controller-names",
+            "c.lab",
+        ])
+        .unwrap();
+        assert_eq!(cli.controller, "https://c:1");
+        let Command::Certs(args) = cli.command else {
+            panic!("not certs")
+        };
+        assert_eq!(args.controller_names, ["c.lab"]);
+    }
 
     #[test]
     fn demo_sweep_is_valid_and_plans_restarts() {
