@@ -8,7 +8,10 @@
 //! One concept a file, each importing only the ones before it in this list:
 //! - `sections`: the TOML sections as serde reads them, their enums and defaults;
 //! - `locate`: line:column of a TOML span, for error messages;
-//! - `validate`: [`SweepSpec::parse`] and the value checks (uses `sections`, `locate`);
+//! - `limits`: the hard limits on a sweep (file size, points, name and model lengths,
+//!   model names) and the point count from the matrix sizes (uses `sections`);
+//! - `validate`: [`SweepSpec::parse`] and the value checks (uses `sections`, `locate`,
+//!   `limits`);
 //! - `expand`: [`SweepSpec::expand`] into [`PlannedPoint`]s (uses `sections`);
 //! - `wire`: [`SweepSpec::engine_wire`] / [`SweepSpec::load_wire`], and the sweep-file
 //!   enums to and from their generated `pb` enums (uses `sections`);
@@ -17,6 +20,7 @@
 //! This file only declares the modules and re-exports their public items.
 
 mod expand;
+mod limits;
 mod locate;
 mod sections;
 mod validate;
@@ -27,6 +31,10 @@ mod wire;
 mod tests;
 
 pub use expand::PlannedPoint;
+pub use limits::{
+    DEFAULT_MAX_POINTS, MAX_MODEL_LEN, MAX_NAME_LEN, MAX_POINT_ID_LEN, MAX_POINTS_CEILING,
+    MAX_SWEEP_FILE_BYTES, longest_point_id, model_name_problem, point_id_fits, sweep_id_len,
+};
 pub use sections::{
     Arrival, BatchSizes, DEFAULT_CRASH_RETRIES, Endpoint, EngineKind, EngineSection, GPU_VENDORS,
     LoadMode, LoadSection, MatrixSection, OnEngineCrash, PlacementSection, PolicySection, Runtime,

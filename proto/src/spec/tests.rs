@@ -464,3 +464,70 @@ fn placement_errors_name_the_field_and_line() {
     let err = SweepSpec::parse(&with_placement("gpu_count = 2"), "p.toml").unwrap_err();
     assert_eq!((err.field.as_str(), err.line), ("gpu_count", 23), "{err}");
 }
+
+/// A 34 KB-ish file whose matrix expands to `gpus × workloads × batch sizes` points.
+fn huge_matrix(gpus: usize, workloads: usize, batches: usize) -> String {
+    let g: Vec<String> = (0..gpus).map(|i| (i % 8 + 1).to_string()).collect();
+    let w: Vec<String> = (0..workloads)
+        .map(|i| format!("{{ input = {}, output = 1 }}", i % 100 + 1))
+        .collect();
+    let b: Vec<String> = (0..batches).map(|i| (i % 64 + 1).to_string()).collect();
+    format!(
+        "name = \"huge\"\nmodel = \"m/x\"\n[engine]\nkind = \"vllm\"\nruntime = \"process\"\n\
+         [matrix]\ngpus = [{}]\nbatch_sizes = [{}]\nworkloads = [{}]\n",
+        g.join(","),
+        b.join(","),
+        w.join(",")
+    )
+}
+
+#[test]
+fn point_count_is_computed_without_expanding() {
+    let spec = SweepSpec::parse(GOOD, "good.toml").unwrap();
+    assert_eq!(spec.point_count(), Some(spec.expand().len() as u64));
+    let rate = SweepSpec::parse(
+        &rate_spec("mode = \"rate\"\nrequests = 10", "rates = [1.0, 2.0, 3.0]\n"),
+        "r",
+    )
+    .unwrap();
+    assert_eq!(rate.point_count(), Some(rate.expand().len() as u64));
+}
+
+#[test]
+fn eight_million_points_are_refused_before_expansion() {
+    let text = huge_matrix(200, 200, 200);
+    assert!(text.len() < 40_000, "{}", text.len());
+    let e = SweepSpec::parse(&text, "huge.toml").unwrap_err();
+    assert_eq!(e.field, "matrix");
+    assert!(e.line > 0);
+    assert!(e.message.contains("8000000 points"), "{e}");
+    assert!(e.message.contains("limit is 10000"), "{e}");
+    // The same file passes a controller configured for more.
+    assert!(SweepSpec::parse_limited(&text, "huge.toml", 8_000_000).is_ok());
+    // 10,000 points exactly is allowed by default.
+    assert!(SweepSpec::parse(&huge_matrix(10, 10, 100), "ok.toml").is_ok());
+    assert!(SweepSpec::parse(&huge_matrix(10, 10, 101), "no.toml").is_err());
+}
+
+#[test]
+fn oversized_files_names_and_models_are_refused() {
+    let big = format!("{GOOD}\n# {}\n", "x".repeat(MAX_SWEEP_FILE_BYTES));
+    let e = SweepSpec::parse(&big, "big.toml").unwrap_err();
+    assert!(e.message.contains("at most 1048576 bytes"), "{e}");
+
+    let name = "n".repeat(MAX_NAME_LEN + 1);
+    let e =
+        SweepSpec::parse(&GOOD.replace("\"demo\"", &format!("\"{name}\"")), "t.toml").unwrap_err();
+    assert_eq!((e.field.as_str(), e.line), ("name", 2), "{e}");
+    assert!(e.message.contains("at most 64"), "{e}");
+    let name = "n".repeat(MAX_NAME_LEN);
+    assert!(SweepSpec::parse(&GOOD.replace("\"demo\"", &format!("\"{name}\"")), "t").is_ok());
+
+    for model in ["../../etc", "org//x", "/models/../x", "a/b/c"] {
+        let text = GOOD.replace("meta-llama/Llama-3.2-1B-Instruct", model);
+        let e = SweepSpec::parse(&text, "t.toml").unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("model", 3), "{model}: {e}");
+    }
+    let text = GOOD.replace("meta-llama/Llama-3.2-1B-Instruct", "/models/llama");
+    assert!(SweepSpec::parse(&text, "t.toml").is_ok());
+}

@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
+use super::limits::{DEFAULT_MAX_POINTS, MAX_NAME_LEN, MAX_SWEEP_FILE_BYTES, model_name_problem};
 use super::locate::{located, toml_error};
 use super::sections::{
     Arrival, BatchSizes, GPU_VENDORS, LoadMode, OnEngineCrash, Runtime, SweepSpec,
@@ -15,11 +16,53 @@ use crate::error::SpecError;
 pub const MAX_BATCH_SIZE: u32 = 65_536;
 
 impl SweepSpec {
-    /// Parses and validates a sweep file. `file` names it in errors.
+    /// Parses and validates a sweep file, allowing at most
+    /// [`DEFAULT_MAX_POINTS`](super::DEFAULT_MAX_POINTS) points. `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, SpecError> {
+        Self::parse_limited(text, file, DEFAULT_MAX_POINTS)
+    }
+
+    /// [`SweepSpec::parse`] allowing at most `max_points` points. The file's size is
+    /// checked before it is parsed and the point count from the matrix sizes before
+    /// anything is expanded, so a small file that would expand to millions of points
+    /// costs nothing.
+    pub fn parse_limited(text: &str, file: &str, max_points: u64) -> Result<Self, SpecError> {
+        if text.len() > MAX_SWEEP_FILE_BYTES {
+            return Err(SpecError {
+                file: file.to_string(),
+                line: 0,
+                column: 0,
+                field: String::new(),
+                message: format!(
+                    "the sweep file is {} bytes; at most {MAX_SWEEP_FILE_BYTES} bytes are accepted",
+                    text.len()
+                ),
+            });
+        }
         let spec: SweepSpec = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
         spec.validate(text, file)?;
+        spec.validate_point_count(text, file, max_points)?;
         Ok(spec)
+    }
+
+    fn validate_point_count(&self, text: &str, file: &str, max: u64) -> Result<(), SpecError> {
+        let n = self.point_count();
+        if n.is_none_or(|n| n > max) {
+            let count = n.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
+            let gpus = self.matrix.gpus.get_ref().len();
+            let workloads = self.matrix.workloads.get_ref().len();
+            return Err(located(
+                text,
+                file,
+                self.matrix.gpus.span(),
+                "matrix",
+                format!(
+                    "expands to {count} points ({gpus} GPU counts x {workloads} workloads x \
+                     load levels); the limit is {max} points per sweep"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate(&self, text: &str, file: &str) -> Result<(), SpecError> {
@@ -28,6 +71,17 @@ impl SweepSpec {
         };
         if self.name.get_ref().trim().is_empty() {
             return err(self.name.span(), "name", "must not be empty".into());
+        }
+        if self.name.get_ref().len() > MAX_NAME_LEN {
+            return err(
+                self.name.span(),
+                "name",
+                format!(
+                    "is {} characters long; at most {MAX_NAME_LEN} (sweep ids, result and spool \
+                     file names are built from it)",
+                    self.name.get_ref().len()
+                ),
+            );
         }
         if !self
             .name
@@ -43,6 +97,9 @@ impl SweepSpec {
         }
         if self.model.get_ref().trim().is_empty() {
             return err(self.model.span(), "model", "must not be empty".into());
+        }
+        if let Some(problem) = model_name_problem(self.model.get_ref()) {
+            return err(self.model.span(), "model", problem);
         }
         let e = &self.engine;
         match (e.runtime, &e.url) {
