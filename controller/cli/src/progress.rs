@@ -10,10 +10,42 @@ use crate::connect::Client;
 
 use crate::error::CliError;
 
-/// Points that will not run any more: done, failed, skipped and cancelled ones.
+/// A point's state while its results could not be written (the controller retries).
+pub const WRITE_FAILED: &str = "write-failed";
+/// A sweep's state when it has ended with results that could not be written.
+pub const SWEEP_WRITE_FAILED: &str = "failed";
+
+/// Points whose results the controller could not write (yet): they ran, but their rows
+/// are not in the results folder.
+pub fn points_write_failed(s: &pb::SweepStatus) -> u32 {
+    let n = s.points.iter().filter(|p| p.state == WRITE_FAILED).count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Points that will not run any more: done, failed, skipped, cancelled and write-failed
+/// ones.
 pub fn points_finished(s: &pb::SweepStatus) -> u32 {
     let cancelled = s.points.iter().filter(|p| p.state == "cancelled").count();
-    s.points_done + s.points_failed + s.points_skipped + u32::try_from(cancelled).unwrap_or(0)
+    s.points_done
+        + s.points_failed
+        + s.points_skipped
+        + u32::try_from(cancelled).unwrap_or(0)
+        + points_write_failed(s)
+}
+
+/// The exit code of `watch`, `submit --watch` and `local` for a sweep's last status:
+/// results not written ([`crate::EXIT_WRITE_FAILED`]) before cancelled
+/// ([`crate::EXIT_CANCELLED`]) before failed points ([`crate::EXIT_POINTS_FAILED`]).
+pub fn exit_code(status: &pb::SweepStatus) -> u8 {
+    if status.state == SWEEP_WRITE_FAILED || points_write_failed(status) > 0 {
+        crate::EXIT_WRITE_FAILED
+    } else if status.state == "cancelled" {
+        crate::EXIT_CANCELLED
+    } else if status.points_failed > 0 {
+        crate::EXIT_POINTS_FAILED
+    } else {
+        0
+    }
 }
 
 /// Time left at the pace of the points finished so far (`None` before the first).
@@ -43,7 +75,7 @@ fn point_line(s: &pb::SweepStatus, p: &pb::PointStatus) -> String {
     if !p.agent.is_empty() {
         let _ = write!(line, " on {}", p.agent);
     }
-    if p.state == "done" || p.state == "failed" {
+    if p.state == "done" || p.state == "failed" || p.state == WRITE_FAILED {
         let _ = write!(line, " ({} ok, {} failed requests)", p.completed, p.failed);
     }
     if !p.error.is_empty() {
@@ -149,7 +181,7 @@ fn print_changes(seen: &mut HashMap<String, String>, status: &pb::SweepStatus) {
 
 /// The line `watch` ends with.
 pub fn closing_line(status: &pb::SweepStatus) -> String {
-    format!(
+    let mut line = format!(
         "sweep {} {}: {} done, {} failed, {} skipped of {} points",
         status.sweep_id,
         status.state,
@@ -157,13 +189,23 @@ pub fn closing_line(status: &pb::SweepStatus) -> String {
         status.points_failed,
         status.points_skipped,
         status.points_total
-    )
+    );
+    let unwritten = points_write_failed(status);
+    if unwritten > 0 {
+        let _ = write!(
+            line,
+            "; results of {unwritten} not written (the controller keeps retrying; \
+             `controllerctl status {}` shows when they land)",
+            status.sweep_id
+        );
+    }
+    line
 }
 
 /// `controllerctl status ID`.
 pub fn status_text(s: &pb::SweepStatus) -> String {
     let mut out = format!(
-        "{} ({}) {}: {}/{} finished ({} done, {} failed, {} skipped)\n",
+        "{} ({}) {}: {}/{} finished ({} done, {} failed, {} skipped{})\n",
         s.sweep_id,
         s.model,
         s.state,
@@ -171,7 +213,11 @@ pub fn status_text(s: &pb::SweepStatus) -> String {
         s.points_total,
         s.points_done,
         s.points_failed,
-        s.points_skipped
+        s.points_skipped,
+        match points_write_failed(s) {
+            0 => String::new(),
+            n => format!(", {n} write-failed"),
+        }
     );
     for p in &s.points {
         out.push_str(&point_line(s, p));
@@ -232,6 +278,43 @@ mod tests {
             ..s
         };
         assert_eq!(eta(&fresh, 21_000), None);
+    }
+
+    #[test]
+    fn unwritten_results_end_the_watch_with_their_own_exit_code() {
+        let mut unwritten = point(WRITE_FAILED);
+        unwritten.error = "results write failed: Not a directory (3 tries, retrying)".into();
+        let s = pb::SweepStatus {
+            sweep_id: "s".into(),
+            state: SWEEP_WRITE_FAILED.into(),
+            points_total: 3,
+            points_done: 1,
+            points_failed: 1,
+            points: vec![point("done"), point("failed"), unwritten],
+            ..Default::default()
+        };
+        assert_eq!(points_finished(&s), 3);
+        assert_eq!(exit_code(&s), crate::EXIT_WRITE_FAILED);
+        assert!(closing_line(&s).contains("results of 1 not written"));
+        assert!(status_text(&s).contains("1 write-failed"), "{}", status_text(&s));
+        assert!(status_text(&s).contains("error: results write failed: Not a directory"));
+        // Written after all: failed points, then cancelled, then success.
+        let written = pb::SweepStatus {
+            state: "done".into(),
+            points: vec![point("done"), point("failed"), point("done")],
+            ..s.clone()
+        };
+        assert_eq!(exit_code(&written), crate::EXIT_POINTS_FAILED);
+        let cancelled = pb::SweepStatus {
+            state: "cancelled".into(),
+            ..written.clone()
+        };
+        assert_eq!(exit_code(&cancelled), crate::EXIT_CANCELLED);
+        let ok = pb::SweepStatus {
+            points_failed: 0,
+            ..written
+        };
+        assert_eq!(exit_code(&ok), 0);
     }
 
     #[test]

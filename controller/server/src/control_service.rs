@@ -35,7 +35,8 @@ impl From<ControllerError> for Status {
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::SweepStatus, Status>> + Send>>;
 
 fn is_final(state: &str) -> bool {
-    matches!(state, "done" | "cancelled")
+    // `failed`: ended with results that could not be written (`state::SWEEP_WRITE_FAILED`).
+    matches!(state, "done" | "cancelled" | "failed")
 }
 
 #[tonic::async_trait]

@@ -9,6 +9,15 @@
 //! partition's next write, or after a backoff (1 s, doubling up to 30 s). Jobs queued
 //! while a write runs are coalesced into one write per partition.
 //!
+//! Failures are shown, not only logged: each failed write marks the points whose rows it
+//! carried (`State::write_failed`), which then show the point state `write-failed` with
+//! `results write failed: <error>`; once every point of the sweep has ended and a point's
+//! write has failed `WRITE_FAILED_AFTER` (3) times, the sweep shows `failed`, a final
+//! state (`watch` ends, `controllerctl` exits 3). The retries go on regardless: a write
+//! that lands clears the failure (points `done` again, the sweep `done`) and only then are
+//! the points acknowledged, so the agents keep their spooled records until the rows are
+//! on disk, exactly once.
+//!
 //! [`State::partition_snapshot`]: crate::state::State::partition_snapshot
 
 use std::collections::BTreeSet;
@@ -212,6 +221,18 @@ enum Written {
     Dropped,
 }
 
+/// A write of `group` failed with `error`: its points show it (`State::write_failed`) and
+/// the jobs go back to the writer to retry.
+fn failed(ctl: &Controller, sweep_id: &str, group: Vec<WriteJob>, error: &str) -> Written {
+    let keys: Vec<(String, u32)> = group
+        .iter()
+        .filter_map(|j| j.rows.as_ref())
+        .map(PointRows::key)
+        .collect();
+    ctl.state().write_failed(sweep_id, &keys, error);
+    Written::Failed(group)
+}
+
 /// Writes one partition for the jobs of `group` (same sweep and GPU count), reports each
 /// job done and acknowledges their points once the files are on disk. `next` is the
 /// partition's prepared next requests file, if any.
@@ -272,14 +293,15 @@ async fn write_group(
     let files = match written {
         Ok(Ok(files)) => files,
         // Not acknowledged: the writer keeps the jobs and retries them; the agents keep
-        // the results meanwhile (and resend them after a reconnect).
+        // the results meanwhile (and resend them after a reconnect). The points show
+        // `write-failed` with the error until a write lands.
         Ok(Err(e)) => {
             error!(error = %e, "writing results failed");
-            return Written::Failed(group);
+            return failed(ctl, &sweep_id, group, &e.to_string());
         }
         Err(e) => {
             error!(error = %e, "results writer task failed");
-            return Written::Failed(group);
+            return failed(ctl, &sweep_id, group, &format!("writer task: {e}"));
         }
     };
     info!(requests = %files.requests.display(), rows = n_rows, secs = started.elapsed().as_secs_f64(), "results written");
@@ -461,10 +483,26 @@ workloads = [{ input = 8, output = 4 }]
         let writer = tokio::spawn(super::run(ctl.clone(), jobs, shutdown.clone()));
         ctl.queue_write(job);
         let acked = |m: Option<Result<pb::ControllerMessage, tonic::Status>>| matches!(m, Some(Ok(pb::ControllerMessage { msg: Some(CMsg::PointAck(a)) })) if a.point_id == "s/p000");
-        // The first write fails: no acknowledgement, the write is still pending.
+        // The first write fails: no acknowledgement, the write is still pending, and the
+        // point shows why.
         let first = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
         assert!(first.is_err(), "acknowledged before on disk: {first:?}");
-        assert_eq!(ctl.state().sweep("s").unwrap().pending_writes, 1);
+        {
+            let st = ctl.state();
+            let s = st.sweep("s").unwrap();
+            assert_eq!(s.pending_writes, 1);
+            let status = s.status(true);
+            let p = &status.points[0];
+            assert_eq!(p.state, crate::state::WRITE_FAILED, "{p:?}");
+            assert!(
+                p.error.starts_with("results write failed: "),
+                "{:?}",
+                p.error
+            );
+            assert_eq!(status.points_done, 0, "{status:?}");
+            // Another point is still pending: the sweep runs on.
+            assert_eq!(status.state, "running");
+        }
         // Once the way is clear, the retry writes the records the job kept.
         std::fs::remove_file(&results_dir).unwrap();
         let m = tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -475,6 +513,10 @@ workloads = [{ input = 8, output = 4 }]
             let st = ctl.state();
             let s = st.sweep("s").unwrap();
             assert_eq!(s.pending_writes, 0);
+            let status = s.status(true);
+            assert_eq!(status.points[0].state, "done", "{status:?}");
+            assert_eq!(status.points[0].error, "");
+            assert_eq!(status.points_done, 1);
             assert_eq!(s.result_files.len(), 2, "{:?}", s.result_files);
             assert!(
                 s.result_files

@@ -425,6 +425,17 @@ impl State {
         }
         if let Some(s) = self.sweep_mut(sweep_id) {
             s.pending_writes = s.pending_writes.saturating_sub(1);
+            // Rows that failed to write before are on disk now: the points are what their
+            // attempt made of them again.
+            for p in &mut s.points {
+                if p.write_failure.is_some()
+                    && durable
+                        .iter()
+                        .any(|(id, attempt)| *id == p.point_id && *attempt == p.attempt)
+                {
+                    p.write_failure = None;
+                }
+            }
             s.result_files.extend(files);
             s.bump();
         }

@@ -36,8 +36,12 @@ use fleetbench_proto::spec::SweepSpec;
 use fleetbench_proto::unix_millis_now;
 
 pub use lifecycle::DecodedBatch;
-pub use model::{AgentEntry, Outgoing, PointEntry, PointState, Replica, Sweep, SweepState};
+pub use model::{
+    AgentEntry, Outgoing, PointEntry, PointState, Replica, Sweep, SweepState, WRITE_FAILED_AFTER,
+    WriteFailure,
+};
 pub use partition::{PartitionSnapshot, PointRows, WriteJob};
+pub use views::{SWEEP_WRITE_FAILED, WRITE_FAILED};
 
 use model::PointRef;
 use persistence::Persisted;

@@ -66,6 +66,24 @@ pub struct PointEntry {
     pub agent: String,
     pub host: String,
     pub error: String,
+    /// The finished attempt's rows could not be written to the results folder (yet): the
+    /// writer keeps retrying; shown as the point state `write-failed` until a write lands.
+    pub write_failure: Option<WriteFailure>,
+}
+
+/// Failed writes of a point's rows after which its sweep, once every point has ended,
+/// shows `failed` (so `watch` ends and exits non-zero) rather than `writing`; the writer
+/// keeps retrying, and a write that lands makes the points `done` again. With the
+/// writer's backoff (1 s, 2 s, …) the third failure comes about 3 s after the first.
+pub const WRITE_FAILED_AFTER: u32 = 3;
+
+/// A finished point whose results write failed (`crate::writer` retries it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFailure {
+    /// The last write's error.
+    pub error: String,
+    /// Failed writes of the point's rows so far.
+    pub failures: u32,
 }
 
 impl PointEntry {
@@ -85,6 +103,7 @@ impl PointEntry {
             agent: String::new(),
             host: String::new(),
             error: String::new(),
+            write_failure: None,
         }
     }
 

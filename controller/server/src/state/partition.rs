@@ -2,7 +2,9 @@
 //! records leave the state in its [`WriteJob`], and the writer reads the rest of the
 //! partition (summaries, engine metrics, metadata) through one method,
 //! [`State::partition_snapshot`]. The writer reports back with `State::write_done`
-//! (`lifecycle`); nothing it takes ever comes back into the state.
+//! (`lifecycle`), or with [`State::write_failed`] when the files could not be written (the
+//! points show `write-failed` with the error until a retry lands); nothing it takes ever
+//! comes back into the state.
 
 use std::collections::BTreeSet;
 
@@ -14,6 +16,7 @@ use fleetbench_results::summary::PointSummary;
 use fleetbench_results::{EngineEvent, PartitionMetadata};
 
 use super::State;
+use super::model::WriteFailure;
 
 /// A partition (sweep, GPU count) whose results changed, and who waits for the write.
 #[derive(Debug, PartialEq)]
@@ -145,5 +148,32 @@ impl State {
     /// job still carries them).
     pub fn awaits_write(&self, point: &(String, u32)) -> bool {
         self.persisted.awaiting_write.contains(point)
+    }
+
+    /// A write of sweep `sweep_id` failed with `error`: the points whose rows it carried
+    /// (`keys`: point id, attempt) show `write-failed` with the reason until a write of
+    /// them lands (`State::write_done` clears it). The writer retries on its own.
+    pub fn write_failed(&mut self, sweep_id: &str, keys: &[(String, u32)], error: &str) {
+        let Some(s) = self.sweep_mut(sweep_id) else {
+            return;
+        };
+        let mut changed = false;
+        for p in &mut s.points {
+            if !keys
+                .iter()
+                .any(|(id, attempt)| *id == p.point_id && *attempt == p.attempt)
+            {
+                continue;
+            }
+            let failures = p.write_failure.as_ref().map_or(0, |f| f.failures) + 1;
+            p.write_failure = Some(WriteFailure {
+                error: error.to_string(),
+                failures,
+            });
+            changed = true;
+        }
+        if changed {
+            s.bump();
+        }
     }
 }

@@ -1,21 +1,49 @@
 //! Status views: the `pb` status and listing messages the control service answers with
 //! (a sweep's status with its points, a replicate group's summed status, the agents).
+//! Results that could not be written show as point state [`WRITE_FAILED`] and, once the
+//! sweep has ended, sweep state [`SWEEP_WRITE_FAILED`].
 
 use fleetbench_proto::pb;
 
 use super::State;
-use super::model::{PointEntry, PointState, Sweep, SweepState, count};
+use super::model::{PointEntry, PointState, Sweep, SweepState, WRITE_FAILED_AFTER, count};
+
+/// A point's state as shown: `write-failed` while its finished attempt's rows are not
+/// in the results folder because writing them failed (the controller keeps retrying; the
+/// point goes back to `done`, `failed`… once a write lands), else its own state.
+pub const WRITE_FAILED: &str = "write-failed";
+
+/// The state a sweep shows when it has ended but some of its results could not be
+/// written ([`WRITE_FAILED_AFTER`] failed writes of a point): a final state, so `watch`
+/// ends (and `controllerctl` exits non-zero). Retries go on; once every write lands the
+/// sweep shows its own state (`done`, `cancelled`) again.
+pub const SWEEP_WRITE_FAILED: &str = "failed";
 
 impl Sweep {
+    /// Whether the sweep has ended with results that could not be written (see
+    /// [`SWEEP_WRITE_FAILED`]).
+    pub fn results_unwritten(&self) -> bool {
+        self.state != SweepState::Running
+            && self.points.iter().any(|p| {
+                p.write_failure
+                    .as_ref()
+                    .is_some_and(|f| f.failures >= WRITE_FAILED_AFTER)
+            })
+    }
+
     pub fn status(&self, with_points: bool) -> pb::SweepStatus {
+        // Points whose rows failed to write count neither as done nor as failed.
+        let written = |p: &&PointEntry| p.write_failure.is_none();
         let done = self
             .points
             .iter()
+            .filter(written)
             .filter(|p| p.state == PointState::Done)
             .count();
         let failed = self
             .points
             .iter()
+            .filter(written)
             .filter(|p| p.state == PointState::Failed)
             .count();
         let skipped = self
@@ -27,7 +55,9 @@ impl Sweep {
             sweep_id: self.id.clone(),
             name: self.spec.name.get_ref().clone(),
             model: self.spec.model.get_ref().clone(),
-            state: if self.state != SweepState::Running && self.pending_writes > 0 {
+            state: if self.results_unwritten() {
+                SWEEP_WRITE_FAILED.into()
+            } else if self.state != SweepState::Running && self.pending_writes > 0 {
                 "writing".into()
             } else {
                 self.state.as_str().into()
@@ -52,7 +82,10 @@ fn point_status(p: &PointEntry) -> pb::PointStatus {
     pb::PointStatus {
         point_id: p.point_id.clone(),
         index: p.planned.index,
-        state: p.state.as_str().into(),
+        state: match &p.write_failure {
+            Some(_) => WRITE_FAILED.into(),
+            None => p.state.as_str().into(),
+        },
         agent: p.agent.clone(),
         gpus: p.planned.gpus,
         batch_size: p.planned.batch_size,
@@ -60,7 +93,17 @@ fn point_status(p: &PointEntry) -> pb::PointStatus {
             input_tokens: p.planned.workload.input,
             output_tokens: p.planned.workload.output,
         }),
-        error: p.error.clone(),
+        error: match &p.write_failure {
+            Some(f) if p.error.is_empty() => format!(
+                "results write failed: {} ({} tries, retrying)",
+                f.error, f.failures
+            ),
+            Some(f) => format!(
+                "results write failed: {} ({} tries, retrying); {}",
+                f.error, f.failures, p.error
+            ),
+            None => p.error.clone(),
+        },
         completed: p.summary.as_ref().map_or(0, |s| s.completed),
         failed: p.summary.as_ref().map_or(0, |s| s.failed),
         attempt: p.attempt,
@@ -92,7 +135,7 @@ impl State {
             st.result_files.extend(c.result_files);
             states.push(c.state);
         }
-        st.state = ["running", "writing", "cancelled"]
+        st.state = ["running", "writing", SWEEP_WRITE_FAILED, "cancelled"]
             .into_iter()
             .find(|want| states.iter().any(|s| s == want))
             .unwrap_or("done")
