@@ -15,10 +15,13 @@
 //! frame is lost too, and an attempt without one is discarded at start-up (the controller
 //! re-queues that point as a new attempt). Once the point-finished frame is synced, the
 //! whole attempt is on disk, because `fsync` covers the earlier writes to the same file.
+//!
+//! Modes: the directory (and any parent it creates) is 0700, the files 0600.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use fleetbench_proto::pb::{self, agent_message::Msg};
@@ -32,6 +35,10 @@ const HEADER: usize = 8;
 /// Largest payload accepted when reading (a torn length field could claim gigabytes).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 const SUFFIX: &str = ".spool";
+/// The spool directory and its files are owner-only, whatever the umask: they hold the
+/// measured requests (prompts' token counts, timings, errors) until acknowledged.
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
 
 /// (point id, attempt): one spool file.
 pub type AttemptKey = (String, u32);
@@ -188,12 +195,17 @@ impl Spool {
     /// Opens (creating) the spool directory, locks it, and sorts what an earlier run left:
     /// finished attempts are kept for resending, unfinished ones deleted.
     pub fn open(dir: &Path) -> Result<(Spool, Recovery), AgentError> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create spool dir", dir, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .map_err(|e| io_err("cannot create spool dir", dir, e))?;
         let lock_path = dir.join(".lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(FILE_MODE)
             .open(&lock_path)
             .map_err(|e| io_err("cannot open", &lock_path, e))?;
         let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
@@ -267,6 +279,7 @@ impl Spool {
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(FILE_MODE)
                 .open(&path)
                 .map_err(|e| io_err("cannot open", &path, e))?;
             self.open.insert(key.clone(), f);

@@ -4,9 +4,15 @@
 //! [`update_partition`] copies the existing requests file's row groups byte for byte and
 //! appends the new points' rows, encoded on two threads while the copy runs; and
 //! [`prepare_next_requests`] makes that copy ahead of the next update ([`NextRequests`]).
+//!
+//! Modes: partition folders are created 0750 and files 0640 (less what the umask takes):
+//! readable by the owner's group (analysts reading the results folder), never
+//! world-readable or world-writable. The results hold measurements and engine events
+//! (scrubbed of secrets by the agent), not credentials, so group access is allowed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,7 +137,11 @@ fn write(
             ),
         ));
     }
-    fs::create_dir_all(&dir).map_err(|e| ResultsError::io(&dir, e))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(&dir)
+        .map_err(|e| ResultsError::io(&dir, e))?;
     let files = partition_files(&dir, sweep_id);
     let existing =
         (keep_existing.is_some() && files.requests.exists()).then_some(files.requests.as_path());
@@ -294,7 +304,7 @@ impl RequestsWriter {
             .max_row_group_row_count()
             .unwrap_or(1024 * 1024)
             .max(1);
-        let file = File::create(&tmp).map_err(|e| ResultsError::io(&tmp, e))?;
+        let file = create_file(&tmp).map_err(|e| ResultsError::io(&tmp, e))?;
         let handle = file.try_clone().map_err(|e| ResultsError::io(&tmp, e))?;
         let writer = ArrowWriter::try_new(handle, schema.clone(), Some(properties))?;
         let (out, factory) = writer.into_serialized_writer()?;
@@ -593,6 +603,21 @@ fn single_point(column: &ColumnChunkMetaData) -> Option<String> {
 }
 
 /// fsyncs a directory, so the renames in it survive a crash.
+/// Mode of the partition folders the writer creates (see the module doc).
+const DIR_MODE: u32 = 0o750;
+/// Mode of the files the writer creates.
+const FILE_MODE: u32 = 0o640;
+
+/// `File::create` with [`FILE_MODE`].
+fn create_file(path: &Path) -> std::io::Result<File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), ResultsError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -634,7 +659,7 @@ fn write_file(
     batch: &RecordBatch,
     properties: WriterProperties,
 ) -> Result<(), ResultsError> {
-    let file = File::create(path).map_err(|e| ResultsError::io(path, e))?;
+    let file = create_file(path).map_err(|e| ResultsError::io(path, e))?;
     let mut writer = ArrowWriter::try_new(&file, batch.schema(), Some(properties))?;
     writer.write(batch)?;
     writer.close()?;

@@ -9,7 +9,11 @@
 //!
 //! Each controller event is written as one write transaction of [`StoreOp`]s
 //! ([`Store::apply`]), committed with fsync before the messages the event produced leave.
+//!
+//! File modes: the state directory is created 0700 and the database file 0600 (owner
+//! only), whatever the umask.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use fleetbench_proto::pb;
@@ -153,10 +157,25 @@ fn decode_err(path: &Path, what: &str, e: prost::DecodeError) -> ControllerError
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, creating the directory if needed.
+    /// Opens (or creates) the store in `dir`, creating the directory if needed. What it
+    /// creates is owner-only (directory 0700, file 0600: the store holds sweep specs,
+    /// engine events and agents' inventories); existing ones keep their modes.
     pub fn open(dir: &Path) -> Result<Store, ControllerError> {
-        std::fs::create_dir_all(dir).map_err(|e| ControllerError::io(dir, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| ControllerError::io(dir, e))?;
         let path = dir.join(STORE_FILE);
+        // Created here with its mode (redb would create it with the umask's).
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| ControllerError::io(&path, e))?;
         let db = Database::create(&path).map_err(|e| store_err(&path, e))?;
         // Create the tables so a read of a fresh store finds them.
         let txn = db.begin_write().map_err(|e| store_err(&path, e))?;
@@ -253,6 +272,22 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_is_created_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state").join("controller");
+        let store = Store::open(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&tmp.path().join("state")), 0o700);
+        assert_eq!(mode(store.path()), 0o600);
+        drop(store);
+        // Reopened: still the same file, still owner-only.
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(mode(store.path()), 0o600);
+    }
 
     #[test]
     fn ops_round_trip_across_reopen() {

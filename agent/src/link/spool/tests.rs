@@ -110,3 +110,18 @@ fn restart_keeps_finished_attempts_and_deletes_interrupted_ones() {
     files.sort();
     assert_eq!(files, vec![file_name(&done)]);
 }
+
+#[test]
+fn the_spool_is_created_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool").join("a");
+    let (mut spool, _) = Spool::open(&dir).unwrap();
+    let key = ("s/p000".to_string(), 1);
+    spool.append(&key, &encode_frame(&batch("s/p000", 1, 0)), false).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&tmp.path().join("spool")), 0o700);
+    assert_eq!(mode(&dir.join(".lock")), 0o600);
+    assert_eq!(mode(&spool.path(&key)), 0o600);
+}

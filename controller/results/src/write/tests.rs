@@ -699,3 +699,21 @@ fn finds_points_files_recursively_and_by_sweep() {
         Vec::<PathBuf>::new()
     );
 }
+
+#[test]
+fn results_are_never_world_accessible() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let (files, _, _) = one_point_partition(root.path());
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = files.points.parent().unwrap();
+    // The umask may take more, never add: at most 0750 and 0640.
+    for d in [dir, dir.parent().unwrap()] {
+        assert_eq!(mode(d) & !DIR_MODE, 0, "{}: {:o}", d.display(), mode(d));
+        assert_eq!(mode(d) & 0o700, 0o700);
+    }
+    for f in [&files.requests, &files.points, &files.metrics] {
+        assert_eq!(mode(f) & !FILE_MODE, 0, "{}: {:o}", f.display(), mode(f));
+        assert_eq!(mode(f) & 0o600, 0o600);
+    }
+}
