@@ -5,9 +5,11 @@
 //!   expansion into points.
 //! - [`record`]: one measured request, as the agent records it and the controller stores it.
 //! - [`channel`]: dialing the controller over plain text or TLS.
+//! - [`limits`]: gRPC message sizes and page sizes both ends use.
 
 pub mod channel;
 pub mod error;
+pub mod limits;
 pub mod record;
 pub mod spec;
 

@@ -50,9 +50,7 @@ impl Credentials {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| CliError::io(path, e))?),
             None => std::env::var(TOKEN_ENV).ok(),
         };
-        Ok(token
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty()))
+        Ok(token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()))
     }
 }
 
@@ -84,9 +82,15 @@ pub fn client(channel: Channel, creds: &Credentials) -> Result<Client, CliError>
         Some(t) => Some(
             format!("Bearer {t}")
                 .parse::<MetadataValue<Ascii>>()
-                .map_err(|_| CliError::Usage("the token holds characters a header cannot".into()))?,
+                .map_err(|_| {
+                    CliError::Usage("the token holds characters a header cannot".into())
+                })?,
         ),
         None => None,
     };
-    Ok(ControlServiceClient::with_interceptor(channel, BearerToken(token)))
+    Ok(
+        ControlServiceClient::with_interceptor(channel, BearerToken(token))
+            .max_decoding_message_size(fleetbench_proto::limits::CONTROLLER_TO_OPERATOR)
+            .max_encoding_message_size(fleetbench_proto::limits::OPERATOR_TO_CONTROLLER),
+    )
 }

@@ -13,6 +13,7 @@ pub mod connect;
 pub mod error;
 pub mod local;
 pub mod output;
+pub mod paging;
 pub mod progress;
 pub mod report;
 pub mod results;
@@ -25,8 +26,8 @@ use fleetbench_proto::pb;
 use fleetbench_proto::spec::SweepSpec;
 
 use crate::error::CliError;
-use fleetbench_controller::ControllerError;
 use connect::{Client, Credentials};
+use fleetbench_controller::ControllerError;
 use output::Format;
 
 pub const EXIT_POINTS_FAILED: u8 = 1;
@@ -124,9 +125,7 @@ fn exit_code_for(e: &CliError) -> u8 {
         CliError::Usage(_) | CliError::Controller(ControllerError::SweepNotFound(_)) => EXIT_USAGE,
         CliError::Transport(_)
         | CliError::Dial(_)
-        | CliError::Controller(ControllerError::NoMatchingAgent(_)) => {
-            EXIT_UNAVAILABLE
-        }
+        | CliError::Controller(ControllerError::NoMatchingAgent(_)) => EXIT_UNAVAILABLE,
         CliError::Status(s) => match s.code() {
             tonic::Code::InvalidArgument => EXIT_BAD_SWEEP,
             tonic::Code::NotFound => EXIT_USAGE,
@@ -194,10 +193,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Status { sweep_id: Some(id) } => {
             let mut client = connect(&cli.controller, &cli.credentials).await?;
-            let s = client
-                .get_sweep(pb::GetSweepRequest { sweep_id: id })
-                .await?
-                .into_inner();
+            let s = paging::sweep_status(&mut client, &id).await?;
             print!("{}", progress::status_text(&s));
             Ok(ExitCode::SUCCESS)
         }

@@ -11,8 +11,8 @@ use fleetbench_proto::spec::SweepSpec;
 use tokio_util::sync::CancellationToken;
 
 use crate::connect::{Client, Credentials};
-use crate::{output, progress, sweep_exit};
 use crate::error::CliError;
+use crate::{output, progress, sweep_exit};
 use fleetbench_controller::ControllerConfig;
 
 /// Finds the vllm-sim binary: the given path, next to this executable, then PATH.
@@ -106,12 +106,7 @@ async fn drive(
         resp.sweep_id, resp.points
     );
     let status = progress::watch(&mut client, &resp.sweep_id).await?;
-    let results = client
-        .get_results(pb::GetResultsRequest {
-            sweep_id: resp.sweep_id.clone(),
-        })
-        .await?
-        .into_inner();
+    let results = crate::paging::results(&mut client, &resp.sweep_id).await?;
     print!("{}", output::render(&results.points, format));
     for f in &results.files {
         eprintln!("wrote {f}");
@@ -119,9 +114,7 @@ async fn drive(
     Ok(sweep_exit(&status))
 }
 
-async fn connect_with_retry(
-    addr: &str,
-) -> Result<Client, CliError> {
+async fn connect_with_retry(addr: &str) -> Result<Client, CliError> {
     let mut last = None;
     for _ in 0..50 {
         match tonic::transport::Endpoint::from_shared(addr.to_string())?

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use fleetbench_proto::pb;
 use fleetbench_results::query::{
     Filter, GroupBy, STATES, group, grouped_csv, grouped_json, grouped_table, load, to_csv,
     to_json, to_table,
@@ -174,10 +173,7 @@ async fn live_results(
     format: Format,
 ) -> Result<ExitCode, CliError> {
     let mut client = crate::connect(controller, credentials).await?;
-    let resp = client
-        .get_results(pb::GetResultsRequest { sweep_id })
-        .await?
-        .into_inner();
+    let resp = crate::paging::results(&mut client, &sweep_id).await?;
     print!("{}", output::render(&resp.points, format));
     if format == Format::Table {
         for f in resp.files {
@@ -186,4 +182,3 @@ async fn live_results(
     }
     Ok(ExitCode::SUCCESS)
 }
-

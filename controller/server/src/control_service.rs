@@ -3,7 +3,9 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use fleetbench_proto::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use fleetbench_proto::pb;
+use fleetbench_proto::spec::MAX_SWEEP_FILE_BYTES;
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -34,6 +36,22 @@ impl From<ControllerError> for Status {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::SweepStatus, Status>> + Send>>;
 
+/// (offset, limit) of a page request: the token is the offset the previous page ended at.
+fn page(page_size: u32, page_token: &str) -> Result<(usize, usize), Status> {
+    let offset = if page_token.is_empty() {
+        0
+    } else {
+        page_token
+            .parse::<usize>()
+            .map_err(|_| Status::invalid_argument(format!("bad page_token {page_token:?}")))?
+    };
+    let size = match page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    Ok((offset, size as usize))
+}
+
 fn is_final(state: &str) -> bool {
     // `failed`: ended with results that could not be written (`state::SWEEP_WRITE_FAILED`).
     matches!(state, "done" | "cancelled" | "failed")
@@ -46,6 +64,19 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
         request: Request<pb::SubmitSweepRequest>,
     ) -> Result<Response<pb::SubmitSweepResponse>, Status> {
         let req = request.into_inner();
+        // Bounded before anything is parsed (the message size already caps it near this);
+        // the point count is checked from the matrix sizes before anything is expanded.
+        if req.spec_toml.len() > MAX_SWEEP_FILE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the sweep file is {} bytes; at most {MAX_SWEEP_FILE_BYTES} bytes are accepted",
+                req.spec_toml.len()
+            )));
+        }
+        if req.file_name.len() > 255 || req.file_name.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(
+                "file_name must be at most 255 bytes without control characters",
+            ));
+        }
         let file = if req.file_name.is_empty() {
             "sweep.toml"
         } else {
@@ -63,11 +94,25 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
         &self,
         request: Request<pb::GetSweepRequest>,
     ) -> Result<Response<pb::SweepStatus>, Status> {
+        // The first page; GetSweepPage serves the rest.
         let id = request.into_inner().sweep_id;
         let st = self.ctl.state();
         let status = st
-            .group_status(&id, true)
+            .group_status_page(&id, 0, DEFAULT_PAGE_SIZE as usize)
             .ok_or(ControllerError::SweepNotFound(id))?;
+        Ok(Response::new(status))
+    }
+
+    async fn get_sweep_page(
+        &self,
+        request: Request<pb::GetSweepPageRequest>,
+    ) -> Result<Response<pb::SweepStatus>, Status> {
+        let req = request.into_inner();
+        let (offset, limit) = page(req.page_size, &req.page_token)?;
+        let st = self.ctl.state();
+        let status = st
+            .group_status_page(&req.sweep_id, offset, limit)
+            .ok_or(ControllerError::SweepNotFound(req.sweep_id))?;
         Ok(Response::new(status))
     }
 
@@ -94,7 +139,9 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
                 for rx in &mut rxs {
                     rx.borrow_and_update();
                 }
-                let status = match ctl.state().group_status(&id, true) {
+                // Points only up to WATCH_POINTS_MAX: a larger sweep's statuses carry the
+                // counts (its points page through GetSweepPage).
+                let status = match ctl.state().group_status_watched(&id) {
                     Some(s) => s,
                     None => break,
                 };
@@ -126,7 +173,7 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
             let out = st
                 .cancel_group(&id)
                 .ok_or_else(|| ControllerError::SweepNotFound(id.clone()))?;
-            (out, st.group_status(&id, true))
+            (out, st.group_status_watched(&id))
         };
         self.ctl.dispatch(out);
         Ok(Response::new(pb::CancelSweepResponse { status }))
@@ -156,25 +203,58 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
         request: Request<pb::GetResultsRequest>,
     ) -> Result<Response<pb::GetResultsResponse>, Status> {
         let id = request.into_inner().sweep_id;
-        let st = self.ctl.state();
-        let group = st.group(&id);
-        if group.is_empty() {
-            return Err(ControllerError::SweepNotFound(id).into());
-        }
-        let points = group
-            .iter()
-            .flat_map(|s| s.points.iter())
-            .filter_map(|p| p.summary.as_ref())
-            .map(pb::PointSummary::from)
-            .collect();
-        Ok(Response::new(pb::GetResultsResponse {
-            points,
-            files: group
+        results_page(&self.ctl, id, 0, DEFAULT_PAGE_SIZE as usize)
+    }
+
+    async fn get_results_page(
+        &self,
+        request: Request<pb::GetResultsPageRequest>,
+    ) -> Result<Response<pb::GetResultsResponse>, Status> {
+        let req = request.into_inner();
+        let (offset, limit) = page(req.page_size, &req.page_token)?;
+        results_page(&self.ctl, req.sweep_id, offset, limit)
+    }
+}
+
+/// Summaries `offset..offset + limit` of a sweep's (or replicate group's) finished points.
+fn results_page(
+    ctl: &Controller,
+    id: String,
+    offset: usize,
+    limit: usize,
+) -> Result<Response<pb::GetResultsResponse>, Status> {
+    let st = ctl.state();
+    let group = st.group(&id);
+    if group.is_empty() {
+        return Err(ControllerError::SweepNotFound(id).into());
+    }
+    let mut summaries = group
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter_map(|p| p.summary.as_ref())
+        .skip(offset);
+    let points = summaries
+        .by_ref()
+        .take(limit)
+        .map(pb::PointSummary::from)
+        .collect();
+    let more = summaries.next().is_some();
+    Ok(Response::new(pb::GetResultsResponse {
+        points,
+        files: if offset == 0 {
+            group
                 .iter()
                 .flat_map(|s| s.result_files.iter().cloned())
-                .collect(),
-        }))
-    }
+                .collect()
+        } else {
+            Vec::new()
+        },
+        next_page_token: if more {
+            (offset + limit).to_string()
+        } else {
+            String::new()
+        },
+    }))
 }
 
 /// A bounded channel-backed stream fed by a spawned task.

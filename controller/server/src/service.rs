@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use fleetbench_proto::pb;
-use fleetbench_proto::spec::{Strategy, SweepSpec};
+use fleetbench_proto::spec::{
+    DEFAULT_MAX_POINTS, MAX_POINTS_CEILING, Strategy, SweepSpec, longest_point_id, point_id_fits,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
 use crate::error::ControllerError;
-use crate::state::{Outgoing, State, WriteJob};
+use crate::state::{Outgoing, PointLimits, State, WriteJob};
 use crate::store::Store;
 
 /// The sending half of an agent's session stream.
@@ -37,6 +39,12 @@ pub struct ControllerConfig {
     pub tokens: Option<PathBuf>,
     /// Plain text (or no credentials) on a non-loopback address: the operator said so.
     pub insecure: bool,
+    /// Points one sweep may expand to (`--max-points`; capped at
+    /// [`MAX_POINTS_CEILING`](fleetbench_proto::spec::MAX_POINTS_CEILING)). Checked from
+    /// the matrix sizes before the sweep is expanded.
+    pub max_points: u64,
+    /// What the controller buffers per point from its agent (records, batches, events).
+    pub point_limits: PointLimits,
 }
 
 /// The controller's TLS files (PEM).
@@ -59,6 +67,8 @@ impl Default for ControllerConfig {
             tls: None,
             tokens: None,
             insecure: false,
+            max_points: DEFAULT_MAX_POINTS,
+            point_limits: PointLimits::default(),
         }
     }
 }
@@ -85,9 +95,10 @@ impl Controller {
     pub fn with_store(
         config: ControllerConfig,
         writes: mpsc::Sender<WriteJob>,
-        state: State,
+        mut state: State,
         store: Option<Store>,
     ) -> Arc<Self> {
+        state.limits = config.point_limits;
         Arc::new(Controller {
             config,
             state: Mutex::new(state),
@@ -184,11 +195,29 @@ impl Controller {
         spec_toml: &str,
         file_name: &str,
     ) -> Result<(String, usize, Vec<String>), ControllerError> {
-        let spec = SweepSpec::parse(spec_toml, file_name)?;
+        let spec = SweepSpec::parse_limited(spec_toml, file_name, self.max_points())?;
         let id = sweep_id(spec.name.get_ref());
         let (n, children, out) = {
             let mut st = self.state();
+            if let Some(why) = st.unschedulable(&spec) {
+                return Err(ControllerError::Status(tonic::Status::failed_precondition(
+                    format!("sweep refused: {why}"),
+                )));
+            }
             let (n, children) = if spec.placement.strategy == Strategy::Replicate {
+                // A child's id holds its agent's name: every derived path must still fit.
+                let points = spec.point_count().unwrap_or(u64::MAX);
+                if let Some(agent) = st
+                    .replica_targets(&spec)
+                    .into_iter()
+                    .find(|a| !point_id_fits(longest_point_id(id.len() + 1 + a.len(), points)))
+                {
+                    return Err(ControllerError::Usage(format!(
+                        "sweep name {:?} with agent name {agent:?} makes point ids too long for \
+                         the agent's spool file names; shorten the sweep's name",
+                        spec.name.get_ref()
+                    )));
+                }
                 // One child sweep per matching agent, each pinned to it (`<id>.<agent>`).
                 let children = st.add_replicas(&id, &spec)?;
                 for (child, _) in &children {
@@ -205,6 +234,11 @@ impl Controller {
         };
         self.dispatch(out);
         Ok((id, n, children))
+    }
+
+    /// Points one sweep may expand to on this controller.
+    pub fn max_points(&self) -> u64 {
+        self.config.max_points.clamp(1, MAX_POINTS_CEILING)
     }
 
     pub fn queue_write(&self, job: WriteJob) {

@@ -486,7 +486,10 @@ fn point_count_is_computed_without_expanding() {
     let spec = SweepSpec::parse(GOOD, "good.toml").unwrap();
     assert_eq!(spec.point_count(), Some(spec.expand().len() as u64));
     let rate = SweepSpec::parse(
-        &rate_spec("mode = \"rate\"\nrequests = 10", "rates = [1.0, 2.0, 3.0]\n"),
+        &rate_spec(
+            "mode = \"rate\"\nrequests = 10",
+            "rates = [1.0, 2.0, 3.0]\n",
+        ),
         "r",
     )
     .unwrap();

@@ -48,6 +48,15 @@ struct Args {
     /// sweeps, `GET /sweeps/<id>/report` renders one from the results folder).
     #[arg(long, env = "FLEETBENCH_HTTP")]
     http: Option<SocketAddr>,
+    /// Points one sweep may expand to; larger sweeps are refused at submit, counted from
+    /// the matrix before anything is expanded (at most 1000000).
+    #[arg(long, env = "FLEETBENCH_MAX_POINTS", default_value_t = fleetbench_proto::spec::DEFAULT_MAX_POINTS,
+          value_parser = clap::value_parser!(u64).range(1..=fleetbench_proto::spec::MAX_POINTS_CEILING))]
+    max_points: u64,
+    /// Record bytes the controller buffers for one running point (MiB); a point whose agent
+    /// sends more fails with the reason.
+    #[arg(long, env = "FLEETBENCH_MAX_POINT_MIB", default_value_t = 512)]
+    max_point_mib: usize,
 }
 
 #[tokio::main]
@@ -80,6 +89,11 @@ async fn main() -> std::process::ExitCode {
         },
         tokens: args.tokens,
         insecure: args.insecure,
+        max_points: args.max_points,
+        point_limits: fleetbench_controller::state::PointLimits {
+            max_bytes: args.max_point_mib.saturating_mul(1 << 20),
+            ..Default::default()
+        },
     };
     // Bind before anything else runs: a taken port is a usage error, reported at once.
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
@@ -113,7 +127,11 @@ async fn main() -> std::process::ExitCode {
             eprintln!("controller: {e}");
             // A configuration the controller refuses (plain text on a public address, a
             // bad tokens file) is a usage error.
-            let code = if matches!(e, ControllerError::Usage(_)) { 64 } else { 1 };
+            let code = if matches!(e, ControllerError::Usage(_)) {
+                64
+            } else {
+                1
+            };
             std::process::ExitCode::from(code)
         }
     }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use fleetbench_proto::limits::{MAX_TEXT_BYTES, truncate_text};
 use fleetbench_proto::pb::{self, controller_message::Msg as CMsg};
 use fleetbench_proto::record::RequestRecord;
 use fleetbench_proto::spec::{OnEngineCrash, PlannedPoint};
@@ -17,6 +18,11 @@ use super::State;
 use super::model::{AgentEntry, Outgoing, PointRef, PointState, Sweep, SweepState, msg};
 use super::partition::{PointRows, WriteJob};
 
+/// Log-tail lines an engine event keeps (the last ones).
+const MAX_LOG_TAIL_LINES: usize = 200;
+/// Engine metric samples a `PointFinished` keeps.
+const MAX_METRIC_SAMPLES: usize = 100_000;
+
 /// A `RecordBatch` with its records decoded (unreadable ones are logged and dropped).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedBatch {
@@ -24,11 +30,16 @@ pub struct DecodedBatch {
     pub attempt: u32,
     pub seq: u64,
     pub records: Vec<RequestRecord>,
+    /// What the batch costs to buffer: its encoded size plus the records' in-memory
+    /// overhead (counted against [`PointLimits::max_bytes`](super::PointLimits)).
+    pub bytes: usize,
 }
 
 impl DecodedBatch {
     /// Decodes the records of `batch`; done before taking the state lock.
     pub fn decode(batch: pb::RecordBatch) -> Self {
+        let bytes = prost::Message::encoded_len(&batch)
+            + batch.records.len() * std::mem::size_of::<RequestRecord>();
         let mut records = Vec::with_capacity(batch.records.len());
         for r in batch.records {
             match RequestRecord::try_from(r) {
@@ -41,6 +52,7 @@ impl DecodedBatch {
             attempt: batch.attempt,
             seq: batch.seq,
             records,
+            bytes,
         }
     }
 }
@@ -117,7 +129,7 @@ impl State {
                 if !p.state.is_terminal() {
                     info!(point_id = %p.point_id, why, "point re-queued; partial records of the attempt discarded");
                     p.state = PointState::Pending;
-                    p.batches.clear();
+                    p.clear_batches();
                     p.error = why.to_string();
                 }
             }
@@ -158,6 +170,7 @@ impl State {
             attempt: batch.attempt,
             seq: batch.seq,
         }));
+        let limits = self.limits;
         let Some((sweep_id, idx)) = self.find_point(&batch.point_id) else {
             warn!(point_id = %batch.point_id, "record batch for an unknown point");
             return ack;
@@ -171,29 +184,103 @@ impl State {
         let current = p.attempt == batch.attempt
             && matches!(&p.state, PointState::Running { agent: a } if a == agent);
         if !current {
-            warn!(point_id = %batch.point_id, attempt = batch.attempt, "record batch of a stale attempt ignored");
+            // Records of a point this agent does not hold (never, or no longer): nothing
+            // of them is kept. Acknowledged, so an agent that lost the point drops them.
+            warn!(agent, point_id = %batch.point_id, attempt = batch.attempt, "record batch for a point the agent does not hold (or a stale attempt) ignored");
             return ack;
         }
-        p.batches.entry(batch.seq).or_insert(batch.records);
+        if p.overflow.is_some() || p.batches.contains_key(&batch.seq) {
+            // Over a cap already (the attempt fails), or a duplicate.
+            return ack;
+        }
+        let next = super::Buffered {
+            batches: p.buffered.batches + 1,
+            records: p.buffered.records + batch.records.len(),
+            bytes: p.buffered.bytes.saturating_add(batch.bytes),
+        };
+        let over = if batch.seq >= limits.max_batches || next.batches as u64 > limits.max_batches {
+            Some(format!(
+                "more than {} record batches for one point (seq {})",
+                limits.max_batches, batch.seq
+            ))
+        } else if next.records > limits.max_records {
+            Some(format!(
+                "more than {} records buffered for one point",
+                limits.max_records
+            ))
+        } else if next.bytes > limits.max_bytes {
+            Some(format!(
+                "more than {} MiB of records buffered for one point",
+                limits.max_bytes >> 20
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = over {
+            // The attempt's records are dropped now (memory stays bounded); the point ends
+            // failed with the reason when the agent finishes it.
+            let why = format!("controller limit: {why}; the point's records were dropped");
+            warn!(agent, point_id = %batch.point_id, reason = %why, "point over its buffer limit");
+            p.batches.clear();
+            p.buffered = super::Buffered::default();
+            p.overflow = Some(why);
+            return ack;
+        }
+        p.batches.insert(batch.seq, batch.records);
+        p.buffered = next;
         ack
     }
 
-    pub fn engine_event(&mut self, agent: &str, ev: pb::EngineEvent) {
-        info!(agent, sweep_id = %ev.sweep_id, point_id = %ev.point_id, kind = %ev.kind, exit_code = ?ev.exit_code, message = %ev.message, "engine event");
-        if let Some((sweep_id, idx)) = self.find_point(&ev.point_id) {
-            if let Some(s) = self.sweep_mut(&sweep_id) {
-                if let Some(p) = s.points.get_mut(idx) {
-                    // Only a death during this point's running attempt makes it a crash.
-                    let running_here =
-                        matches!(&p.state, PointState::Running { agent: a } if a == agent);
-                    if running_here && matches!(ev.kind.as_str(), "exited" | "start-failed") {
-                        p.engine_crashed = true;
-                    }
-                    p.engine_events.push(ev);
-                }
-                s.bump();
-            }
+    /// An engine event from `agent`. Kept only for a point the agent holds: its running
+    /// attempt, or its latest attempt ran there (an engine stops after its last point). An
+    /// event for any other point is logged and dropped. Texts are cut to
+    /// [`MAX_TEXT_BYTES`] and a point keeps at most `limits.max_events` events (the first
+    /// and the latest).
+    pub fn engine_event(&mut self, agent: &str, mut ev: pb::EngineEvent) {
+        truncate_text(&mut ev.message, MAX_TEXT_BYTES);
+        if ev.log_tail.len() > MAX_LOG_TAIL_LINES {
+            let drop = ev.log_tail.len() - MAX_LOG_TAIL_LINES;
+            ev.log_tail.drain(..drop);
         }
+        for line in &mut ev.log_tail {
+            truncate_text(line, MAX_TEXT_BYTES);
+        }
+        for s in [
+            &mut ev.kind,
+            &mut ev.engine_version,
+            &mut ev.image,
+            &mut ev.image_digest,
+            &mut ev.container,
+        ] {
+            truncate_text(s, MAX_TEXT_BYTES);
+        }
+        let max_events = self.limits.max_events.max(2);
+        let Some((sweep_id, idx)) = self.find_point(&ev.point_id) else {
+            warn!(agent, point_id = %ev.point_id, "engine event for an unknown point dropped");
+            return;
+        };
+        let Some(s) = self.sweep_mut(&sweep_id) else {
+            return;
+        };
+        let Some(p) = s.points.get_mut(idx) else {
+            return;
+        };
+        let running_here = matches!(&p.state, PointState::Running { agent: a } if a == agent);
+        if !running_here && p.agent != agent {
+            warn!(agent, point_id = %ev.point_id, holder = %p.agent, kind = %ev.kind, "engine event for a point the agent does not hold dropped");
+            return;
+        }
+        info!(agent, sweep_id = %ev.sweep_id, point_id = %ev.point_id, kind = %ev.kind, exit_code = ?ev.exit_code, message = %ev.message, "engine event");
+        // Only a death during this point's running attempt makes it a crash.
+        if running_here && matches!(ev.kind.as_str(), "exited" | "start-failed") {
+            p.engine_crashed = true;
+        }
+        if p.engine_events.len() >= max_events {
+            let drop = p.engine_events.len() + 1 - max_events;
+            p.engine_events.drain(1..1 + drop);
+        }
+        p.engine_events.push(ev);
+        s.bump();
     }
 
     /// A point attempt ended on `agent`. Returns the partition write to make (which
@@ -222,6 +309,7 @@ impl State {
             .persisted
             .awaiting_write
             .contains(&(pf.point_id.clone(), pf.attempt));
+        let self_limits = self.limits;
         let Some(sweep) = self.sweep_mut(&sweep_id) else {
             return (None, Vec::new());
         };
@@ -254,18 +342,45 @@ impl State {
             // A resend after reconnect, or an attempt that was re-queued: already handled.
             return (None, vec![(agent.to_string(), msg(CMsg::PointAck(ack)))]);
         }
-        let missing: Vec<u64> = (0..pf.batches)
-            .filter(|s| !p.batches.contains_key(s))
-            .collect();
-        if !missing.is_empty() {
-            warn!(point_id = %pf.point_id, ?missing, "point finished but record batches are missing; waiting for the resend");
-            return (None, Vec::new());
+        let mut pf = pf;
+        truncate_text(&mut pf.error, MAX_TEXT_BYTES);
+        if pf.batches > self_limits.max_batches && p.overflow.is_none() {
+            p.overflow = Some(format!(
+                "controller limit: the agent reported {} record batches; at most {} are accepted per point",
+                pf.batches, self_limits.max_batches
+            ));
+            p.batches.clear();
+            p.buffered = super::Buffered::default();
+        }
+        if p.overflow.is_none() {
+            // Counted, never listed: `batches` comes from the agent and may be anything.
+            let have = p.batches.range(..pf.batches).count() as u64;
+            if have < pf.batches {
+                let first: Vec<u64> = (0..pf.batches)
+                    .filter(|s| !p.batches.contains_key(s))
+                    .take(8)
+                    .collect();
+                warn!(point_id = %pf.point_id, missing = pf.batches - have, ?first, "point finished but record batches are missing; waiting for the resend");
+                return (None, Vec::new());
+            }
+        }
+        if pf.engine_metrics.len() > MAX_METRIC_SAMPLES {
+            pf.engine_metrics.truncate(MAX_METRIC_SAMPLES);
         }
         // Moved out of the state, not cloned: the write job carries them to the writer.
         let records: Vec<RequestRecord> = std::mem::take(&mut p.batches)
             .into_values()
             .flatten()
             .collect();
+        p.buffered = super::Buffered::default();
+        if let Some(why) = p.overflow.take() {
+            pf.ok = false;
+            pf.error = if pf.error.is_empty() {
+                why
+            } else {
+                format!("{why}; agent: {}", pf.error)
+            };
+        }
         let state = if pf.ok {
             PointState::Done
         } else if cancelled || pf.error == "cancelled" {
@@ -282,7 +397,7 @@ impl State {
             // next attempt's records are never mixed with these) but its engine events.
             p.crash_retries += 1;
             p.state = PointState::Pending;
-            p.batches.clear();
+            p.clear_batches();
             p.summary = None;
             p.finished = None;
             p.error = format!(

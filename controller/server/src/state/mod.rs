@@ -37,8 +37,8 @@ use fleetbench_proto::unix_millis_now;
 
 pub use lifecycle::DecodedBatch;
 pub use model::{
-    AgentEntry, Outgoing, PointEntry, PointState, Replica, Sweep, SweepState, WRITE_FAILED_AFTER,
-    WriteFailure,
+    AgentEntry, Buffered, Outgoing, PointEntry, PointLimits, PointState, Replica, Sweep,
+    SweepState, WRITE_FAILED_AFTER, WriteFailure,
 };
 pub use partition::{PartitionSnapshot, PointRows, WriteJob};
 pub use views::{SWEEP_WRITE_FAILED, WRITE_FAILED};
@@ -58,6 +58,8 @@ pub struct State {
     persisted: Persisted,
     /// Point id → where it lives (a cache; see `find_point`).
     point_index: HashMap<String, PointRef>,
+    /// What one point may buffer (records, batches, events).
+    pub limits: PointLimits,
 }
 
 impl State {

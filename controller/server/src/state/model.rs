@@ -69,6 +69,50 @@ pub struct PointEntry {
     /// The finished attempt's rows could not be written to the results folder (yet): the
     /// writer keeps retrying; shown as the point state `write-failed` until a write lands.
     pub write_failure: Option<WriteFailure>,
+    /// What the running attempt's buffered batches hold (see [`PointLimits`]).
+    pub buffered: Buffered,
+    /// Why the running attempt's records were dropped (a [`PointLimits`] cap was passed):
+    /// the attempt ends failed with this reason, whatever the agent reports.
+    pub overflow: Option<String>,
+}
+
+/// The running attempt's buffered record batches, counted against [`PointLimits`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Buffered {
+    pub batches: usize,
+    pub records: usize,
+    pub bytes: usize,
+}
+
+/// Caps on what the controller buffers for one point from its agent, so no agent can
+/// grow the controller's memory without bound. Over a record cap the attempt's records
+/// are dropped and the point fails with the reason; over the event cap the oldest events
+/// but the first are dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointLimits {
+    /// Record bytes buffered per point attempt (the records' encoded size plus their
+    /// in-memory overhead).
+    pub max_bytes: usize,
+    /// Records buffered per point attempt.
+    pub max_records: usize,
+    /// Record batches per point attempt (also the most a `PointFinished` may claim).
+    pub max_batches: u64,
+    /// Engine events kept per point.
+    pub max_events: usize,
+}
+
+impl Default for PointLimits {
+    fn default() -> Self {
+        PointLimits {
+            // A burst point of 65,536 requests x 16 waves with 1,024-token outputs is
+            // about 9 KiB a record: 1M records, some 9 GiB. Realistic points (thousands of
+            // requests) stay far below 512 MiB.
+            max_bytes: 512 << 20,
+            max_records: 1_000_000,
+            max_batches: 1_000_000,
+            max_events: 256,
+        }
+    }
 }
 
 /// Failed writes of a point's rows after which its sweep, once every point has ended,
@@ -104,7 +148,16 @@ impl PointEntry {
             host: String::new(),
             error: String::new(),
             write_failure: None,
+            buffered: Buffered::default(),
+            overflow: None,
         }
+    }
+
+    /// Drops the running attempt's buffered records (and the reason they overflowed).
+    pub(super) fn clear_batches(&mut self) {
+        self.batches.clear();
+        self.buffered = Buffered::default();
+        self.overflow = None;
     }
 
     /// All records of the running attempt in sequence order.

@@ -6,12 +6,72 @@
 use std::collections::BTreeSet;
 
 use fleetbench_proto::pb::{self, controller_message::Msg as CMsg};
+use fleetbench_proto::spec::{Strategy, SweepSpec};
 use tracing::info;
 
 use super::State;
 use super::model::{Outgoing, PointRef, PointState, Sweep, SweepState, msg};
 
 impl State {
+    /// Why no known agent could ever run some of `spec`'s points, if so: none matches its
+    /// `[placement]`, or a GPU count of `matrix.gpus` exceeds every matching agent's GPUs
+    /// (for `replicate`, the GPUs of each connected matching agent, since each child runs
+    /// on its own agent only). `None` when it can run, or while no agent is known at all
+    /// (the sweep then waits for one).
+    pub fn unschedulable(&self, spec: &SweepSpec) -> Option<String> {
+        if self.agents.is_empty() {
+            return None;
+        }
+        let replicate = spec.placement.strategy == Strategy::Replicate;
+        let mut matching: Vec<(&str, u32)> = self
+            .agents
+            .values()
+            .filter(|a| (!replicate || a.connected) && spec.placement.matches(&a.inventory))
+            .map(|a| (a.name.as_str(), a.gpu_capacity()))
+            .collect();
+        matching.sort_unstable();
+        let known = || {
+            let mut names: Vec<String> = self
+                .agents
+                .values()
+                .map(|a| format!("{} ({} GPUs)", a.name, a.gpu_capacity()))
+                .collect();
+            names.sort();
+            names.join(", ")
+        };
+        if matching.is_empty() {
+            return Some(format!(
+                "no known agent matches the sweep's [placement]; known agents: {}",
+                known()
+            ));
+        }
+        let need = spec
+            .matrix
+            .gpus
+            .get_ref()
+            .iter()
+            .map(|g| *g.get_ref())
+            .max()
+            .unwrap_or(1);
+        let too_small: Vec<String> = matching
+            .iter()
+            .filter(|(_, cap)| *cap < need)
+            .map(|(name, cap)| format!("{name} ({cap} GPUs)"))
+            .collect();
+        let max_cap = matching.iter().map(|(_, c)| *c).max().unwrap_or(0);
+        if need > max_cap || (replicate && !too_small.is_empty()) {
+            return Some(format!(
+                "matrix.gpus asks for {need} GPUs, more than {} has; the sweep could never finish",
+                if replicate || matching.len() == 1 {
+                    too_small.join(", ")
+                } else {
+                    format!("any known matching agent ({})", too_small.join(", "))
+                }
+            ));
+        }
+        None
+    }
+
     /// GPUs agent `name` has free (its capacity less the GPUs of its running points) and
     /// whether it may start one more engine.
     fn room(&self, name: &str) -> (u32, bool) {
@@ -149,7 +209,7 @@ impl State {
                 agent: name.clone(),
             };
             p.agent = name.clone();
-            p.batches.clear();
+            p.clear_batches();
             p.error.clear();
             p.engine_crashed = false;
             let spec = pb::PointSpec {

@@ -74,6 +74,7 @@ impl Sweep {
             submitted_unix_ms: self.submitted_ms,
             finished_unix_ms: self.finished_ms,
             result_files: self.result_files.iter().cloned().collect(),
+            next_page_token: String::new(),
         }
     }
 }
@@ -142,6 +143,43 @@ impl State {
             .to_string();
         if st.state == "running" || st.state == "writing" {
             st.finished_unix_ms = 0;
+        }
+        Some(st)
+    }
+
+    /// The status a watch (or a cancel) answers with: with its points unless there are
+    /// more than [`WATCH_POINTS_MAX`](fleetbench_proto::limits::WATCH_POINTS_MAX).
+    pub fn group_status_watched(&self, id: &str) -> Option<pb::SweepStatus> {
+        let total: usize = self.group(id).iter().map(|s| s.points.len()).sum();
+        self.group_status(id, total <= fleetbench_proto::limits::WATCH_POINTS_MAX)
+    }
+
+    /// One page of the points of a sweep or replicate group: the status of
+    /// [`State::group_status`] without points, then points `offset..offset + limit` (in
+    /// child order) and the next page's token (the next offset) when more follow.
+    pub fn group_status_page(
+        &self,
+        id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Option<pb::SweepStatus> {
+        let mut st = self.group_status(id, false)?;
+        let members = self.group(id);
+        let total: usize = members.iter().map(|s| s.points.len()).sum();
+        st.points = members
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .skip(offset)
+            .take(limit)
+            .map(point_status)
+            .collect();
+        let end = offset.saturating_add(limit);
+        if end < total {
+            st.next_page_token = end.to_string();
+        }
+        if offset > 0 {
+            // The file list travels with the first page only.
+            st.result_files.clear();
         }
         Some(st)
     }
