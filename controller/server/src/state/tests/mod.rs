@@ -2,6 +2,7 @@
 //! a small sweep spec, agents, and running points to their end.
 
 mod lifecycle;
+mod limits;
 mod partition;
 mod persistence;
 mod placement;
