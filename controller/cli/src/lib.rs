@@ -166,8 +166,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Submit { file, watch } => {
             let text = read_sweep_file(&file)?;
-            // Validate locally first: a bad file never reaches the controller.
-            SweepSpec::parse(&text, &file.display().to_string())?;
+            // Validate locally first: a bad file never reaches the controller (which checks
+            // the point count against its own --max-points).
+            SweepSpec::parse_limited(
+                &text,
+                &file.display().to_string(),
+                fleetbench_proto::spec::MAX_POINTS_CEILING,
+            )?;
             let mut client = connect(&cli.controller, &cli.credentials).await?;
             let resp = client
                 .submit_sweep(pb::SubmitSweepRequest {
