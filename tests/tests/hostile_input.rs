@@ -6,6 +6,7 @@
 //! The tests share one process, so they take turns (`SERIAL`) to keep RSS readings
 //! meaningful. Run `cargo build --workspace --bins` first (controllerctl is run as a
 //! process).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
