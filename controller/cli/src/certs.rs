@@ -8,7 +8,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use fleetbench_controller::auth::{AGENT_URI_PREFIX, OPERATOR_URI_PREFIX, token_digest_hex, valid_name};
+use fleetbench_controller::auth::{
+    AGENT_URI_PREFIX, OPERATOR_URI_PREFIX, token_digest_hex, valid_name,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
@@ -71,7 +73,13 @@ pub fn generate(args: &CertsArgs) -> Result<Written, CliError> {
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(cert_err)?)
         .map_err(cert_err)?;
     write(&args.out, "ca.pem", &ca.pem(), false, &mut out)?;
-    write(&args.out, "ca-key.pem", &ca.key().serialize_pem(), true, &mut out)?;
+    write(
+        &args.out,
+        "ca-key.pem",
+        &ca.key().serialize_pem(),
+        true,
+        &mut out,
+    )?;
 
     let leaf = |cn: &str, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose| {
         let mut p = CertificateParams::default();
@@ -91,7 +99,11 @@ pub fn generate(args: &CertsArgs) -> Result<Written, CliError> {
             Err(_) => SanType::DnsName(name.as_str().try_into().map_err(cert_err)?),
         });
     }
-    let (cert, key) = leaf("fleetbench controller", sans, ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (cert, key) = leaf(
+        "fleetbench controller",
+        sans,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
     write(&args.out, "controller.pem", &cert, false, &mut out)?;
     write(&args.out, "controller-key.pem", &key, true, &mut out)?;
 
@@ -99,8 +111,20 @@ pub fn generate(args: &CertsArgs) -> Result<Written, CliError> {
         let uri = format!("{AGENT_URI_PREFIX}{agent}");
         let san = SanType::URI(uri.as_str().try_into().map_err(cert_err)?);
         let (cert, key) = leaf(agent, vec![san], ExtendedKeyUsagePurpose::ClientAuth)?;
-        write(&args.out, &format!("agent-{agent}.pem"), &cert, false, &mut out)?;
-        write(&args.out, &format!("agent-{agent}-key.pem"), &key, true, &mut out)?;
+        write(
+            &args.out,
+            &format!("agent-{agent}.pem"),
+            &cert,
+            false,
+            &mut out,
+        )?;
+        write(
+            &args.out,
+            &format!("agent-{agent}-key.pem"),
+            &key,
+            true,
+            &mut out,
+        )?;
     }
 
     let mut tokens = String::from(
@@ -110,10 +134,28 @@ pub fn generate(args: &CertsArgs) -> Result<Written, CliError> {
         let uri = format!("{OPERATOR_URI_PREFIX}{role}/{name}");
         let san = SanType::URI(uri.as_str().try_into().map_err(cert_err)?);
         let (cert, key) = leaf(name, vec![san], ExtendedKeyUsagePurpose::ClientAuth)?;
-        write(&args.out, &format!("operator-{name}.pem"), &cert, false, &mut out)?;
-        write(&args.out, &format!("operator-{name}-key.pem"), &key, true, &mut out)?;
+        write(
+            &args.out,
+            &format!("operator-{name}.pem"),
+            &cert,
+            false,
+            &mut out,
+        )?;
+        write(
+            &args.out,
+            &format!("operator-{name}-key.pem"),
+            &key,
+            true,
+            &mut out,
+        )?;
         let token = random_token()?;
-        write(&args.out, &format!("token-{name}.txt"), &format!("{token}\n"), true, &mut out)?;
+        write(
+            &args.out,
+            &format!("token-{name}.txt"),
+            &format!("{token}\n"),
+            true,
+            &mut out,
+        )?;
         tokens.push_str(&format!(
             "\n[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
             token_digest_hex(&token)
@@ -222,8 +264,16 @@ mod tests {
         assert!(principal_of_cert(&der(&read("controller.pem"))).is_err());
         let token = read("token-alice.txt");
         assert!(read("tokens.toml").contains(&token_digest_hex(token.trim())));
-        for private in ["ca-key.pem", "agent-gpu-1-key.pem", "token-alice.txt", "tokens.toml"] {
-            let mode = std::fs::metadata(args.out.join(private)).unwrap().permissions().mode();
+        for private in [
+            "ca-key.pem",
+            "agent-gpu-1-key.pem",
+            "token-alice.txt",
+            "tokens.toml",
+        ] {
+            let mode = std::fs::metadata(args.out.join(private))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o077, 0, "{private} is readable by others");
         }
         // A second run does not replace the CA.

@@ -387,7 +387,9 @@ mod tests {
             b.body(()).unwrap()
         };
         assert_eq!(
-            access.authenticate(&req(Some("Bearer s3cret-token"))).unwrap(),
+            access
+                .authenticate(&req(Some("Bearer s3cret-token")))
+                .unwrap(),
             Principal::Operator {
                 name: "ci".into(),
                 role: Role::Viewer
@@ -407,7 +409,11 @@ mod tests {
     fn a_tokens_file_with_a_bad_digest_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens.toml");
-        std::fs::write(&path, "[[token]]\nname = \"x\"\nrole = \"admin\"\nsha256 = \"abc\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[[token]]\nname = \"x\"\nrole = \"admin\"\nsha256 = \"abc\"\n",
+        )
+        .unwrap();
         let e = Access::new(false, Some(&path)).unwrap_err();
         assert!(e.to_string().contains("64 hex digits"), "{e}");
     }

@@ -15,9 +15,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use fleetbench_results::query::Filter;
 use crate::error::ControllerError;
+use crate::tls_listener::TlsListener;
 use fleetbench_results::layout::find_result_files;
+use fleetbench_results::query::Filter;
 
 const HTML: &str = "text/html; charset=utf-8";
 
@@ -29,20 +30,33 @@ pub fn router(results_dir: PathBuf) -> Router {
         .with_state(Arc::new(results_dir))
 }
 
-/// Serves until `shutdown` is cancelled.
+/// Serves until `shutdown` is cancelled: over TLS with `tls` (requiring a client
+/// certificate when it has a client CA), else plain HTTP.
 pub async fn serve(
     listener: TcpListener,
     results_dir: PathBuf,
+    tls: Option<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), ControllerError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ControllerError::io("http listener", e))?;
-    info!(%addr, "report pages listening (HTTP)");
-    axum::serve(listener, router(results_dir))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(|e| ControllerError::io(format!("http {addr}"), e))
+    let served = match tls {
+        Some(config) => {
+            info!(%addr, "report pages listening (HTTPS)");
+            let listener = TlsListener::new(listener, config, shutdown.clone())?;
+            axum::serve(listener, router(results_dir))
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+        None => {
+            info!(%addr, "report pages listening (HTTP)");
+            axum::serve(listener, router(results_dir))
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+    };
+    served.map_err(|e| ControllerError::io(format!("http {addr}"), e))
 }
 
 fn error_page(status: StatusCode, text: &str) -> Response {
@@ -96,7 +110,8 @@ async fn report(State(dir): State<Arc<PathBuf>>, UrlPath(id): UrlPath<String>) -
         sweep: vec![id.clone()],
         ..Filter::default()
     };
-    let rendered = tokio::task::spawn_blocking(move || fleetbench_report::html_page(&dir, &filter)).await;
+    let rendered =
+        tokio::task::spawn_blocking(move || fleetbench_report::html_page(&dir, &filter)).await;
     match rendered {
         Ok(Ok((_, 0))) => error_page(
             StatusCode::NOT_FOUND,

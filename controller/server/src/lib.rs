@@ -5,7 +5,8 @@
 //! Modules, one concept each: [`auth`] (who may call what), [`state`] (sweeps, points, agents, scheduling), [`store`]
 //! (durable state, redb), [`service`] (shared controller handle), [`agent_service`] and
 //! [`control_service`] (the two gRPC services), [`writer`] (Parquet writes, then
-//! acknowledgements), [`http`] (read-only report pages, drawn by `fleetbench-report`),
+//! acknowledgements), [`http`] (read-only report pages, drawn by `fleetbench-report`,
+//! over TLS through [`tls_listener`] when the controller has a certificate),
 //! [`server`] (`run`).
 
 pub mod agent_service;
@@ -17,6 +18,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tls_listener;
 pub mod writer;
 
 pub use error::ControllerError;

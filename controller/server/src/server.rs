@@ -60,11 +60,25 @@ pub async fn run(
     // The report pages' listener is bound before anything runs: a taken port fails the
     // start.
     let http = match config.http {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
+        Some(http_addr) => {
+            let tls = match &config.tls {
+                Some(files) => Some(crate::tls_listener::server_config(files)?),
+                None if http_addr.ip().is_loopback() => None,
+                None if config.insecure => {
+                    warn!(%http_addr, "INSECURE: report pages in plain HTTP on a non-loopback address (--insecure)");
+                    None
+                }
+                None => {
+                    return Err(ControllerError::Usage(format!(
+                        "refusing to serve report pages in plain HTTP on {http_addr}: give the controller --tls-cert/--tls-key, serve them on 127.0.0.1, or pass --insecure"
+                    )));
+                }
+            };
+            let listener = TcpListener::bind(http_addr)
                 .await
-                .map_err(|e| ControllerError::io(format!("http listen address {addr}"), e))?,
-        ),
+                .map_err(|e| ControllerError::io(format!("http listen address {http_addr}"), e))?;
+            Some((listener, tls))
+        }
         None => None,
     };
     let ctl = Controller::with_store(config, write_tx, state, store);
@@ -92,12 +106,12 @@ pub async fn run(
         .instrument(info_span!("reaper")),
     );
 
-    if let Some(listener) = http {
+    if let Some((listener, tls)) = http {
         let dir = ctl.config.results_dir.clone();
         let stop = shutdown.clone();
         tracker.spawn(
             async move {
-                if let Err(e) = crate::http::serve(listener, dir, stop).await {
+                if let Err(e) = crate::http::serve(listener, dir, tls, stop).await {
                     warn!(error = %e, "report pages stopped");
                 }
             }
@@ -131,8 +145,16 @@ pub async fn run(
             .http2_keepalive_interval(Some(Duration::from_secs(15)))
             .layer(AuthLayer::new(access))
             .add_service(health_service)
-            .add_service(AgentServiceServer::new(agents))
-            .add_service(ControlServiceServer::new(control))
+            .add_service(
+                AgentServiceServer::new(agents)
+                    .max_decoding_message_size(fleetbench_proto::limits::AGENT_TO_CONTROLLER)
+                    .max_encoding_message_size(fleetbench_proto::limits::CONTROLLER_TO_AGENT),
+            )
+            .add_service(
+                ControlServiceServer::new(control)
+                    .max_decoding_message_size(fleetbench_proto::limits::OPERATOR_TO_CONTROLLER)
+                    .max_encoding_message_size(fleetbench_proto::limits::CONTROLLER_TO_OPERATOR),
+            )
             .serve_with_incoming_shutdown(with_nodelay(listener), shutdown.cancelled());
         tokio::pin!(server);
         // Graceful shutdown waits for open connections; an idle client must not hold the
@@ -161,9 +183,8 @@ fn security(
     config: &ControllerConfig,
     addr: SocketAddr,
 ) -> Result<(Access, Option<ServerTlsConfig>), ControllerError> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| ControllerError::io(path, e))
-    };
+    let read =
+        |path: &std::path::Path| std::fs::read(path).map_err(|e| ControllerError::io(path, e));
     let tls = match &config.tls {
         Some(files) => {
             let identity = Identity::from_pem(read(&files.cert)?, read(&files.key)?);
@@ -180,10 +201,7 @@ fn security(
         }
         None => None,
     };
-    let client_certs = config
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.client_ca.is_some());
+    let client_certs = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let access = Access::new(client_certs, config.tokens.as_deref())?;
     let loopback = addr.ip().is_loopback();
     let mut exposed = Vec::new();
