@@ -104,10 +104,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Streams a sweep's status until it ends, printing point transitions to stderr. While
 /// the controller is unreachable (restarting) it retries with backoff, says so once per
 /// outage, and carries on where it was when the controller is back.
-pub async fn watch(
-    client: &mut Client,
-    sweep_id: &str,
-) -> Result<pb::SweepStatus, CliError> {
+pub async fn watch(client: &mut Client, sweep_id: &str) -> Result<pb::SweepStatus, CliError> {
     let mut seen: HashMap<String, String> = HashMap::new();
     let mut last: Option<pb::SweepStatus> = None;
     let mut backoff = RETRY_MIN;
@@ -296,7 +293,11 @@ mod tests {
         assert_eq!(points_finished(&s), 3);
         assert_eq!(exit_code(&s), crate::EXIT_WRITE_FAILED);
         assert!(closing_line(&s).contains("results of 1 not written"));
-        assert!(status_text(&s).contains("1 write-failed"), "{}", status_text(&s));
+        assert!(
+            status_text(&s).contains("1 write-failed"),
+            "{}",
+            status_text(&s)
+        );
         assert!(status_text(&s).contains("error: results write failed: Not a directory"));
         // Written after all: failed points, then cancelled, then success.
         let written = pb::SweepStatus {

@@ -118,7 +118,9 @@ fn the_spool_is_created_owner_only() {
     let dir = tmp.path().join("spool").join("a");
     let (mut spool, _) = Spool::open(&dir).unwrap();
     let key = ("s/p000".to_string(), 1);
-    spool.append(&key, &encode_frame(&batch("s/p000", 1, 0)), false).unwrap();
+    spool
+        .append(&key, &encode_frame(&batch("s/p000", 1, 0)), false)
+        .unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&tmp.path().join("spool")), 0o700);

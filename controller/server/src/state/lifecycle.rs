@@ -456,6 +456,7 @@ impl State {
         p.error = error;
         p.host = host;
         p.finished = Some(pf);
+        p.pending_write = Some(Default::default());
         let planned = p.planned.clone();
         let gpus = planned.gpus;
         if crashed && on_crash == OnEngineCrash::SkipLarger {
@@ -543,12 +544,12 @@ impl State {
             // Rows that failed to write before are on disk now: the points are what their
             // attempt made of them again.
             for p in &mut s.points {
-                if p.write_failure.is_some()
+                if p.pending_write.is_some()
                     && durable
                         .iter()
                         .any(|(id, attempt)| *id == p.point_id && *attempt == p.attempt)
                 {
-                    p.write_failure = None;
+                    p.pending_write = None;
                 }
             }
             s.result_files.extend(files);

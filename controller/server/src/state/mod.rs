@@ -37,8 +37,8 @@ use fleetbench_proto::unix_millis_now;
 
 pub use lifecycle::DecodedBatch;
 pub use model::{
-    AgentEntry, Buffered, Outgoing, PointEntry, PointLimits, PointState, Replica, Sweep,
-    SweepState, WRITE_FAILED_AFTER, WriteFailure,
+    AgentEntry, Buffered, Outgoing, PendingWrite, PointEntry, PointLimits, PointState, Replica,
+    Sweep, SweepState, WRITE_FAILED_AFTER,
 };
 pub use partition::{PartitionSnapshot, PointRows, WriteJob};
 pub use views::{SWEEP_WRITE_FAILED, WRITE_FAILED};

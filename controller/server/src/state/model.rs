@@ -66,9 +66,10 @@ pub struct PointEntry {
     pub agent: String,
     pub host: String,
     pub error: String,
-    /// The finished attempt's rows could not be written to the results folder (yet): the
-    /// writer keeps retrying; shown as the point state `write-failed` until a write lands.
-    pub write_failure: Option<WriteFailure>,
+    /// The finished attempt's rows are on their way to the results folder (a write job
+    /// carries them); once a write of them failed, the point shows as `write-failed` until
+    /// one lands (the writer keeps retrying). `None` once they are on disk.
+    pub pending_write: Option<PendingWrite>,
     /// What the running attempt's buffered batches hold (see [`PointLimits`]).
     pub buffered: Buffered,
     /// Why the running attempt's records were dropped (a [`PointLimits`] cap was passed):
@@ -121,13 +122,14 @@ impl Default for PointLimits {
 /// writer's backoff (1 s, 2 s, …) the third failure comes about 3 s after the first.
 pub const WRITE_FAILED_AFTER: u32 = 3;
 
-/// A finished point whose results write failed (`crate::writer` retries it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteFailure {
-    /// The last write's error.
-    pub error: String,
-    /// Failed writes of the point's rows so far.
+/// A finished point's rows not yet on disk, and how writing them went so far
+/// (`crate::writer` retries failed writes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingWrite {
+    /// Failed writes of the point's rows so far (0: not tried yet, or the first try runs).
     pub failures: u32,
+    /// The last failed write's error.
+    pub error: String,
 }
 
 impl PointEntry {
@@ -147,7 +149,7 @@ impl PointEntry {
             agent: String::new(),
             host: String::new(),
             error: String::new(),
-            write_failure: None,
+            pending_write: None,
             buffered: Buffered::default(),
             overflow: None,
         }
@@ -158,6 +160,11 @@ impl PointEntry {
         self.batches.clear();
         self.buffered = Buffered::default();
         self.overflow = None;
+    }
+
+    /// The point's rows failed to write (and are not on disk yet): how often, and why.
+    pub fn write_failure(&self) -> Option<&PendingWrite> {
+        self.pending_write.as_ref().filter(|w| w.failures > 0)
     }
 
     /// All records of the running attempt in sequence order.

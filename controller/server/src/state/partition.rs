@@ -16,7 +16,6 @@ use fleetbench_results::summary::PointSummary;
 use fleetbench_results::{EngineEvent, PartitionMetadata};
 
 use super::State;
-use super::model::WriteFailure;
 
 /// A partition (sweep, GPU count) whose results changed, and who waits for the write.
 #[derive(Debug, PartialEq)]
@@ -165,11 +164,9 @@ impl State {
             {
                 continue;
             }
-            let failures = p.write_failure.as_ref().map_or(0, |f| f.failures) + 1;
-            p.write_failure = Some(WriteFailure {
-                error: error.to_string(),
-                failures,
-            });
+            let w = p.pending_write.get_or_insert_with(Default::default);
+            w.failures += 1;
+            w.error = error.to_string();
             changed = true;
         }
         if changed {

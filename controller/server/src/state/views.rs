@@ -21,19 +21,18 @@ pub const SWEEP_WRITE_FAILED: &str = "failed";
 
 impl Sweep {
     /// Whether the sweep has ended with results that could not be written (see
-    /// [`SWEEP_WRITE_FAILED`]).
+    /// [`SWEEP_WRITE_FAILED`]): every point has ended, every pending write has been tried
+    /// and failed, and some point's write [`WRITE_FAILED_AFTER`] times.
     pub fn results_unwritten(&self) -> bool {
+        let pending = || self.points.iter().filter_map(|p| p.pending_write.as_ref());
         self.state != SweepState::Running
-            && self.points.iter().any(|p| {
-                p.write_failure
-                    .as_ref()
-                    .is_some_and(|f| f.failures >= WRITE_FAILED_AFTER)
-            })
+            && pending().all(|w| w.failures > 0)
+            && pending().any(|w| w.failures >= WRITE_FAILED_AFTER)
     }
 
     pub fn status(&self, with_points: bool) -> pb::SweepStatus {
         // Points whose rows failed to write count neither as done nor as failed.
-        let written = |p: &&PointEntry| p.write_failure.is_none();
+        let written = |p: &&PointEntry| p.write_failure().is_none();
         let done = self
             .points
             .iter()
@@ -83,7 +82,7 @@ fn point_status(p: &PointEntry) -> pb::PointStatus {
     pb::PointStatus {
         point_id: p.point_id.clone(),
         index: p.planned.index,
-        state: match &p.write_failure {
+        state: match p.write_failure() {
             Some(_) => WRITE_FAILED.into(),
             None => p.state.as_str().into(),
         },
@@ -94,7 +93,7 @@ fn point_status(p: &PointEntry) -> pb::PointStatus {
             input_tokens: p.planned.workload.input,
             output_tokens: p.planned.workload.output,
         }),
-        error: match &p.write_failure {
+        error: match p.write_failure() {
             Some(f) if p.error.is_empty() => format!(
                 "results write failed: {} ({} tries, retrying)",
                 f.error, f.failures

@@ -11,7 +11,11 @@ fn failed_writes_show_until_a_write_lands() {
     st.schedule();
     let (first, _) = finish(&mut st, "a", "s/p000", 1, true);
     let first = first.unwrap().rows.unwrap().key();
-    st.write_failed("s", std::slice::from_ref(&first), "Not a directory (os error 20)");
+    st.write_failed(
+        "s",
+        std::slice::from_ref(&first),
+        "Not a directory (os error 20)",
+    );
     let status = st.group_status("s", true).unwrap();
     assert_eq!(status.points[0].state, WRITE_FAILED);
     assert_eq!(
@@ -21,18 +25,32 @@ fn failed_writes_show_until_a_write_lands() {
     assert_eq!((status.points_done, status.points_failed), (0, 0));
     // The other point still runs: so does the sweep.
     assert_eq!(status.state, "running");
+    let once = std::slice::from_ref(&first);
+    st.write_failed("s", once, "Not a directory (os error 20)");
+    st.write_failed("s", once, "Not a directory (os error 20)");
+    assert_eq!(st.group_status("s", false).unwrap().state, "running");
     let (second, _) = finish(&mut st, "a", "s/p001", 1, false);
     let second = second.unwrap().rows.unwrap().key();
     let keys = [first.clone(), second.clone()];
-    // Every point has ended, but the writes have not failed often enough yet: writing.
-    st.write_failed("s", &keys, "Not a directory (os error 20)");
+    // Every point has ended and the first point's write failed three times, but the last
+    // point's write has not been tried yet: writing, not failed.
+    assert_eq!(
+        st.group_status("s", true).unwrap().points[1].state,
+        "failed"
+    );
     assert_eq!(st.group_status("s", false).unwrap().state, "writing");
+    // Once every pending write has failed (one of them three times): failed.
     st.write_failed("s", &keys, "Not a directory (os error 20)");
     let status = st.group_status("s", true).unwrap();
     assert_eq!(status.state, SWEEP_WRITE_FAILED, "{status:?}");
     assert!(status.points.iter().all(|p| p.state == WRITE_FAILED));
     // The failed point keeps its own error behind the write's.
-    assert!(status.points[1].error.ends_with("; boom"), "{status:?}");
+    assert!(
+        status.points[1]
+            .error
+            .ends_with("(1 tries, retrying); boom"),
+        "{status:?}"
+    );
     // A retry lands: the points are what their attempts made of them again.
     st.write_done("s", ["f".to_string()], &keys);
     st.write_done("s", [], &[]);
