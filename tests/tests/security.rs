@@ -18,7 +18,9 @@ use fleetbench_proto::channel::{self, ClientTls};
 use fleetbench_proto::pb::agent_service_client::AgentServiceClient;
 use fleetbench_proto::pb::control_service_client::ControlServiceClient;
 use fleetbench_proto::pb::{self, agent_message::Msg};
-use fleetbench_tests::{TINY_SIM_ARGS, test_docker_config, test_policy, tiny_sweep, workspace_bin};
+use fleetbench_tests::{
+    TINY_SIM_ARGS, test_docker_config, test_policy, tiny_sweep, watch_to_end, workspace_bin,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
@@ -289,18 +291,7 @@ async fn only_credentialed_callers_reach_the_fleet_and_agents_are_bound_to_their
         .unwrap()
         .into_inner()
         .sweep_id;
-    let mut watch = admin
-        .watch_sweep(pb::WatchSweepRequest {
-            sweep_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(s) = watch.message().await.unwrap() {
-        last = Some(s);
-    }
-    let last = last.unwrap();
+    let last = watch_to_end(&mut admin, &id).await;
     assert_eq!(last.state, "done", "{last:?}");
     // Only the admin's submission reached the controller.
     let sweeps = admin

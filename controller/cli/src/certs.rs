@@ -99,31 +99,29 @@ pub fn generate(args: &CertsArgs) -> Result<Written, CliError> {
             Err(_) => SanType::DnsName(name.as_str().try_into().map_err(cert_err)?),
         });
     }
-    let (cert, key) = leaf(
+    // `<stem>.pem` and `<stem>-key.pem`, signed by the CA.
+    let issue = |out: &mut Written, stem: &str, cn: &str, sans: Vec<SanType>, usage| {
+        let (cert, key) = leaf(cn, sans, usage)?;
+        write(&args.out, &format!("{stem}.pem"), &cert, false, out)?;
+        write(&args.out, &format!("{stem}-key.pem"), &key, true, out)
+    };
+    issue(
+        &mut out,
+        "controller",
         "fleetbench controller",
         sans,
         ExtendedKeyUsagePurpose::ServerAuth,
     )?;
-    write(&args.out, "controller.pem", &cert, false, &mut out)?;
-    write(&args.out, "controller-key.pem", &key, true, &mut out)?;
 
     for agent in &args.agents {
         let uri = format!("{AGENT_URI_PREFIX}{agent}");
         let san = SanType::URI(uri.as_str().try_into().map_err(cert_err)?);
-        let (cert, key) = leaf(agent, vec![san], ExtendedKeyUsagePurpose::ClientAuth)?;
-        write(
-            &args.out,
-            &format!("agent-{agent}.pem"),
-            &cert,
-            false,
+        issue(
             &mut out,
-        )?;
-        write(
-            &args.out,
-            &format!("agent-{agent}-key.pem"),
-            &key,
-            true,
-            &mut out,
+            &format!("agent-{agent}"),
+            agent,
+            vec![san],
+            ExtendedKeyUsagePurpose::ClientAuth,
         )?;
     }
 
@@ -133,20 +131,12 @@ pub fn generate(args: &CertsArgs) -> Result<Written, CliError> {
     for (name, role) in &operators {
         let uri = format!("{OPERATOR_URI_PREFIX}{role}/{name}");
         let san = SanType::URI(uri.as_str().try_into().map_err(cert_err)?);
-        let (cert, key) = leaf(name, vec![san], ExtendedKeyUsagePurpose::ClientAuth)?;
-        write(
-            &args.out,
-            &format!("operator-{name}.pem"),
-            &cert,
-            false,
+        issue(
             &mut out,
-        )?;
-        write(
-            &args.out,
-            &format!("operator-{name}-key.pem"),
-            &key,
-            true,
-            &mut out,
+            &format!("operator-{name}"),
+            name,
+            vec![san],
+            ExtendedKeyUsagePurpose::ClientAuth,
         )?;
         let token = random_token()?;
         write(
