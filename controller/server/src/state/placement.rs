@@ -40,6 +40,10 @@ impl State {
             names.join(", ")
         };
         if matching.is_empty() {
+            if replicate {
+                // `add_replicas` refuses it (`NoMatchingAgent`), in its own words.
+                return None;
+            }
             return Some(format!(
                 "no known agent matches the sweep's [placement]; known agents: {}",
                 known()

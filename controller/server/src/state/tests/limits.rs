@@ -202,7 +202,16 @@ fn sweeps_no_known_agent_can_run_are_unschedulable() {
         .unschedulable(&spec_with("[1]", "[1]", "agents = [\"nobody\"]"))
         .unwrap();
     assert!(why.contains("no known agent matches"), "{why}");
-    // Replicate: each child runs on its own agent, so every target must fit.
+    // Replicate: each child runs on its own agent, so every target must fit (no target at
+    // all is `add_replicas`' NoMatchingAgent).
+    assert_eq!(
+        st.unschedulable(&spec_with(
+            "[1]",
+            "[1]",
+            "strategy = \"replicate\"\nagents = [\"x\"]"
+        )),
+        None
+    );
     let why = st
         .unschedulable(&spec_with("[4]", "[1]", "strategy = \"replicate\""))
         .unwrap();
