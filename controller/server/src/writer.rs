@@ -11,9 +11,10 @@
 //!
 //! Failures are shown, not only logged: each failed write marks the points whose rows it
 //! carried (`State::write_failed`), which then show the point state `write-failed` with
-//! `results write failed: <error>`; once every point of the sweep has ended and a point's
-//! write has failed `WRITE_FAILED_AFTER` (3) times, the sweep shows `failed`, a final
-//! state (`watch` ends, `controllerctl` exits 3). The retries go on regardless: a write
+//! `results write failed: <error>`; once every point of the sweep has ended, every
+//! pending write has been tried and failed, and a point's write has failed
+//! `WRITE_FAILED_AFTER` (3) times, the sweep shows `failed`, a final state (`watch` ends,
+//! `controllerctl` exits 3). The retries go on regardless: a write
 //! that lands clears the failure (points `done` again, the sweep `done`) and only then are
 //! the points acknowledged, so the agents keep their spooled records until the rows are
 //! on disk, exactly once.
