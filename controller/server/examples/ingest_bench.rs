@@ -1,3 +1,6 @@
+//! (Over 800 lines on purpose: about 100 of them are the measured figures and findings
+//! below, kept with the code that produced them.)
+//!
 //! Ingest benchmark: how many per-request records one controller takes in per second from
 //! several agents streaming at once, all the way to Parquet on disk.
 //!
@@ -97,7 +100,7 @@
 //! it depends on the VM's page cache (114-220k), as the rows of the points that finish last
 //! are encoded and written after they finish at the page-cache cost above. What would remain to try: f32
 //! ITLs (half the bytes; loses the exact f64 round trip the tests check); summaries off the
-//! state lock (`state.rs`; 0.30 s for a 250k-record point, `--breakdown`); encoding a
+//! state lock (`state/lifecycle.rs`; 0.30 s for a 250k-record point, `--breakdown`); encoding a
 //! running point's rows while it streams.
 
 use std::path::{Path, PathBuf};
@@ -109,11 +112,11 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::{BufMut, Bytes};
 use clap::Parser;
 use fleetbench_controller::ControllerConfig;
-use fleetbench_results::{layout, read, write};
 use fleetbench_proto::pb::control_service_client::ControlServiceClient;
 use fleetbench_proto::pb::{self, agent_message::Msg, controller_message::Msg as CMsg};
 use fleetbench_proto::record::RequestRecord;
 use fleetbench_proto::unix_micros_now;
+use fleetbench_results::{layout, read, write};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint};
 use tokio::sync::{Barrier, mpsc};
@@ -639,14 +642,11 @@ fn breakdown(
     let t = Instant::now();
     let copies: Vec<Vec<RequestRecord>> = by_point.iter().map(|(_, r)| r.clone()).collect();
     println!(
-        "breakdown: cloning every record of the partition (the writer's snapshot, under the state lock): {:.2} s",
+        "breakdown: cloning every record of the partition (what the writer once did under the state lock; write jobs now carry the records moved): {:.2} s",
         t.elapsed().as_secs_f64()
     );
     drop(copies);
-    let refs: Vec<(
-        fleetbench_results::summary::PointSummary,
-        &[RequestRecord],
-    )> = by_point
+    let refs: Vec<(fleetbench_results::summary::PointSummary, &[RequestRecord])> = by_point
         .iter()
         .map(|(s, r)| (s.clone(), r.as_slice()))
         .collect();
