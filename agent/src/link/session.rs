@@ -102,7 +102,10 @@ async fn session_once(
     shutdown: &CancellationToken,
     backoff: &mut Duration,
 ) -> Result<(), AgentError> {
-    let mut client = AgentServiceClient::connect(ctx.cfg.controller.clone()).await?;
+    let mut client = AgentServiceClient::connect(ctx.cfg.controller.clone())
+        .await?
+        .max_encoding_message_size(fleetbench_proto::limits::AGENT_TO_CONTROLLER)
+        .max_decoding_message_size(fleetbench_proto::limits::CONTROLLER_TO_AGENT);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     let mut active = ctx.outbox.unacked_points();
     if let Ok(s) = ctx.status.lock() {
