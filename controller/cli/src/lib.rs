@@ -65,7 +65,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Validate and submit a sweep file.
+    /// Validate and submit a sweep file. The controller refuses a sweep over its
+    /// --max-points (exit 65) and, once any agent is known, one that no known agent could
+    /// ever run: more GPUs than any matching agent has, or a [placement] no known agent
+    /// matches (exit 69). With no agent known yet, the sweep is queued until one registers.
     Submit {
         file: PathBuf,
         /// Follow the sweep until it ends.
