@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::AgentError;
+use crate::policy::Policy;
 
 /// One GPU of this host as reported at registration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -86,6 +87,10 @@ pub struct AgentConfig {
     /// One agent per folder (it is locked).
     #[serde(default)]
     pub spool_dir: PathBuf,
+    /// What sweeps may make this agent run: runtimes, images, entrypoints, vLLM flags,
+    /// external hosts, the HF cache's and IPC's exposure (see [`crate::policy`]).
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 /// `[docker]`: host-specific settings of the `docker` runtime. What the engine is (image,
@@ -113,10 +118,13 @@ pub struct DockerConfig {
     /// `engine_host` at a port Docker picks.
     #[serde(default = "default_container_port")]
     pub container_port: u16,
-    /// `--ipc` mode (`host` as vLLM's docs advise for tensor parallelism); empty: Docker's
-    /// default, with `shm_size_gib` then sizing `/dev/shm`.
-    #[serde(default = "default_ipc")]
+    /// `--ipc` mode other than `host` (e.g. `shareable`); empty: Docker's default.
+    /// `--ipc=host` is the policy's to allow (`[policy] ipc_host = true`), so `"host"` here
+    /// without it is a config error.
+    #[serde(default)]
     pub ipc: String,
+    /// Size of `/dev/shm` when the container does not share the host's IPC namespace
+    /// (vLLM's workers exchange tensors through it); default [`DEFAULT_SHM_SIZE_GIB`].
     #[serde(default)]
     pub shm_size_gib: Option<f64>,
     /// Seconds `docker stop` waits after SIGTERM before SIGKILL.
@@ -130,9 +138,10 @@ fn default_container_hf_home() -> String {
 fn default_container_port() -> u16 {
     8000
 }
-fn default_ipc() -> String {
-    "host".into()
-}
+/// `/dev/shm` of a container without `--ipc=host`, when `shm_size_gib` is not set: enough
+/// for vLLM's tensor-parallel workers (Docker's own default is 64 MiB). A tmpfs, so only
+/// what is used takes memory.
+pub const DEFAULT_SHM_SIZE_GIB: f64 = 16.0;
 fn default_stop_timeout_s() -> u32 {
     20
 }
@@ -145,7 +154,7 @@ impl Default for DockerConfig {
             hf_cache: String::new(),
             container_hf_home: default_container_hf_home(),
             container_port: default_container_port(),
-            ipc: default_ipc(),
+            ipc: String::new(),
             shm_size_gib: None,
             stop_timeout_s: default_stop_timeout_s(),
         }
@@ -201,6 +210,7 @@ impl Default for AgentConfig {
             metrics_interval_ms: default_metrics_interval_ms(),
             docker: DockerConfig::default(),
             spool_dir: PathBuf::new(),
+            policy: Policy::default(),
         }
     }
 }
@@ -240,6 +250,15 @@ impl AgentConfig {
             return Err(AgentError::Config {
                 path: "batch_records".into(),
                 message: "must be at least 1".into(),
+            });
+        }
+        if let Err((key, message)) = self.policy.validate() {
+            return Err(AgentError::Config { path: key, message });
+        }
+        if self.docker.ipc == "host" && !self.policy.ipc_host {
+            return Err(AgentError::Config {
+                path: "docker.ipc".into(),
+                message: "\"host\" needs [policy] ipc_host = true (the policy decides whether containers share the host's IPC namespace)".into(),
             });
         }
         if self.spool_dir.as_os_str().is_empty() {
@@ -304,13 +323,47 @@ mod tests {
             .finish()
             .unwrap();
         assert_eq!(cfg.name, "b60-host-1");
-        assert_eq!(cfg.docker.ipc, "host");
+        assert_eq!(cfg.docker.ipc, "");
+        // The example spells out the default policy.
+        assert_eq!(cfg.policy, Policy::default());
         assert_eq!(cfg.docker.container_port, 8000);
         assert_eq!(cfg.gpus.len(), 2);
         assert_eq!(
             cfg.spool_dir,
             Path::new("/var/lib/fleetbench-agent/spool/b60-host-1")
         );
+    }
+
+    #[test]
+    fn the_policy_section_is_checked() {
+        let cfg = AgentConfig::from_toml(
+            "[policy]\nimages = [\"myorg/vllm@sha256:abc\"]\nipc_host = true\n",
+            "a",
+        )
+        .unwrap();
+        assert_eq!(cfg.policy.images, vec!["myorg/vllm@sha256:abc"]);
+        assert!(cfg.policy.ipc_host);
+        // Unset keys keep their defaults.
+        assert_eq!(cfg.policy.external_hosts, Policy::default().external_hosts);
+        let err = AgentConfig::from_toml("[policy]\nimagez = []\n", "a").unwrap_err();
+        assert!(err.to_string().contains("imagez"), "{err}");
+        let err = AgentConfig::from_toml("[policy]\nruntimes = [\"chroot\"]\n", "a").unwrap_err();
+        assert!(err.to_string().contains("chroot"), "{err}");
+        let err = AgentConfig::from_toml("[policy]\nextra_args = [\"trust\"]\n", "a")
+            .unwrap()
+            .finish()
+            .unwrap_err();
+        assert!(err.to_string().contains("policy.extra_args[0]"), "{err}");
+        // --ipc=host is the policy's to allow.
+        let err = AgentConfig::from_toml("[docker]\nipc = \"host\"\n", "a")
+            .unwrap()
+            .finish()
+            .unwrap_err();
+        assert!(err.to_string().contains("ipc_host"), "{err}");
+        AgentConfig::from_toml("[docker]\nipc = \"host\"\n[policy]\nipc_host = true\n", "a")
+            .unwrap()
+            .finish()
+            .unwrap();
     }
 
     #[test]

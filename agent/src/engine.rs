@@ -29,6 +29,7 @@ use crate::engine::gpu::GpuGrant;
 use crate::engine::log_tail::LogTail;
 use crate::engine::process::{EngineProcess, Spawned};
 use crate::error::AgentError;
+use crate::policy::scrub::Scrubber;
 
 /// What decides whether a running engine can serve the next point.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,7 +87,7 @@ impl Engine {
         cancel: &CancellationToken,
         grant: &GpuGrant,
     ) -> Result<Engine, AgentError> {
-        let log_tail = LogTail::new(cfg.log_tail_lines);
+        let log_tail = engine_log_tail(cfg);
         let deadline = Instant::now() + Duration::from_secs(u64::from(key.spec.startup_timeout_s));
         match key.spec.runtime_kind() {
             pb::Runtime::External => {
@@ -149,7 +150,7 @@ impl Engine {
         client: &reqwest::Client,
         cancel: &CancellationToken,
     ) -> Result<Engine, AgentError> {
-        let log_tail = LogTail::new(cfg.log_tail_lines);
+        let log_tail = engine_log_tail(cfg);
         let deadline = Instant::now() + Duration::from_secs(u64::from(key.spec.startup_timeout_s));
         let container =
             Container::start(docker, plan, cfg.docker.stop_timeout_s, &log_tail).await?;
@@ -283,7 +284,9 @@ impl Engine {
                 let exit = container.exited().await?;
                 Some(ExitInfo {
                     code: exit.code,
-                    log_tail: container.log_tail(self.log_tail_lines).await,
+                    log_tail: self
+                        .log_tail
+                        .scrub_lines(container.log_tail(self.log_tail_lines).await),
                     oom_killed: exit.oom_killed,
                     finished_unix_us: exit.finished_unix_us,
                 })
@@ -301,6 +304,11 @@ impl Engine {
             Runtime::External => {}
         }
     }
+}
+
+/// An engine's log tail: `log_tail_lines` long, scrubbed of the agent's `engine_env`.
+fn engine_log_tail(cfg: &AgentConfig) -> LogTail {
+    LogTail::new(cfg.log_tail_lines).scrubbing(Scrubber::new(&cfg.engine_env))
 }
 
 /// The engine's version from `/version`, or empty.
@@ -323,6 +331,49 @@ async fn fetch_version(client: &reqwest::Client, base_url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_engine_that_prints_a_secret_shows_only_its_name() {
+        let canary = "hf_engine_canary_4242";
+        let mut cfg = AgentConfig {
+            vllm_command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo \"token is $HF_TOKEN\"; exit 3".into(),
+                "sh".into(),
+            ],
+            ..AgentConfig::default()
+        };
+        cfg.engine_env.insert("HF_TOKEN".into(), canary.into());
+        let key = EngineKey {
+            spec: pb::EngineSpec {
+                runtime_kind: pb::Runtime::Process.into(),
+                model: "m".into(),
+                served_model_name: "m".into(),
+                startup_timeout_s: 60,
+                ..Default::default()
+            },
+            gpus: 1,
+        };
+        let err = Engine::start(
+            key,
+            &cfg,
+            &reqwest::Client::new(),
+            &CancellationToken::new(),
+            &GpuGrant::default(),
+        )
+        .await
+        .unwrap_err();
+        let AgentError::EngineStart { log_tail, .. } = err else {
+            panic!("unexpected {err:?}")
+        };
+        // The engine saw the secret (it is the agent's to give), the log tail never holds it.
+        assert!(
+            log_tail.iter().any(|l| l == "token is [redacted:HF_TOKEN]"),
+            "{log_tail:?}"
+        );
+        assert!(!log_tail.iter().any(|l| l.contains(canary)), "{log_tail:?}");
+    }
 
     #[tokio::test]
     async fn a_process_that_dies_at_startup_fails_fast_with_its_log() {

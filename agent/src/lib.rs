@@ -4,6 +4,8 @@
 //! Modules, grouped by subsystem, one concept each:
 //!
 //! - [`config`] (agent config) and [`error`] (the agent's errors);
+//! - [`policy`], what sweeps may make this host run (checked before anything starts for a
+//!   point), and [`policy::scrub`] (the agent's secrets never leave the host);
 //! - [`link`], the link to the controller: [`link::session`] (the gRPC stream),
 //!   [`link::outbox`] (messages to send, results until acknowledged), [`link::spool`] (the
 //!   outbox's on-disk file per attempt);
@@ -25,6 +27,7 @@ pub mod error;
 pub mod lanes;
 pub mod link;
 pub mod load;
+pub mod policy;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,7 +86,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         }),
         Err(_) => Vec::new(),
     };
-    let outbox = Arc::new(link::outbox::Outbox::open(&cfg.spool_dir)?);
+    let outbox = Arc::new(
+        link::outbox::Outbox::open(&cfg.spool_dir)?
+            .scrubbing(policy::scrub::Scrubber::new(&cfg.engine_env)),
+    );
     tracing::info!(spool = %cfg.spool_dir.display(), "results spool open");
     let cancels: lanes::runner::CancelMap = Arc::default();
     let status = Arc::new(Mutex::new(lanes::runner::AgentStatus::default()));

@@ -11,7 +11,7 @@ use fleetbench_proto::spec::vllm_flags;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::AgentConfig;
 use crate::engine::gpu::GpuGrant;
@@ -175,10 +175,7 @@ async fn follow_log(stream: impl AsyncRead + Unpin, tail: LogTail) {
     let mut lines = BufReader::new(stream).lines();
     loop {
         match lines.next_line().await {
-            Ok(Some(line)) => {
-                debug!(target: "engine", "{line}");
-                tail.push(line);
-            }
+            Ok(Some(line)) => tail.push(line),
             Ok(None) => break,
             Err(e) => {
                 // Non-UTF-8 output must not kill the follower; keep a marker instead.

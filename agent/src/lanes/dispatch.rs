@@ -4,12 +4,17 @@
 //! the least recently used idle engines until its GPUs and an engine slot are free.
 //! With `max_engines = 1` (the default) this is one engine at a time, restarted only when
 //! the configuration changes.
+//!
+//! A point whose engine breaks the host's policy ([`crate::policy`]) is failed here, with
+//! the rule named, before any lane sees it: no engine is stopped to make room for it, no
+//! GPU is taken, nothing is started or fetched.
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
-use fleetbench_proto::pb;
+use fleetbench_proto::pb::{self, agent_message::Msg};
+use fleetbench_proto::unix_micros_now;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,6 +28,7 @@ use crate::lanes::runner::{
     AgentStatus, CancelMap, LaneCommand, LaneContext, LaneReport, Runner, RunnerCommand,
 };
 use crate::link::outbox::Outbox;
+use crate::policy::Violation;
 
 /// Commands a lane may have queued (a lane gets its next command only when idle).
 const LANE_QUEUE: usize = 4;
@@ -191,6 +197,10 @@ impl Dispatcher {
             spec: point.engine.clone().unwrap_or_default(),
             gpus: point.gpus,
         };
+        if let Err(violation) = self.ctx.cfg.policy.check(&key.spec) {
+            self.refuse(&point, &violation);
+            return;
+        }
         let views: Vec<LaneView> = self.lanes.iter().map(|l| l.view.clone()).collect();
         let route = route(
             &views,
@@ -216,6 +226,33 @@ impl Dispatcher {
         info!(lane, point_id = %point.point_id, "point handed to engine lane");
         if l.tx.send(LaneCommand::Run(point)).await.is_err() {
             warn!(lane, "engine lane has stopped; point dropped");
+        }
+    }
+
+    /// Fails `point` for breaking the host's policy: its end goes to the controller like
+    /// any failed point's (not an engine crash, so it is not retried).
+    fn refuse(&self, point: &pb::PointSpec, violation: &Violation) {
+        warn!(point_id = %point.point_id, rule = violation.rule, error = %violation, "point refused by the host's policy");
+        if let Ok(mut m) = self.ctx.cancels.lock() {
+            m.remove(&point.point_id);
+        }
+        let now = unix_micros_now();
+        let pushed = self.ctx.outbox.push(pb::AgentMessage {
+            msg: Some(Msg::PointFinished(pb::PointFinished {
+                sweep_id: point.sweep_id.clone(),
+                point_id: point.point_id.clone(),
+                attempt: point.attempt,
+                batches: 0,
+                ok: false,
+                error: violation.to_string(),
+                started_unix_us: now,
+                finished_unix_us: now,
+                engine_crashed: false,
+                ..Default::default()
+            })),
+        });
+        if let Err(e) = pushed {
+            warn!(error = %e, "point-finished message not spooled");
         }
     }
 

@@ -23,6 +23,7 @@ use crate::engine::{Engine, EngineKey, ExitInfo};
 use crate::error::AgentError;
 use crate::link::outbox::Outbox;
 use crate::load::{self, LoadOutcome};
+use crate::policy::scrub::Scrubber;
 
 /// What the session asks the agent to do, in order.
 #[derive(Debug)]
@@ -134,6 +135,9 @@ pub struct Runner {
     /// Where the lane reports that it is idle again.
     reports: Option<mpsc::Sender<LaneReport>>,
     docker: Option<bollard::Docker>,
+    /// Redacts `engine_env` values from point errors before they are logged (the outbox
+    /// redacts everything sent).
+    scrubber: Scrubber,
 }
 
 #[derive(Default)]
@@ -183,6 +187,7 @@ impl Runner {
             client: ctx.client.clone(),
             outbox: ctx.outbox.clone(),
             docker: ctx.docker.clone(),
+            scrubber: Scrubber::new(&ctx.cfg.engine_env),
             ctx,
             engine: None,
             gpu_holder: String::new(),
@@ -521,6 +526,7 @@ impl Runner {
                 )
             })
             .unwrap_or_default();
+        self.scrubber.scrub_string(&mut result.error);
         info!(ok = result.ok, error = %result.error, batches, "point finished");
         if let Ok(mut m) = self.ctx.cancels.lock() {
             m.remove(&point.point_id);

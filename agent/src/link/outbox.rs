@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::error::AgentError;
 use crate::link::spool::{self, AttemptKey, Spool};
+use crate::policy::scrub::Scrubber;
 
 /// One entry of the send queue.
 #[derive(Debug)]
@@ -66,6 +67,9 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    /// Redacts the agent's `engine_env` values from every message before it is spooled
+    /// or sent.
+    scrubber: Scrubber,
 }
 
 fn is_finish(msg: &pb::AgentMessage) -> bool {
@@ -103,14 +107,23 @@ impl Outbox {
                 spool: Some(spool),
             }),
             notify: Notify::new(),
+            scrubber: Scrubber::default(),
         })
+    }
+
+    /// This outbox, redacting `scrubber`'s secrets from every message pushed (see
+    /// [`Scrubber::scrub_message`]): nothing the agent sends carries them.
+    pub fn scrubbing(mut self, scrubber: Scrubber) -> Self {
+        self.scrubber = scrubber;
+        self
     }
 
     /// Queues a message for sending. A record batch or point-finished message is first
     /// appended to the spool (fsync'd for a point-finished one). If that write fails the
     /// message is still queued and kept in memory, and the error is returned so the
     /// point can fail with the reason; it never blocks on the controller.
-    pub fn push(&self, msg: pb::AgentMessage) -> Result<(), AgentError> {
+    pub fn push(&self, mut msg: pb::AgentMessage) -> Result<(), AgentError> {
+        self.scrubber.scrub_message(&mut msg);
         let mut result = Ok(());
         if let Ok(mut guard) = self.state.lock() {
             let s = &mut *guard;

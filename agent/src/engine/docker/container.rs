@@ -379,7 +379,6 @@ async fn follow_logs(docker: Docker, id: String, tail: LogTail) {
         match item {
             Ok(chunk) => {
                 for line in splitter.push(&chunk.into_bytes()) {
-                    debug!(target: "engine", "{line}");
                     tail.push(line);
                 }
             }

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use bollard::models::{ContainerCreateBody, DeviceMapping, DeviceRequest, HostConfig, PortBinding};
 use fleetbench_proto::pb;
 use fleetbench_proto::spec::vllm_flags;
-use tracing::warn;
+use tracing::{info, warn};
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, DEFAULT_SHM_SIZE_GIB};
 use crate::error::AgentError;
 
 /// Set to `true` on every container fleetbench creates.
@@ -82,6 +82,8 @@ pub struct ContainerPlan {
     pub gpu_ids: Vec<u32>,
     /// `(host folder, container folder)` of the Hugging Face cache.
     pub hf_cache: Option<(String, String)>,
+    /// Whether the cache is mounted writable (`[policy] hf_cache_writable`).
+    pub hf_cache_writable: bool,
     pub container_port: u16,
     /// Host address the container port is published on (Docker picks the host port).
     pub publish_ip: String,
@@ -91,7 +93,11 @@ pub struct ContainerPlan {
 
 impl ContainerPlan {
     /// The plan for `spec` with `gpu_ids` on this host. Secrets and proxies come from the
-    /// agent's config and environment, never from the spec.
+    /// agent's config and environment, never from the spec, and only a container the
+    /// policy trusts gets them and the Hugging Face cache (an allowed image with its own
+    /// or a trusted entrypoint, see
+    /// [`Policy::trusts_container`](crate::policy::Policy::trusts_container)); the cache is read-only
+    /// and the IPC namespace private unless the policy says otherwise.
     ///
     /// `gpus` is the tensor-parallel size; `gpu_ids` the host GPUs the engine holds (empty
     /// for a CPU engine, which may still run several "GPUs" of the simulator).
@@ -115,17 +121,19 @@ impl ContainerPlan {
             "--port".into(),
             d.container_port.to_string(),
         ]);
-        let mut env: Vec<String> = cfg
-            .engine_env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        for key in PASSED_ENV {
-            if !cfg.engine_env.contains_key(*key) {
-                if let Ok(value) = std::env::var(key) {
-                    env.push(format!("{key}={value}"));
+        let trusted = cfg.policy.trusts_container(spec);
+        let mut env: Vec<String> = Vec::new();
+        if trusted {
+            env.extend(cfg.engine_env.iter().map(|(k, v)| format!("{k}={v}")));
+            for key in PASSED_ENV {
+                if !cfg.engine_env.contains_key(*key) {
+                    if let Ok(value) = std::env::var(key) {
+                        env.push(format!("{key}={value}"));
+                    }
                 }
             }
+        } else {
+            info!(image = %spec.image, "the sweep's entrypoint is not one the policy trusts: the container gets no engine_env, proxies or Hugging Face cache");
         }
         let ids = join_ids(gpu_ids.iter().copied());
         match accelerator {
@@ -135,10 +143,28 @@ impl ContainerPlan {
             Accelerator::Nvidia => env.push(format!("CUDA_VISIBLE_DEVICES={}", join_ids(0..gpus))),
             Accelerator::None => {}
         }
-        let hf_cache = host_hf_cache(&d.hf_cache).map(|host| (host, d.container_hf_home.clone()));
+        // The cache may hold the host's Hugging Face token (`$HF_HOME/token`).
+        let hf_cache = if trusted {
+            host_hf_cache(&d.hf_cache).map(|host| (host, d.container_hf_home.clone()))
+        } else {
+            None
+        };
         if hf_cache.is_some() && !cfg.engine_env.contains_key("HF_HOME") {
             env.push(format!("HF_HOME={}", d.container_hf_home));
         }
+        // `--ipc=host` only when the policy opts in; otherwise a private namespace with a
+        // `/dev/shm` big enough for vLLM's workers.
+        let (ipc, shm_size_bytes) = if cfg.policy.ipc_host {
+            ("host".to_string(), None)
+        } else {
+            let ipc = if d.ipc == "host" {
+                String::new()
+            } else {
+                d.ipc.clone()
+            };
+            let gib = d.shm_size_gib.unwrap_or(DEFAULT_SHM_SIZE_GIB);
+            (ipc, Some((gib * 1024.0 * 1024.0 * 1024.0).round() as i64))
+        };
         let publish_ip = if cfg.engine_host == "0.0.0.0" {
             "127.0.0.1".to_string()
         } else {
@@ -154,12 +180,11 @@ impl ContainerPlan {
             accelerator,
             gpu_ids: gpu_ids.to_vec(),
             hf_cache,
+            hf_cache_writable: cfg.policy.hf_cache_writable,
             container_port: d.container_port,
             publish_ip,
-            ipc: d.ipc.clone(),
-            shm_size_bytes: d
-                .shm_size_gib
-                .map(|gib| (gib * 1024.0 * 1024.0 * 1024.0).round() as i64),
+            ipc,
+            shm_size_bytes,
         }
     }
 
@@ -204,10 +229,10 @@ impl ContainerPlan {
                     host_port: Some(String::new()),
                 }]),
             )])),
-            binds: self
-                .hf_cache
-                .as_ref()
-                .map(|(host, container)| vec![format!("{host}:{container}")]),
+            binds: self.hf_cache.as_ref().map(|(host, container)| {
+                let mode = if self.hf_cache_writable { "" } else { ":ro" };
+                vec![format!("{host}:{container}{mode}")]
+            }),
             ipc_mode: (!self.ipc.is_empty()).then(|| self.ipc.clone()),
             shm_size: self.shm_size_bytes,
             devices,

@@ -107,3 +107,51 @@ fn one_engine_at_a_time_restarts_only_on_a_new_configuration() {
         }
     );
 }
+
+#[tokio::test]
+async fn a_point_that_breaks_the_policy_fails_before_any_lane_sees_it() {
+    let outbox = Arc::new(Outbox::new());
+    let cancels: CancelMap = Arc::default();
+    cancels
+        .lock()
+        .unwrap()
+        .insert("p1".into(), CancellationToken::new());
+    let mut d = Dispatcher::new(
+        Arc::new(AgentConfig::default()),
+        reqwest::Client::new(),
+        outbox.clone(),
+        cancels.clone(),
+        Arc::default(),
+        Arc::new(gpu::Inventory {
+            gpus: Vec::new(),
+            driver: String::new(),
+            source: "none".into(),
+        }),
+    );
+    let point = pb::PointSpec {
+        sweep_id: "s".into(),
+        point_id: "p1".into(),
+        attempt: 2,
+        engine: Some(pb::EngineSpec {
+            runtime_kind: pb::Runtime::Docker.into(),
+            image: "evil/x:1".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    d.dispatch(Box::new(point), &CancellationToken::new()).await;
+    assert!(d.lanes.is_empty(), "no lane was started for it");
+    assert!(cancels.lock().unwrap().is_empty());
+    let sent = outbox.next().await;
+    let Some(Msg::PointFinished(pf)) = sent.msg else {
+        panic!("{sent:?}")
+    };
+    assert_eq!((pf.point_id.as_str(), pf.attempt), ("p1", 2));
+    assert!(!pf.ok && !pf.engine_crashed);
+    assert!(
+        pf.error
+            .starts_with("agent policy: image \"evil/x:1\" is not in policy.images"),
+        "{}",
+        pf.error
+    );
+}

@@ -167,3 +167,33 @@ async fn a_spool_write_failure_is_an_error_and_keeps_the_message_in_memory() {
     assert_eq!(drain(&o, 2).await, ["q/0", "q/end"]);
     assert_eq!(o.unacked_points(), vec!["q".to_string()]);
 }
+
+#[tokio::test]
+async fn secrets_are_redacted_before_the_spool_and_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "hf_outbox_canary_0123";
+    let env = std::collections::BTreeMap::from([("HF_TOKEN".to_string(), secret.to_string())]);
+    let o = Outbox::open(dir.path())
+        .unwrap()
+        .scrubbing(Scrubber::new(&env));
+    o.push(pb::AgentMessage {
+        msg: Some(Msg::PointFinished(pb::PointFinished {
+            point_id: "p".into(),
+            error: format!("engine start failed: token {secret}"),
+            ..Default::default()
+        })),
+    })
+    .unwrap();
+    let sent = o.next().await;
+    let Some(Msg::PointFinished(pf)) = sent.msg else {
+        panic!("{sent:?}")
+    };
+    assert_eq!(pf.error, "engine start failed: token [redacted:HF_TOKEN]");
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the spool holds the secret"
+        );
+    }
+}

@@ -33,11 +33,13 @@ fn cfg() -> AgentConfig {
 
 #[test]
 fn intel_xpu_body_passes_dri_and_masks_the_held_gpus() {
+    let mut cfg = cfg();
+    cfg.policy.ipc_host = true;
     let plan = ContainerPlan::new(
         &spec(),
         4,
         &[4, 5, 6, 7],
-        &cfg(),
+        &cfg,
         Accelerator::Intel,
         "sw-1",
         "fleetbench-lab-b60-1",
@@ -54,9 +56,11 @@ fn intel_xpu_body_passes_dri_and_masks_the_held_gpus() {
     );
     assert!(host.device_requests.is_none());
     assert_eq!(host.ipc_mode.as_deref(), Some("host"));
+    assert_eq!(host.shm_size, None);
+    // Read-only unless the policy says otherwise.
     assert_eq!(
         host.binds.unwrap(),
-        vec!["/srv/hf:/root/.cache/huggingface"]
+        vec!["/srv/hf:/root/.cache/huggingface:ro"]
     );
     let env = body.env.clone().unwrap();
     for want in [
@@ -178,4 +182,53 @@ fn container_names_are_docker_safe() {
     let n = container_name("lab host/1", 3);
     assert!(n.starts_with("fleetbench-lab-host-1-"), "{n}");
     assert!(n.ends_with("-3"), "{n}");
+}
+
+#[test]
+fn the_default_policy_keeps_host_ipc_and_a_writable_cache_off() {
+    let plan = ContainerPlan::new(&spec(), 2, &[0, 1], &cfg(), Accelerator::Intel, "s", "n");
+    let host = plan.create_body().host_config.unwrap();
+    assert_eq!(host.ipc_mode, None);
+    assert_eq!(host.shm_size, Some(16 * 1024 * 1024 * 1024));
+    assert_eq!(
+        host.binds.unwrap(),
+        vec!["/srv/hf:/root/.cache/huggingface:ro"]
+    );
+    // `[docker] ipc = "host"` alone does not give the host's IPC namespace.
+    let mut cfg = cfg();
+    cfg.docker.ipc = "host".into();
+    let plan = ContainerPlan::new(&spec(), 2, &[0, 1], &cfg, Accelerator::Intel, "s", "n");
+    assert_eq!(plan.create_body().host_config.unwrap().ipc_mode, None);
+
+    cfg.policy.hf_cache_writable = true;
+    let plan = ContainerPlan::new(&spec(), 2, &[0, 1], &cfg, Accelerator::Intel, "s", "n");
+    assert_eq!(
+        plan.create_body().host_config.unwrap().binds.unwrap(),
+        vec!["/srv/hf:/root/.cache/huggingface"]
+    );
+}
+
+#[test]
+fn an_untrusted_entrypoint_gets_no_secrets_proxies_or_cache() {
+    let mut cfg = cfg();
+    cfg.policy.allow_entrypoint_override = true;
+    let mut spec = spec();
+    spec.entrypoint = vec!["/bin/sh".into(), "-c".into(), "env".into()];
+    let plan = ContainerPlan::new(&spec, 1, &[3], &cfg, Accelerator::Intel, "s", "n");
+    let body = plan.create_body();
+    let env = body.env.clone().unwrap();
+    assert!(!env.iter().any(|e| e.contains("hf_secret")), "{env:?}");
+    assert!(!env.iter().any(|e| e.contains("proxy:912")), "{env:?}");
+    assert!(!env.iter().any(|e| e.starts_with("HF_HOME=")), "{env:?}");
+    // The GPU selection is not a secret.
+    assert!(env.iter().any(|e| e == "ZE_AFFINITY_MASK=3"), "{env:?}");
+    assert!(body.host_config.unwrap().binds.is_none());
+    let json = serde_json::to_string(&plan.create_body()).unwrap();
+    assert!(!json.contains("hf_secret"), "{json}");
+
+    // The same image with a trusted entrypoint gets them.
+    spec.entrypoint = vec!["vllm".into(), "serve".into()];
+    let plan = ContainerPlan::new(&spec, 1, &[3], &cfg, Accelerator::Intel, "s", "n");
+    let env = plan.create_body().env.unwrap();
+    assert!(env.iter().any(|e| e == "HF_TOKEN=hf_secret"), "{env:?}");
 }
