@@ -60,7 +60,8 @@ impl DecodedBatch {
 impl State {
     /// An agent registered (or re-registered after a reconnect). Points this agent was
     /// running but no longer knows about are re-queued.
-    pub fn register(&mut self, inventory: pb::Inventory, active_points: &[String]) -> u64 {
+    pub fn register(&mut self, mut inventory: pb::Inventory, active_points: &[String]) -> u64 {
+        bound_inventory(&mut inventory);
         self.next_generation += 1;
         let generation = self.next_generation;
         let name = inventory.agent_name.clone();
@@ -108,6 +109,7 @@ impl State {
         if let Some(a) = self.agents.get_mut(name) {
             a.last_seen_ms = unix_millis_now();
             a.state = hb.state.clone();
+            truncate_text(&mut a.state, 64);
         }
     }
 
@@ -609,6 +611,44 @@ fn skip_larger(sweep: &mut Sweep, crashed: &PlannedPoint, template: &PointMeta) 
         q.summary = Some(summarize(meta, &[], &[]));
         q.state = PointState::Skipped;
         q.error = reason.clone();
+    }
+}
+
+/// GPUs, images and labels an agent's inventory may list, and the longest text kept of
+/// each: the inventory stays in the state and goes out with every `ListAgents`.
+const MAX_INVENTORY_GPUS: usize = 256;
+const MAX_INVENTORY_IMAGES: usize = 1024;
+const MAX_INVENTORY_LABELS: usize = 64;
+const MAX_INVENTORY_TEXT: usize = 256;
+
+/// Cuts an inventory to the limits above (extra entries dropped, texts cut).
+fn bound_inventory(inv: &mut pb::Inventory) {
+    inv.gpus.truncate(MAX_INVENTORY_GPUS);
+    for g in &mut inv.gpus {
+        truncate_text(&mut g.vendor, MAX_INVENTORY_TEXT);
+        truncate_text(&mut g.model, MAX_INVENTORY_TEXT);
+    }
+    inv.engine_images.truncate(MAX_INVENTORY_IMAGES);
+    for i in &mut inv.engine_images {
+        truncate_text(i, MAX_INVENTORY_TEXT);
+    }
+    if inv.labels.len() > MAX_INVENTORY_LABELS
+        || inv
+            .labels
+            .iter()
+            .any(|(k, v)| k.len() > MAX_INVENTORY_TEXT || v.len() > MAX_INVENTORY_TEXT)
+    {
+        let mut labels: Vec<(String, String)> =
+            std::mem::take(&mut inv.labels).into_iter().collect();
+        labels.sort();
+        inv.labels = labels
+            .into_iter()
+            .filter(|(k, v)| k.len() <= MAX_INVENTORY_TEXT && v.len() <= MAX_INVENTORY_TEXT)
+            .take(MAX_INVENTORY_LABELS)
+            .collect();
+    }
+    for s in [&mut inv.host, &mut inv.driver, &mut inv.fleetbench_version] {
+        truncate_text(s, MAX_INVENTORY_TEXT);
     }
 }
 

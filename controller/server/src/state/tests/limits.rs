@@ -189,6 +189,30 @@ fn records_and_events_for_points_the_agent_does_not_hold_are_dropped() {
 }
 
 #[test]
+fn an_agent_cannot_store_an_unbounded_inventory_or_state() {
+    let mut st = State::default();
+    let mut inv = agent("big", 5000);
+    inv.engine_images = vec!["i".repeat(10_000); 5000];
+    inv.labels = (0..1000).map(|i| (format!("k{i}"), "v".into())).collect();
+    inv.host = "h".repeat(100_000);
+    st.register(inv, &[]);
+    st.heartbeat(
+        "big",
+        &pb::Heartbeat {
+            state: "s".repeat(100_000),
+            ..Default::default()
+        },
+    );
+    let a = &st.agents["big"];
+    assert_eq!(a.inventory.gpus.len(), 256);
+    assert_eq!(a.inventory.engine_images.len(), 1024);
+    assert!(a.inventory.engine_images[0].len() < 300);
+    assert_eq!(a.inventory.labels.len(), 64);
+    assert!(a.inventory.host.len() < 300);
+    assert!(a.state.len() < 100);
+}
+
+#[test]
 fn sweeps_no_known_agent_can_run_are_unschedulable() {
     let mut st = State::default();
     // No agent known yet: the sweep may wait for one.
