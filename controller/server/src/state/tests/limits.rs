@@ -241,3 +241,19 @@ fn sweeps_no_known_agent_can_run_are_unschedulable() {
         .unwrap();
     assert!(why.contains("a (2 GPUs)"), "{why}");
 }
+
+#[test]
+fn status_pages_cover_every_point_once() {
+    let mut st = State::default();
+    st.add_sweep("s".into(), SweepSpec::parse(SPEC, "t").unwrap());
+    let first = st.group_status_page("s", 0, 3).unwrap();
+    assert_eq!(first.points_total, 4);
+    assert_eq!(first.points.len(), 3);
+    assert_eq!(first.next_page_token, "3");
+    let last = st.group_status_page("s", 3, 3).unwrap();
+    assert_eq!(last.points.len(), 1);
+    assert_eq!(last.points[0].point_id, "s/p003");
+    assert!(last.next_page_token.is_empty());
+    assert!(st.group_status_page("s", 99, 3).unwrap().points.is_empty());
+    assert!(st.group_status_page("nope", 0, 3).is_none());
+}
