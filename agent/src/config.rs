@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::error::AgentError;
 use crate::policy::Policy;
+use fleetbench_proto::channel::ClientTls;
 
 /// One GPU of this host as reported at registration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -91,6 +92,10 @@ pub struct AgentConfig {
     /// external hosts, the HF cache's and IPC's exposure (see [`crate::policy`]).
     #[serde(default)]
     pub policy: Policy,
+    /// `[tls]`: how to reach an `https://` controller: its CA, and this agent's certificate
+    /// and key (SAN URI `fleetbench://agent/<name>`; `controllerctl certs` makes them).
+    #[serde(default)]
+    pub tls: ClientTls,
 }
 
 /// `[docker]`: host-specific settings of the `docker` runtime. What the engine is (image,
@@ -211,6 +216,7 @@ impl Default for AgentConfig {
             docker: DockerConfig::default(),
             spool_dir: PathBuf::new(),
             policy: Policy::default(),
+            tls: ClientTls::default(),
         }
     }
 }

@@ -7,6 +7,9 @@ pub enum AgentError {
     Proto(#[from] fleetbench_proto::ProtoError),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The controller could not be dialed (address, TLS files, connection).
+    #[error("{0}")]
+    Dial(#[from] fleetbench_proto::channel::DialError),
     #[error("gRPC: {0}")]
     Status(#[from] tonic::Status),
     #[error("HTTP client: {0}")]

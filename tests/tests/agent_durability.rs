@@ -13,8 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fleetbench_agent::link::spool::decode_frames;
-use fleetbench_results::read::{read_point_summaries, read_requests};
 use fleetbench_proto::pb::{self, agent_message::Msg};
+use fleetbench_results::read::{read_point_summaries, read_requests};
 use fleetbench_tests::proxy::TcpProxy;
 use fleetbench_tests::{submit, workspace_bin};
 

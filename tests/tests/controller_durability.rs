@@ -13,9 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fleetbench_agent::config::{AgentConfig, GpuConfig};
-use fleetbench_results::read::{read_point_summaries, read_requests};
 use fleetbench_proto::pb;
 use fleetbench_proto::pb::control_service_client::ControlServiceClient;
+use fleetbench_results::read::{read_point_summaries, read_requests};
 use fleetbench_tests::{test_docker_config, watch_to_end, workspace_bin};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use fleetbench_proto::pb;
 use fleetbench_results::layout::partition_dir;
 use fleetbench_results::read::read_point_summaries;
-use fleetbench_proto::pb;
 use fleetbench_tests::{
     AgentSpec, Cluster, containers_labelled, overlapping_pairs, parquet_metadata, sim_image,
     submit, watch_to_end, workspace_bin,

@@ -649,3 +649,41 @@ async fn a_ten_thousand_point_sweep_reads_through_controllerctl_status() {
     );
     ctl.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicate_sweep_whose_child_ids_would_not_fit_a_file_name_is_refused() {
+    let _turn = SERIAL.lock().await;
+    let ctl = Controller::start(PointLimits::default()).await;
+    let mut client = ctl.client().await;
+    // The longest agent name (64) and sweep name (64): `<name>-<time>-<salt>.<agent>/pNNN`
+    // is 155 bytes, and the agent's spool file names hold it hex-encoded (310 > 255).
+    let agent_name = "a".repeat(64);
+    let _agent = RawAgent::connect(&ctl.addr, &agent_name, 1).await;
+    for _ in 0..100 {
+        let n = client
+            .list_agents(pb::ListAgentsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agents
+            .len();
+        if n > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = format!(
+        "{}[placement]\nstrategy = \"replicate\"\n",
+        sweep(&"n".repeat(64), "[1]", "[1]")
+    );
+    let e = submit(&mut client, &text).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("too long"), "{}", e.message());
+    // A short sweep name fits.
+    let text = format!(
+        "{}[placement]\nstrategy = \"replicate\"\n",
+        sweep("short", "[1]", "[1]")
+    );
+    assert!(submit(&mut client, &text).await.is_ok());
+    ctl.stop().await;
+}

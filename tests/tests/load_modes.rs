@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use fleetbench_agent::load::prompt::mix;
 use fleetbench_agent::load::schedule::RateSchedule;
+use fleetbench_proto::spec::Arrival;
 use fleetbench_results::layout::partition_dir;
 use fleetbench_results::read::{read_point_summaries, read_requests};
-use fleetbench_proto::spec::Arrival;
 use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end};
 
 /// Exact-schedule vllm-sim: every request takes 30 ms to its first token and 5 ms per

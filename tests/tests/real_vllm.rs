@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use fleetbench_results::text::to_table;
+use fleetbench_proto::pb;
 use fleetbench_results::layout::partition_dir;
 use fleetbench_results::read::{read_metrics, read_point_summaries, read_requests};
-use fleetbench_proto::pb;
+use fleetbench_results::text::to_table;
 use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end};
 
 const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";

@@ -2,14 +2,13 @@
 //! the controller's own Parquet writer, compared side by side through the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use fleetbench_results::PartitionMetadata;
-use fleetbench_results::write::write_partition;
-use fleetbench_results::summary::{ClientStats, PointMeta, summarize};
 use fleetbench_proto::record::{RequestRecord, tpot};
+use fleetbench_results::PartitionMetadata;
+use fleetbench_results::summary::{ClientStats, PointMeta, summarize};
+use fleetbench_results::write::write_partition;
 use fleetbench_tests::workspace_bin;
 
 const MODEL: &str = "meta-llama/Llama-3.2-1B";

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use fleetbench_results::read::{read_metadata, read_metrics, read_point_summaries, read_requests};
 use fleetbench_proto::pb;
+use fleetbench_results::read::{read_metadata, read_metrics, read_point_summaries, read_requests};
 use fleetbench_tests::{AgentSpec, Cluster, percentile, tiny_sweep, watch_to_end, workspace_bin};
 
 // Simulator timing model used by this test (see sim/src/scheduler.rs): a step takes

@@ -102,8 +102,8 @@ async fn session_once(
     shutdown: &CancellationToken,
     backoff: &mut Duration,
 ) -> Result<(), AgentError> {
-    let mut client = AgentServiceClient::connect(ctx.cfg.controller.clone())
-        .await?
+    let channel = fleetbench_proto::channel::connect(&ctx.cfg.controller, &ctx.cfg.tls).await?;
+    let mut client = AgentServiceClient::new(channel)
         .max_encoding_message_size(fleetbench_proto::limits::AGENT_TO_CONTROLLER)
         .max_decoding_message_size(fleetbench_proto::limits::CONTROLLER_TO_AGENT);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);

@@ -374,7 +374,11 @@ fn the_example_sweeps_pass_the_default_policy() {
         }
         let text = std::fs::read_to_string(&path).unwrap();
         let spec = fleetbench_proto::spec::SweepSpec::parse(&text, &name).unwrap();
-        assert_eq!(Policy::default().check(&spec.engine_wire()), Ok(()), "{name}");
+        assert_eq!(
+            Policy::default().check(&spec.engine_wire()),
+            Ok(()),
+            "{name}"
+        );
         checked += 1;
     }
     assert!(checked >= 5, "{checked}");

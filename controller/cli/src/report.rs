@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::results::{EXIT_NO_MATCH, FilterArgs};
-use fleetbench_results::query::Filter;
 use crate::error::CliError;
+use crate::results::{EXIT_NO_MATCH, FilterArgs};
 use fleetbench_report::{ReportData, title, write_report};
+use fleetbench_results::query::Filter;
 
 /// Arguments of `controllerctl report`.
 #[derive(Args, Debug, Clone)]

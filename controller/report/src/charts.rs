@@ -166,22 +166,23 @@ fn gpu_section(data: &ReportData, model: &str, gpus: u32) -> Section {
         title: format!("Throughput vs batch size — {what}"),
         panels: dual_panels(&by_workload, Workload::label),
     }];
-    let latency = |name: &str, pick: fn(&PointSummary) -> &fleetbench_results::summary::Percentiles| {
-        let band = move |p: &PointSummary| {
-            let pc = pick(p);
-            Some((pc.p50? * 1000.0, pc.p99? * 1000.0))
+    let latency =
+        |name: &str, pick: fn(&PointSummary) -> &fleetbench_results::summary::Percentiles| {
+            let band = move |p: &PointSummary| {
+                let pc = pick(p);
+                Some((pc.p50? * 1000.0, pc.p99? * 1000.0))
+            };
+            Panel {
+                title: format!("{name}: p50 line, p50–p99 band"),
+                x: XAxis::BatchLog2,
+                y_label: format!("{name} (ms)"),
+                series: by_workload
+                    .iter()
+                    .map(|(w, pts)| series(w.label(), pts, batch, |p| ms(pick(p).p50), Some(&band)))
+                    .collect(),
+                legend_left: true,
+            }
         };
-        Panel {
-            title: format!("{name}: p50 line, p50–p99 band"),
-            x: XAxis::BatchLog2,
-            y_label: format!("{name} (ms)"),
-            series: by_workload
-                .iter()
-                .map(|(w, pts)| series(w.label(), pts, batch, |p| ms(pick(p).p50), Some(&band)))
-                .collect(),
-            legend_left: true,
-        }
-    };
     charts.push(Chart {
         id: format!("{id}_latency"),
         title: format!("Latency vs batch size — {what}"),

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use fleetbench_proto::spec::model_slug;
 
-use fleetbench_results::query::{Filter, points_files, sort_points};
 use crate::error::ReportError;
-use fleetbench_results::read::{read_partition_metadata, read_point_summaries};
 use fleetbench_results::PartitionMetadata;
+use fleetbench_results::query::{Filter, points_files, sort_points};
+use fleetbench_results::read::{read_partition_metadata, read_point_summaries};
 use fleetbench_results::summary::PointSummary;
 
 /// One points file that holds at least one of the report's points.

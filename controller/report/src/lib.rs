@@ -17,9 +17,9 @@ pub mod plots;
 
 use std::path::{Path, PathBuf};
 
-use fleetbench_results::query::Filter;
 pub use data::ReportData;
 pub use error::ReportError;
+use fleetbench_results::query::Filter;
 
 /// A rendered report, in memory.
 #[derive(Debug, Clone)]
@@ -78,11 +78,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
 
 /// Writes the report of `data` into `out` (created if missing): `index.html`, a PNG and an
 /// SVG per chart, `points.csv` (every point) and `<model-slug>_gpus<N>.csv`.
-pub fn write_report(
-    data: &ReportData,
-    title: &str,
-    out: &Path,
-) -> Result<Written, ReportError> {
+pub fn write_report(data: &ReportData, title: &str, out: &Path) -> Result<Written, ReportError> {
     std::fs::create_dir_all(out).map_err(|e| ReportError::io(out, e))?;
     let r = render(data)?;
     let mut written = Written {
@@ -115,7 +111,9 @@ mod tests {
     use super::data::{ReportData, SweepFile};
     use super::*;
     use fleetbench_results::PartitionMetadata;
-    use fleetbench_results::summary::{ClientStats, Percentiles, PointMeta, PointSummary, ServerStats};
+    use fleetbench_results::summary::{
+        ClientStats, Percentiles, PointMeta, PointSummary, ServerStats,
+    };
 
     fn pct(v: f64) -> Percentiles {
         Percentiles {
