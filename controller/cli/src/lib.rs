@@ -144,8 +144,31 @@ pub fn sweep_exit(status: &pb::SweepStatus) -> ExitCode {
     ExitCode::from(progress::exit_code(status))
 }
 
+/// Reads a sweep file; bytes that are not UTF-8 are an invalid sweep (exit 65) located at
+/// the line and column of the first bad byte.
 pub fn read_sweep_file(path: &Path) -> Result<String, CliError> {
-    std::fs::read_to_string(path).map_err(|e| CliError::io(path, e))
+    let bytes = std::fs::read(path).map_err(|e| CliError::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let offset = e.utf8_error().valid_up_to();
+        let before = &bytes[..offset];
+        let line_start = before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |p| p + 1);
+        let column =
+            std::str::from_utf8(&before[line_start..]).map_or(1, |s| s.chars().count() + 1);
+        CliError::Spec(fleetbench_proto::error::SpecError {
+            file: path.display().to_string(),
+            line: before.iter().filter(|b| **b == b'\n').count() + 1,
+            column,
+            field: String::new(),
+            message: format!(
+                "byte {offset} (0x{:02x}) is not valid UTF-8; a sweep file must be UTF-8 text",
+                bytes[offset]
+            ),
+        })
+    })
 }
 
 async fn connect(controller: &str, credentials: &Credentials) -> Result<Client, CliError> {
@@ -157,14 +180,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Certs(args) => {
             let written = certs::generate(&args)?;
             for f in &written.files {
-                println!("wrote {}", f.display());
+                crate::output::outln(&format!("wrote {}", f.display()))?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { file } => {
             let text = read_sweep_file(&file)?;
             let spec = SweepSpec::parse(&text, &file.display().to_string())?;
-            print!("{}", plan_text(&spec));
+            crate::output::out(&plan_text(&spec))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit { file, watch } => {
@@ -184,9 +207,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
                 })
                 .await?
                 .into_inner();
-            println!("submitted {} ({} points)", resp.sweep_id, resp.points);
+            crate::output::outln(&format!(
+                "submitted {} ({} points)",
+                resp.sweep_id, resp.points
+            ))?;
             for child in &resp.children {
-                println!("  replica {child}");
+                crate::output::outln(&format!("  replica {child}"))?;
             }
             if watch {
                 let status = progress::watch(&mut client, &resp.sweep_id).await?;
@@ -202,7 +228,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Status { sweep_id: Some(id) } => {
             let mut client = connect(&cli.controller, &cli.credentials).await?;
             let s = paging::sweep_status(&mut client, &id).await?;
-            print!("{}", progress::status_text(&s));
+            crate::output::out(&progress::status_text(&s))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { sweep_id: None } => {
@@ -212,10 +238,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
                 .await?
                 .into_inner();
             if list.sweeps.is_empty() {
-                println!("no sweeps");
+                crate::output::outln("no sweeps")?;
             }
             for s in list.sweeps {
-                println!(
+                crate::output::outln(&format!(
                     "{:<40} {:<10} {:>3}/{:<3} points finished: {} done, {} failed, {} skipped  {}",
                     s.sweep_id,
                     s.state,
@@ -225,7 +251,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
                     s.points_failed,
                     s.points_skipped,
                     s.model
-                );
+                ))?;
             }
             // Per agent: what it does now (`disconnected` during its grace period).
             let agents = client
@@ -234,7 +260,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
                 .into_inner()
                 .agents;
             for a in agents {
-                println!(
+                crate::output::outln(&format!(
                     "agent {:<20} {:<14} {}",
                     a.agent_id,
                     a.state,
@@ -243,7 +269,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
                     } else {
                         format!("running {}", a.current_point)
                     }
-                );
+                ))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -254,7 +280,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
                 .await?
                 .into_inner();
             if list.agents.is_empty() {
-                println!("no agents");
+                crate::output::outln("no agents")?;
             }
             for a in list.agents {
                 let inv = a.inventory.unwrap_or_default();
@@ -266,7 +292,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
                 let mut labels: Vec<String> =
                     inv.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 labels.sort();
-                println!(
+                crate::output::outln(&format!(
                     "{:<20} {:<14} host={} gpus={} [{}] labels={} {}",
                     a.agent_id,
                     a.state,
@@ -279,7 +305,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
                     } else {
                         format!("running {}", a.current_point)
                     }
-                );
+                ))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -292,7 +318,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
                 .await?
                 .into_inner();
             let state = resp.status.map(|s| s.state).unwrap_or_default();
-            println!("{sweep_id}: {state}");
+            crate::output::outln(&format!("{sweep_id}: {state}"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Results(args) => results::run(args, &cli.controller, &cli.credentials).await,
@@ -322,6 +348,9 @@ pub fn plan_text(spec: &SweepSpec) -> String {
     use std::fmt::Write;
     let points = spec.expand();
     let mut out = String::new();
+    for note in &spec.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
     let _ = writeln!(
         out,
         "sweep {:?}: model {}",

@@ -6,7 +6,7 @@ use std::ops::Range;
 use crate::error::SpecError;
 
 /// Line and column (both 1-based, the column in characters) of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
@@ -60,10 +60,15 @@ pub(super) fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> SpecErr
     };
     // For unknown fields the span covers the offending key; name it.
     // For a bad value it covers the value; name its key (`section.key`).
-    let message = e.message().trim().to_string();
-    let field = key_at(text, &span)
+    let mut message = e.message().trim().to_string();
+    let field = path_at(text, &span)
+        .or_else(|| header_at(text, &span))
+        .or_else(|| key_at(text, &span))
         .or_else(|| key_of_value(text, &span))
         .unwrap_or_default();
+    if message == "duplicate key" && !field.is_empty() {
+        message = format!("duplicate key: `{field}` is defined twice");
+    }
     SpecError {
         file: file.to_string(),
         line,
@@ -81,7 +86,29 @@ fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && rest.starts_with('=');
-    is_key.then(|| s.to_string())
+    if !is_key {
+        return None;
+    }
+    let line_start = text.get(..span.start)?.rfind('\n').map_or(0, |p| p + 1);
+    Some(match section_above(text, line_start) {
+        Some(section) => format!("{section}.{s}"),
+        None => s.to_string(),
+    })
+}
+
+/// The `[section]` whose body holds the line starting at `line_start` (not `[[…]]`).
+fn section_above(text: &str, line_start: usize) -> Option<&str> {
+    text.get(..line_start)?
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .and_then(|l| {
+            let header = l.split('#').next()?.trim();
+            let name = header.strip_prefix('[')?.strip_suffix(']')?.trim();
+            // `[[array.of.tables]]` headers are not named here.
+            (!name.starts_with('[')).then_some(name)
+        })
 }
 
 /// The dotted key (`policy.on_engine_crash`) of the value that starts at `span`, when it is
@@ -101,20 +128,90 @@ fn key_of_value(text: &str, span: &Range<usize>) -> Option<String> {
     if !is_key {
         return None;
     }
-    let section = before
-        .get(..line_start)?
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .and_then(|l| {
-            let header = l.split('#').next()?.trim();
-            let name = header.strip_prefix('[')?.strip_suffix(']')?.trim();
-            // `[[array.of.tables]]` headers are not named here.
-            (!name.starts_with('[')).then_some(name)
-        });
+    let section = section_above(text, line_start);
     Some(match section {
         Some(section) => format!("{section}.{lhs}"),
         None => lhs.to_string(),
     })
+}
+
+/// The full field path (`matrix.batch_sizes[0]`, `matrix.workloads[1].input`) of the
+/// deepest key or value of the document that covers `span`'s start, read from a
+/// best-effort parse of `text` (it also works when the document has syntax errors before
+/// or after the span).
+pub(super) fn path_at(text: &str, span: &Range<usize>) -> Option<String> {
+    let (doc, _errors) = toml::de::DeTable::parse_recoverable(text);
+    find_in_table(doc.get_ref(), span.start, "")
+}
+
+fn covers(span: &Range<usize>, offset: usize) -> bool {
+    span.start <= offset && offset < span.end.max(span.start + 1)
+}
+
+fn find_in_table(table: &toml::de::DeTable<'_>, offset: usize, prefix: &str) -> Option<String> {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        if let Some(deeper) = find_in_value(value, offset, &path) {
+            return Some(deeper);
+        }
+        if covers(&key.span(), offset) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+fn find_in_value(
+    value: &toml::Spanned<toml::de::DeValue<'_>>,
+    offset: usize,
+    path: &str,
+) -> Option<String> {
+    match value.get_ref() {
+        toml::de::DeValue::Table(t) => {
+            if let Some(deeper) = find_in_table(t, offset, path) {
+                return Some(deeper);
+            }
+        }
+        toml::de::DeValue::Array(a) => {
+            for (i, item) in a.iter().enumerate() {
+                if let Some(deeper) = find_in_value(item, offset, &format!("{path}[{i}]")) {
+                    return Some(deeper);
+                }
+            }
+        }
+        _ => {}
+    }
+    // Header tables have no useful span of their own: only leaves and inline values count.
+    let is_header_table =
+        matches!(value.get_ref(), toml::de::DeValue::Table(_)) && text_is_not_inline(value);
+    (!is_header_table && covers(&value.span(), offset)).then(|| path.to_string())
+}
+
+/// Whether a table value came from a `[header]` rather than an inline `{ … }` (whose span
+/// covers its braces).
+fn text_is_not_inline(value: &toml::Spanned<toml::de::DeValue<'_>>) -> bool {
+    value.span().is_empty()
+}
+
+/// The table named by the `[header]` or `[[header]]` at `span`, when the span lies on a
+/// header line (duplicate tables are reported there).
+fn header_at(text: &str, span: &Range<usize>) -> Option<String> {
+    let start = span.start.min(text.len());
+    let line_start = text.get(..start)?.rfind('\n').map_or(0, |p| p + 1);
+    let line_end = text
+        .get(start..)?
+        .find('\n')
+        .map_or(text.len(), |p| start + p);
+    let line = text.get(line_start..line_end)?.split('#').next()?.trim();
+    let name = line.strip_prefix('[')?.strip_suffix(']')?;
+    let name = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name)
+        .trim();
+    (!name.is_empty()).then(|| name.to_string())
 }

@@ -36,9 +36,10 @@ pub use limits::{
     MAX_SWEEP_FILE_BYTES, longest_point_id, model_name_problem, point_id_fits, sweep_id_len,
 };
 pub use sections::{
-    Arrival, BatchSizes, DEFAULT_CRASH_RETRIES, Endpoint, EngineKind, EngineSection, GPU_VENDORS,
-    LoadMode, LoadSection, MatrixSection, OnEngineCrash, PlacementSection, PolicySection, Runtime,
-    Strategy, SweepSpec, TokenizerSource, WorkloadEntry, model_slug,
+    Arrival, BatchSizes, DEFAULT_CRASH_RETRIES, DEFAULT_MAX_FAILED_SHARE, Endpoint, EngineKind,
+    EngineSection, GPU_VENDORS, LoadMode, LoadSection, MatrixSection, OnEngineCrash,
+    PlacementSection, PolicySection, Runtime, Strategy, SweepSpec, TokenizerSource, WorkloadEntry,
+    model_slug,
 };
 pub use validate::MAX_BATCH_SIZE;
 pub use vllm_flags::vllm_flags;

@@ -30,6 +30,10 @@ pub struct SweepSpec {
     pub placement: PlacementSection,
     #[serde(default)]
     pub policy: PolicySection,
+    /// What parsing changed in the file's values, one line each (e.g. a batch size listed
+    /// twice, measured once), for `controllerctl validate` to print.
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -403,7 +407,14 @@ pub struct PolicySection {
     pub retries: Option<Spanned<u32>>,
     /// Per-point timeout in seconds; overrides `[load] timeout_s` when set.
     pub point_timeout_s: Option<Spanned<u32>>,
+    /// The share of a point's requests (0 to 1) that may fail before the point is `failed`
+    /// (default [`DEFAULT_MAX_FAILED_SHARE`]); a point with no successful request is failed
+    /// whatever this says.
+    pub max_failed_share: Option<Spanned<f64>>,
 }
+
+/// Default `[policy] max_failed_share`.
+pub const DEFAULT_MAX_FAILED_SHARE: f64 = 0.5;
 
 /// Default extra attempts of `on_engine_crash = "retry"`.
 pub const DEFAULT_CRASH_RETRIES: u32 = 1;
@@ -418,6 +429,13 @@ impl PolicySection {
                 .map_or(DEFAULT_CRASH_RETRIES, |r| *r.get_ref()),
             OnEngineCrash::SkipLarger | OnEngineCrash::Continue => 0,
         }
+    }
+
+    /// The share of failed requests above which a point is failed.
+    pub fn max_failed_share(&self) -> f64 {
+        self.max_failed_share
+            .as_ref()
+            .map_or(DEFAULT_MAX_FAILED_SHARE, |s| *s.get_ref())
     }
 }
 

@@ -186,7 +186,7 @@ fn unknown_field_names_line_and_field() {
     let bad = GOOD.replace("block_size = 64", "blocksize = 64");
     let err = SweepSpec::parse(&bad, "bad.toml").unwrap_err();
     assert_eq!(err.line, 9, "{err}");
-    assert_eq!(err.field, "blocksize", "{err}");
+    assert_eq!(err.field, "engine.blocksize", "{err}");
     assert!(err.message.contains("unknown field"), "{err}");
 }
 
@@ -357,7 +357,11 @@ fn policy_errors_name_the_field_and_line() {
     );
 
     let err = SweepSpec::parse(&with_policy("retry_count = 2"), "p.toml").unwrap_err();
-    assert_eq!((err.field.as_str(), err.line), ("retry_count", 23), "{err}");
+    assert_eq!(
+        (err.field.as_str(), err.line),
+        ("policy.retry_count", 23),
+        "{err}"
+    );
     assert!(err.message.contains("unknown field"), "{err}");
 
     let err = SweepSpec::parse(&with_policy("retries = -1"), "p.toml").unwrap_err();
@@ -462,16 +466,20 @@ fn placement_errors_name_the_field_and_line() {
     );
 
     let err = SweepSpec::parse(&with_placement("gpu_count = 2"), "p.toml").unwrap_err();
-    assert_eq!((err.field.as_str(), err.line), ("gpu_count", 23), "{err}");
+    assert_eq!(
+        (err.field.as_str(), err.line),
+        ("placement.gpu_count", 23),
+        "{err}"
+    );
 }
 
 /// A 34 KB-ish file whose matrix expands to `gpus × workloads × batch sizes` points.
 fn huge_matrix(gpus: usize, workloads: usize, batches: usize) -> String {
-    let g: Vec<String> = (0..gpus).map(|i| (i % 8 + 1).to_string()).collect();
+    let g: Vec<String> = (0..gpus).map(|i| (i + 1).to_string()).collect();
     let w: Vec<String> = (0..workloads)
-        .map(|i| format!("{{ input = {}, output = 1 }}", i % 100 + 1))
+        .map(|i| format!("{{ input = {}, output = 1 }}", i + 1))
         .collect();
-    let b: Vec<String> = (0..batches).map(|i| (i % 64 + 1).to_string()).collect();
+    let b: Vec<String> = (0..batches).map(|i| (i + 1).to_string()).collect();
     format!(
         "name = \"huge\"\nmodel = \"m/x\"\n[engine]\nkind = \"vllm\"\nruntime = \"process\"\n\
          [matrix]\ngpus = [{}]\nbatch_sizes = [{}]\nworkloads = [{}]\n",
@@ -533,4 +541,102 @@ fn oversized_files_names_and_models_are_refused() {
     }
     let text = GOOD.replace("meta-llama/Llama-3.2-1B-Instruct", "/models/llama");
     assert!(SweepSpec::parse(&text, "t.toml").is_ok());
+}
+
+fn list_spec(batches: &str) -> String {
+    GOOD.replace(
+        "batch_sizes = \"powers-of-2\"\nmax_batch_size = 8\n",
+        &format!("batch_sizes = {batches}\n"),
+    )
+}
+
+#[test]
+fn type_errors_name_the_full_field_path_and_position() {
+    for (batches, field, at, what) in [
+        (
+            "[\"one\"]",
+            "matrix.batch_sizes[0]",
+            (14, 16),
+            "string \"one\"",
+        ),
+        ("[-1]", "matrix.batch_sizes[0]", (14, 16), "-1"),
+        ("[4, 1.5]", "matrix.batch_sizes[1]", (14, 19), "1.5"),
+        ("\"many\"", "matrix.batch_sizes", (14, 15), "powers-of-2"),
+    ] {
+        let e = SweepSpec::parse(&list_spec(batches), "f.toml").unwrap_err();
+        assert_eq!(e.field, field, "{batches}: {e}");
+        assert_eq!((e.line, e.column), at, "{batches}: {e}");
+        assert!(e.message.contains(what), "{batches}: {e}");
+    }
+    let nested = GOOD.replace("input = 128,", "input = \"x\",");
+    let e = SweepSpec::parse(&nested, "f.toml").unwrap_err();
+    assert_eq!(e.field, "matrix.workloads[1].input", "{e}");
+    let e = SweepSpec::parse(&GOOD.replace("gpus = [1, 2]", "gpus = [1, [2]]"), "f").unwrap_err();
+    assert_eq!(e.field, "matrix.gpus[1]", "{e}");
+}
+
+#[test]
+fn duplicate_tables_and_keys_name_the_key() {
+    let e =
+        SweepSpec::parse(&GOOD.replace("[load]", "[matrix]\ngpus = [1]\n[load]"), "f").unwrap_err();
+    assert_eq!(e.field, "matrix", "{e}");
+    assert_eq!(e.line, 18, "{e}");
+    assert!(e.to_string().contains("`matrix` is defined twice"), "{e}");
+    let e =
+        SweepSpec::parse(&GOOD.replace("[load]\n", "[load]\ntimeout_s = 3\n"), "f").unwrap_err();
+    assert_eq!(e.field, "load.timeout_s", "{e}");
+    assert_eq!(e.line, 21, "{e}");
+}
+
+#[test]
+fn model_names_with_control_characters_are_refused() {
+    for model in ["org/name\\n", "org/na\\tme", "/models/x\\u0007"] {
+        let text = GOOD.replace("meta-llama/Llama-3.2-1B-Instruct", model);
+        let e = SweepSpec::parse(&text, "f").unwrap_err();
+        assert_eq!(e.field, "model", "{model}: {e}");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("control character"), "{e}");
+    }
+}
+
+#[test]
+fn repeated_matrix_values_are_measured_once_with_a_note() {
+    let spec = SweepSpec::parse(&list_spec("[4, 4, 8, 4]"), "f").unwrap();
+    assert_eq!(spec.batch_sizes(), [4, 8]);
+    assert_eq!(spec.expand().len(), 2 * 2 * 2);
+    assert_eq!(spec.notes.len(), 2, "{:?}", spec.notes);
+    assert!(
+        spec.notes[0].starts_with("14:19: field `matrix.batch_sizes[1]`: 4 is listed twice"),
+        "{:?}",
+        spec.notes
+    );
+    let text = GOOD.replace("gpus = [1, 2]", "gpus = [2, 2]").replace(
+        "{ input = 128, output = 128 }",
+        "{ input = 1024, output = 512 }",
+    );
+    let spec = SweepSpec::parse(&text, "f").unwrap();
+    assert_eq!(spec.expand().len(), 4);
+    assert!(
+        spec.notes.iter().any(|n| n.contains("`matrix.gpus[1]`")),
+        "{:?}",
+        spec.notes
+    );
+    assert!(
+        spec.notes
+            .iter()
+            .any(|n| n.contains("`matrix.workloads[1]`")),
+        "{:?}",
+        spec.notes
+    );
+    let text = rate_spec("mode = \"rate\"\nduration_s = 5", "rates = [1.5, 2, 1.5]\n");
+    let spec = SweepSpec::parse(&text, "f").unwrap();
+    assert_eq!(spec.expand().len(), 2 * 2 * 2);
+    assert!(
+        spec.notes
+            .iter()
+            .any(|n| n.contains("`matrix.rates[2]`: 1.5")),
+        "{:?}",
+        spec.notes
+    );
+    assert!(SweepSpec::parse(GOOD, "f").unwrap().notes.is_empty());
 }

@@ -6,7 +6,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 use super::limits::{DEFAULT_MAX_POINTS, MAX_NAME_LEN, MAX_SWEEP_FILE_BYTES, model_name_problem};
-use super::locate::{located, toml_error};
+use super::locate::{line_col, located, toml_error};
 use super::sections::{
     Arrival, BatchSizes, GPU_VENDORS, LoadMode, OnEngineCrash, Runtime, SweepSpec,
 };
@@ -39,10 +39,63 @@ impl SweepSpec {
                 ),
             });
         }
-        let spec: SweepSpec = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        let mut spec: SweepSpec = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
         spec.validate(text, file)?;
+        spec.drop_duplicates(text);
         spec.validate_point_count(text, file, max_points)?;
         Ok(spec)
+    }
+
+    /// Drops repeated GPU counts, batch sizes, rates and workloads (each would measure the
+    /// same point again), keeping the first, and says so in [`SweepSpec::notes`].
+    fn drop_duplicates(&mut self, text: &str) {
+        let mut notes = Vec::new();
+        let matrix = &mut self.matrix;
+        dedupe(
+            text,
+            "matrix.gpus",
+            matrix.gpus.get_mut(),
+            |g| u64::from(*g.get_ref()),
+            |g| g.get_ref().to_string(),
+            &mut notes,
+        );
+        if let Some(b) = matrix.batch_sizes.as_mut()
+            && let BatchSizes::List(list) = b.get_mut()
+        {
+            dedupe(
+                text,
+                "matrix.batch_sizes",
+                list,
+                |b| u64::from(*b.get_ref()),
+                |b| b.get_ref().to_string(),
+                &mut notes,
+            );
+        }
+        if let Some(r) = matrix.rates.as_mut() {
+            dedupe(
+                text,
+                "matrix.rates",
+                r.get_mut(),
+                |r| r.get_ref().to_bits(),
+                |r| r.get_ref().to_string(),
+                &mut notes,
+            );
+        }
+        dedupe(
+            text,
+            "matrix.workloads",
+            matrix.workloads.get_mut(),
+            |w| (u64::from(w.get_ref().input) << 32) | u64::from(w.get_ref().output),
+            |w| {
+                format!(
+                    "{{ input = {}, output = {} }}",
+                    w.get_ref().input,
+                    w.get_ref().output
+                )
+            },
+            &mut notes,
+        );
+        self.notes.extend(notes);
     }
 
     fn validate_point_count(&self, text: &str, file: &str, max: u64) -> Result<(), SpecError> {
@@ -341,6 +394,15 @@ impl SweepSpec {
                 "must be at least 1".into(),
             );
         }
+        if let Some(s) = &policy.max_failed_share
+            && !(0.0..=1.0).contains(s.get_ref())
+        {
+            return err(
+                s.span(),
+                "policy.max_failed_share",
+                format!("must be between 0 and 1 (it is {})", s.get_ref()),
+            );
+        }
         Ok(())
     }
 
@@ -472,4 +534,32 @@ impl SweepSpec {
         }
         Ok(())
     }
+}
+
+/// Keeps the first of equal items (by `key`) and notes each later one by its field path and
+/// line:column as written.
+fn dedupe<T>(
+    text: &str,
+    field: &str,
+    items: &mut Vec<Spanned<T>>,
+    key: impl Fn(&Spanned<T>) -> u64,
+    show: impl Fn(&Spanned<T>) -> String,
+    notes: &mut Vec<String>,
+) {
+    let mut seen = std::collections::HashSet::new();
+    let mut index = 0;
+    items.retain(|item| {
+        let i = index;
+        index += 1;
+        if seen.insert(key(item)) {
+            return true;
+        }
+        let (line, column) = line_col(text, item.span().start);
+        notes.push(format!(
+            "{line}:{column}: field `{field}[{i}]`: {} is listed twice; its points are \
+             measured once",
+            show(item)
+        ));
+        false
+    });
 }
