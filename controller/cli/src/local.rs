@@ -107,7 +107,7 @@ async fn drive(
     );
     let status = progress::watch(&mut client, &resp.sweep_id).await?;
     let results = crate::paging::results(&mut client, &resp.sweep_id).await?;
-    print!("{}", output::render(&results.points, format));
+    crate::output::out(&output::render(&results.points, format))?;
     for f in &results.files {
         eprintln!("wrote {f}");
     }

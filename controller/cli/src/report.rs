@@ -42,7 +42,7 @@ pub fn run(args: ReportArgs) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::from(EXIT_NO_MATCH));
     }
     let written = write_report(&data, &title(&filter), &out)?;
-    println!(
+    crate::output::outln(&format!(
         "{} points from {} points files: {} ({} plots as PNG and SVG, {} CSV files) in {}",
         written.points,
         data.files.len(),
@@ -50,6 +50,6 @@ pub fn run(args: ReportArgs) -> Result<ExitCode, CliError> {
         written.png.len(),
         written.csv.len(),
         out.display()
-    );
+    ))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -160,7 +160,7 @@ pub async fn run(
             }
         }
     };
-    print!("{text}");
+    crate::output::out(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -174,10 +174,10 @@ async fn live_results(
 ) -> Result<ExitCode, CliError> {
     let mut client = crate::connect(controller, credentials).await?;
     let resp = crate::paging::results(&mut client, &sweep_id).await?;
-    print!("{}", output::render(&resp.points, format));
+    crate::output::out(&output::render(&resp.points, format))?;
     if format == Format::Table {
         for f in resp.files {
-            println!("{f}");
+            crate::output::outln(&f)?;
         }
     }
     Ok(ExitCode::SUCCESS)
