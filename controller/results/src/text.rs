@@ -148,86 +148,99 @@ pub fn to_fleet_table(points: &[pb::PointSummary]) -> String {
 }
 
 fn table(points: &[pb::PointSummary], with_ids: bool) -> String {
-    let ids: &[&str] = if with_ids { &["model", "sweep"] } else { &[] };
-    let columns = [
-        "gpus",
-        "load",
-        "in/out",
-        "host",
-        "state",
-        "ok",
-        "fail",
-        "dur s",
-        "req/s",
-        "out tok/s",
-        "tot tok/s",
-        "tok/s/req",
-        "ttft p50",
-        "ttft p99",
-        "tpot p50",
-        "tpot p99",
-        "itl p50",
-        "e2el p50",
-        "srv run",
-        "lag p99",
-        "cpu",
-        "verdict",
-    ];
-    let header: Vec<&str> = ids.iter().chain(&columns).copied().collect();
+    // The host column only where it tells points apart (or many sweeps are listed).
+    let with_host = with_ids
+        || points
+            .iter()
+            .any(|p| points.first().is_some_and(|f| f.host != p.host));
+    let mut header: Vec<&str> = if with_ids {
+        vec!["model", "sweep"]
+    } else {
+        Vec::new()
+    };
+    header.extend(["gpus", "load", "in/out"]);
+    if with_host {
+        header.push("host");
+    }
+    header.extend([
+        "state", "ok", "fail", "req/s", "out/s", "tok/s", "ttft50", "ttft99", "tpot50", "e2el50",
+        "lag99", "verdict",
+    ]);
+    // One numbered note per distinct verdict that is not `valid`.
+    let mut notes: Vec<&str> = Vec::new();
     let rows: Vec<Vec<String>> = points
         .iter()
         .map(|s| {
             let ttft = s.ttft_s.unwrap_or_default();
             let tpot = s.tpot_s.unwrap_or_default();
-            let itl = s.itl_s.unwrap_or_default();
             let e2el = s.e2el_s.unwrap_or_default();
-            let ids = if with_ids {
+            let mut cells = if with_ids {
                 vec![s.model.clone(), s.sweep_id.clone()]
             } else {
                 Vec::new()
             };
-            let cells = [
+            cells.extend([
                 s.gpus.to_string(),
                 load_label(s),
                 format!("{}/{}", s.input_tokens, s.output_tokens),
-                s.host.clone(),
+            ]);
+            if with_host {
+                cells.push(s.host.clone());
+            }
+            let verdict = if s.verdict == "valid" || s.verdict.is_empty() {
+                s.verdict.clone()
+            } else {
+                let n = notes
+                    .iter()
+                    .position(|v| *v == s.verdict)
+                    .unwrap_or_else(|| {
+                        notes.push(&s.verdict);
+                        notes.len() - 1
+                    })
+                    + 1;
+                format!("{} ({n})", verdict_codes(&s.verdict))
+            };
+            cells.extend([
                 s.state.clone(),
                 s.completed.to_string(),
                 s.failed.to_string(),
-                format!("{:.2}", s.duration_s),
                 format!("{:.2}", s.request_throughput),
-                num(s.output_throughput),
-                num(s.total_token_throughput),
-                s.per_request_output_speed_mean
-                    .map_or_else(|| "-".into(), num),
-                ms(ttft.p50),
-                ms(ttft.p99),
-                ms(tpot.p50),
-                ms(tpot.p99),
-                ms(itl.p50),
-                ms(e2el.p50),
-                s.server_running_max
-                    .map_or_else(|| "-".into(), |v| format!("{v:.0}")),
-                ms(s.send_lag_s.and_then(|p| p.p99)),
-                format!("{:.2}", s.client_cpu_cores),
-                s.verdict.clone(),
-            ];
-            ids.into_iter().chain(cells).collect()
+                short(Some(s.output_throughput)),
+                short(Some(s.total_token_throughput)),
+                short_ms(ttft.p50),
+                short_ms(ttft.p99),
+                short_ms(tpot.p50),
+                short_ms(e2el.p50),
+                short_ms(s.send_lag_s.and_then(|p| p.p99)),
+                verdict,
+            ]);
+            cells
         })
         .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
+            *w = (*w).max(c.chars().count());
         }
     }
+    let last = widths.len().saturating_sub(1);
     let line = |cells: Vec<String>| -> String {
         cells
             .iter()
             .zip(&widths)
-            .map(|(c, w)| format!("{c:>w$}"))
+            .enumerate()
+            // The verdict (last) is left-aligned and not padded: its codes vary in length.
+            .map(|(i, (c, w))| {
+                if i == last {
+                    c.clone()
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
             .collect::<Vec<_>>()
-            .join("  ")
+            .join(" ")
+            .trim_end()
+            .to_string()
     };
     let mut out = line(header.iter().map(|h| h.to_string()).collect());
     out.push('\n');
@@ -235,10 +248,103 @@ fn table(points: &[pb::PointSummary], with_ids: bool) -> String {
         out.push_str(&line(r));
         out.push('\n');
     }
-    out.push_str(
-        "(latencies in ms; load = burst batch, cN = N in flight, R/s = request rate; tok/s/req = mean per-request output speed; srv run = most requests the engine reported running; lag = actual - scheduled send; cpu = load generator cores busy)\n",
-    );
+    for (i, v) in notes.iter().enumerate() {
+        out.push_str(&wrap(&format!("({}) {v}", i + 1), NOTE_WIDTH, "    "));
+    }
+    out.push_str(&wrap(
+        "latencies in ms (p50, p99); load = burst batch, cN = N in flight, R/s = request rate; \
+         out/s, tok/s = output and total tokens per second; lag = actual - scheduled send; \
+         verdict codes: failed, none, input, output, lag, conc, cpu, inflight, shared, \
+         fallback (full text above and in --format csv/json)",
+        NOTE_WIDTH,
+        "",
+    ));
     out
+}
+
+/// A table number: one decimal below 1000, none from there on (the table stays narrow);
+/// `-` when absent.
+fn short(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) if x.abs() >= 1000.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.1}"),
+    }
+}
+
+/// Seconds as [`short`] milliseconds.
+fn short_ms(v: Option<f64>) -> String {
+    short(v.map(|x| x * 1000.0))
+}
+
+/// Width the notes under a table are wrapped to.
+const NOTE_WIDTH: usize = 100;
+
+/// `text` wrapped at spaces to lines of at most `width` characters (a longer word stays
+/// whole), continuation lines starting with `indent`; ends with a newline.
+fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = indent.to_string();
+        }
+        if !line.trim().is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
+}
+
+/// The short code of one verdict reason (the texts of `summary::verdict`): `failed`,
+/// `none`, `input`, `output`, `lag`, `conc`, `cpu`, `inflight`, `shared`, `fallback`, or
+/// `other` for a reason this table does not know.
+pub fn reason_code(reason: &str) -> &'static str {
+    let r = reason.trim();
+    if r.starts_with("no requests measured") {
+        "none"
+    } else if r.contains("requests failed") {
+        "failed"
+    } else if r.contains("input tokens") {
+        "input"
+    } else if r.contains("output tokens") {
+        "output"
+    } else if r.starts_with("send lag") {
+        "lag"
+    } else if r.starts_with("concurrency") {
+        "conc"
+    } else if r.starts_with("client CPU") {
+        "cpu"
+    } else if r.starts_with("engine saw at most") {
+        "inflight"
+    } else if r.starts_with("engine had up to") {
+        "shared"
+    } else if r.starts_with("engine fallback") {
+        "fallback"
+    } else {
+        "other"
+    }
+}
+
+/// The codes of a verdict's reasons (`"; "`-separated), comma-separated, each once:
+/// `valid` stays `valid`.
+pub fn verdict_codes(verdict: &str) -> String {
+    if verdict == "valid" {
+        return verdict.to_string();
+    }
+    let mut codes: Vec<&str> = Vec::new();
+    for reason in verdict.split("; ").filter(|r| !r.trim().is_empty()) {
+        let code = reason_code(reason);
+        if !codes.contains(&code) {
+            codes.push(code);
+        }
+    }
+    codes.join(",")
 }
 
 #[cfg(test)]
@@ -288,6 +394,122 @@ mod tests {
         // Every row cell has a header: nothing is cut off by the column zip.
         let header_cells = t.lines().next().unwrap().split_whitespace().count();
         assert!(t.lines().next().unwrap().ends_with("verdict"), "{t}");
-        assert!(header_cells >= 20, "{t}");
+        assert!(header_cells >= 14, "{t}");
+    }
+
+    fn realistic(verdict: &str) -> pb::PointSummary {
+        pb::PointSummary {
+            gpus: 1,
+            batch_size: 64,
+            mode: "burst".into(),
+            input_tokens: 1024,
+            output_tokens: 512,
+            host: "gpu-host-01".into(),
+            state: "failed".into(),
+            completed: 512,
+            failed: 12,
+            request_throughput: 12.34,
+            output_throughput: 12_345.6,
+            total_token_throughput: 23_456.7,
+            ttft_s: Some(pb::Percentiles {
+                p50: Some(1.2345),
+                p99: Some(2.3456),
+                ..Default::default()
+            }),
+            tpot_s: Some(pb::Percentiles {
+                p50: Some(0.0123),
+                ..Default::default()
+            }),
+            e2el_s: Some(pb::Percentiles {
+                p50: Some(12.3456),
+                ..Default::default()
+            }),
+            server_running_max: Some(256.0),
+            send_lag_s: Some(pb::Percentiles {
+                p99: Some(0.0136),
+                ..Default::default()
+            }),
+            client_cpu_cores: 1.99,
+            verdict: verdict.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_table_with_long_verdicts_fits_a_terminal() {
+        let long = "send lag p99 13.6 ms > 10 ms: requests did not leave when scheduled; \
+                    client CPU-saturated (1.99 of 2 cores busy): the point measured the load \
+                    generator; engine saw at most 9 requests in flight, the client had 62 (40 \
+                    scrapes): requests waited before reaching the engine";
+        let mut other = realistic("valid");
+        other.host = "b".into();
+        let points = [
+            realistic(long),
+            other,
+            realistic(long),
+            realistic("no requests measured"),
+        ];
+        let t = to_table(&points);
+        for line in t.lines() {
+            assert!(
+                line.chars().count() <= 120,
+                "{} chars: {line}\n{t}",
+                line.len()
+            );
+        }
+        let rows: Vec<&str> = t.lines().collect();
+        assert!(rows[1].ends_with(" lag,cpu,inflight (1)"), "{t}");
+        assert!(rows[2].ends_with(" valid"), "{t}");
+        assert!(rows[3].ends_with("(1)"), "{t}");
+        assert!(rows[4].ends_with(" none (2)"), "{t}");
+        // The full reasons are notes under the table, each once, wrapped.
+        assert!(t.contains("(1) send lag p99 13.6 ms > 10 ms"), "{t}");
+        assert!(t.contains("(2) no requests measured"), "{t}");
+        assert_eq!(t.matches("(1) send lag").count(), 1, "{t}");
+        assert!(
+            t.contains("requests waited before reaching the engine"),
+            "{t}"
+        );
+        // CSV and JSON keep the whole verdict.
+        assert!(to_csv(&points).contains(long), "{t}");
+    }
+
+    #[test]
+    fn every_reason_of_the_verdict_code_has_a_code() {
+        for (reason, code) in [
+            ("no requests measured", "none"),
+            ("3 of 8 requests failed", "failed"),
+            (
+                "2 request(s) not at 128 input tokens as the server counted",
+                "input",
+            ),
+            ("2 request(s) not at 32 output tokens", "output"),
+            (
+                "send lag p99 13.6 ms > 10 ms: requests did not leave when scheduled",
+                "lag",
+            ),
+            ("concurrency 8 not held: 3.1 in flight on average", "conc"),
+            (
+                "client CPU-saturated (1.90 of 2 cores busy): the point measured the load generator",
+                "cpu",
+            ),
+            (
+                "engine saw at most 9 requests in flight, the client had 62 (4 scrapes): x",
+                "inflight",
+            ),
+            (
+                "engine had up to 9 requests in flight, the client 2 (4 scrapes): x",
+                "shared",
+            ),
+            ("engine fallback: chat", "fallback"),
+            ("something new", "other"),
+        ] {
+            assert_eq!(reason_code(reason), code, "{reason}");
+        }
+        assert_eq!(verdict_codes("valid"), "valid");
+        assert_eq!(
+            verdict_codes("send lag p99 1 ms > 0 ms: x; send lag p99 2 ms > 0 ms: y"),
+            "lag"
+        );
     }
 }
