@@ -48,7 +48,8 @@ fn join_or(items: &[String], none: &str) -> String {
 type Band = dyn Fn(&PointSummary) -> Option<(f64, f64)>;
 
 /// One line from points (any order): sorted by x; failed points become crosses at what
-/// they measured (0 when nothing).
+/// they measured (0 when nothing); points whose verdict is not `valid` stay on the line
+/// and are also listed, with their verdict, as hollow markers.
 fn series(
     label: String,
     points: &[&PointSummary],
@@ -70,6 +71,9 @@ fn series(
         }
         let Some(yv) = y(p) else { continue };
         s.points.push((xv, yv));
+        if !p.verdict.is_empty() && p.verdict != "valid" {
+            s.invalid.push((xv, yv, p.verdict.clone()));
+        }
         if let Some((lo, hi)) = band.and_then(|b| b(p)) {
             s.band.push((xv, lo, hi));
         }

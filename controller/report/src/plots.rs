@@ -1,13 +1,15 @@
 //! Charts drawn with plotters, as SVG (inline in the HTML, and files) and PNG.
 //!
 //! A [`Chart`] is one or more panels side by side under one title; each panel has lines
-//! (one per [`Series`]) with round markers for the points that measured, crosses for
-//! points that failed or whose engine crashed, and an optional p50–p99 band. The batch
+//! (one per [`Series`]) with round markers for the points that measured (hollow for those
+//! whose verdict is not `valid`), crosses for points that failed or whose engine crashed,
+//! and an optional p50–p99 band. The batch
 //! size axis is log2. Text is drawn with DejaVu Sans embedded in the binary (registered
 //! for plotters' `ab_glyph` font backend), so nothing depends on system fonts.
 //!
 //! In the SVG, each series' line carries `class="series"`, `data-panel` and `data-series`
-//! attributes, so tools (and the tests) can find the series of a plot.
+//! attributes, so tools (and the tests) can find the series of a plot; each hollow marker
+//! carries `class="invalid"`, its verdict in `data-verdict` and a `<title>` (the tooltip).
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -58,6 +60,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Points that failed or whose engine crashed (y = what they measured, or 0).
     pub failed: Vec<(f64, f64)>,
+    /// Points of `points` whose verdict is not `valid`, with that verdict: drawn hollow.
+    pub invalid: Vec<(f64, f64, String)>,
     /// (x, low, high): a band drawn under the line (p50–p99).
     pub band: Vec<(f64, f64, f64)>,
 }
@@ -116,7 +120,7 @@ pub fn render_svg(chart: &Chart) -> Result<String, ReportError> {
         draw(&root, chart).map_err(plot_error)?;
         root.present().map_err(plot_error)?;
     }
-    Ok(tag_series(&svg, chart))
+    Ok(tag_invalid(&tag_series(&svg, chart), chart))
 }
 
 /// The chart as a PNG file.
@@ -151,6 +155,46 @@ fn tag_series(svg: &str, chart: &Chart) -> String {
                 out.push_str(&line["<polyline ".len()..]);
                 continue;
             }
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// Radius of a hollow (not `valid`) marker; the legend's sample is smaller, so only the
+/// points' markers have this radius.
+const HOLLOW_RADIUS: u32 = 5;
+
+/// Gives every hollow marker (drawn in panel, series and point order) `class="invalid"`,
+/// `data-verdict` and a `<title>` with its verdict, which browsers show on hover.
+fn tag_invalid(svg: &str, chart: &Chart) -> String {
+    let mut verdicts = chart.panels.iter().flat_map(|p| &p.series).flat_map(|s| {
+        s.invalid
+            .iter()
+            .map(move |(_, _, v)| (s.label.as_str(), v.as_str()))
+    });
+    let marker = format!("r=\"{HOLLOW_RADIUS}\"");
+    let mut out = String::with_capacity(svg.len() + 1024);
+    for line in svg.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        if trimmed.starts_with("<circle ")
+            && trimmed.contains(&marker)
+            && trimmed.contains("fill=\"none\"")
+            && let Some(body) = trimmed.strip_suffix("/>")
+            && let Some((label, verdict)) = verdicts.next()
+        {
+            let verdict = crate::markup::escape(verdict);
+            out.push_str("<circle class=\"invalid\" data-verdict=\"");
+            out.push_str(&verdict);
+            out.push_str("\" ");
+            out.push_str(&body["<circle ".len()..]);
+            out.push_str("><title>");
+            out.push_str(&crate::markup::escape(label));
+            out.push_str(": not valid: ");
+            out.push_str(&verdict);
+            out.push_str("</title></circle>");
+            out.push_str(&line[trimmed.len()..]);
+            continue;
         }
         out.push_str(line);
     }
@@ -288,7 +332,35 @@ where
                 .legend(move |(x, y)| {
                     Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled())
                 });
-            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+            let valid = s
+                .points
+                .iter()
+                .filter(|p| !s.invalid.iter().any(|q| same_spot(**p, (q.0, q.1))));
+            chart.draw_series(valid.map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+    }
+    // Points whose verdict is not `valid`: hollow rings (white inside) on their line, one
+    // legend entry for all.
+    let mut invalid_labelled = false;
+    for (i, s) in panel.series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        if s.invalid.is_empty() {
+            continue;
+        }
+        chart.draw_series(
+            s.invalid
+                .iter()
+                .map(|&(x, y, _)| Circle::new((x, y), HOLLOW_RADIUS - 1, WHITE.filled())),
+        )?;
+        let anno = chart.draw_series(
+            s.invalid
+                .iter()
+                .map(|&(x, y, _)| Circle::new((x, y), HOLLOW_RADIUS, color.stroke_width(2))),
+        )?;
+        if !invalid_labelled {
+            invalid_labelled = true;
+            anno.label("hollow: verdict not valid (hover for why)")
+                .legend(|(x, y)| Circle::new((x + 8, y), 4, BLACK.stroke_width(2)));
         }
     }
     // Failed points last, on top, with one legend entry after the lines'. Crosses of
@@ -376,6 +448,7 @@ mod tests {
                 (2.0, 2.0 * k, 2.5 * k),
                 (4.0, 3.0 * k, 4.0 * k),
             ],
+            invalid: Vec::new(),
         };
         Chart {
             id: "t".into(),
@@ -407,6 +480,36 @@ mod tests {
         assert!(svg.contains("data-series=\"512/64 tok\""));
         assert!(svg.contains("model &lt;x&gt; &amp; 1 GPU"));
         assert!(svg.contains("failed / engine crashed"));
+    }
+
+    #[test]
+    fn points_not_valid_are_hollow_with_their_verdict_as_tooltip() {
+        let mut c = chart();
+        c.panels[0].series[1].invalid =
+            vec![(4.0, 17.5, "send lag p99 13.6 ms > 10 ms <&>".into())];
+        c.panels[1].series[0].invalid = vec![
+            (1.0, 3.0, "client CPU-saturated".into()),
+            (2.0, 6.0, "engine saw at most 9".into()),
+        ];
+        let svg = render_svg(&c).unwrap();
+        assert_eq!(svg.matches("class=\"invalid\"").count(), 3, "{svg}");
+        assert!(
+            svg.contains("<title>512/64 tok: not valid: send lag p99 13.6 ms &gt; 10 ms &lt;&amp;&gt;</title></circle>"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("data-verdict=\"client CPU-saturated\""),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("<title>1 GPU: not valid: engine saw at most 9</title>"),
+            "{svg}"
+        );
+        assert!(svg.contains("hollow: verdict not valid"), "{svg}");
+        // A chart with only valid points has neither hollow markers nor their legend.
+        let svg = render_svg(&chart()).unwrap();
+        assert!(!svg.contains("class=\"invalid\""));
+        assert!(!svg.contains("hollow:"));
     }
 
     #[test]
