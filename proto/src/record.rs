@@ -132,6 +132,9 @@ pub struct RequestRecord {
     /// When it was actually sent, on the same clock. `send_offset_s - scheduled_offset_s`
     /// is the send lag: a late client shows here instead of hiding in the latencies.
     pub send_offset_s: f64,
+    /// Times the request was resent because it never reached the server (no connection
+    /// could be made); a request that was written is never resent.
+    pub retries: u32,
 }
 
 impl RequestRecord {
@@ -184,6 +187,7 @@ impl From<&RequestRecord> for pb::RequestRecord {
             usage_reported: r.usage_reported,
             scheduled_offset_s: r.scheduled_offset_s,
             send_offset_s: r.send_offset_s,
+            retries: r.retries,
         }
     }
 }
@@ -226,6 +230,7 @@ impl TryFrom<pb::RequestRecord> for RequestRecord {
             usage_reported: r.usage_reported,
             scheduled_offset_s: r.scheduled_offset_s,
             send_offset_s: r.send_offset_s,
+            retries: r.retries,
         })
     }
 }
@@ -262,6 +267,7 @@ mod tests {
             usage_reported: true,
             scheduled_offset_s: 0.5,
             send_offset_s: 0.5004,
+            retries: 1,
         };
         let wire = pb::RequestRecord::from(&r);
         assert_eq!(RequestRecord::try_from(wire).unwrap(), r);

@@ -39,6 +39,7 @@ fn records(batch: u32, e2el_s: f64) -> Vec<RequestRecord> {
             usage_reported: true,
             scheduled_offset_s: 0.0,
             send_offset_s: 0.0,
+            retries: 0,
         })
         .collect()
 }

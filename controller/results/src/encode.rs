@@ -112,6 +112,7 @@ pub(crate) fn scalar_columns(meta: &PointMeta, records: &[RequestRecord]) -> Vec
         bools(records, |r| r.usage_reported),
         f64s(records, |r| r.scheduled_offset_s),
         f64s(records, |r| r.send_offset_s),
+        u32s(records, |r| r.retries),
     ]
 }
 

@@ -205,6 +205,8 @@ pub fn read_requests(path: &Path) -> Result<Vec<(String, u32, RequestRecord)>, R
         let usage_reported = c.get::<BooleanArray>("usage_reported")?;
         let scheduled_offset_s = c.get::<Float64Array>("scheduled_offset_s")?;
         let send_offset_s = c.get::<Float64Array>("send_offset_s")?;
+        // Absent from files written before the column existed: no resends then.
+        let retries = c.opt::<UInt32Array>("retries")?;
         let offsets = itl_s.value_offsets();
         for i in 0..batch.num_rows() {
             let kind = error_kind.is_valid(i).then(|| error_kind.value(i));
@@ -250,6 +252,7 @@ pub fn read_requests(path: &Path) -> Result<Vec<(String, u32, RequestRecord)>, R
                     usage_reported: usage_reported.value(i),
                     scheduled_offset_s: scheduled_offset_s.value(i),
                     send_offset_s: send_offset_s.value(i),
+                    retries: retries.map_or(0, |r| r.value(i)),
                 },
             ));
         }
@@ -328,11 +331,18 @@ pub(crate) fn open(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>,
 
 /// All record batches of `path`, after checking that every column of `expected` is present
 /// with the same type and nullability (extra columns are allowed).
+/// Columns added after files were first written: a file without them still reads (the
+/// readers take their absence as the value old files meant, e.g. no resends).
+const ADDED_COLUMNS: &[&str] = &["retries"];
+
 fn read_batches(path: &Path, expected: &Schema) -> Result<Vec<RecordBatch>, ResultsError> {
     let builder = open(path)?;
     let actual = builder.schema();
     for want in expected.fields() {
         let Some((_, have)) = actual.column_with_name(want.name()) else {
+            if ADDED_COLUMNS.contains(&want.name().as_str()) {
+                continue;
+            }
             return Err(bad(path, format!("missing column `{}`", want.name())));
         };
         if have.data_type() != want.data_type() || (have.is_nullable() && !want.is_nullable()) {
@@ -368,6 +378,14 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
+    /// [`Columns::get`] for a column that older files lack.
+    fn opt<T: Array + 'static>(&self, name: &str) -> Result<Option<&'a T>, ResultsError> {
+        if self.batch.column_by_name(name).is_none() {
+            return Ok(None);
+        }
+        self.get(name).map(Some)
+    }
+
     fn get<T: Array + 'static>(&self, name: &str) -> Result<&'a T, ResultsError> {
         let column = self
             .batch

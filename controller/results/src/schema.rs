@@ -118,6 +118,7 @@ pub(crate) fn requests_schema() -> Schema {
         Field::new("usage_reported", DataType::Boolean, false),
         Field::new("scheduled_offset_s", DataType::Float64, false),
         Field::new("send_offset_s", DataType::Float64, false),
+        u32("retries"),
     ])
 }
 

@@ -217,6 +217,7 @@ fn record(rng: &mut Rng, index: u64, itl_len: usize, base_us: i64) -> pb::Reques
         usage_reported: true,
         scheduled_offset_s: scheduled,
         send_offset_s: sent,
+        retries: 0,
     };
     pb::RequestRecord::from(&r)
 }

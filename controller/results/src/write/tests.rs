@@ -60,6 +60,7 @@ fn records() -> Vec<RequestRecord> {
             usage_reported: true,
             scheduled_offset_s: 0.0,
             send_offset_s: 0.000_25,
+            retries: 0,
         },
         RequestRecord {
             request_index: 1,
@@ -80,6 +81,7 @@ fn records() -> Vec<RequestRecord> {
             usage_reported: false,
             scheduled_offset_s: 0.08,
             send_offset_s: 0.081,
+            retries: 0,
         },
         RequestRecord {
             request_index: 2,
@@ -100,6 +102,7 @@ fn records() -> Vec<RequestRecord> {
             usage_reported: false,
             scheduled_offset_s: 0.08,
             send_offset_s: 0.081,
+            retries: 0,
         },
     ]
 }
