@@ -77,6 +77,11 @@ pub struct AgentConfig {
     /// Milliseconds between scrapes of the engine's `/metrics` during a point.
     #[serde(default = "default_metrics_interval_ms")]
     pub metrics_interval_ms: u64,
+    /// Milliseconds an idle keep-alive connection to an engine stays in the pool. Below
+    /// common server defaults (uvicorn closes idle connections after 5 s), so the agent
+    /// drops a connection before the server does instead of sending on a dead one.
+    #[serde(default = "default_http_idle_timeout_ms")]
+    pub http_idle_timeout_ms: u64,
     /// How engines of the `docker` runtime are run on this host.
     #[serde(default)]
     pub docker: DockerConfig,
@@ -195,6 +200,13 @@ fn default_metrics_interval_ms() -> u64 {
     500
 }
 
+/// Default [`AgentConfig::http_idle_timeout_ms`].
+pub const DEFAULT_HTTP_IDLE_TIMEOUT_MS: u64 = 4_000;
+
+fn default_http_idle_timeout_ms() -> u64 {
+    DEFAULT_HTTP_IDLE_TIMEOUT_MS
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -213,6 +225,7 @@ impl Default for AgentConfig {
             log_tail_lines: default_log_tail(),
             heartbeat_s: default_heartbeat_s(),
             metrics_interval_ms: default_metrics_interval_ms(),
+            http_idle_timeout_ms: default_http_idle_timeout_ms(),
             docker: DockerConfig::default(),
             spool_dir: PathBuf::new(),
             policy: Policy::default(),

@@ -29,6 +29,7 @@ use crate::engine::gpu::GpuGrant;
 use crate::engine::log_tail::LogTail;
 use crate::engine::process::{EngineProcess, Spawned};
 use crate::error::AgentError;
+use crate::load::retry::send_idempotent;
 use crate::policy::scrub::Scrubber;
 
 /// What decides whether a running engine can serve the next point.
@@ -214,19 +215,13 @@ impl Engine {
     }
 
     async fn is_ready(&self, client: &reqwest::Client) -> bool {
-        let health = client
-            .get(format!("{}/health", self.base_url))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
+        let url = format!("{}/health", self.base_url);
+        let health = send_idempotent(|| client.get(&url).timeout(Duration::from_secs(5))).await;
         if !health.is_ok_and(|r| r.status().is_success()) {
             return false;
         }
-        let models = client
-            .get(format!("{}/v1/models", self.base_url))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
+        let url = format!("{}/v1/models", self.base_url);
+        let models = send_idempotent(|| client.get(&url).timeout(Duration::from_secs(5))).await;
         let Ok(models) = models else { return false };
         let Ok(body) = models.json::<serde_json::Value>().await else {
             return false;
@@ -248,10 +243,8 @@ impl Engine {
         if matches!(self.runtime, Runtime::External) {
             return None;
         }
-        let healthy = client
-            .get(format!("{}/health", self.base_url))
-            .timeout(Duration::from_secs(5))
-            .send()
+        let url = format!("{}/health", self.base_url);
+        let healthy = send_idempotent(|| client.get(&url).timeout(Duration::from_secs(5)))
             .await
             .is_ok_and(|r| r.status().is_success());
         if healthy {
@@ -313,11 +306,8 @@ fn engine_log_tail(cfg: &AgentConfig) -> LogTail {
 
 /// The engine's version from `/version`, or empty.
 async fn fetch_version(client: &reqwest::Client, base_url: &str) -> String {
-    let Ok(resp) = client
-        .get(format!("{base_url}/version"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
+    let url = format!("{base_url}/version");
+    let Ok(resp) = send_idempotent(|| client.get(&url).timeout(Duration::from_secs(5))).await
     else {
         return String::new();
     };

@@ -40,13 +40,26 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 
 /// The HTTP client the load generator uses: no overall timeout (points set deadlines),
-/// connections kept for reuse, no proxy (engines are local).
+/// connections kept for reuse (idle ones for [`config::DEFAULT_HTTP_IDLE_TIMEOUT_MS`]), no
+/// proxy (engines are local).
 pub fn http_client() -> Result<reqwest::Client, AgentError> {
+    http_client_with(Duration::from_millis(config::DEFAULT_HTTP_IDLE_TIMEOUT_MS))
+}
+
+/// [`http_client`] keeping idle connections for `idle` (the agent's
+/// `http_idle_timeout_ms`). A request given a pooled connection that the server closed
+/// before the request was written is resent on a fresh one by hyper's pool itself;
+/// [`load::retry`] covers the rest (probes, and load requests that never reached the
+/// server).
+pub fn http_client_with(idle: Duration) -> Result<reqwest::Client, AgentError> {
     Ok(reqwest::Client::builder()
         .no_proxy()
         // Keep every warmed-up connection: a burst of thousands reuses them instead of
         // paying thousands of TCP handshakes inside its measured requests.
         .pool_max_idle_per_host(65_536)
+        // Drop idle connections before the server does: a server that closes an idle
+        // connection while a request is being written to it fails that request.
+        .pool_idle_timeout(idle)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
         .build()?)
@@ -73,7 +86,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         Ok((old, new)) => tracing::info!(old, new, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let client = http_client()?;
+    let client = http_client_with(Duration::from_millis(cfg.http_idle_timeout_ms))?;
     let gpus = tokio::select! {
         gpus = link::session::host_gpus(cfg.clone()) => Arc::new(gpus),
         () = shutdown.cancelled() => return Ok(()),

@@ -21,6 +21,7 @@ pub mod cpu;
 pub mod probe;
 pub mod prompt;
 pub mod request;
+pub mod retry;
 pub mod schedule;
 pub mod sse;
 pub mod tokenizer;

@@ -71,12 +71,11 @@ pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
 
 /// Fetches and parses `/metrics` once.
 pub async fn scrape(client: &reqwest::Client, base_url: &str) -> Option<Vec<(String, f64)>> {
-    let resp = client
-        .get(format!("{base_url}/metrics"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
+    let url = format!("{base_url}/metrics");
+    let resp =
+        crate::load::retry::send_idempotent(|| client.get(&url).timeout(Duration::from_secs(5)))
+            .await
+            .ok()?;
     if !resp.status().is_success() {
         return None;
     }

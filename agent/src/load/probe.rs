@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::error::AgentError;
 use crate::load::request::{ApiEndpoint, Extensions, RequestPlan, request_body};
+use crate::load::retry::send_idempotent;
 use crate::load::sse::{SseEvent, SseParser};
 
 /// How long one probe request may take (a cold engine compiles kernels on first use).
@@ -30,12 +31,10 @@ pub async fn resolve_endpoint(
         Endpoint::Chat => Ok(ApiEndpoint::Chat),
         Endpoint::Completions => Ok(ApiEndpoint::Completions),
         Endpoint::Auto => {
-            let resp = client
-                .post(format!("{base_url}/v1/completions"))
-                .json(&json!({"model": model, "prompt": "hello", "max_tokens": 1}))
-                .timeout(PROBE_TIMEOUT)
-                .send()
-                .await?;
+            let url = format!("{base_url}/v1/completions");
+            let body = json!({"model": model, "prompt": "hello", "max_tokens": 1});
+            let resp =
+                send_idempotent(|| client.post(&url).json(&body).timeout(PROBE_TIMEOUT)).await?;
             let status = resp.status();
             if status.is_success() {
                 Ok(ApiEndpoint::Completions)
@@ -148,12 +147,8 @@ async fn probe_once(
         extensions,
     };
     let url = format!("{}{}", base_url.trim_end_matches('/'), endpoint.path());
-    let resp = client
-        .post(url)
-        .json(&request_body(&plan))
-        .timeout(PROBE_TIMEOUT)
-        .send()
-        .await?;
+    let body = request_body(&plan);
+    let resp = send_idempotent(|| client.post(&url).json(&body).timeout(PROBE_TIMEOUT)).await?;
     let status = resp.status();
     if status == reqwest::StatusCode::BAD_REQUEST
         || status == reqwest::StatusCode::UNPROCESSABLE_ENTITY

@@ -181,7 +181,8 @@ impl TokenCounter {
             }),
             ApiEndpoint::Completions => json!({"model": self.model, "prompt": text}),
         };
-        let resp = self.client.post(&self.url).json(&body).send().await?;
+        let resp =
+            crate::load::retry::send_idempotent(|| self.client.post(&self.url).json(&body)).await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::AgentError;
+use crate::load::retry;
 use crate::load::sse::{SseEvent, SseParser};
 
 /// The two OpenAI-compatible endpoints the load generator drives.
@@ -125,6 +126,8 @@ struct StreamTrace {
     completion_tokens: Option<u32>,
     finished: bool,
     done: bool,
+    /// Resends of a request that never reached the server (see [`retry::never_reached`]).
+    retries: u32,
 }
 
 /// A request ready to leave: its plan (the prompt text dropped once encoded), URL and
@@ -215,22 +218,35 @@ async fn stream(
     idle: Duration,
     trace: &mut StreamTrace,
 ) -> Result<(), (ErrorKind, String)> {
-    let request = client
-        .post(prepared.url.clone())
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(prepared.body.clone());
-    let mut resp = tokio::time::timeout(idle, request.send())
-        .await
-        .map_err(|_| {
-            (
-                ErrorKind::Stalled,
-                format!(
-                    "no response headers for {:.3} s (idle timeout)",
-                    idle.as_secs_f64()
-                ),
-            )
-        })?
-        .map_err(|e| (ErrorKind::Connect, error_chain(&e)))?;
+    let mut resp = loop {
+        let request = client
+            .post(prepared.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(prepared.body.clone());
+        let sent = tokio::time::timeout(idle, request.send())
+            .await
+            .map_err(|_| {
+                (
+                    ErrorKind::Stalled,
+                    format!(
+                        "no response headers for {:.3} s (idle timeout)",
+                        idle.as_secs_f64()
+                    ),
+                )
+            })?;
+        match sent {
+            Ok(resp) => break resp,
+            // Never reached the server: resent, and the record says so. A request that
+            // was written is never resent (its failure is the measurement).
+            Err(e) if retry::never_reached(&e) && trace.retries < retry::MAX_LOAD_RESENDS => {
+                let wait =
+                    retry::PROBE_BACKOFF[trace.retries as usize % retry::PROBE_BACKOFF.len()];
+                trace.retries += 1;
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err((ErrorKind::Connect, error_chain(&e))),
+        }
+    };
     let status = resp.status();
     if !status.is_success() {
         // The body only explains the status: read what comes without a silence of the idle
@@ -317,6 +333,7 @@ fn finish_record(
     outcome: Result<(), (ErrorKind, String)>,
 ) {
     record.content_chunks = u32::try_from(trace.content_times.len()).unwrap_or(u32::MAX);
+    record.retries = trace.retries;
     record.input_tokens = trace.prompt_tokens;
     record.usage_reported = trace.completion_tokens.is_some();
     record.output_tokens = trace.completion_tokens.or(Some(record.content_chunks));

@@ -10,6 +10,7 @@ fn trace(times_ms: &[u64], usage: Option<u32>) -> StreamTrace {
         completion_tokens: usage,
         finished: true,
         done: true,
+        retries: 0,
     }
 }
 
