@@ -15,6 +15,7 @@
 //! Submodules: the summary types (re-exported here), [`percentiles`] (means and
 //! quantiles) and [`verdict`] (the validity checks).
 
+pub mod outcome;
 pub mod percentiles;
 mod point;
 pub mod verdict;
@@ -22,6 +23,7 @@ pub mod verdict;
 use fleetbench_proto::pb;
 use fleetbench_proto::record::RequestRecord;
 
+pub use crate::summary::outcome::load_failure;
 pub use crate::summary::percentiles::Percentiles;
 use crate::summary::percentiles::percentiles_of;
 pub use crate::summary::point::{ClientStats, InFlight, PointMeta, PointSummary, ServerStats};

@@ -10,7 +10,7 @@ use fleetbench_proto::pb::{self, controller_message::Msg as CMsg};
 use fleetbench_proto::record::RequestRecord;
 use fleetbench_proto::spec::{OnEngineCrash, PlannedPoint};
 use fleetbench_proto::unix_millis_now;
-use fleetbench_results::summary::{ClientStats, PointMeta, summarize};
+use fleetbench_results::summary::{ClientStats, PointMeta, load_failure, summarize};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -320,6 +320,7 @@ impl State {
         let cancelled = sweep.state == SweepState::Cancelled;
         let on_crash = sweep.spec.policy.on_engine_crash;
         let max_retries = sweep.spec.policy.crash_retries();
+        let max_failed_share = sweep.spec.policy.max_failed_share();
         let Some(p) = sweep.points.get_mut(idx) else {
             return (None, Vec::new());
         };
@@ -383,6 +384,17 @@ impl State {
                 format!("{why}; agent: {}", pf.error)
             };
         }
+        // A point whose load ran to its end but measured (almost) nothing is failed: no
+        // successful request, or more failed than the sweep's policy allows.
+        let load_failed = if pf.ok {
+            load_failure(&records, max_failed_share)
+        } else {
+            None
+        };
+        if let Some(why) = &load_failed {
+            pf.ok = false;
+            pf.error = why.clone();
+        }
         let state = if pf.ok {
             PointState::Done
         } else if cancelled || pf.error == "cancelled" {
@@ -392,8 +404,10 @@ impl State {
         };
         // An engine crash: the attempt failed and its engine died or never started.
         // The agent says so in the PointFinished too: its engine events are not spooled,
-        // so a controller restart mid-point may have missed them.
-        let crashed = state == PointState::Failed && (p.engine_crashed || pf.engine_crashed);
+        // so a controller restart mid-point may have missed them. A point whose requests
+        // failed is treated the same way by the failure policy.
+        let crashed = state == PointState::Failed
+            && (p.engine_crashed || pf.engine_crashed || load_failed.is_some());
         if crashed && on_crash == OnEngineCrash::Retry && p.crash_retries < max_retries {
             // Back to the queue for a fresh engine; nothing of this attempt is kept (the
             // next attempt's records are never mixed with these) but its engine events.
@@ -403,8 +417,10 @@ impl State {
             p.summary = None;
             p.finished = None;
             p.error = format!(
-                "engine crashed; retry {} of {max_retries}: {}",
-                p.crash_retries, pf.error
+                "{}; retry {} of {max_retries}: {}",
+                failure_cause(p.engine_crashed || pf.engine_crashed),
+                p.crash_retries,
+                pf.error
             );
             info!(point_id = %p.point_id, attempt = p.attempt, error = %p.error, "point re-queued (policy retry)");
             sweep.bump();
@@ -417,8 +433,10 @@ impl State {
         }
         let error = if state == PointState::Failed && p.crash_retries > 0 {
             format!(
-                "engine crashed; retry {} of {max_retries} failed: {}",
-                p.crash_retries, pf.error
+                "{}; retry {} of {max_retries} failed: {}",
+                failure_cause(p.engine_crashed || pf.engine_crashed),
+                p.crash_retries,
+                pf.error
             )
         } else {
             pf.error.clone()
@@ -462,7 +480,8 @@ impl State {
         let planned = p.planned.clone();
         let gpus = planned.gpus;
         if crashed && on_crash == OnEngineCrash::SkipLarger {
-            skip_larger(sweep, &planned, &template);
+            let cause = failure_cause(load_failed.is_none());
+            skip_larger(sweep, &planned, &template, cause);
         }
         sweep.pending_writes += 1;
         sweep.bump();
@@ -560,20 +579,29 @@ impl State {
     }
 }
 
+/// What made a point's attempt fail, for the failure policy's messages.
+fn failure_cause(engine_crashed: bool) -> &'static str {
+    if engine_crashed {
+        "engine crashed"
+    } else {
+        "requests failed"
+    }
+}
+
 /// `on_engine_crash = "skip-larger"`: `crashed` took its engine down, so every still-pending
 /// point of the sweep with the same GPU count and workload and a larger load (batch size;
 /// rate mode: request rate) is skipped. Skipped points get an empty summary, so they are
 /// written with the partition (state "skipped", the reason in `error`).
-fn skip_larger(sweep: &mut Sweep, crashed: &PlannedPoint, template: &PointMeta) {
+fn skip_larger(sweep: &mut Sweep, crashed: &PlannedPoint, template: &PointMeta, cause: &str) {
     let rate_mode = crashed.batch_size == 0;
     let reason = if rate_mode {
         format!(
-            "skipped: engine crashed at rate {} req/s (policy skip-larger)",
+            "skipped: {cause} at rate {} req/s (policy skip-larger)",
             crashed.request_rate
         )
     } else {
         format!(
-            "skipped: engine crashed at batch {} (policy skip-larger)",
+            "skipped: {cause} at batch {} (policy skip-larger)",
             crashed.batch_size
         )
     };
