@@ -3,6 +3,7 @@
 //! in its own temporary directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod http_proxy;
 pub mod proxy;
 
 use std::collections::BTreeMap;
