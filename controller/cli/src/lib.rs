@@ -422,7 +422,7 @@ mod tests {
         let spec = SweepSpec::parse(DEMO_SWEEP, "demo").unwrap();
         let plan = plan_text(&spec);
         assert!(
-            plan.contains("28 points; engine starts per agent: 2"),
+            plan.contains("20 points; engine starts per agent: 2"),
             "{plan}"
         );
         assert!(plan.contains("--tensor-parallel-size 1"), "{plan}");
