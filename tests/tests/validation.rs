@@ -146,3 +146,19 @@ fn repeated_batch_sizes_and_workloads_are_measured_once_with_a_note() {
     assert!(stdout.contains("field `matrix.workloads[1]`"), "{stdout}");
     assert!(stdout.contains("\n2 points;"), "{stdout}");
 }
+
+#[test]
+fn missing_fields_are_named_by_their_full_path() {
+    let text = sweep("[1]").replace("kind = \"vllm\"\n", "");
+    refused(
+        &validate(&text),
+        &[":4:1:", "field `engine.kind`", "missing field"],
+    );
+    let text = sweep("[1]").replace("model = \"org/model\"\n", "");
+    refused(&validate(&text), &["field `model`", "missing field"]);
+    let text = sweep("[1]").replace("{ input = 16, output = 8 }", "{ input = 16 }");
+    refused(
+        &validate(&text),
+        &[":11:14:", "field `matrix.workloads[0].output`"],
+    );
+}

@@ -61,11 +61,24 @@ pub(super) fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> SpecErr
     // For unknown fields the span covers the offending key; name it.
     // For a bad value it covers the value; name its key (`section.key`).
     let mut message = e.message().trim().to_string();
-    let field = path_at(text, &span)
+    let mut field = path_at(text, &span)
         .or_else(|| header_at(text, &span))
         .or_else(|| key_at(text, &span))
         .or_else(|| key_of_value(text, &span))
         .unwrap_or_default();
+    // A missing field is reported with the span of the table that lacks it (the whole
+    // document for a top-level field): name the field itself.
+    if let Some(missing) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+    {
+        let whole_document = span.start == 0 && span.end >= text.trim_end().len();
+        field = if whole_document || field.is_empty() {
+            missing.to_string()
+        } else {
+            format!("{field}.{missing}")
+        };
+    }
     if message == "duplicate key" && !field.is_empty() {
         message = format!("duplicate key: `{field}` is defined twice");
     }

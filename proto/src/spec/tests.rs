@@ -640,3 +640,22 @@ fn repeated_matrix_values_are_measured_once_with_a_note() {
     );
     assert!(SweepSpec::parse(GOOD, "f").unwrap().notes.is_empty());
 }
+
+#[test]
+fn missing_fields_are_named_by_their_full_path() {
+    let e = SweepSpec::parse(&GOOD.replace("kind = \"vllm\"\n", ""), "f").unwrap_err();
+    assert_eq!(e.field, "engine.kind", "{e}");
+    assert_eq!(e.line, 5, "{e}");
+    let e = SweepSpec::parse(
+        &GOOD.replace("model = \"meta-llama/Llama-3.2-1B-Instruct\"\n", ""),
+        "f",
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "model", "{e}");
+    let e = SweepSpec::parse(
+        &GOOD.replace("{ input = 128, output = 128 }", "{ input = 128 }"),
+        "f",
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "matrix.workloads[1].output", "{e}");
+}
