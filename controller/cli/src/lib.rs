@@ -194,11 +194,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             let text = read_sweep_file(&file)?;
             // Validate locally first: a bad file never reaches the controller (which checks
             // the point count against its own --max-points).
-            SweepSpec::parse_limited(
+            let spec = SweepSpec::parse_limited(
                 &text,
                 &file.display().to_string(),
                 fleetbench_proto::spec::MAX_POINTS_CEILING,
             )?;
+            for note in &spec.notes {
+                eprintln!("note: {}:{note}", file.display());
+            }
             let mut client = connect(&cli.controller, &cli.credentials).await?;
             let resp = client
                 .submit_sweep(pb::SubmitSweepRequest {
