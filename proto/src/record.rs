@@ -133,7 +133,8 @@ pub struct RequestRecord {
     /// is the send lag: a late client shows here instead of hiding in the latencies.
     pub send_offset_s: f64,
     /// Times the request was resent because it never reached the server (no connection
-    /// could be made); a request that was written is never resent.
+    /// could be made, or a pooled connection the server had closed ended before any byte of
+    /// a response); a request that got a response is never resent.
     pub retries: u32,
 }
 

@@ -37,6 +37,8 @@ struct Shared {
     served: AtomicUsize,
     /// Streams answered with a [`Fault`].
     faulted: AtomicUsize,
+    /// Measured streaming requests read and forwarded to the target.
+    forwarded_streams: AtomicUsize,
 }
 
 /// A running proxy; stops when dropped.
@@ -56,6 +58,7 @@ impl ClosingProxy {
             fault,
             served: AtomicUsize::new(0),
             faulted: AtomicUsize::new(0),
+            forwarded_streams: AtomicUsize::new(0),
         });
         let stop = CancellationToken::new();
         let (sh, st) = (shared.clone(), stop.clone());
@@ -87,6 +90,12 @@ impl ClosingProxy {
     /// Responses written so far.
     pub fn served(&self) -> usize {
         self.shared.served.load(Ordering::SeqCst)
+    }
+
+    /// Measured streaming requests (`max_tokens` 4 or more) that reached the proxy and were
+    /// forwarded: a request resent after it reached the server would count twice.
+    pub fn forwarded_streams(&self) -> usize {
+        self.shared.forwarded_streams.load(Ordering::SeqCst)
     }
 
     /// Streams answered with the fault so far.
@@ -158,10 +167,14 @@ async fn serve(mut client: TcpStream, sh: &Shared) -> std::io::Result<()> {
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    if sh.fault != Fault::None && is_measured_stream(&head, &body) {
+    let measured = is_measured_stream(&head, &body);
+    if sh.fault != Fault::None && measured {
         sh.faulted.fetch_add(1, Ordering::SeqCst);
         client.write_all(&faulty_stream(sh.fault)).await?;
     } else {
+        if measured {
+            sh.forwarded_streams.fetch_add(1, Ordering::SeqCst);
+        }
         let mut upstream = TcpStream::connect(sh.target).await?;
         upstream.write_all(head.as_bytes()).await?;
         upstream.write_all(&body).await?;

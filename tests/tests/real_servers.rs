@@ -153,10 +153,13 @@ async fn a_server_that_closes_every_connection_after_each_response_measures_ever
         assert_eq!(p.verdict, "valid", "{}", p.meta.point_id);
     }
     assert_eq!(rows.len(), 2 * (1 + 2 + 4 + 8));
-    for (_, _, r) in &rows {
-        assert!(r.success(), "{r:?}");
-        assert_eq!(r.retries, 0, "{r:?}");
-    }
+    assert!(rows.iter().all(|(_, _, r)| r.success()));
+    // No request reached the server twice: the proxy forwarded each measured request (and
+    // each point's warm-up request) once. A request resent because the connection it was
+    // given had been closed under it says so in `retries`.
+    assert_eq!(proxy.forwarded_streams(), rows.len() + points.len());
+    let resent: u32 = rows.iter().map(|(_, _, r)| r.retries).sum();
+    eprintln!("{resent} load request(s) resent after meeting a closed connection");
     // Every response came on its own connection: at least one per measured request.
     assert!(proxy.served() >= rows.len(), "{}", proxy.served());
     let (code, text) = watch_exit(&cluster.addr, &id).await;
@@ -165,14 +168,17 @@ async fn a_server_that_closes_every_connection_after_each_response_measures_ever
 }
 
 /// Runs a one-GPU sweep whose every measured request fails; asserts each point `failed`
-/// with a reason naming `kind`, no request resent, and `controllerctl watch` exiting 1.
+/// with a reason naming `kind` and `controllerctl watch` exiting 1. Returns the number of
+/// measured requests. No request is resent by an engine that keeps its connections
+/// (vllm-sim); behind a [`ClosingProxy`], one that met a connection the proxy had closed
+/// may be (and says so), and the caller checks that each reached the proxy once.
 async fn every_request_fails(
     name: &str,
     agent: AgentSpec,
     engine: &str,
     load_extra: &str,
     kind: &str,
-) {
+) -> usize {
     let cluster = Cluster::start(vec![agent]).await;
     cluster.wait_agents(1).await;
     let mut client = cluster.client().await;
@@ -201,11 +207,14 @@ async fn every_request_fails(
     assert_eq!(rows.len(), 2 * (1 + 2));
     for (_, _, r) in &rows {
         assert_eq!(r.error_kind.map(|k| k.as_str()), Some(kind), "{r:?}");
-        assert_eq!(r.retries, 0, "{r:?}");
+        if engine.contains("process") {
+            assert_eq!(r.retries, 0, "{r:?}");
+        }
     }
     let (code, text) = watch_exit(&cluster.addr, &id).await;
     assert_eq!(code, Some(1), "{text}");
     cluster.stop().await;
+    rows.len()
 }
 
 fn sim_agent(name: &str, extra: &[&str]) -> AgentSpec {
@@ -243,8 +252,10 @@ async fn a_point_whose_streams_carry_an_error_mid_stream_is_failed() {
         .await
         .unwrap();
     let agent = AgentSpec::sim("erring", 1, &[]);
-    every_request_fails("errmid", agent, &external(&proxy.url()), "", "server-error").await;
-    assert!(proxy.faulted() >= 6, "{}", proxy.faulted());
+    let rows =
+        every_request_fails("errmid", agent, &external(&proxy.url()), "", "server-error").await;
+    // Each measured request and each point's warm-up request reached the server once.
+    assert_eq!(proxy.faulted(), rows + 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,6 +263,8 @@ async fn a_point_whose_streams_are_garbage_is_failed() {
     let (_sim, sim_addr) = start_sim(&[]).await;
     let proxy = ClosingProxy::start(sim_addr, Fault::Garbage).await.unwrap();
     let agent = AgentSpec::sim("garbler", 1, &[]);
-    every_request_fails("garbage", agent, &external(&proxy.url()), "", "malformed").await;
-    assert!(proxy.faulted() >= 6, "{}", proxy.faulted());
+    let rows =
+        every_request_fails("garbage", agent, &external(&proxy.url()), "", "malformed").await;
+    // Each measured request and each point's warm-up request reached the server once.
+    assert_eq!(proxy.faulted(), rows + 4);
 }

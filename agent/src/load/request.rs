@@ -236,8 +236,9 @@ async fn stream(
             })?;
         match sent {
             Ok(resp) => break resp,
-            // Never reached the server: resent, and the record says so. A request that
-            // was written is never resent (its failure is the measurement).
+            // Never reached the server (no connection, or one the server had closed before
+            // any response byte): resent, and the record says so. A request that got a
+            // response is never resent (its failure is the measurement).
             Err(e) if retry::never_reached(&e) && trace.retries < retry::MAX_LOAD_RESENDS => {
                 let wait =
                     retry::PROBE_BACKOFF[trace.retries as usize % retry::PROBE_BACKOFF.len()];

@@ -9,9 +9,12 @@
 //! - probes (`/health`, `/v1/models`, `/version`, `/tokenize`, `/metrics`, the tiny
 //!   extension probes) are idempotent: [`send_idempotent`] resends them after any transport
 //!   error but a timeout, [`PROBE_BACKOFF`] apart;
-//! - a measured load request is resent only when it provably never reached the server
-//!   ([`never_reached`]: no connection could be made), and its record counts the resend.
-//!   One that was written is never resent: its failure is the measurement.
+//! - a measured load request is resent only when the server never answered it and the
+//!   connection was gone before any byte of a response ([`never_reached`]): no connection
+//!   could be made, or a pooled connection the server had closed (it closes after a
+//!   response without saying so; the request meets a closed socket and no server code
+//!   reads it). Its record counts the resend, at most [`MAX_LOAD_RESENDS`]. A request
+//!   that got any byte of a response is never resent: its failure is the measurement.
 
 use std::future::Future;
 use std::time::Duration;
@@ -26,10 +29,35 @@ pub const PROBE_BACKOFF: [Duration; 3] = [
 /// Most resends of a load request that never reached the server.
 pub const MAX_LOAD_RESENDS: u32 = 2;
 
-/// Whether a failed send never reached the server: no connection could be made, so no
-/// byte of the request left this host.
+/// Whether a request whose send failed with `e` never reached the server: no connection
+/// could be made, or the connection ended (closed or reset) before any byte of a response
+/// (on a pooled connection, the server's close after its previous response; hyper itself
+/// resends a request that had not been written yet). Errors after the response head (a
+/// stream cut mid-way) never reach here: they come from reading the body.
 pub fn never_reached(e: &reqwest::Error) -> bool {
-    e.is_connect()
+    if e.is_connect() {
+        return true;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(inner) = src {
+        if let Some(h) = inner.downcast_ref::<hyper::Error>()
+            && h.is_incomplete_message()
+        {
+            return true;
+        }
+        if let Some(io) = inner.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            )
+        {
+            return true;
+        }
+        src = inner.source();
+    }
+    false
 }
 
 /// Whether a probe that failed with `e` is worth resending: any transport error but a
