@@ -222,7 +222,7 @@ async fn malformed_sweeps_are_rejected_with_line_and_field_and_nothing_is_submit
     let cases = [
         (
             sweep().replace("block_size = 16", "block_size = 16\nblok_size = 32"),
-            "e2e.toml:10:1: field `blok_size`",
+            "e2e.toml:10:1: field `engine.blok_size`",
         ),
         (
             sweep().replace("batch_sizes = [1, 2, 4]", "batch_sizes = [1, 0, 4]"),
