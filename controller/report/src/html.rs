@@ -149,6 +149,10 @@ fn verdicts(out: &mut String, data: &ReportData) {
     if bad.is_empty() {
         return;
     }
+    out.push_str(
+        "<p>In the plots, a point that measured but is not valid is a hollow ring on its line \
+         (hover over it for its verdict); a point that failed is a cross.</p>\n",
+    );
     out.push_str("<ul class=\"verdicts\">\n");
     for p in bad {
         let _ = writeln!(
