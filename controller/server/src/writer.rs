@@ -115,12 +115,19 @@ pub async fn run(
     let mut held: Vec<WriteJob> = Vec::new();
     let mut retry_at: Option<Instant> = None;
     let mut backoff = RETRY_FIRST;
+    // Jobs of other partitions that arrived while a write of this round waited: the next
+    // round starts with them.
+    let mut later: Vec<WriteJob> = Vec::new();
     loop {
-        let (mut fresh, retry, last) = tokio::select! {
-            biased;
-            j = jobs.recv() => woke(j),
-            () = shutdown.cancelled() => woke(jobs.try_recv().ok()),
-            () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => (Vec::new(), true, false),
+        let (mut fresh, retry, last) = if later.is_empty() {
+            tokio::select! {
+                biased;
+                j = jobs.recv() => woke(j),
+                () = shutdown.cancelled() => woke(jobs.try_recv().ok()),
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => (Vec::new(), true, false),
+            }
+        } else {
+            (std::mem::take(&mut later), false, false)
         };
         // Everything queued behind it.
         while let Ok(more) = jobs.try_recv() {
@@ -129,13 +136,22 @@ pub async fn run(
         if retry {
             retry_at = None;
         }
-        for group in plan(&mut held, fresh, retry) {
+        for mut group in plan(&mut held, fresh, retry) {
             let Some(first) = group.first() else { continue };
             let (sweep_id, gpus) = (first.sweep_id.clone(), first.gpus);
             let next = match preparing.take() {
                 Some(p) => p.take(&sweep_id, gpus).await,
                 None => None,
             };
+            // Points of this partition that finished while the previous write's follow-up
+            // was being prepared join this write rather than costing one of their own.
+            while let Ok(more) = jobs.try_recv() {
+                if more.sweep_id == sweep_id && more.gpus == gpus {
+                    group.push(more);
+                } else {
+                    later.push(more);
+                }
+            }
             match write_group(&ctl, group, next).await {
                 Written::Done { model, waiting } => {
                     held.extend(waiting);
@@ -149,7 +165,7 @@ pub async fn run(
                 Written::Dropped => {}
             }
         }
-        if last {
+        if last && later.is_empty() {
             break;
         }
         if held.iter().any(|j| j.rows.is_some()) {
