@@ -277,11 +277,13 @@ fn parquet_files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 
 /// The 34 KB sweep file of the issue: 200 GPU counts x 200 workloads x 200 batch sizes.
 fn eight_million_points() -> String {
-    let g: Vec<String> = (0..200).map(|i| (i % 8 + 1).to_string()).collect();
-    let w: Vec<String> = (0..200)
-        .map(|i| format!("{{ input = {}, output = 1 }}", i % 100 + 1))
+    // Distinct values (repeated ones are measured once): 8 GPU counts x 1000 batch sizes x
+    // 1000 workloads.
+    let g: Vec<String> = (1..=8).map(|i| i.to_string()).collect();
+    let w: Vec<String> = (1..=1000)
+        .map(|i| format!("{{input={i},output=1}}"))
         .collect();
-    let b: Vec<String> = (0..200).map(|i| (i % 64 + 1).to_string()).collect();
+    let b: Vec<String> = (1..=1000).map(|i| i.to_string()).collect();
     format!(
         "name = \"huge\"\nmodel = \"m/x\"\n[engine]\nkind = \"vllm\"\nruntime = \"process\"\n\
          [matrix]\ngpus = [{}]\nbatch_sizes = [{}]\nworkloads = [{}]\n",
