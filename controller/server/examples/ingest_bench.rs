@@ -51,6 +51,8 @@
 //! | Snappy instead of zstd, `--agents 8 --points 64 --records 256` | 154-187k (5 runs; alternating: 166-172k against zstd's 128-139k) | - |
 //! | Snappy instead of zstd, `--agents 8 --points 8 --records 4000` | 190-261k (12 runs, median 242k) | - |
 //! | Snappy instead of zstd, `--agents 8 --records 250000` | 114-220k (4 runs: 114k and 119k right after the page cache was dropped, 220k and 207k alternating with the zstd build's 207k and 220k) | 5.7 GB |
+//! | after the crate split, one-way record path, TLS/auth layer and input limits (stop 15), `--agents 8 --points 8 --records 4000`, alternating with 9f0b375 on a quiet VM | 174-227k (6 runs, median 205k; 9f0b375: 172-212k, median 188k) | 501-541 MiB |
+//! | the same, `--agents 8 --points 64 --records 256` | 137-173k (3 runs; 9f0b375: 162-167k) | - |
 //!
 //! What changed (each measured with `perf record --call-graph dwarf` first): exact
 //! percentiles by selection instead of sorting the pooled ITLs (the sort was ~20% of all CPU,
