@@ -3,6 +3,7 @@
 
 mod lifecycle;
 mod limits;
+mod load_failures;
 mod partition;
 mod persistence;
 mod placement;
