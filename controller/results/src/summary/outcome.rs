@@ -26,11 +26,13 @@ pub fn load_failure(records: &[RequestRecord], max_failed_share: f64) -> Option<
     let head = if failed.len() == total {
         format!("all {total} requests failed")
     } else if share > max_failed_share {
+        // The limit as the sweep file wrote it (0.07 → 7%, not 7.000000000000001%).
+        let limit = format!("{:.1}", max_failed_share * 100.0);
+        let limit = limit.strip_suffix(".0").unwrap_or(&limit);
         format!(
-            "{} of {total} requests failed ({:.1}% > {}%)",
+            "{} of {total} requests failed ({:.1}% > {limit}%)",
             failed.len(),
             share * 100.0,
-            max_failed_share * 100.0
         )
     } else {
         return None;
@@ -90,6 +92,16 @@ mod tests {
         assert_eq!(load_failure(&records, 0.75), None);
         assert_eq!(load_failure(&[rec(None)], 0.0), None);
         assert_eq!(load_failure(&[], 0.0), None);
+    }
+
+    #[test]
+    fn the_limit_prints_as_written() {
+        let mut records = vec![rec(None), rec(None)];
+        records.extend((0..8).map(|_| rec(Some(ErrorKind::Stalled))));
+        let reason = load_failure(&records, 0.07).unwrap();
+        assert!(reason.contains("(80.0% > 7%)"), "{reason}");
+        let reason = load_failure(&records, 0.125).unwrap();
+        assert!(reason.contains("> 12.5%)"), "{reason}");
     }
 
     #[test]
