@@ -311,6 +311,28 @@ pub async fn watch_to_end(
     last.expect("watch stream sent no status")
 }
 
+/// Runs the real `controllerctl --controller <addr> <args…>` (60 s at most); its exit code
+/// and its standard output and error together.
+pub async fn controllerctl(addr: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(workspace_bin("controllerctl"))
+            .args(["--controller", addr])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("controllerctl did not end")
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
 /// Submits a sweep file's text; returns the sweep id.
 pub async fn submit(client: &mut ControlServiceClient<Channel>, toml: &str) -> String {
     client

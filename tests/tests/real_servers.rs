@@ -18,7 +18,9 @@ use std::time::Duration;
 use fleetbench_results::read::{read_point_summaries, read_requests};
 use fleetbench_results::summary::PointSummary;
 use fleetbench_tests::http_proxy::{ClosingProxy, Fault};
-use fleetbench_tests::{AgentSpec, Cluster, TINY_SIM_ARGS, submit, watch_to_end, workspace_bin};
+use fleetbench_tests::{
+    AgentSpec, Cluster, TINY_SIM_ARGS, controllerctl, submit, watch_to_end, workspace_bin,
+};
 use tokio::process::{Child, Command};
 
 /// Starts `vllm-sim serve` of the tiny model on a free port; returns it once `/health`
@@ -103,26 +105,6 @@ fn read_points(cluster: &Cluster, id: &str) -> Vec<PointSummary> {
     points
 }
 
-/// `controllerctl watch <id>`: its exit code and output.
-async fn watch_exit(addr: &str, id: &str) -> (Option<i32>, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        Command::new(workspace_bin("controllerctl"))
-            .args(["--controller", addr, "watch", id])
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("controllerctl watch did not end")
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_closes_every_connection_after_each_response_measures_every_point() {
     let (_sim, sim_addr) = start_sim(&[]).await;
@@ -162,7 +144,7 @@ async fn a_server_that_closes_every_connection_after_each_response_measures_ever
     eprintln!("{resent} load request(s) resent after meeting a closed connection");
     // Every response came on its own connection: at least one per measured request.
     assert!(proxy.served() >= rows.len(), "{}", proxy.served());
-    let (code, text) = watch_exit(&cluster.addr, &id).await;
+    let (code, text) = controllerctl(&cluster.addr, &["watch", &id]).await;
     assert_eq!(code, Some(0), "{text}");
     cluster.stop().await;
 }
@@ -211,7 +193,7 @@ async fn every_request_fails(
             assert_eq!(r.retries, 0, "{r:?}");
         }
     }
-    let (code, text) = watch_exit(&cluster.addr, &id).await;
+    let (code, text) = controllerctl(&cluster.addr, &["watch", &id]).await;
     assert_eq!(code, Some(1), "{text}");
     cluster.stop().await;
     rows.len()

@@ -8,13 +8,12 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use fleetbench_proto::pb;
 use fleetbench_results::read::{read_point_summaries, read_requests};
 use fleetbench_tests::{
-    AgentSpec, Cluster, TINY_SIM_ARGS, submit, tiny_sweep, watch_to_end, workspace_bin,
+    AgentSpec, Cluster, TINY_SIM_ARGS, controllerctl, submit, tiny_sweep, watch_to_end,
 };
 use tokio::time::{Instant, timeout};
 
@@ -39,26 +38,6 @@ fn spool_files(dir: &Path) -> usize {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".spool"))
             .count()
     })
-}
-
-async fn controllerctl(addr: &str, args: &[&str]) -> (Option<i32>, String) {
-    let out = timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(workspace_bin("controllerctl"))
-            .args(["--controller", addr])
-            .args(args)
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("controllerctl did not end")
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
