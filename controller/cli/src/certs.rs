@@ -204,27 +204,8 @@ mod tests {
     use fleetbench_controller::auth::{Principal, Role, principal_of_cert};
 
     fn der(pem_text: &str) -> Vec<u8> {
-        let b64: String = pem_text
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .collect();
-        base64_decode(&b64)
-    }
-
-    fn base64_decode(s: &str) -> Vec<u8> {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = Vec::new();
-        let (mut acc, mut bits) = (0u32, 0);
-        for c in s.bytes().filter(|c| *c != b'=') {
-            let v = T.iter().position(|t| *t == c).unwrap() as u32;
-            acc = (acc << 6) | v;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-            }
-        }
-        out
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).unwrap();
+        pem.contents
     }
 
     #[test]
