@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::error::AgentError;
 use crate::policy::Policy;
 use fleetbench_proto::channel::ClientTls;
+use fleetbench_proto::spec::EngineKind;
 
 /// One GPU of this host as reported at registration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -51,6 +52,15 @@ pub struct AgentConfig {
     /// appended, e.g. `["vllm", "serve"]` or `["/opt/venv/bin/vllm", "serve"]`.
     #[serde(default = "default_vllm_command")]
     pub vllm_command: Vec<String>,
+    /// `[engine_commands]`: the command that starts each other engine kind with the
+    /// `process` runtime (the kind's arguments are appended, see
+    /// [`fleetbench_proto::spec::engine_args`]), e.g.
+    /// `transformers = ["/opt/venv/bin/transformers", "serve"]`. A kind not listed runs its
+    /// usual program from `PATH`: `transformers serve`, `llama-server`,
+    /// `python3 -m sglang.launch_server`, `text-generation-launcher`; `vllm` runs
+    /// `vllm_command`.
+    #[serde(default)]
+    pub engine_commands: BTreeMap<EngineKind, Vec<String>>,
     /// Address engines bind to and the load generator targets.
     #[serde(default = "default_engine_host")]
     pub engine_host: String,
@@ -174,6 +184,24 @@ impl Default for DockerConfig {
 fn default_controller() -> String {
     "http://127.0.0.1:50051".into()
 }
+impl AgentConfig {
+    /// The command (program and its first arguments) that starts an engine of `kind` with
+    /// the `process` runtime; never empty once the config is [finished](AgentConfig::finish).
+    pub fn engine_command(&self, kind: EngineKind) -> Vec<String> {
+        if let Some(command) = self.engine_commands.get(&kind) {
+            return command.clone();
+        }
+        let words: &[&str] = match kind {
+            EngineKind::Vllm => return self.vllm_command.clone(),
+            EngineKind::Transformers => &["transformers", "serve"],
+            EngineKind::LlamaCpp => &["llama-server"],
+            EngineKind::Sglang => &["python3", "-m", "sglang.launch_server"],
+            EngineKind::Tgi => &["text-generation-launcher"],
+        };
+        words.iter().map(|w| (*w).to_string()).collect()
+    }
+}
+
 fn default_vllm_command() -> Vec<String> {
     vec!["vllm".into(), "serve".into()]
 }
@@ -217,6 +245,7 @@ impl Default for AgentConfig {
             gpus: Vec::new(),
             max_engines: default_max_engines(),
             vllm_command: default_vllm_command(),
+            engine_commands: BTreeMap::new(),
             engine_host: default_engine_host(),
             engine_env: BTreeMap::new(),
             model_paths: BTreeMap::new(),
@@ -262,6 +291,12 @@ impl AgentConfig {
         if self.vllm_command.is_empty() {
             return Err(AgentError::Config {
                 path: "vllm_command".into(),
+                message: "must name a program".into(),
+            });
+        }
+        if let Some((kind, _)) = self.engine_commands.iter().find(|(_, c)| c.is_empty()) {
+            return Err(AgentError::Config {
+                path: format!("engine_commands.{}", kind.as_str()),
                 message: "must name a program".into(),
             });
         }

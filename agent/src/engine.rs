@@ -39,6 +39,13 @@ pub struct EngineKey {
     pub gpus: u32,
 }
 
+/// How long one readiness or health request may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the 1-token readiness request may take: an engine's first request may compile
+/// kernels or capture graphs.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How long an engine that stopped answering may take to be reported dead.
 const DEATH_GRACE: Duration = Duration::from_secs(10);
 
@@ -175,7 +182,7 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Polls `/health`, then `/v1/models` for the served name, until the deadline; fails
+    /// Polls until the engine is ready (see [`Engine::is_ready`]) or the deadline; fails
     /// fast with the exit code and log tail when the process dies during start-up.
     async fn wait_ready(
         &mut self,
@@ -193,7 +200,8 @@ impl Engine {
                 });
             }
             if self.is_ready(client).await {
-                self.version = fetch_version(client, &self.base_url).await;
+                self.version =
+                    fetch_version(client, &self.base_url, self.key.spec.engine_kind()).await;
                 info!(url = %self.base_url, version = %self.version, after_s = started.elapsed().as_secs_f64(), "engine ready");
                 return Ok(());
             }
@@ -214,14 +222,37 @@ impl Engine {
         }
     }
 
+    /// Ready the vLLM way — `/health` answers 2xx and `/v1/models` lists the served name —
+    /// or, for an engine without `/health` or with a broken `/v1/models` (`transformers
+    /// serve` answers 500 there), once it answers HTTP at all and a 1-token request for the
+    /// served model succeeds. `503` on `/health` means still loading (vLLM, llama.cpp, TGI).
     async fn is_ready(&self, client: &reqwest::Client) -> bool {
         let url = format!("{}/health", self.base_url);
-        let health = send_idempotent(|| client.get(&url).timeout(Duration::from_secs(5))).await;
-        if !health.is_ok_and(|r| r.status().is_success()) {
+        let Ok(health) = send_idempotent(|| client.get(&url).timeout(PROBE_TIMEOUT)).await else {
+            return false;
+        };
+        if health.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
             return false;
         }
+        if health.status().is_success() && self.lists_served_model(client).await {
+            return true;
+        }
+        let ready =
+            one_token_request(client, &self.base_url, &self.key.spec.served_model_name).await;
+        if ready {
+            info!(
+                url = %self.base_url,
+                health = %health.status(),
+                "engine ready by a 1-token request (no /health or /v1/models answer)"
+            );
+        }
+        ready
+    }
+
+    /// Whether `/v1/models` lists the served model name.
+    async fn lists_served_model(&self, client: &reqwest::Client) -> bool {
         let url = format!("{}/v1/models", self.base_url);
-        let models = send_idempotent(|| client.get(&url).timeout(Duration::from_secs(5))).await;
+        let models = send_idempotent(|| client.get(&url).timeout(PROBE_TIMEOUT)).await;
         let Ok(models) = models else { return false };
         let Ok(body) = models.json::<serde_json::Value>().await else {
             return false;
@@ -243,10 +274,11 @@ impl Engine {
         if matches!(self.runtime, Runtime::External) {
             return None;
         }
+        // Any answer but a server error: engines without `/health` answer 404.
         let url = format!("{}/health", self.base_url);
-        let healthy = send_idempotent(|| client.get(&url).timeout(Duration::from_secs(5)))
+        let healthy = send_idempotent(|| client.get(&url).timeout(PROBE_TIMEOUT))
             .await
-            .is_ok_and(|r| r.status().is_success());
+            .is_ok_and(|r| !r.status().is_server_error());
         if healthy {
             return None;
         }
@@ -305,17 +337,59 @@ fn engine_log_tail(cfg: &AgentConfig) -> LogTail {
 }
 
 /// The engine's version from `/version`, or empty.
-async fn fetch_version(client: &reqwest::Client, base_url: &str) -> String {
-    let url = format!("{base_url}/version");
-    let Ok(resp) = send_idempotent(|| client.get(&url).timeout(Duration::from_secs(5))).await
-    else {
+/// The engine's version where its kind reports one: vLLM and the simulator `GET /version`
+/// `.version`, TGI `/info` `.version`, SGLang `/get_server_info` `.version`, llama.cpp
+/// `/props` `.build_info`; `transformers serve` reports none (empty).
+async fn fetch_version(client: &reqwest::Client, base_url: &str, kind: pb::EngineKind) -> String {
+    let (path, field) = match kind {
+        pb::EngineKind::Vllm | pb::EngineKind::Unspecified => ("/version", "version"),
+        pb::EngineKind::Tgi => ("/info", "version"),
+        pb::EngineKind::Sglang => ("/get_server_info", "version"),
+        pb::EngineKind::LlamaCpp => ("/props", "build_info"),
+        pb::EngineKind::Transformers => return String::new(),
+    };
+    let url = format!("{base_url}{path}");
+    let Ok(resp) = send_idempotent(|| client.get(&url).timeout(PROBE_TIMEOUT)).await else {
         return String::new();
     };
     resp.json::<serde_json::Value>()
         .await
         .ok()
-        .and_then(|v| v["version"].as_str().map(str::to_string))
+        .and_then(|v| v[field].as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// Whether a 1-token, non-streamed chat request for `model` succeeds (a completions request
+/// when the engine has no chat endpoint).
+async fn one_token_request(client: &reqwest::Client, base_url: &str, model: &str) -> bool {
+    let chat = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1,
+        "stream": false,
+    });
+    let url = format!("{base_url}/v1/chat/completions");
+    let Ok(resp) = client
+        .post(&url)
+        .json(&chat)
+        .timeout(FIRST_REQUEST_TIMEOUT)
+        .send()
+        .await
+    else {
+        return false;
+    };
+    if resp.status() != reqwest::StatusCode::NOT_FOUND {
+        return resp.status().is_success();
+    }
+    let completion = serde_json::json!({"model": model, "prompt": "hi", "max_tokens": 1});
+    let url = format!("{base_url}/v1/completions");
+    client
+        .post(&url)
+        .json(&completion)
+        .timeout(FIRST_REQUEST_TIMEOUT)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod retry;
 pub mod schedule;
 pub mod sse;
 pub mod tokenizer;
+pub mod warmup;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ use crate::load::request::{
 };
 use crate::load::schedule::RateSchedule;
 use crate::load::tokenizer::{LocalTokenizer, find_tokenizer_json};
+use crate::load::warmup::{WarmupOutcome, wave_output_tps};
 
 /// Concurrency mode bounded only by time cycles through this many distinct prompts per
 /// slot (the request count is unknown up front); bounds below and above.
@@ -74,6 +76,8 @@ pub struct LoadOutcome {
     pub load_wall_s: f64,
     /// Cores the agent could use.
     pub client_cores: u32,
+    /// The converging warm-up, when the point asked for one (`[load.warmup]`).
+    pub warmup: Option<WarmupOutcome>,
 }
 
 /// The load of one point, decoded from its spec.
@@ -207,6 +211,16 @@ pub async fn run_point(
     let accepted = probe_extensions(client, base_url, &model, endpoint).await?;
 
     let warmups = usize::try_from(load.warmup_requests).unwrap_or(0);
+    let wave_size = usize::try_from(point.batch_size.max(1)).unwrap_or(1);
+    let warmup_waves = if load.warmup_max_waves >= 2 {
+        usize::try_from(load.warmup_max_waves).unwrap_or(0)
+    } else {
+        0
+    };
+    // Converging warm-up waves each get prompts of their own (a repeated prompt would hit
+    // a prefix cache and speed later waves up): after the warm-up requests, before the
+    // measured ones.
+    let warmups = warmups.saturating_add(wave_size.saturating_mul(warmup_waves));
     let needed = plan.prompts_needed();
     let seed = mix(
         load.seed,
@@ -252,28 +266,46 @@ pub async fn run_point(
         .collect::<Result<Vec<_>, _>>()?;
     drop(prompts);
     let (warmup_prompts, measured_prompts) = prepared.split_at(warmups.min(prepared.len()));
+    let (warmup_prompts, wave_prompts) = warmup_prompts.split_at(
+        warmup_prompts
+            .len()
+            .saturating_sub(wave_size.saturating_mul(warmup_waves)),
+    );
     let idle_timeout = Duration::from_secs_f64(if load.idle_timeout_s > 0.0 {
         load.idle_timeout_s
     } else {
         300.0
     });
 
-    // Warm-up: sent together, awaited, never recorded.
+    // Warm-up requests: sent together, awaited, never recorded.
     if !warmup_prompts.is_empty() {
-        let (sink, mut drain) = mpsc::channel(warmup_prompts.len());
-        let mut launcher =
-            Launcher::new(client, Instant::now(), deadline, idle_timeout, cancel, sink);
-        for (i, p) in warmup_prompts.iter().enumerate() {
-            launcher.launch(at(p, index(i), 0, Duration::ZERO), None);
-        }
-        launcher.finish().await;
-        drain.close();
-        while let Some(r) = drain.recv().await {
+        for r in run_wave(client, warmup_prompts, deadline, idle_timeout, cancel).await {
             if !r.success() {
                 warn!(error = %r.error, "warm-up request failed");
             }
         }
     }
+
+    let warmup = if warmup_waves >= 2 {
+        let mut outcome = WarmupOutcome::new(load.warmup_max_waves, load.warmup_tolerance);
+        for wave in wave_prompts.chunks(wave_size) {
+            let records = run_wave(client, wave, deadline, idle_timeout, cancel).await;
+            if cancel.is_cancelled() {
+                return Err(AgentError::Cancelled);
+            }
+            let tps = wave_output_tps(&records);
+            info!(wave = outcome.waves() + 1, output_tps = tps, "warm-up wave");
+            if outcome.push(tps) {
+                break;
+            }
+        }
+        if !outcome.converged {
+            warn!(waves = outcome.waves(), tolerance = outcome.tolerance, tps = ?outcome.wave_output_tps, "warm-up did not converge before its cap");
+        }
+        Some(outcome)
+    } else {
+        None
+    };
 
     let stop_scraper = CancellationToken::new();
     let scraper = spawn_scraper(
@@ -312,7 +344,31 @@ pub async fn run_point(
         load_wall_s,
         client_cores: std::thread::available_parallelism()
             .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+        warmup,
     })
+}
+
+/// Sends `prompts` together as one unrecorded wave and returns its records when all are
+/// done.
+async fn run_wave(
+    client: &reqwest::Client,
+    prompts: &[PreparedRequest],
+    deadline: Instant,
+    idle_timeout: Duration,
+    cancel: &CancellationToken,
+) -> Vec<RequestRecord> {
+    let (sink, mut drain) = mpsc::channel(prompts.len().max(1));
+    let mut launcher = Launcher::new(client, Instant::now(), deadline, idle_timeout, cancel, sink);
+    for (i, p) in prompts.iter().enumerate() {
+        launcher.launch(at(p, index(i), 0, Duration::ZERO), None);
+    }
+    launcher.finish().await;
+    drop(launcher);
+    let mut records = Vec::with_capacity(prompts.len());
+    while let Some(r) = drain.recv().await {
+        records.push(r);
+    }
+    records
 }
 
 /// Sends the measured requests of `plan`; returns how many were sent.

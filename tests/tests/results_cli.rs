@@ -70,6 +70,9 @@ fn meta(sweep: &str, host: &str, gpus: u32, index: u32, batch: u32) -> PointMeta
             cores: 4,
         },
         fallbacks: Vec::new(),
+        warmup: Default::default(),
+        gpu_model: String::new(),
+        gpu_driver: String::new(),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The `process` runtime: the engine runs natively (`vllm serve …` or `vllm-sim serve …`)
-//! in a process group of its own, on a free local port, with the environment of its GPU
+//! The `process` runtime: the engine runs natively (`vllm serve …`, `vllm-sim serve …`,
+//! `transformers serve …`, `llama-server …`: the agent's command for the spec's engine
+//! kind, see [`AgentConfig::engine_command`]) in a process group of its own, on a free local port, with the environment of its GPU
 //! grant. Its output is followed into the engine's [`LogTail`]; stopping it stops the
 //! whole group (vLLM starts child processes), and dropping it kills the group.
 
@@ -7,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use fleetbench_proto::pb;
-use fleetbench_proto::spec::vllm_flags;
+use fleetbench_proto::spec::{EngineKind, Listen, VllmModelArg, engine_args};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -51,23 +52,38 @@ impl EngineProcess {
         log_tail: &LogTail,
     ) -> Result<Spawned, AgentError> {
         let port = free_port(&cfg.engine_host)?;
-        let mut args: Vec<String> = cfg.vllm_command[1..].to_vec();
+        let kind = EngineKind::from(spec.engine_kind());
+        let command = cfg.engine_command(kind);
+        let Some((program, first_args)) = command.split_first() else {
+            return Err(AgentError::Engine(format!(
+                "no command for engine kind {}",
+                kind.as_str()
+            )));
+        };
         // A local folder for this model, when the agent has one; otherwise the name.
-        let model = cfg
-            .model_paths
-            .get(&spec.model)
-            .cloned()
-            .unwrap_or_else(|| spec.model.clone());
-        args.push(model);
-        args.extend(vllm_flags(spec, gpus));
-        args.extend([
-            "--host".to_string(),
-            cfg.engine_host.clone(),
-            "--port".into(),
-            port.to_string(),
-        ]);
-        info!(program = %cfg.vllm_command[0], args = %args.join(" "), "starting engine process");
-        let mut cmd = Command::new(&cfg.vllm_command[0]);
+        // `transformers serve` serves a model under the path it loaded, which requests must
+        // name: it gets the sweep's model as written.
+        let model = match kind {
+            EngineKind::Transformers => spec.model.clone(),
+            _ => cfg
+                .model_paths
+                .get(&spec.model)
+                .cloned()
+                .unwrap_or_else(|| spec.model.clone()),
+        };
+        let mut args: Vec<String> = first_args.to_vec();
+        args.extend(engine_args(
+            spec,
+            gpus,
+            &model,
+            Listen {
+                host: &cfg.engine_host,
+                port,
+            },
+            VllmModelArg::Positional,
+        ));
+        info!(engine_kind = kind.as_str(), program = %program, args = %args.join(" "), "starting engine process");
+        let mut cmd = Command::new(program);
         cmd.args(&args)
             .envs(&cfg.engine_env)
             .envs(grant.env.iter().map(|(k, v)| (k, v)))
@@ -77,7 +93,7 @@ impl EngineProcess {
             .process_group(0)
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| AgentError::EngineStart {
-            message: format!("cannot run {:?}: {e}", cfg.vllm_command[0]),
+            message: format!("cannot run {program:?}: {e}"),
             exit_code: None,
             log_tail: Vec::new(),
         })?;

@@ -22,6 +22,45 @@ pub const KEPT_METRICS: &[&str] = &[
     "vllm:request_success_total",
 ];
 
+/// Other engines' names for the kept quantities, stored under vLLM's name so the summaries
+/// and the verdict's in-flight check read every engine kind the same way: llama.cpp
+/// (`llama-server --metrics`), SGLang (`--enable-metrics`) and TGI. `transformers serve`
+/// has no `/metrics`.
+pub const METRIC_ALIASES: &[(&str, &str)] = &[
+    ("llamacpp:requests_processing", "vllm:num_requests_running"),
+    ("llamacpp:requests_deferred", "vllm:num_requests_waiting"),
+    ("llamacpp:kv_cache_usage_ratio", "vllm:kv_cache_usage_perc"),
+    ("llamacpp:prompt_tokens_total", "vllm:prompt_tokens_total"),
+    (
+        "llamacpp:tokens_predicted_total",
+        "vllm:generation_tokens_total",
+    ),
+    ("sglang:num_running_reqs", "vllm:num_requests_running"),
+    ("sglang:num_queue_reqs", "vllm:num_requests_waiting"),
+    ("sglang:token_usage", "vllm:kv_cache_usage_perc"),
+    ("sglang:prompt_tokens_total", "vllm:prompt_tokens_total"),
+    (
+        "sglang:generation_tokens_total",
+        "vllm:generation_tokens_total",
+    ),
+    ("tgi_batch_current_size", "vllm:num_requests_running"),
+    ("tgi_queue_size", "vllm:num_requests_waiting"),
+];
+
+/// The name a scraped metric is kept under, if it is kept.
+fn kept_name(name: &str) -> Option<&'static str> {
+    KEPT_METRICS
+        .iter()
+        .find(|k| **k == name)
+        .or_else(|| {
+            METRIC_ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == name)
+                .map(|(_, kept)| kept)
+        })
+        .copied()
+}
+
 /// One value of one metric at one moment of a point.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricSample {
@@ -42,10 +81,9 @@ pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
             continue;
         }
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
-        let name = &line[..name_end];
-        if !KEPT_METRICS.contains(&name) {
+        let Some(name) = kept_name(&line[..name_end]) else {
             continue;
-        }
+        };
         // The value follows the labels (which may contain spaces inside quotes).
         let rest = match line[name_end..].strip_prefix('{') {
             Some(labels) => match labels.rfind('}') {
@@ -140,6 +178,24 @@ mod tests {
         assert!(get("vllm:generation_tokens_total").unwrap() > 0.0);
         // `_created` gauges and histograms are not kept.
         assert!(m.iter().all(|(k, _)| KEPT_METRICS.contains(&k.as_str())));
+    }
+
+    #[test]
+    fn other_engines_metrics_are_kept_under_vllm_names() {
+        // llama-server --metrics and SGLang's exposition, as they print them.
+        let text = "# HELP llamacpp:requests_processing Number of requests processing.\n\
+                    # TYPE llamacpp:requests_processing gauge\n\
+                    llamacpp:requests_processing 4\n\
+                    llamacpp:requests_deferred 2\n\
+                    llamacpp:tokens_predicted_total 1234\n\
+                    sglang:num_running_reqs{model_name=\"m\"} 3\n\
+                    llamacpp:n_busy_slots_per_decode 1\n";
+        let m = parse_metrics(text);
+        let get = |n: &str| m.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+        assert_eq!(get("vllm:num_requests_running"), Some(7.0), "{m:?}");
+        assert_eq!(get("vllm:num_requests_waiting"), Some(2.0));
+        assert_eq!(get("vllm:generation_tokens_total"), Some(1234.0));
+        assert_eq!(m.len(), 3, "unmapped names are dropped: {m:?}");
     }
 
     #[test]

@@ -152,6 +152,7 @@ struct PointResult {
     client_cpu_s: f64,
     load_wall_s: f64,
     client_cores: u32,
+    warmup: Option<pb::WarmupResult>,
 }
 
 impl PointResult {
@@ -175,6 +176,12 @@ impl PointResult {
             client_cpu_s: o.client_cpu_s,
             load_wall_s: o.load_wall_s,
             client_cores: o.client_cores,
+            warmup: o.warmup.map(|w| pb::WarmupResult {
+                wave_output_tps: w.wave_output_tps,
+                converged: w.converged,
+                max_waves: w.max_waves,
+                tolerance: w.tolerance,
+            }),
         }
     }
 }
@@ -514,7 +521,7 @@ impl Runner {
                 format!("{}; {e}", result.error)
             };
         }
-        let (engine_version, engine_args, engine_image, engine_image_digest) = self
+        let (engine_version, engine_args, engine_image, engine_image_digest, gpu_ids) = self
             .engine
             .as_ref()
             .map(|(_, e)| {
@@ -523,6 +530,7 @@ impl Runner {
                     e.args.clone(),
                     e.image.clone(),
                     e.image_digest.clone(),
+                    e.gpu_ids.clone(),
                 )
             })
             .unwrap_or_default();
@@ -555,6 +563,8 @@ impl Runner {
                 engine_image,
                 engine_image_digest,
                 engine_crashed: result.engine_crashed,
+                warmup: result.warmup,
+                gpu_ids,
             })),
         });
         if let Err(e) = pushed {

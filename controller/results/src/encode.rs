@@ -170,6 +170,19 @@ pub(crate) fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, Result
     }))));
     columns.push(opt_f64s(rows, |s| s.in_flight.map(|f| f.client_peak)));
     columns.push(opt_f64s(rows, |s| s.in_flight.map(|f| f.server_peak)));
+    let mut warmup = ListBuilder::with_capacity(Float64Builder::new(), rows.len())
+        .with_field(Arc::new(itl_item_field()));
+    for s in rows {
+        warmup.values().append_slice(&s.meta.warmup.wave_output_tps);
+        warmup.append(true);
+    }
+    columns.push(Arc::new(warmup.finish()));
+    columns.push(Arc::new(BooleanArray::from_iter(
+        rows.iter().map(|s| Some(s.meta.warmup.converged)),
+    )));
+    columns.push(f64s(rows, |s| s.meta.warmup.tolerance));
+    columns.push(utf8(rows, |s| &s.meta.gpu_model));
+    columns.push(utf8(rows, |s| &s.meta.gpu_driver));
     Ok(RecordBatch::try_new(Arc::new(points_schema()), columns)?)
 }
 

@@ -22,7 +22,9 @@ use crate::schema::{
     FALLBACK_SEPARATOR, METRICS, MetricRow, SERVER, STATS, metrics_schema, points_schema,
     requests_schema,
 };
-use crate::summary::{ClientStats, InFlight, Percentiles, PointMeta, PointSummary, ServerStats};
+use crate::summary::{
+    ClientStats, InFlight, Percentiles, PointMeta, PointSummary, ServerStats, WarmupStats,
+};
 
 /// Reads every point summary of a `.points.parquet` file, in file order.
 pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsError> {
@@ -91,6 +93,35 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
         let in_flight_scrapes = c.get::<UInt32Array>("in_flight_scrapes")?;
         let in_flight_client = c.get::<Float64Array>("in_flight_client_peak")?;
         let in_flight_engine = c.get::<Float64Array>("in_flight_engine_peak")?;
+        // Files written before warm-ups and GPU models were recorded lack these.
+        let warmup_tps = c.opt::<ListArray>("warmup_output_tps")?;
+        let warmup_converged = c.opt::<BooleanArray>("warmup_converged")?;
+        let warmup_tolerance = c.opt::<Float64Array>("warmup_tolerance")?;
+        let gpu_model = c.opt::<StringArray>("gpu_model")?;
+        let gpu_driver = c.opt::<StringArray>("gpu_driver")?;
+        let warmup = |i: usize| -> Result<WarmupStats, ResultsError> {
+            let Some(list) = warmup_tps else {
+                return Ok(WarmupStats::default());
+            };
+            let values = list.value(i);
+            let values = values
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .ok_or_else(|| {
+                    bad(
+                        path,
+                        "column `warmup_output_tps` does not hold Float64 values",
+                    )
+                })?;
+            Ok(WarmupStats {
+                wave_output_tps: values.values().to_vec(),
+                converged: warmup_converged.is_some_and(|c| c.value(i)),
+                tolerance: warmup_tolerance.map_or(0.0, |t| t.value(i)),
+            })
+        };
+        let text = |column: Option<&StringArray>, i: usize| {
+            column.map_or_else(String::new, |c| c.value(i).to_owned())
+        };
         let distribution = |columns: &[&Float64Array; 4], row: usize| {
             let [mean, p50, p90, p99] = columns.map(|column| opt(column, row));
             Percentiles {
@@ -127,6 +158,9 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
                         cores: client_cores.value(i),
                     },
                     fallbacks: split_fallbacks(fallbacks.value(i)),
+                    warmup: warmup(i)?,
+                    gpu_model: text(gpu_model, i),
+                    gpu_driver: text(gpu_driver, i),
                 },
                 completed: completed.value(i),
                 failed: failed.value(i),

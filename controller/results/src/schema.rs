@@ -180,6 +180,18 @@ pub(crate) fn points_schema() -> Schema {
     fields.push(Field::new("in_flight_scrapes", DataType::UInt32, true));
     fields.push(Field::new("in_flight_client_peak", DataType::Float64, true));
     fields.push(Field::new("in_flight_engine_peak", DataType::Float64, true));
+    // The converging warm-up: each wave's output throughput (empty: none), whether the last
+    // two agreed before the cap, and the tolerance they were held to.
+    fields.push(Field::new(
+        "warmup_output_tps",
+        DataType::List(Arc::new(itl_item_field())),
+        false,
+    ));
+    fields.push(Field::new("warmup_converged", DataType::Boolean, false));
+    fields.push(f64("warmup_tolerance"));
+    // The engine's GPUs as the agent's inventory names them, and the host's GPU driver.
+    fields.push(utf8("gpu_model"));
+    fields.push(utf8("gpu_driver"));
     Schema::new(fields)
 }
 

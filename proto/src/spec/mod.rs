@@ -15,31 +15,31 @@
 //! - `expand`: [`SweepSpec::expand`] into [`PlannedPoint`]s (uses `sections`);
 //! - `wire`: [`SweepSpec::engine_wire`] / [`SweepSpec::load_wire`], and the sweep-file
 //!   enums to and from their generated `pb` enums (uses `sections`);
-//! - `vllm_flags`: the engine's command-line flags from a wire [`EngineSpec`](crate::pb::EngineSpec).
+//! - `engine_args`: each engine kind's command line from a wire [`EngineSpec`](crate::pb::EngineSpec).
 //!
 //! This file only declares the modules and re-exports their public items.
 
+mod engine_args;
 mod expand;
 mod limits;
 mod locate;
 mod sections;
 mod validate;
-mod vllm_flags;
 mod wire;
 
 #[cfg(test)]
 mod tests;
 
+pub use engine_args::{Listen, VllmModelArg, engine_args, vllm_flags};
 pub use expand::PlannedPoint;
 pub use limits::{
     DEFAULT_MAX_POINTS, MAX_MODEL_LEN, MAX_NAME_LEN, MAX_POINT_ID_LEN, MAX_POINTS_CEILING,
     MAX_SWEEP_FILE_BYTES, longest_point_id, model_name_problem, point_id_fits, sweep_id_len,
 };
 pub use sections::{
-    Arrival, BatchSizes, DEFAULT_CRASH_RETRIES, DEFAULT_MAX_FAILED_SHARE, Endpoint, EngineKind,
-    EngineSection, GPU_VENDORS, LoadMode, LoadSection, MatrixSection, OnEngineCrash,
-    PlacementSection, PolicySection, Runtime, Strategy, SweepSpec, TokenizerSource, WorkloadEntry,
-    model_slug,
+    Arrival, BatchSizes, DEFAULT_CRASH_RETRIES, DEFAULT_MAX_FAILED_SHARE, DEFAULT_WARMUP_TOLERANCE,
+    Endpoint, EngineKind, EngineSection, GPU_VENDORS, LoadMode, LoadSection, MatrixSection,
+    OnEngineCrash, PlacementSection, PolicySection, Runtime, Strategy, SweepSpec, TokenizerSource,
+    WarmupSection, WorkloadEntry, model_slug,
 };
 pub use validate::MAX_BATCH_SIZE;
-pub use vllm_flags::vllm_flags;

@@ -36,10 +36,45 @@ pub struct SweepSpec {
     pub notes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+/// Which server the engine is: it decides the engine's command line (see
+/// [`engine_args`](super::engine_args)), how readiness and prompt lengths are learned and
+/// which metric names mean requests running and waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EngineKind {
+    /// vLLM (`vllm serve`), or the simulator that mimics it.
     Vllm,
+    /// Hugging Face `transformers serve --continuous-batching`: one GPU, served under the
+    /// model path, no `/tokenize`, no `/metrics`, refuses `ignore_eos`.
+    Transformers,
+    /// llama.cpp's `llama-server` (continuous batching with `--parallel`).
+    LlamaCpp,
+    /// SGLang (`python -m sglang.launch_server`).
+    Sglang,
+    /// Hugging Face text-generation-inference (`text-generation-launcher`).
+    Tgi,
+}
+
+impl EngineKind {
+    /// Every kind, in the order of the docs.
+    pub const ALL: [EngineKind; 5] = [
+        EngineKind::Vllm,
+        EngineKind::Transformers,
+        EngineKind::LlamaCpp,
+        EngineKind::Sglang,
+        EngineKind::Tgi,
+    ];
+
+    /// The name used in sweep files, agent configs and the results' `engine_kind` metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Vllm => "vllm",
+            EngineKind::Transformers => "transformers",
+            EngineKind::LlamaCpp => "llama-cpp",
+            EngineKind::Sglang => "sglang",
+            EngineKind::Tgi => "tgi",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -290,6 +325,44 @@ pub struct LoadSection {
     pub idle_timeout_s: Spanned<f64>,
     #[serde(default)]
     pub tokenizer: TokenizerSource,
+    /// `[load.warmup]`: a warm-up that is measured until it converges.
+    #[serde(default)]
+    pub warmup: WarmupSection,
+}
+
+/// `[load.warmup]`: before each point's measured load, waves of the point's own batch size
+/// and prompt/output lengths until two consecutive waves' output throughput agree within
+/// `tolerance` (a share: 0.03 = 3 %), at most `max_waves` waves. An engine compiles and
+/// allocates per new shape; one warm-up request does not cover that. A point whose warm-up
+/// hit the cap says so in its verdict. Default: none (`max_waves = 0`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupSection {
+    /// The most warm-up waves (at least 2 when set: convergence compares two waves).
+    #[serde(default = "default_warmup_max_waves")]
+    pub max_waves: Spanned<u32>,
+    #[serde(default = "default_warmup_tolerance")]
+    pub tolerance: Spanned<f64>,
+}
+
+/// Default `[load.warmup] tolerance`.
+pub const DEFAULT_WARMUP_TOLERANCE: f64 = 0.03;
+
+fn default_warmup_max_waves() -> Spanned<u32> {
+    Spanned::new(0..0, 0)
+}
+
+fn default_warmup_tolerance() -> Spanned<f64> {
+    Spanned::new(0..0, DEFAULT_WARMUP_TOLERANCE)
+}
+
+impl Default for WarmupSection {
+    fn default() -> Self {
+        WarmupSection {
+            max_waves: default_warmup_max_waves(),
+            tolerance: default_warmup_tolerance(),
+        }
+    }
 }
 
 fn default_burstiness() -> Spanned<f64> {
@@ -321,6 +394,7 @@ impl Default for LoadSection {
             burstiness: default_burstiness(),
             idle_timeout_s: default_idle_timeout_s(),
             tokenizer: TokenizerSource::default(),
+            warmup: WarmupSection::default(),
         }
     }
 }

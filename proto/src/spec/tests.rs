@@ -659,3 +659,95 @@ fn missing_fields_are_named_by_their_full_path() {
     .unwrap_err();
     assert_eq!(e.field, "matrix.workloads[1].output", "{e}");
 }
+
+#[test]
+fn engine_kinds_travel_and_get_their_own_command_lines() {
+    let listen = Listen {
+        host: "127.0.0.1",
+        port: 8123,
+    };
+    let cases = [
+        ("vllm", "m --served-model-name m --tensor-parallel-size 2"),
+        (
+            "transformers",
+            "m --continuous-batching --host 127.0.0.1 --port 8123",
+        ),
+        ("llama-cpp", "-m m --alias m --ctx-size 8192 --parallel 2"),
+        ("sglang", "--model-path m --served-model-name m --tp-size 2"),
+        ("tgi", "--model-id m --num-shard 2 --max-total-tokens 4096"),
+    ];
+    for (kind, start) in cases {
+        let gpus = if kind == "transformers" { "[1]" } else { "[2]" };
+        let text = GOOD
+            .replace("kind = \"vllm\"", &format!("kind = \"{kind}\""))
+            .replace("meta-llama/Llama-3.2-1B-Instruct", "m")
+            .replace("gpus = [1, 2]", &format!("gpus = {gpus}"))
+            .replace("[engine]\n", "[engine]\nmax_num_seqs = 2\n");
+        let spec = SweepSpec::parse(&text, "k.toml").unwrap();
+        assert_eq!(spec.engine.kind.as_str(), kind);
+        let wire = spec.engine_wire();
+        assert_eq!(EngineKind::from(wire.engine_kind()), spec.engine.kind);
+        let gpu_count = if kind == "transformers" { 1 } else { 2 };
+        let args = engine_args(&wire, gpu_count, "m", listen, VllmModelArg::Positional).join(" ");
+        assert!(args.starts_with(start), "{kind}: {args}");
+        let host = if kind == "tgi" {
+            "--hostname"
+        } else {
+            "--host"
+        };
+        assert!(
+            args.ends_with(&format!("{host} 127.0.0.1 --port 8123")),
+            "{kind}: {args}"
+        );
+    }
+    // An old agent's spec without a kind reads as vLLM.
+    assert_eq!(
+        EngineKind::from(pb::EngineKind::Unspecified),
+        EngineKind::Vllm
+    );
+}
+
+#[test]
+fn transformers_serves_one_gpu_under_the_model_path() {
+    let base = GOOD.replace("kind = \"vllm\"", "kind = \"transformers\"");
+    let err = SweepSpec::parse(&base, "t.toml").unwrap_err();
+    assert_eq!(err.field, "matrix.gpus", "{err}");
+    assert!(err.to_string().contains("one GPU"), "{err}");
+    let one_gpu = base.replace("gpus = [1, 2]", "gpus = [1]");
+    SweepSpec::parse(&one_gpu, "t.toml").unwrap();
+    let renamed = one_gpu.replace("[engine]\n", "[engine]\nserved_model_name = \"other\"\n");
+    let err = SweepSpec::parse(&renamed, "t.toml").unwrap_err();
+    assert_eq!(err.field, "engine.served_model_name", "{err}");
+}
+
+#[test]
+fn converging_warm_up_is_validated_and_travels() {
+    let with = |warmup: &str| {
+        GOOD.replace(
+            "timeout_s = 600\n",
+            &format!("timeout_s = 600\n\n[load.warmup]\n{warmup}\n"),
+        )
+    };
+    let spec = SweepSpec::parse(&with("max_waves = 6\ntolerance = 0.02"), "w.toml").unwrap();
+    let load = spec.load_wire();
+    assert_eq!((load.warmup_max_waves, load.warmup_tolerance), (6, 0.02));
+    let spec = SweepSpec::parse(&with("max_waves = 4"), "w.toml").unwrap();
+    assert_eq!(spec.load_wire().warmup_tolerance, DEFAULT_WARMUP_TOLERANCE);
+    assert_eq!(
+        SweepSpec::parse(GOOD, "w.toml")
+            .unwrap()
+            .load_wire()
+            .warmup_max_waves,
+        0
+    );
+    for (bad, field) in [
+        ("max_waves = 1", "load.warmup.max_waves"),
+        ("max_waves = 4\ntolerance = 0", "load.warmup.tolerance"),
+        ("max_waves = 4\ntolerance = 1.5", "load.warmup.tolerance"),
+    ] {
+        let err = SweepSpec::parse(&with(bad), "w.toml").unwrap_err();
+        assert_eq!(err.field, field, "{bad}: {err}");
+    }
+    let err = SweepSpec::parse(&with("waves = 3"), "w.toml").unwrap_err();
+    assert!(err.to_string().contains("waves"), "{err}");
+}

@@ -8,7 +8,7 @@ use toml::Spanned;
 use super::limits::{DEFAULT_MAX_POINTS, MAX_NAME_LEN, MAX_SWEEP_FILE_BYTES, model_name_problem};
 use super::locate::{line_col, located, toml_error};
 use super::sections::{
-    Arrival, BatchSizes, GPU_VENDORS, LoadMode, OnEngineCrash, Runtime, SweepSpec,
+    Arrival, BatchSizes, EngineKind, GPU_VENDORS, LoadMode, OnEngineCrash, Runtime, SweepSpec,
 };
 use crate::error::SpecError;
 
@@ -202,6 +202,39 @@ impl SweepSpec {
             }
             _ => {}
         }
+        if e.kind == EngineKind::Transformers {
+            if let Some(name) = e
+                .served_model_name
+                .as_ref()
+                .filter(|n| *n != self.model.get_ref())
+            {
+                return err(
+                    0..0,
+                    "engine.served_model_name",
+                    format!(
+                        "engine kind \"transformers\" serves the model under its path {:?}, \
+                         not {name:?}: leave served_model_name out",
+                        self.model.get_ref()
+                    ),
+                );
+            }
+            if let Some(g) = self
+                .matrix
+                .gpus
+                .get_ref()
+                .iter()
+                .find(|g| *g.get_ref() != 1)
+            {
+                return err(
+                    g.span(),
+                    "matrix.gpus",
+                    format!(
+                        "engine kind \"transformers\" serves on one GPU, not {}",
+                        g.get_ref()
+                    ),
+                );
+            }
+        }
         let util = *e.gpu_memory_utilization.get_ref();
         if !(util > 0.0 && util <= 1.0) {
             return err(
@@ -340,6 +373,24 @@ impl SweepSpec {
                 self.load.idle_timeout_s.span(),
                 "load.idle_timeout_s",
                 format!("{idle} is not a positive number of seconds"),
+            );
+        }
+        let warmup = &self.load.warmup;
+        if *warmup.max_waves.get_ref() == 1 {
+            return err(
+                warmup.max_waves.span(),
+                "load.warmup.max_waves",
+                "must be 0 (no converging warm-up) or at least 2: convergence compares two \
+                 consecutive waves"
+                    .into(),
+            );
+        }
+        let tolerance = *warmup.tolerance.get_ref();
+        if !(tolerance > 0.0 && tolerance < 1.0) {
+            return err(
+                warmup.tolerance.span(),
+                "load.warmup.tolerance",
+                format!("{tolerance} is not a share in (0, 1), e.g. 0.03 for 3 %"),
             );
         }
         let placement = &self.placement;

@@ -8,7 +8,9 @@
 //! mapped here: a receiver that must refuse it checks `pb::X::try_from(i32)` first (the
 //! generated accessors such as `load_mode()` read it as `UNSPECIFIED`).
 
-use super::sections::{Arrival, Endpoint, LoadMode, Runtime, SweepSpec, TokenizerSource};
+use super::sections::{
+    Arrival, Endpoint, EngineKind, LoadMode, Runtime, SweepSpec, TokenizerSource,
+};
 use crate::{ProtoError, pb};
 
 impl SweepSpec {
@@ -16,7 +18,7 @@ impl SweepSpec {
     pub fn engine_wire(&self) -> pb::EngineSpec {
         let e = &self.engine;
         pb::EngineSpec {
-            kind: "vllm".into(),
+            engine_kind: pb::EngineKind::from(e.kind).into(),
             runtime_kind: pb::Runtime::from(e.runtime).into(),
             model: self.model.get_ref().clone(),
             served_model_name: self.served_model_name(),
@@ -64,6 +66,33 @@ impl SweepSpec {
             burstiness: *l.burstiness.get_ref(),
             idle_timeout_s: *l.idle_timeout_s.get_ref(),
             tokenizer_source: pb::TokenizerSource::from(l.tokenizer).into(),
+            warmup_max_waves: *l.warmup.max_waves.get_ref(),
+            warmup_tolerance: *l.warmup.tolerance.get_ref(),
+        }
+    }
+}
+
+impl From<EngineKind> for pb::EngineKind {
+    fn from(k: EngineKind) -> Self {
+        match k {
+            EngineKind::Vllm => pb::EngineKind::Vllm,
+            EngineKind::Transformers => pb::EngineKind::Transformers,
+            EngineKind::LlamaCpp => pb::EngineKind::LlamaCpp,
+            EngineKind::Sglang => pb::EngineKind::Sglang,
+            EngineKind::Tgi => pb::EngineKind::Tgi,
+        }
+    }
+}
+
+impl From<pb::EngineKind> for EngineKind {
+    /// `UNSPECIFIED` is vLLM: the only kind before kinds were on the wire.
+    fn from(k: pb::EngineKind) -> Self {
+        match k {
+            pb::EngineKind::Unspecified | pb::EngineKind::Vllm => EngineKind::Vllm,
+            pb::EngineKind::Transformers => EngineKind::Transformers,
+            pb::EngineKind::LlamaCpp => EngineKind::LlamaCpp,
+            pb::EngineKind::Sglang => EngineKind::Sglang,
+            pb::EngineKind::Tgi => EngineKind::Tgi,
         }
     }
 }

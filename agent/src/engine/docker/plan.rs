@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, DeviceMapping, DeviceRequest, HostConfig, PortBinding};
 use fleetbench_proto::pb;
-use fleetbench_proto::spec::vllm_flags;
+use fleetbench_proto::spec::{Listen, VllmModelArg, engine_args};
 use tracing::{info, warn};
 
 use crate::config::{AgentConfig, DEFAULT_SHM_SIZE_GIB};
@@ -113,14 +113,16 @@ impl ContainerPlan {
         let d = &cfg.docker;
         let gpus = gpus.max(1);
         let mut cmd = spec.entrypoint.clone();
-        cmd.extend(["--model".to_string(), spec.model.clone()]);
-        cmd.extend(vllm_flags(spec, gpus));
-        cmd.extend([
-            "--host".to_string(),
-            "0.0.0.0".into(),
-            "--port".into(),
-            d.container_port.to_string(),
-        ]);
+        cmd.extend(engine_args(
+            spec,
+            gpus,
+            &spec.model,
+            Listen {
+                host: "0.0.0.0",
+                port: d.container_port,
+            },
+            VllmModelArg::Flag,
+        ));
         let trusted = cfg.policy.trusts_container(spec);
         let mut env: Vec<String> = Vec::new();
         if trusted {

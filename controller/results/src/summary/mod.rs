@@ -26,7 +26,9 @@ use fleetbench_proto::record::RequestRecord;
 pub use crate::summary::outcome::load_failure;
 pub use crate::summary::percentiles::Percentiles;
 use crate::summary::percentiles::percentiles_of;
-pub use crate::summary::point::{ClientStats, InFlight, PointMeta, PointSummary, ServerStats};
+pub use crate::summary::point::{
+    ClientStats, InFlight, PointMeta, PointSummary, ServerStats, WarmupStats,
+};
 use crate::summary::verdict::{Checks, IN_FLIGHT_MIN_SCRAPES, verdict};
 
 /// Compares the client's and the engine's in-flight counts at each scrape (see
@@ -267,6 +269,9 @@ mod tests {
             request_rate: 0.0,
             client: ClientStats::default(),
             fallbacks: Vec::new(),
+            warmup: Default::default(),
+            gpu_model: String::new(),
+            gpu_driver: String::new(),
         }
     }
 
@@ -531,6 +536,9 @@ mod tests {
                 cores: 2,
             },
             fallbacks: vec!["ignore_eos, min_tokens refused: output length not forced".into()],
+            warmup: Default::default(),
+            gpu_model: String::new(),
+            gpu_driver: String::new(),
             ..meta()
         };
         let s = summarize(busy, &records, &[]);

@@ -33,6 +33,30 @@ pub struct PointMeta {
     pub client: ClientStats,
     /// Request extensions the engine refused (output length or usage not exact).
     pub fallbacks: Vec<String>,
+    /// The converging warm-up before the measured load (no waves: none).
+    #[serde(default)]
+    pub warmup: WarmupStats,
+    /// The GPUs the engine held, as the agent's inventory names them (distinct models
+    /// joined with ` + `; empty without GPUs), and the host's GPU driver.
+    #[serde(default)]
+    pub gpu_model: String,
+    #[serde(default)]
+    pub gpu_driver: String,
+}
+
+/// A point's converging warm-up: each wave's output throughput (tokens/s), and whether
+/// the last two agreed within the tolerance before the cap.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct WarmupStats {
+    pub wave_output_tps: Vec<f64>,
+    pub converged: bool,
+    pub tolerance: f64,
+}
+
+impl WarmupStats {
+    pub fn waves(&self) -> u32 {
+        u32::try_from(self.wave_output_tps.len()).unwrap_or(u32::MAX)
+    }
 }
 
 /// The load generator's CPU use during a point's measured load.
@@ -175,6 +199,11 @@ impl From<&PointSummary> for pb::PointSummary {
             fallbacks: m.fallbacks.clone(),
             in_flight_client_peak: s.in_flight.map(|f| f.client_peak),
             in_flight_engine_peak: s.in_flight.map(|f| f.server_peak),
+            warmup_waves: m.warmup.waves(),
+            warmup_converged: m.warmup.converged,
+            warmup_last_output_tps: m.warmup.wave_output_tps.last().copied().unwrap_or(0.0),
+            gpu_model: m.gpu_model.clone(),
+            gpu_driver: m.gpu_driver.clone(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The verdict on a point: `valid`, or every reason its numbers do not describe the load it
 //! asked for (failed requests, wrong lengths, a load the client did not deliver, a
-//! CPU-saturated client, an engine that saw another number of requests, engine fallbacks),
+//! CPU-saturated client, an engine that saw another number of requests, a warm-up that hit
+//! its cap before it converged, engine fallbacks),
 //! with the limits those checks use. Tested through `summarize`, in the summary's tests.
 
 use crate::summary::point::{InFlight, PointMeta};
@@ -107,6 +108,23 @@ pub(crate) fn verdict(c: &Checks<'_>) -> String {
                 f.server_peak, f.client_peak, f.scrapes
             ));
         }
+    }
+    let warmup = &meta.warmup;
+    if warmup.waves() > 0 && !warmup.converged {
+        let last: Vec<String> = warmup
+            .wave_output_tps
+            .iter()
+            .rev()
+            .take(2)
+            .rev()
+            .map(|t| format!("{t:.1}"))
+            .collect();
+        reasons.push(format!(
+            "warm-up did not converge in {} waves (last waves {} tok/s, tolerance {:.1} %): the engine may still have been warming up",
+            warmup.waves(),
+            last.join(" and "),
+            warmup.tolerance * 100.0
+        ));
     }
     for fallback in &meta.fallbacks {
         reasons.push(format!("engine fallback: {fallback}"));

@@ -36,6 +36,9 @@ fn meta(point_index: u32) -> PointMeta {
             cores: 2,
         },
         fallbacks: vec!["ignore_eos refused (HTTP 422: a; b)".into(), "x".into()],
+        warmup: Default::default(),
+        gpu_model: String::new(),
+        gpu_driver: String::new(),
     }
 }
 

@@ -10,7 +10,7 @@ use fleetbench_proto::pb::{self, controller_message::Msg as CMsg};
 use fleetbench_proto::record::RequestRecord;
 use fleetbench_proto::spec::{OnEngineCrash, PlannedPoint};
 use fleetbench_proto::unix_millis_now;
-use fleetbench_results::summary::{ClientStats, PointMeta, load_failure, summarize};
+use fleetbench_results::summary::{ClientStats, PointMeta, WarmupStats, load_failure, summarize};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -307,6 +307,11 @@ impl State {
             .get(agent)
             .map(|a| a.inventory.host.clone())
             .unwrap_or_default();
+        let (gpu_model, gpu_driver) = self
+            .agents
+            .get(agent)
+            .map(|a| held_gpus(&a.inventory, &pf.gpu_ids))
+            .unwrap_or_default();
         let unwritten = self
             .persisted
             .awaiting_write
@@ -466,6 +471,17 @@ impl State {
                 cores: pf.client_cores,
             },
             fallbacks: pf.fallbacks.clone(),
+            warmup: pf
+                .warmup
+                .as_ref()
+                .map(|w| WarmupStats {
+                    wave_output_tps: w.wave_output_tps.clone(),
+                    converged: w.converged,
+                    tolerance: w.tolerance,
+                })
+                .unwrap_or_default(),
+            gpu_model,
+            gpu_driver,
         };
         let template = meta.clone();
         let summary = summarize(meta, &records, &pf.engine_metrics);
@@ -634,6 +650,9 @@ fn skip_larger(sweep: &mut Sweep, crashed: &PlannedPoint, template: &PointMeta, 
             finished_unix_us: 0,
             client: ClientStats::default(),
             fallbacks: Vec::new(),
+            warmup: Default::default(),
+            gpu_model: String::new(),
+            gpu_driver: String::new(),
             ..template.clone()
         };
         q.summary = Some(summarize(meta, &[], &[]));
@@ -692,4 +711,16 @@ fn release_engines(s: &Sweep) -> Outgoing {
             )
         })
         .collect()
+}
+
+/// The model names of the inventory's GPUs among `ids` (distinct, in index order, joined
+/// with ` + `) and the inventory's driver; no model when the engine held no GPU.
+fn held_gpus(inventory: &pb::Inventory, ids: &[u32]) -> (String, String) {
+    let mut models: Vec<&str> = Vec::new();
+    for gpu in inventory.gpus.iter().filter(|g| ids.contains(&g.index)) {
+        if !models.contains(&gpu.model.as_str()) {
+            models.push(&gpu.model);
+        }
+    }
+    (models.join(" + "), inventory.driver.clone())
 }

@@ -5,7 +5,7 @@ use super::*;
 
 fn spec() -> pb::EngineSpec {
     pb::EngineSpec {
-        kind: "vllm".into(),
+        engine_kind: pb::EngineKind::Vllm.into(),
         runtime_kind: pb::Runtime::Docker.into(),
         model: "deepseek-ai/DeepSeek-R1-Distill-Llama-8B".into(),
         served_model_name: "deepseek-ai/DeepSeek-R1-Distill-Llama-8B".into(),
