@@ -17,6 +17,7 @@
 //! (what the engine accepts), [`request`] (one measured request), [`sse`] (the stream
 //! parser) and [`cpu`] (the agent's own CPU time).
 
+pub mod chat_template;
 pub mod cpu;
 pub mod probe;
 pub mod prompt;

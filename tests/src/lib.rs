@@ -14,6 +14,7 @@ use fleetbench_agent::config::{AgentConfig, DockerConfig, GpuConfig};
 use fleetbench_agent::policy::Policy;
 use fleetbench_controller::ControllerConfig;
 use fleetbench_proto::pb::control_service_client::ControlServiceClient;
+use fleetbench_proto::spec::EngineKind;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -60,6 +61,8 @@ pub struct AgentSpec {
     pub metrics_interval_ms: u64,
     /// Engines the agent runs side by side (its `max_engines`).
     pub max_engines: u32,
+    /// Commands of engine kinds other than vLLM (its `[engine_commands]`).
+    pub engine_commands: BTreeMap<EngineKind, Vec<String>>,
 }
 
 impl AgentSpec {
@@ -79,6 +82,7 @@ impl AgentSpec {
             model_paths: BTreeMap::new(),
             metrics_interval_ms: 20,
             max_engines: 1,
+            engine_commands: BTreeMap::new(),
         }
     }
 }
@@ -215,6 +219,7 @@ impl Cluster {
                         .collect(),
                     max_engines: a.max_engines,
                     vllm_command: a.vllm_command,
+                    engine_commands: a.engine_commands,
                     engine_env: a.engine_env,
                     model_paths: a.model_paths,
                     heartbeat_s: 1,
@@ -402,4 +407,56 @@ warmup_requests = 1
 seed = {seed}
 "#
     )
+}
+
+/// `VLLM_BIN` and `VLLM_MODEL` from the set-up script's `env` file (shell assignments,
+/// read by the shell so any quoting it used is undone). Fails with the instruction when the
+/// set-up script has not run: tests that need real engines never skip.
+pub fn vllm_install() -> (String, String) {
+    let home = std::env::var_os("FLEETBENCH_VLLM_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/fleetbench/vllm-0.32-cpu")
+        });
+    let env = home.join("env");
+    assert!(
+        env.is_file(),
+        "{} missing: run tests/engines/setup-vllm.sh first (the README's test command does)",
+        env.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#"set -e; . "$1"; printf '%s\n%s' "$VLLM_BIN" "$VLLM_MODEL""#)
+        .arg("bash")
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (bin, model) = text.split_once('\n').unwrap();
+    assert!(
+        !bin.is_empty() && !model.is_empty(),
+        "VLLM_BIN/VLLM_MODEL missing in {}",
+        env.display()
+    );
+    (bin.to_string(), model.to_string())
+}
+
+/// Command lines of running processes that mention `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(cmdline);
+        }
+    }
+    found
 }

@@ -130,6 +130,7 @@ async fn two_containers_run_side_by_side_on_disjoint_gpu_sets() {
     let label = format!("{AGENT_LABEL}={agent}");
     let spec = AgentSpec {
         max_engines: 2,
+        engine_commands: std::collections::BTreeMap::new(),
         ..AgentSpec::sim(agent, 4, &[])
     };
     let cluster = Cluster::start(vec![spec]).await;

@@ -13,45 +13,11 @@ use fleetbench_proto::pb;
 use fleetbench_results::layout::partition_dir;
 use fleetbench_results::read::{read_metrics, read_point_summaries, read_requests};
 use fleetbench_results::text::to_table;
-use fleetbench_tests::{AgentSpec, Cluster, submit, watch_to_end};
+use fleetbench_tests::{
+    AgentSpec, Cluster, processes_mentioning, submit, vllm_install, watch_to_end,
+};
 
 const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
-
-/// `VLLM_BIN` and `VLLM_MODEL` from the set-up script's `env` file (shell assignments,
-/// read by the shell so any quoting it used is undone).
-fn vllm_install() -> (String, String) {
-    let home = std::env::var_os("FLEETBENCH_VLLM_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/fleetbench/vllm-0.32-cpu")
-        });
-    let env = home.join("env");
-    assert!(
-        env.is_file(),
-        "{} missing: run tests/engines/setup-vllm.sh first (the README's test command does)",
-        env.display()
-    );
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(r#"set -e; . "$1"; printf '%s\n%s' "$VLLM_BIN" "$VLLM_MODEL""#)
-        .arg("bash")
-        .arg(&env)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (bin, model) = text.split_once('\n').unwrap();
-    assert!(
-        !bin.is_empty() && !model.is_empty(),
-        "VLLM_BIN/VLLM_MODEL missing in {}",
-        env.display()
-    );
-    (bin.to_string(), model.to_string())
-}
 
 fn sweep(name: &str, endpoint: &str) -> String {
     format!(
@@ -104,6 +70,7 @@ async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency()
         model_paths: BTreeMap::from([(MODEL.to_string(), model_dir)]),
         metrics_interval_ms: 250,
         max_engines: 1,
+        engine_commands: BTreeMap::new(),
     };
     let cluster = Cluster::start(vec![agent]).await;
     cluster.wait_agents(1).await;
@@ -195,19 +162,4 @@ async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency()
         left.is_empty(),
         "vLLM processes left after the sweep: {left:?}"
     );
-}
-
-/// Command lines of running processes that mention `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) {
-            found.push(cmdline);
-        }
-    }
-    found
 }

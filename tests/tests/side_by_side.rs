@@ -72,6 +72,7 @@ fn ready_gpu_sets(file: &std::path::Path) -> Vec<Vec<u64>> {
 async fn two_engines_share_a_host_on_disjoint_gpus_and_a_wide_one_runs_alone() {
     let agent = AgentSpec {
         max_engines: 2,
+        engine_commands: std::collections::BTreeMap::new(),
         ..AgentSpec::sim("wide", 4, SIM_ARGS)
     };
     let cluster = Cluster::start(vec![agent]).await;

@@ -8,8 +8,9 @@
 //! per token and marked inexact.
 //!
 //! With the model's `tokenizer.json` ([`TokenCounter::with_local`]) the count is local:
-//! completions prompts never ask the server; chat prompts ask it once, for the number of
-//! tokens the chat template adds around one user message.
+//! completions prompts never ask the server; chat prompts neither when the model's chat
+//! template is beside it, else they ask once, for the number of tokens the chat template
+//! adds around one user message.
 
 use std::sync::Arc;
 
@@ -112,9 +113,11 @@ impl TokenCounter {
 
     /// Counts with `tokenizer` (the served model's `tokenizer.json`) instead: completions
     /// prompts entirely locally (with the special tokens the tokenizer adds, as vLLM does);
-    /// chat prompts as the local count of the content plus the chat template's tokens, which
-    /// one `/tokenize` call with `messages` gives (the first time a chat prompt is counted).
-    /// Chat prompts need the server's `/tokenize` for that: without it, counting fails.
+    /// chat prompts entirely locally too when the model folder has its chat template
+    /// (rendered as the engine renders it, see [`crate::load::chat_template`]), else as the
+    /// local count of the content plus the chat template's tokens, which one `/tokenize`
+    /// call with `messages` gives (the first time a chat prompt is counted) — without a
+    /// template or the server's `/tokenize`, counting chat prompts fails.
     pub fn with_local(mut self, tokenizer: LocalTokenizer) -> Self {
         self.local = Some(tokenizer);
         self.chat_overhead = Arc::default();
@@ -138,6 +141,9 @@ impl TokenCounter {
         };
         match endpoint {
             ApiEndpoint::Completions => Ok(Some(count_local(local, text, true).await?)),
+            ApiEndpoint::Chat if local.chat_template().is_some() => {
+                Ok(Some(count_local_chat(local, text).await?))
+            }
             ApiEndpoint::Chat => {
                 let content = count_local(local, text, false).await?;
                 let overhead = *self
@@ -154,8 +160,10 @@ impl TokenCounter {
     async fn learn_chat_overhead(&self, text: &str, content: u32) -> Result<u32, AgentError> {
         let Some(total) = self.count_remote(ApiEndpoint::Chat, text).await? else {
             return Err(AgentError::Prompt(format!(
-                "counting chat prompts with a local tokenizer needs the server's /tokenize to \
-                 learn the chat template's tokens, and {} answered 404",
+                "counting chat prompts with a local tokenizer needs the model's chat template \
+                 (chat_template.jinja or tokenizer_config.json's chat_template beside {}) or \
+                 the server's /tokenize to learn the chat template's tokens, and {} answered 404",
+                self.local.as_ref().map_or("", LocalTokenizer::source),
                 self.url
             )));
         };
@@ -210,6 +218,23 @@ async fn count_local(
     tokio::task::spawn_blocking(move || tokenizer.count(&text, add_special_tokens))
         .await
         .map_err(|e| AgentError::Prompt(format!("tokenizer task: {e}")))?
+}
+
+/// Counts a chat prompt entirely locally: the model's chat template rendered around one
+/// user message with the generation prompt, tokenized without adding special tokens (the
+/// template writes them), as `transformers`' `apply_chat_template` and vLLM count it.
+async fn count_local_chat(tokenizer: &LocalTokenizer, text: &str) -> Result<u32, AgentError> {
+    let tokenizer = tokenizer.clone();
+    let text = text.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let rendered = tokenizer
+            .chat_template()
+            .ok_or_else(|| AgentError::Prompt("no chat template".into()))?
+            .render_user(&text)?;
+        tokenizer.count(&rendered, false)
+    })
+    .await
+    .map_err(|e| AgentError::Prompt(format!("tokenizer task: {e}")))?
 }
 
 /// Builds `count` distinct prompts of exactly `target` tokens (as the server counts them

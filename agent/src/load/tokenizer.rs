@@ -13,30 +13,44 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::AgentError;
+use crate::load::chat_template::ChatTemplate;
 
-/// A model's tokenizer, loaded from its `tokenizer.json`. Cheap to clone.
+/// A model's tokenizer, loaded from its `tokenizer.json`, with the chat template beside it
+/// when the folder has one. Cheap to clone.
 #[derive(Clone)]
 pub struct LocalTokenizer {
     inner: Arc<tokenizers::Tokenizer>,
     source: Arc<str>,
+    chat: Option<Arc<ChatTemplate>>,
 }
 
 impl std::fmt::Debug for LocalTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalTokenizer")
             .field("source", &self.source)
+            .field("chat_template", &self.chat.as_ref().map(|c| c.source()))
             .finish_non_exhaustive()
     }
 }
 
 impl LocalTokenizer {
-    /// Loads the `tokenizer.json` at `path`.
+    /// Loads the `tokenizer.json` at `path`, and the model's chat template from the same
+    /// folder when there is one (see [`ChatTemplate::from_dir`]).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, AgentError> {
         let path = path.as_ref();
         let source = path.display().to_string();
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| AgentError::Prompt(format!("cannot load tokenizer {source}: {e}")))?;
-        Self::wrap(inner, source)
+        let mut tokenizer = Self::wrap(inner, source)?;
+        if let Some(dir) = path.parent() {
+            tokenizer.chat = ChatTemplate::from_dir(dir)?.map(Arc::new);
+        }
+        Ok(tokenizer)
+    }
+
+    /// The model's chat template, when its folder has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat.as_deref()
     }
 
     /// Loads a tokenizer from the text of a `tokenizer.json`.
@@ -56,6 +70,7 @@ impl LocalTokenizer {
         Ok(LocalTokenizer {
             inner: Arc::new(inner),
             source: source.into(),
+            chat: None,
         })
     }
 

@@ -25,15 +25,19 @@ pub struct SweepFile {
 }
 
 impl SweepFile {
-    /// The engine as titles name it: the image, else the runtime.
+    /// The engine as titles name it: the image, else the runtime (with the engine kind
+    /// when it is not vLLM, e.g. `transformers process engine`).
     pub fn engine(&self) -> String {
         let image = &self.meta.engine_image;
         if image.is_empty() {
             let runtime = &self.meta.engine_runtime;
+            let kind = &self.meta.engine_kind;
             if runtime.is_empty() {
                 "engine unknown".into()
-            } else {
+            } else if kind.is_empty() || kind == "vllm" {
                 format!("{runtime} engine")
+            } else {
+                format!("{kind} {runtime} engine")
             }
         } else {
             image.to_owned()

@@ -93,7 +93,7 @@ fn sweeps_table(out: &mut String, data: &ReportData) {
     out.push_str(
         "<h2 id=\"sweeps\">Sweeps</h2>\n<table class=\"sweeps\"><thead><tr><th>sweep</th>\
 <th>name</th><th>model</th><th>GPUs</th><th>hosts</th><th>engine image</th><th>digest</th>\
-<th>engine version</th><th>runtime</th><th>engine args</th><th>load</th>\
+<th>engine version</th><th>engine kind</th><th>runtime</th><th>engine args</th><th>load</th>\
 <th>fleetbench</th></tr></thead><tbody>\n",
     );
     for f in data.sweeps() {
@@ -106,6 +106,7 @@ fn sweeps_table(out: &mut String, data: &ReportData) {
         cell(out, &f.meta.engine_image, true);
         cell(out, &f.meta.engine_image_digest, true);
         cell(out, &f.meta.engine_version, true);
+        cell(out, &f.meta.engine_kind, true);
         cell(out, &f.meta.engine_runtime, true);
         cell(out, &f.meta.engine_args, true);
         cell(out, &f.meta.load, true);

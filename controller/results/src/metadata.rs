@@ -17,6 +17,7 @@ const GPUS: &str = "gpus";
 const VERSION: &str = "version";
 const HOSTS: &str = "hosts";
 const ENGINE_RUNTIME: &str = "engine_runtime";
+const ENGINE_KIND: &str = "engine_kind";
 const ENGINE_ARGS: &str = "engine_args";
 const ENGINE_VERSION: &str = "engine_version";
 const ENGINE_IMAGE: &str = "engine_image";
@@ -62,6 +63,9 @@ pub struct PartitionMetadata {
     /// Hosts that ran the partition's points, sorted.
     pub hosts: Vec<String>,
     pub engine_runtime: String,
+    /// Which server the engine was (`vllm`, `transformers`, `llama-cpp`, …); files written
+    /// before engine kinds existed read as empty (they were vLLM).
+    pub engine_kind: String,
     /// The engine's arguments as one line.
     pub engine_args: String,
     pub engine_version: String,
@@ -84,6 +88,7 @@ impl PartitionMetadata {
             (VERSION, self.version.clone()),
             (HOSTS, self.hosts.join(",")),
             (ENGINE_RUNTIME, self.engine_runtime.clone()),
+            (ENGINE_KIND, self.engine_kind.clone()),
             (ENGINE_ARGS, self.engine_args.clone()),
             (ENGINE_VERSION, self.engine_version.clone()),
             (ENGINE_IMAGE, self.engine_image.clone()),
@@ -112,6 +117,7 @@ impl PartitionMetadata {
                 .map(str::to_owned)
                 .collect(),
             engine_runtime: get(ENGINE_RUNTIME),
+            engine_kind: get(ENGINE_KIND),
             engine_args: get(ENGINE_ARGS),
             engine_version: get(ENGINE_VERSION),
             engine_image: get(ENGINE_IMAGE),
@@ -136,6 +142,7 @@ mod tests {
             version: "0.1.0".into(),
             hosts: vec!["a".into(), "b".into()],
             engine_runtime: "docker".into(),
+            engine_kind: "vllm".into(),
             engine_args: "--x 1".into(),
             engine_version: "0.32".into(),
             engine_image: "img".into(),

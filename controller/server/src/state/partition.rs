@@ -128,6 +128,7 @@ impl State {
             version: FLEETBENCH_VERSION.into(),
             hosts: hosts.into_iter().collect(),
             engine_runtime: sweep.spec.engine.runtime.as_str().into(),
+            engine_kind: sweep.spec.engine.kind.as_str().into(),
             engine_args: engine_args.unwrap_or_default(),
             engine_version: engine_version.unwrap_or_default(),
             engine_image,
