@@ -25,6 +25,7 @@ pub mod request;
 pub mod retry;
 pub mod schedule;
 pub mod sse;
+pub mod tokenize_api;
 pub mod tokenizer;
 pub mod warmup;
 
@@ -229,7 +230,8 @@ pub async fn run_point(
             ^ u64::from(point.batch_size)
             ^ point.request_rate.to_bits(),
     );
-    let mut counter = TokenCounter::new(client.clone(), base_url, &model);
+    let mut counter =
+        TokenCounter::new(client.clone(), base_url, &model).with_engine_kind(engine.engine_kind());
     if let Some(local) = tokenizer {
         info!(
             tokenizer = local.source(),
@@ -246,6 +248,12 @@ pub async fn run_point(
         .skip(warmups)
         .filter(|p| !p.is_exact(workload.input_tokens))
         .count();
+    let mut fallbacks = accepted.fallbacks;
+    if prompts.iter().any(|p| p.counted_tokens.is_none()) {
+        fallbacks.push(
+            "no /tokenize and no local tokenizer: prompts sized at one word per token".into(),
+        );
+    }
     if inexact > 0 {
         warn!(
             inexact,
@@ -334,13 +342,20 @@ pub async fn run_point(
     };
     stop_scraper.cancel();
     let engine_metrics = scraper.await.unwrap_or_default();
+    if engine_metrics.is_empty() {
+        fallbacks.push(
+            "no engine metrics (no /metrics, or none of the known names): the engine's view of \
+             requests in flight was not checked"
+                .into(),
+        );
+    }
     let measured = sent?;
     Ok(LoadOutcome {
         endpoint,
         measured,
         inexact_prompts: u32::try_from(inexact).unwrap_or(u32::MAX),
         engine_metrics,
-        fallbacks: accepted.fallbacks,
+        fallbacks,
         client_cpu_s,
         load_wall_s,
         client_cores: std::thread::available_parallelism()

@@ -14,11 +14,11 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde_json::json;
+use fleetbench_proto::pb::EngineKind;
 
 use crate::error::AgentError;
 use crate::load::request::ApiEndpoint;
+use crate::load::tokenize_api::TokenizeApi;
 use crate::load::tokenizer::LocalTokenizer;
 
 const WORDS: &[&str] = &[
@@ -85,30 +85,36 @@ pub fn words(seed: u64, count: usize) -> String {
 /// ([`TokenCounter::with_local`]).
 #[derive(Debug, Clone)]
 pub struct TokenCounter {
-    client: reqwest::Client,
+    /// vLLM's tokenize URL, for messages.
     url: String,
-    model: String,
+    remote: TokenizeApi,
     local: Option<LocalTokenizer>,
     /// Tokens the chat template adds around one user message (with the generation prompt),
     /// learned from the server once when counting locally.
     chat_overhead: Arc<tokio::sync::OnceCell<u32>>,
 }
 
-#[derive(Deserialize)]
-struct TokenizeResponse {
-    count: u32,
-}
-
 impl TokenCounter {
-    /// Counts through `{base_url}/tokenize` for `model`.
+    /// Counts through vLLM's `{base_url}/tokenize` for `model`.
     pub fn new(client: reqwest::Client, base_url: &str, model: &str) -> Self {
+        let base_url = base_url.trim_end_matches('/');
         TokenCounter {
-            client,
-            url: format!("{}/tokenize", base_url.trim_end_matches('/')),
-            model: model.to_string(),
+            url: format!("{base_url}/tokenize"),
+            remote: TokenizeApi {
+                client,
+                base_url: base_url.to_owned(),
+                model: model.to_string(),
+                kind: EngineKind::Vllm,
+            },
             local: None,
             chat_overhead: Arc::default(),
         }
+    }
+
+    /// Counts remotely the way engine `kind` does (see [`crate::load::tokenize_api`]).
+    pub fn with_engine_kind(mut self, kind: EngineKind) -> Self {
+        self.remote.kind = kind;
+        self
     }
 
     /// Counts with `tokenizer` (the served model's `tokenizer.json`) instead: completions
@@ -181,28 +187,7 @@ impl TokenCounter {
         endpoint: ApiEndpoint,
         text: &str,
     ) -> Result<Option<u32>, AgentError> {
-        let body = match endpoint {
-            ApiEndpoint::Chat => json!({
-                "model": self.model,
-                "messages": [{"role": "user", "content": text}],
-                "add_generation_prompt": true,
-            }),
-            ApiEndpoint::Completions => json!({"model": self.model, "prompt": text}),
-        };
-        let resp =
-            crate::load::retry::send_idempotent(|| self.client.post(&self.url).json(&body)).await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
-            return Err(AgentError::Prompt(format!(
-                "/tokenize answered {status}: {}",
-                text.chars().take(300).collect::<String>()
-            )));
-        }
-        Ok(Some(resp.json::<TokenizeResponse>().await?.count))
+        self.remote.count(endpoint, text).await
     }
 }
 

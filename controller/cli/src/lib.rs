@@ -362,9 +362,20 @@ pub fn plan_text(spec: &SweepSpec) -> String {
     );
     let _ = writeln!(
         out,
-        "engine: vllm ({}) flags per GPU count: {}",
+        "engine: {} ({}) arguments at 1 GPU (the agent picks host and port): {}",
+        spec.engine.kind.as_str(),
         spec.engine.runtime.as_str(),
-        fleetbench_proto::spec::vllm_flags(&spec.engine_wire(), 1).join(" ")
+        fleetbench_proto::spec::engine_args(
+            &spec.engine_wire(),
+            1,
+            spec.model.get_ref(),
+            fleetbench_proto::spec::Listen {
+                host: "HOST",
+                port: 0,
+            },
+            fleetbench_proto::spec::VllmModelArg::Positional,
+        )
+        .join(" ")
     );
     let mut gpu_counts: Vec<u32> = points.iter().map(|p| p.gpus).collect();
     gpu_counts.dedup();
