@@ -16,11 +16,15 @@
 #                     tests/gpu/model/mk_tiny.py for a CPU check)
 #   MODEL_DIR         model folder (/tmp/m8b); an existing folder with config.json is reused
 #   WAVES, MIN_REQUESTS  measured requests per point = max(MIN_REQUESTS, WAVES × concurrency)
-#                     (defaults 2 and 2), the same count for both tools
-#   WARMUP_MAX_WAVES, WARMUP_TOLERANCE  fleetbench [load.warmup] (3, 0.03)
-#   GUIDELLM_WARMUP_WAVES  GuideLLM warm-up requests = this × concurrency (1)
+#                     (defaults 2 and 3), the same count for both tools
+#   WARMUP_MAX_WAVES, WARMUP_TOLERANCE  fleetbench [load.warmup] (6, 0.03)
+#   GUIDELLM_WARMUP_MAX  GuideLLM warm-up requests = min(concurrency, this) (16); fleetbench's
+#                     converged warm-up and point at the same concurrency ran just before
+#   GUIDELLM_MATCH_PROMPT  1 (default): GuideLLM's chat text is shortened by the chat
+#                     template's tokens, so both tools' prompts are INPUT_TOKENS long at the server
 #   DEADLINE_S        the whole run's budget in seconds (530); steps are cut to fit it
-#   SERVE_ARGS        extra `transformers serve` flags (none: dtype comes from the weights)
+#   SERVE_ARGS        extra `transformers serve` flags, for both runtimes (GPU default: none,
+#                     dtype comes from the weights; CPU default: --cb-max-memory-percent 0.05)
 #   ENDPOINT          chat (default) | completions, for both tools
 #   PYTHON            interpreter (python3)     WHEELS  wheel folder (.whl; skipped if absent)
 set -uo pipefail
@@ -37,10 +41,10 @@ RUNTIME=${RUNTIME:-external}
 GPU_MODEL_SCRIPT=${GPU_MODEL_SCRIPT:-tests/gpu/model/mk_model.py}
 MODEL_DIR=${MODEL_DIR:-/tmp/m8b}
 WAVES=${WAVES:-2}
-MIN_REQUESTS=${MIN_REQUESTS:-2}
-WARMUP_MAX_WAVES=${WARMUP_MAX_WAVES:-3}
+MIN_REQUESTS=${MIN_REQUESTS:-3}
+WARMUP_MAX_WAVES=${WARMUP_MAX_WAVES:-6}
 WARMUP_TOLERANCE=${WARMUP_TOLERANCE:-0.03}
-GUIDELLM_WARMUP_WAVES=${GUIDELLM_WARMUP_WAVES:-1}
+GUIDELLM_WARMUP_MAX=${GUIDELLM_WARMUP_MAX:-16}
 DEADLINE_S=${DEADLINE_S:-530}
 RESERVE_S=${RESERVE_S:-25}
 SERVE_ARGS=${SERVE_ARGS:-}
@@ -64,6 +68,28 @@ left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
 CTL=("$FLEETBENCH_BIN/controllerctl" --controller "http://127.0.0.1:$CTRL_PORT")
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+# HTTP without depending on curl: http_ok URL [JSON_BODY] [TIMEOUT_S] (exit 0 on a 2xx)
+http_ok() {
+  if [ "${HTTP_CLIENT:-curl}" = curl ] && command -v curl > /dev/null 2>&1; then
+    if [ -n "${2:-}" ]; then
+      curl -sf -m "${3:-10}" -H 'content-type: application/json' -d "$2" "$1"
+    else
+      curl -sf -m "${3:-2}" "$1"
+    fi
+  else
+    "$PYTHON" -c '
+import sys, urllib.request
+url, body, t = sys.argv[1], sys.argv[2], float(sys.argv[3])
+req = urllib.request.Request(url, data=body.encode() if body else None,
+                             headers={"content-type": "application/json"} if body else {})
+try:
+    print(urllib.request.urlopen(req, timeout=t).read().decode()[:500])
+except Exception as e:
+    print(e, file=sys.stderr); sys.exit(1)
+' "$1" "${2:-}" "${3:-10}"
+  fi
+}
 
 PIDS=()   # process-group leaders we started (setsid), stopped in reverse order
 ENGINE_PID=""
@@ -157,7 +183,35 @@ else
   timeout 300 "$PYTHON" "$GPU_MODEL_SCRIPT" "$MODEL_DIR" >> "$LOG" 2>&1 || { log "model script failed"; exit 1; }
 fi
 
+# ---- GuideLLM's prompt length. fleetbench sizes the whole templated chat prompt to
+# INPUT_TOKENS (the server's usage.prompt_tokens equals it); GuideLLM sizes the message text
+# and the chat template (SmolLM2's adds a ~30-token system prompt) comes on top. With
+# GUIDELLM_MATCH_PROMPT=1 (default) GuideLLM's text is shorter by the template's tokens so
+# both tools send prompts of the same length; 0 sends INPUT_TOKENS of text.
+GL_PROMPT_TOKENS=$INPUT_TOKENS
+if [ "$ENDPOINT" = chat ] && [ "${GUIDELLM_MATCH_PROMPT:-1}" = 1 ]; then
+  overhead=$("$PYTHON" - "$MODEL_DIR" 2>> "$LOG" <<'EOF2'
+import sys
+from transformers import AutoTokenizer
+t = AutoTokenizer.from_pretrained(sys.argv[1])
+ids = t.apply_chat_template([{"role": "user", "content": ""}], add_generation_prompt=True, tokenize=True)
+if hasattr(ids, "keys"):
+    ids = ids["input_ids"]
+print(len(ids))
+EOF2
+)
+  if [ -n "$overhead" ] && [ "$overhead" -lt "$INPUT_TOKENS" ]; then
+    GL_PROMPT_TOKENS=$(( INPUT_TOKENS - overhead ))
+  fi
+  log "chat template: $overhead tokens; GuideLLM prompt_tokens=$GL_PROMPT_TOKENS"
+fi
+
 # ---- engine (the command line the agent's process runtime uses, plus SERVE_ARGS)
+# SERVE_ARGS go right after `serve`, where the agent's [engine_commands] has them too, so
+# both runtimes run the same command line. On a machine without a GPU the continuous-batching
+# cache would take most of the host's RAM (seen: 19 GB for a 6 M-parameter model, then the
+# OOM killer): cap it there.
+if [ -z "$SERVE_ARGS" ] && [ "$GPU_NAME" = cpu ]; then SERVE_ARGS="--cb-max-memory-percent 0.05"; fi
 SERVE_CMD=("$PYTHON" -m transformers.cli.transformers serve)
 ENGINE_URL=http://127.0.0.1:$ENGINE_PORT
 ENGINE_N=0
@@ -165,12 +219,12 @@ engine_start() {
   ENGINE_N=$((ENGINE_N + 1))
   local elog=$WORK/engine$ENGINE_N.log
   # shellcheck disable=SC2086
-  log "engine: ${SERVE_CMD[*]} $MODEL_DIR --continuous-batching --host 127.0.0.1 --port $ENGINE_PORT $SERVE_ARGS"
-  start_bg "$elog" "${SERVE_CMD[@]}" "$MODEL_DIR" --continuous-batching --host 127.0.0.1 \
-    --port "$ENGINE_PORT" $SERVE_ARGS
+  log "engine: ${SERVE_CMD[*]} $SERVE_ARGS $MODEL_DIR --continuous-batching --host 127.0.0.1 --port $ENGINE_PORT"
+  start_bg "$elog" "${SERVE_CMD[@]}" $SERVE_ARGS "$MODEL_DIR" --continuous-batching --host 127.0.0.1 \
+    --port "$ENGINE_PORT"
   ENGINE_PID=$BG_PID
   local t=$(( $(date +%s) + ENGINE_START_TIMEOUT_S ))
-  until curl -sf -m 2 "$ENGINE_URL/health" > /dev/null; do
+  until http_ok "$ENGINE_URL/health" > /dev/null 2>&1; do
     if ! kill -0 "$ENGINE_PID" 2>/dev/null; then log "engine exited"; tail -n 30 "$elog" >&2; return 1; fi
     if [ "$(date +%s)" -gt "$t" ]; then log "engine not healthy in ${ENGINE_START_TIMEOUT_S}s"; return 1; fi
     sleep 1
@@ -178,8 +232,7 @@ engine_start() {
   log "engine healthy; first request (the continuous-batching manager starts on it)"
   local body
   body=$(printf '{"model":"%s","messages":[{"role":"user","content":"hello"}],"max_tokens":4}' "$MODEL_DIR")
-  if ! curl -sf -m "$ENGINE_START_TIMEOUT_S" -H 'content-type: application/json' -d "$body" \
-       "$ENGINE_URL/v1/chat/completions" >> "$LOG"; then
+  if ! http_ok "$ENGINE_URL/v1/chat/completions" "$body" "$ENGINE_START_TIMEOUT_S" >> "$LOG"; then
     log "first request failed"; return 1
   fi
   echo >> "$LOG"
@@ -198,6 +251,7 @@ engine_stop() {
 start_bg "$WORK/controller.log" "$FLEETBENCH_BIN/controller" --listen "127.0.0.1:$CTRL_PORT" \
   --results "$WORK/results" --state-dir "$WORK/state"
 TRANSFORMERS_CMD=$(printf '"%s", "-m", "transformers.cli.transformers", "serve"' "$PYTHON")
+for a in $SERVE_ARGS; do TRANSFORMERS_CMD+=$(printf ', "%s"' "$a"); done
 sed -e "s|@CTRL_PORT@|$CTRL_PORT|" -e "s|@WORK@|$WORK|" -e "s|@TRANSFORMERS_CMD@|$TRANSFORMERS_CMD|" \
     -e "s|@PYTHONPATH@|${PYTHONPATH:-}|" tests/gpu/agent.toml \
   | awk -v g="$GPUS_TOML" '$0 == "@GPUS@" { print g; next } { print }' > "$WORK/agent.toml"
@@ -246,7 +300,7 @@ guidellm_point() { # guidellm_point C
   local c=$1 n w t r backend fmt=/v1/chat/completions
   [ "$ENDPOINT" = completions ] && fmt=/v1/completions
   n=$(requests_for "$c")
-  w=$(( GUIDELLM_WARMUP_WAVES * c ))
+  w=$c; [ "$w" -gt "$GUIDELLM_WARMUP_MAX" ] && w=$GUIDELLM_WARMUP_MAX
   t=$(step_timeout 300)
   if [ "$t" -lt 15 ]; then log "guidellm c=$c: skipped, ${t}s left"; return 1; fi
   # transformers serve 5.17: ignore_eos → 422; max_completion_tokens and stream_options are
@@ -260,7 +314,7 @@ guidellm_point() { # guidellm_point C
     --profile "{\"kind\":\"concurrent\",\"streams\":[$c],\"warmup\":{\"mode\":\"requests\",\"value\":$w}}" \
     --constraint "{\"kind\":\"max_requests\",\"count\":$(( n + w ))}" \
     --tokenizer "{\"kind\":\"hf_auto\",\"model\":\"$MODEL_DIR\"}" \
-    --data "{\"kind\":\"synthetic_text\",\"prompt_tokens\":$INPUT_TOKENS,\"output_tokens\":$OUTPUT_TOKENS}" \
+    --data "{\"kind\":\"synthetic_text\",\"prompt_tokens\":$GL_PROMPT_TOKENS,\"output_tokens\":$OUTPUT_TOKENS}" \
     --output "{\"kind\":\"json\",\"path\":\"$WORK/guidellm/c$c.json\"}" \
     --disable-console-interactive > "$WORK/guidellm/c$c.log" 2>&1
   r=$?
