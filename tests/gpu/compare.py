@@ -110,15 +110,23 @@ def main():
             fb[c] = r
 
     gl = {}
+    raw = {}
     for p in glob.glob(os.path.join(a.guidellm_dir, "c*.json")):
         mm = re.search(r"c(\d+)\.json$", p)
         try:
             pt = guidellm_point(p)
+            # GuideLLM's own report minus the per-request list (prompts and outputs)
+            d = json.load(open(p))
+            for b in d.get("benchmarks", []):
+                b.pop("requests", None)
+            raw[int(mm.group(1))] = d
         except Exception as e:
             print(f"compare.py: {p}: {e}")
             continue
         if pt:
             gl[int(mm.group(1))] = pt
+    if raw:
+        json.dump({str(c): raw[c] for c in sorted(raw)}, open(os.path.join(a.out, "guidellm-raw.json"), "w"))
 
     order = [int(x) for x in a.batches.split()] if a.batches.strip() else []
     cs = order + sorted((set(fb) | set(gl)) - set(order))

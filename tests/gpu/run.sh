@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU validation kit: fleetbench vs GuideLLM on one `transformers serve` engine.
 # Device entry point (see tests/gpu/README.md). Everything it keeps lands in $OUT:
-#   table.md  fleetbench.json  guidellm.json  run.log  engine.log  fleet.log  guidellm.log
+#   table.md  fleetbench.json  guidellm.json  guidellm-raw.json  run.log  engine.log  fleet.log
+#   guidellm.log
 #
 # Environment (all optional):
 #   OUT               output folder (default ./gpu-out)

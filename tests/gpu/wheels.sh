@@ -39,6 +39,9 @@ PKGS=(
   # GuideLLM pins click~=8.4.0; the device's click version is not known, and typer (the
   # transformers CLI) must match click: carry both, a pair that works together.
   click==8.4.2 typer==0.29.2
+  # pydantic 2.14 needs typing-extensions>=4.16, openai/httpx2 anyio>=4.10: the device's
+  # versions are not known; both stay backward compatible, so carry them.
+  typing-extensions==4.16.0 anyio==4.16.0
 )
 
 rm -rf "$DEST"
