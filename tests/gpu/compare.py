@@ -134,15 +134,16 @@ def main():
     lines = [
         f"# fleetbench vs GuideLLM on one `transformers serve` engine",
         "",
-        f"GPU: {a.gpu}",
+        f"GPU (nvidia-smi): {a.gpu}; as fleetbench's agent discovered and recorded it: "
+        + ", ".join(sorted({f"{f.get('gpu_model') or '?'} (driver {f.get('gpu_driver') or '?'})" for f in fb.values()}) or ["no points"]),
         "",
         "TPOT = (e2e − TTFT)/(output tokens − 1) per request for both tools (GuideLLM's per-request",
         "inter_token_latency_ms); `GL TPOT*` is GuideLLM's own TPOT, (last token − request start)/output,",
         "which includes TTFT. Δ = (fleetbench − GuideLLM)/GuideLLM. p50 = median over requests.",
         "`GL prompt tok`: prompt tokens the server counted for GuideLLM's requests (chat template included).",
         "",
-        "| conc | fb out tok/s | GL out tok/s | Δ | fb TTFT p50 ms | GL TTFT p50 ms | Δ | fb TPOT p50 ms | GL TPOT p50 ms | Δ | GL TPOT* p50 ms | GL prompt tok | n fb/GL | fb verdict |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| conc | fb out tok/s | GL out tok/s | Δ | fb TTFT p50 ms | GL TTFT p50 ms | Δ | fb TPOT p50 ms | GL TPOT p50 ms | Δ | GL TPOT* p50 ms | GL prompt tok | n fb/GL | fb warm-up waves | fb verdict |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     summary = []
     for c in cs:
@@ -156,18 +157,21 @@ def main():
         if f.get("error"):
             verdict += f" ({str(f['error'])[:80]})"
         n = f"{f.get('completed', '—')}/{g.get('measured_requests', '—')}"
+        warm = "—" if not f else f"{f.get('warmup_waves', 0)} ({'converged' if f.get('warmup_converged') else 'cap'}, last {fmt(f.get('warmup_last_output_tps'))} tok/s)"
         lines.append(
             f"| {c} | {fmt(f_tps)} | {fmt(g_tps)} | {fmt_pct(pct_diff(f_tps, g_tps))} "
             f"| {fmt(f_ttft)} | {fmt(g_ttft)} | {fmt_pct(pct_diff(f_ttft, g_ttft))} "
             f"| {fmt(f_tpot, 2)} | {fmt(g_tpot, 2)} | {fmt_pct(pct_diff(f_tpot, g_tpot))} "
-            f"| {fmt(g.get('tpot_incl_ttft_ms_p50'), 2)} | {fmt(g.get('prompt_tokens_p50'), 0)} | {n} | {verdict.replace('|', '/')} |"
+            f"| {fmt(g.get('tpot_incl_ttft_ms_p50'), 2)} | {fmt(g.get('prompt_tokens_p50'), 0)} | {n} | {warm} | {verdict.replace('|', '/')} |"
         )
         summary.append({
             "concurrency": c,
             "fleetbench": {k: f.get(k) for k in (
                 "state", "verdict", "completed", "failed", "duration_s", "output_throughput",
                 "ttft_s_p50", "tpot_s_p50", "itl_s_p50", "e2el_s_p50", "achieved_concurrency",
-                "input_len_mismatches", "output_len_mismatches", "error")} if f else None,
+                "input_len_mismatches", "output_len_mismatches", "error", "fallbacks",
+                "warmup_waves", "warmup_converged", "warmup_last_output_tps", "gpu_model",
+                "gpu_driver", "client_cpu_cores", "client_cores")} if f else None,
             "guidellm": g or None,
             "diff_pct": {
                 "output_tps": pct_diff(f_tps, g_tps),

@@ -9,18 +9,18 @@
 #   BATCHES           concurrencies (default "1 4 16 64 256")
 #   INPUT_TOKENS      prompt tokens (256)          OUTPUT_TOKENS  output tokens (128)
 #   FLEETBENCH_BIN    folder with controller, agent, controllerctl (default .gpubin)
-#   RUNTIME           external (default: run.sh starts ONE engine; fleetbench and GuideLLM
-#                     alternate on it, per concurrency) | process (the agent starts and stops
-#                     the engine for every fleetbench sweep; then run.sh starts the same
-#                     command line once more for GuideLLM)
+#   RUNTIME           process (default: ONE fleetbench sweep over all BATCHES, the agent
+#                     starting and stopping `transformers serve` itself; then run.sh starts
+#                     the same command line once more for GuideLLM) | external (run.sh starts
+#                     ONE engine; fleetbench, one sweep per batch size, and GuideLLM alternate
+#                     on it)
 #   GPU_MODEL_SCRIPT  script that writes the model folder (default tests/gpu/model/mk_model.py;
 #                     tests/gpu/model/mk_tiny.py for a CPU check)
 #   MODEL_DIR         model folder (/tmp/m8b); an existing folder with config.json is reused
-#   WAVES, MIN_REQUESTS  measured requests per point = max(MIN_REQUESTS, WAVES × concurrency)
-#                     (defaults 2 and 3), the same count for both tools
-#   WARMUP_MAX_WAVES, WARMUP_TOLERANCE  fleetbench [load.warmup] (6, 0.03)
-#   GUIDELLM_WARMUP_MAX  GuideLLM warm-up requests = min(concurrency, this) (16); fleetbench's
-#                     converged warm-up and point at the same concurrency ran just before
+#   WAVES             fleetbench: bursts of the batch size measured per point (2); GuideLLM
+#                     sends WAVES × concurrency measured requests at that concurrency
+#   WARMUP_MAX_WAVES, WARMUP_TOLERANCE  fleetbench [load.warmup] (4, 0.03)
+#   GUIDELLM_WARMUP_MAX  GuideLLM warm-up requests = min(concurrency, this) (256): one wave
 #   GUIDELLM_MATCH_PROMPT  1 (default): GuideLLM's chat text is shortened by the chat
 #                     template's tokens, so both tools' prompts are INPUT_TOKENS long at the server
 #   DEADLINE_S        the whole run's budget in seconds (530); steps are cut to fit it
@@ -38,14 +38,14 @@ BATCHES=${BATCHES:-"1 4 16 64 256"}
 INPUT_TOKENS=${INPUT_TOKENS:-256}
 OUTPUT_TOKENS=${OUTPUT_TOKENS:-128}
 FLEETBENCH_BIN=${FLEETBENCH_BIN:-.gpubin}
-RUNTIME=${RUNTIME:-external}
+RUNTIME=${RUNTIME:-process}
 GPU_MODEL_SCRIPT=${GPU_MODEL_SCRIPT:-tests/gpu/model/mk_model.py}
 MODEL_DIR=${MODEL_DIR:-/tmp/m8b}
 WAVES=${WAVES:-2}
-MIN_REQUESTS=${MIN_REQUESTS:-3}
-WARMUP_MAX_WAVES=${WARMUP_MAX_WAVES:-6}
+MIN_REQUESTS=${MIN_REQUESTS:-1}
+WARMUP_MAX_WAVES=${WARMUP_MAX_WAVES:-4}
 WARMUP_TOLERANCE=${WARMUP_TOLERANCE:-0.03}
-GUIDELLM_WARMUP_MAX=${GUIDELLM_WARMUP_MAX:-16}
+GUIDELLM_WARMUP_MAX=${GUIDELLM_WARMUP_MAX:-256}
 DEADLINE_S=${DEADLINE_S:-530}
 RESERVE_S=${RESERVE_S:-25}
 SERVE_ARGS=${SERVE_ARGS:-}
@@ -160,15 +160,9 @@ EOF
 
 # ---- 2. inventory
 GPU_NAME=cpu
-GPUS_TOML=$'[[gpus]]\nvendor = "none"\nmodel = "cpu"\nmemory_gib = 1'
 if command -v nvidia-smi > /dev/null 2>&1; then
   { echo "== nvidia-smi"; nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1; } >> "$LOG"
   GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-  mem_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
-  if [ -n "$GPU_NAME" ] && [ -n "$mem_mib" ]; then
-    GPUS_TOML=$(printf '[[gpus]]\nvendor = "nvidia"\nmodel = "%s"\nmemory_gib = %s' "$GPU_NAME" \
-      "$(awk -v m="$mem_mib" 'BEGIN { printf "%.1f", m / 1024 }')")
-  fi
 fi
 log "GPU: $GPU_NAME; batches: $BATCHES; ${INPUT_TOKENS} in / ${OUTPUT_TOKENS} out; $ENDPOINT; runtime $RUNTIME"
 for b in controller agent controllerctl; do
@@ -254,8 +248,7 @@ start_bg "$WORK/controller.log" "$FLEETBENCH_BIN/controller" --listen "127.0.0.1
 TRANSFORMERS_CMD=$(printf '"%s", "-m", "transformers.cli.transformers", "serve"' "$PYTHON")
 for a in $SERVE_ARGS; do TRANSFORMERS_CMD+=$(printf ', "%s"' "$a"); done
 sed -e "s|@CTRL_PORT@|$CTRL_PORT|" -e "s|@WORK@|$WORK|" -e "s|@TRANSFORMERS_CMD@|$TRANSFORMERS_CMD|" \
-    -e "s|@PYTHONPATH@|${PYTHONPATH:-}|" tests/gpu/agent.toml \
-  | awk -v g="$GPUS_TOML" '$0 == "@GPUS@" { print g; next } { print }' > "$WORK/agent.toml"
+    -e "s|@PYTHONPATH@|${PYTHONPATH:-}|" tests/gpu/agent.toml > "$WORK/agent.toml"
 for _ in $(seq 1 50); do
   "${CTL[@]}" agents > /dev/null 2>&1 && break
   sleep 0.2
@@ -272,25 +265,26 @@ step_timeout() { # step_timeout CAP: min(CAP, time left − reserve)
   local l=$(( $(left) - RESERVE_S )); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"
 }
 
-fleet_point() { # fleet_point C
-  local c=$1 n r t sweep url_line
-  n=$(requests_for "$c")
-  t=$(step_timeout 300)
+fleet_point() { # fleet_point C[,C…] [TIMEOUT_CAP_S]: one sweep over these batch sizes
+  local c=$1 r t sweep url_line
+  c=${c// /,}
+  t=$(step_timeout "${2:-300}")
   if [ "$t" -lt 15 ]; then log "fleetbench c=$c: skipped, ${t}s left"; return 1; fi
   if [ "$RUNTIME" = external ]; then url_line="url = \"$ENGINE_URL\""; else url_line=""; fi
-  sweep=$WORK/sweeps/c$c.toml
-  sed -e "s|@NAME@|gpu-kit-c$c|" -e "s|@MODEL@|$MODEL_DIR|" -e "s|@RUNTIME@|$RUNTIME|" \
+  sweep=$WORK/sweeps/c${c//,/_}.toml
+  sed -e "s|@NAME@|gpu-kit-c${c//,/_}|" -e "s|@MODEL@|$MODEL_DIR|" -e "s|@RUNTIME@|$RUNTIME|" \
       -e "s|@URL_LINE@|$url_line|" -e "s|@BATCHES@|$c|" -e "s|@INPUT@|$INPUT_TOKENS|" \
-      -e "s|@OUTPUT@|$OUTPUT_TOKENS|" -e "s|@REQUESTS@|$n|" -e "s|@POINT_TIMEOUT@|$t|" \
+      -e "s|@OUTPUT@|$OUTPUT_TOKENS|" -e "s|@WAVES@|$WAVES|" -e "s|@POINT_TIMEOUT@|$t|" \
       -e "s|@ENDPOINT@|$ENDPOINT|" -e "s|@MAX_WAVES@|$WARMUP_MAX_WAVES|" -e "s|@TOLERANCE@|$WARMUP_TOLERANCE|" \
       tests/gpu/sweep.toml > "$sweep"
-  log "fleetbench c=$c: $n requests, warm-up ≤ $WARMUP_MAX_WAVES waves, timeout ${t}s"
-  timeout "$t" "${CTL[@]}" submit "$sweep" --watch > "$WORK/sweeps/c$c.log" 2>&1
+  local slog=$WORK/sweeps/c${c//,/_}.log
+  log "fleetbench c=$c: $WAVES bursts per point, warm-up ≤ $WARMUP_MAX_WAVES waves, timeout ${t}s"
+  timeout "$t" "${CTL[@]}" submit "$sweep" --watch > "$slog" 2>&1
   r=$?
-  log "fleetbench c=$c: exit $r ($(grep -m1 -o 'gpu-kit-c[0-9]*-[A-Za-z0-9_-]*' "$WORK/sweeps/c$c.log" || echo '?'))"
+  log "fleetbench c=$c: exit $r ($(grep -m1 -o 'gpu-kit-c[0-9_]*-[A-Za-z0-9_-]*' "$slog" || echo '?'))"
   if [ "$r" = 124 ]; then
     local id
-    id=$(grep -m1 -o 'gpu-kit-c[0-9]*-[A-Za-z0-9_-]*' "$WORK/sweeps/c$c.log")
+    id=$(grep -m1 -o 'gpu-kit-c[0-9_]*-[A-Za-z0-9_-]*' "$slog")
     [ -n "$id" ] && timeout 20 "${CTL[@]}" cancel "$id" >> "$LOG" 2>&1
     sleep 3
   fi
@@ -330,7 +324,7 @@ if [ "$RUNTIME" = external ]; then
     guidellm_point "$c" || break
   done
 else
-  for c in $BATCHES; do fleet_point "$c" || break; done
+  fleet_point "$BATCHES" $(( DEADLINE_S * 6 / 10 ))
   engine_start || exit 1
   for c in $BATCHES; do guidellm_point "$c" || break; done
 fi

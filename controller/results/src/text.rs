@@ -71,6 +71,14 @@ pub fn fields(s: &pb::PointSummary) -> Vec<(String, Value)> {
     f.push(("client_cpu_cores".into(), json!(s.client_cpu_cores)));
     f.push(("client_cores".into(), json!(s.client_cores)));
     f.push(("fallbacks".into(), json!(s.fallbacks.join("; "))));
+    f.push(("warmup_waves".into(), json!(s.warmup_waves)));
+    f.push(("warmup_converged".into(), json!(s.warmup_converged)));
+    f.push((
+        "warmup_last_output_tps".into(),
+        json!(s.warmup_last_output_tps),
+    ));
+    f.push(("gpu_model".into(), json!(s.gpu_model)));
+    f.push(("gpu_driver".into(), json!(s.gpu_driver)));
     f.push(("verdict".into(), json!(s.verdict)));
     f.push(("error".into(), json!(s.error)));
     f
