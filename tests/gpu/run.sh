@@ -61,6 +61,15 @@ case "$OUT" in /*) ;; *) OUT=$ROOT/$OUT ;; esac
 case "$FLEETBENCH_BIN" in /*) ;; *) FLEETBENCH_BIN=$ROOT/$FLEETBENCH_BIN ;; esac
 case "$GPU_MODEL_SCRIPT" in /*) ;; *) GPU_MODEL_SCRIPT=$ROOT/$GPU_MODEL_SCRIPT ;; esac
 rm -rf "$WORK"
+# Binaries may travel gzipped (the device takes 64 MiB per call; stripped static builds
+# are ~70 MB, ~26 MB gzipped): unpack them next to the run.
+if ls "$FLEETBENCH_BIN"/*.gz > /dev/null 2>&1; then
+  mkdir -p "$WORK/bin"
+  for z in "$FLEETBENCH_BIN"/*.gz; do
+    gzip -dc "$z" > "$WORK/bin/$(basename "$z" .gz)" && chmod +x "$WORK/bin/$(basename "$z" .gz)"
+  done
+  FLEETBENCH_BIN=$WORK/bin
+fi
 mkdir -p "$OUT" "$WORK/results" "$WORK/guidellm" "$WORK/sweeps"
 LOG=$OUT/run.log
 : > "$LOG"
