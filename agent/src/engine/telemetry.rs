@@ -107,21 +107,41 @@ pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
     out
 }
 
+/// What one scrape of `/metrics` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scrape {
+    Values(Vec<(String, f64)>),
+    /// 404: the engine has no `/metrics` (`transformers serve`, llama.cpp without
+    /// `--metrics`).
+    NoEndpoint,
+    /// Unreachable, another error status, or an unreadable body.
+    Failed,
+}
+
 /// Fetches and parses `/metrics` once.
-pub async fn scrape(client: &reqwest::Client, base_url: &str) -> Option<Vec<(String, f64)>> {
+pub async fn scrape(client: &reqwest::Client, base_url: &str) -> Scrape {
     let url = format!("{base_url}/metrics");
     let resp =
         crate::load::retry::send_idempotent(|| client.get(&url).timeout(Duration::from_secs(5)))
-            .await
-            .ok()?;
-    if !resp.status().is_success() {
-        return None;
+            .await;
+    let Ok(resp) = resp else {
+        return Scrape::Failed;
+    };
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Scrape::NoEndpoint;
     }
-    Some(parse_metrics(&resp.text().await.ok()?))
+    if !resp.status().is_success() {
+        return Scrape::Failed;
+    }
+    match resp.text().await {
+        Ok(text) => Scrape::Values(parse_metrics(&text)),
+        Err(_) => Scrape::Failed,
+    }
 }
 
 /// Scrapes every `interval` until `stop`, plus once at the start and once at the end.
-/// An engine without `/metrics` yields no samples.
+/// An engine without `/metrics` (404) yields no samples and is not asked again: on a
+/// Python engine every request, even a 404, takes time from the generation loop.
 pub fn spawn_scraper(
     client: reqwest::Client,
     base_url: String,
@@ -141,7 +161,7 @@ pub fn spawn_scraper(
             let at = started.elapsed().as_secs_f64();
             let unix_ms = fleetbench_proto::unix_millis_now();
             match scrape(&client, &base_url).await {
-                Some(values) => {
+                Scrape::Values(values) => {
                     samples.extend(values.into_iter().map(|(name, value)| MetricSample {
                         offset_s: at,
                         unix_ms,
@@ -149,7 +169,11 @@ pub fn spawn_scraper(
                         value,
                     }))
                 }
-                None => debug!("engine /metrics not available"),
+                Scrape::NoEndpoint => {
+                    debug!("engine has no /metrics: not scraped again");
+                    break;
+                }
+                Scrape::Failed => debug!("engine /metrics not available"),
             }
             if last {
                 break;
