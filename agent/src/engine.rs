@@ -42,9 +42,13 @@ pub struct EngineKey {
 /// How long one readiness or health request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long the 1-token readiness request may take: an engine's first request may compile
-/// kernels or capture graphs.
-const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the first 1-token readiness request may take; each later try doubles it, up to
+/// [`MAX_FIRST_REQUEST_TIMEOUT`] (an engine's first request may compile kernels or capture
+/// graphs). On an H100, `transformers serve` 5.17 sometimes never answered the first
+/// request after start-up while a second one, sent later, was answered at once: a short
+/// first timeout makes that cost seconds, not minutes.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(160);
 
 /// How long an engine that stopped answering may take to be reported dead.
 const DEATH_GRACE: Duration = Duration::from_secs(10);
@@ -191,6 +195,7 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<(), AgentError> {
         let started = Instant::now();
+        let mut first_request_timeout = FIRST_REQUEST_TIMEOUT;
         loop {
             if let Some(exit) = self.exited().await {
                 return Err(AgentError::EngineStart {
@@ -199,7 +204,11 @@ impl Engine {
                     log_tail: exit.log_tail,
                 });
             }
-            if self.is_ready(client).await {
+            let (ready, tried) = self.is_ready(client, first_request_timeout).await;
+            if tried && !ready {
+                first_request_timeout = (first_request_timeout * 2).min(MAX_FIRST_REQUEST_TIMEOUT);
+            }
+            if ready {
                 self.version =
                     fetch_version(client, &self.base_url, self.key.spec.engine_kind()).await;
                 info!(url = %self.base_url, version = %self.version, after_s = started.elapsed().as_secs_f64(), "engine ready");
@@ -226,27 +235,31 @@ impl Engine {
     /// or, for an engine without `/health` or with a broken `/v1/models` (`transformers
     /// serve` answers 500 there), once it answers HTTP at all and a 1-token request for the
     /// served model succeeds. `503` on `/health` means still loading (vLLM, llama.cpp, TGI).
-    async fn is_ready(&self, client: &reqwest::Client) -> bool {
+    ///
+    /// Returns (ready, whether a 1-token request was tried), the request given `timeout`.
+    async fn is_ready(&self, client: &reqwest::Client, timeout: Duration) -> (bool, bool) {
         let url = format!("{}/health", self.base_url);
         let Ok(health) = send_idempotent(|| client.get(&url).timeout(PROBE_TIMEOUT)).await else {
-            return false;
+            return (false, false);
         };
         if health.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
-            return false;
+            return (false, false);
         }
         if health.status().is_success() && self.lists_served_model(client).await {
-            return true;
+            return (true, false);
         }
-        let ready =
-            one_token_request(client, &self.base_url, &self.key.spec.served_model_name).await;
+        let model = &self.key.spec.served_model_name;
+        let ready = one_token_request(client, &self.base_url, model, timeout).await;
         if ready {
             info!(
                 url = %self.base_url,
                 health = %health.status(),
                 "engine ready by a 1-token request (no /health or /v1/models answer)"
             );
+        } else {
+            warn!(url = %self.base_url, timeout_s = timeout.as_secs_f64(), "1-token readiness request failed or timed out; trying again");
         }
-        ready
+        (ready, true)
     }
 
     /// Whether `/v1/models` lists the served model name.
@@ -359,37 +372,42 @@ async fn fetch_version(client: &reqwest::Client, base_url: &str, kind: pb::Engin
         .unwrap_or_default()
 }
 
-/// Whether a 1-token, non-streamed chat request for `model` succeeds (a completions request
-/// when the engine has no chat endpoint).
-async fn one_token_request(client: &reqwest::Client, base_url: &str, model: &str) -> bool {
+/// Whether a 1-token streamed chat request for `model` is answered in full within
+/// `timeout` (a completions request when the engine has no chat endpoint): streamed, as the
+/// measured requests are.
+async fn one_token_request(
+    client: &reqwest::Client,
+    base_url: &str,
+    model: &str,
+    timeout: Duration,
+) -> bool {
     let chat = serde_json::json!({
         "model": model,
         "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 1,
-        "stream": false,
+        "stream": true,
     });
-    let url = format!("{base_url}/v1/chat/completions");
-    let Ok(resp) = client
-        .post(&url)
-        .json(&chat)
-        .timeout(FIRST_REQUEST_TIMEOUT)
-        .send()
-        .await
-    else {
-        return false;
-    };
-    if resp.status() != reqwest::StatusCode::NOT_FOUND {
-        return resp.status().is_success();
+    let completion = serde_json::json!({
+        "model": model,
+        "prompt": "hi",
+        "max_tokens": 1,
+        "stream": true,
+    });
+    for (path, body) in [
+        ("/v1/chat/completions", chat),
+        ("/v1/completions", completion),
+    ] {
+        let url = format!("{base_url}{path}");
+        let Ok(resp) = client.post(&url).json(&body).timeout(timeout).send().await else {
+            return false;
+        };
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            continue;
+        }
+        // The whole (short) stream, within the same timeout.
+        return resp.status().is_success() && resp.bytes().await.is_ok_and(|b| !b.is_empty());
     }
-    let completion = serde_json::json!({"model": model, "prompt": "hi", "max_tokens": 1});
-    let url = format!("{base_url}/v1/completions");
-    client
-        .post(&url)
-        .json(&completion)
-        .timeout(FIRST_REQUEST_TIMEOUT)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
+    false
 }
 
 #[cfg(test)]
@@ -486,5 +504,67 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// A `transformers serve`-like engine: no `/health` route, `/v1/models` answers 500,
+    /// and the first chat request after start-up is never answered (as seen on an H100);
+    /// later ones stream.
+    #[tokio::test]
+    async fn an_engine_without_health_whose_first_request_hangs_becomes_ready() {
+        use axum::Router;
+        use axum::http::StatusCode;
+        use axum::routing::{get, post};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let chats = Arc::new(AtomicUsize::new(0));
+        let seen = chats.clone();
+        let app = Router::new()
+            .route(
+                "/v1/models",
+                get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+            )
+            .route(
+                "/v1/chat/completions",
+                post(move || {
+                    let n = seen.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n == 0 {
+                            std::future::pending::<()>().await;
+                        }
+                        "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n"
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let key = EngineKey {
+            spec: pb::EngineSpec {
+                engine_kind: pb::EngineKind::Transformers.into(),
+                runtime_kind: pb::Runtime::External.into(),
+                external_url: format!("http://{addr}"),
+                model: "/m".into(),
+                served_model_name: "/m".into(),
+                startup_timeout_s: 120,
+                ..Default::default()
+            },
+            gpus: 1,
+        };
+        let engine = Engine::start(
+            key,
+            &AgentConfig::default(),
+            &reqwest::Client::new(),
+            &CancellationToken::new(),
+            &GpuGrant::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(engine.base_url, format!("http://{addr}"));
+        assert_eq!(
+            chats.load(Ordering::SeqCst),
+            2,
+            "the hung first try, then one more"
+        );
     }
 }

@@ -130,6 +130,18 @@ finish() {
   tail_into "$WORK/agent.log" "$OUT/fleet.log" 300 agent.log
   for f in "$WORK"/sweeps/*.log; do tail_into "$f" "$OUT/fleet.log" 40 "$(basename "$f")"; done
   for f in "$WORK"/guidellm/*.log; do tail_into "$f" "$OUT/guidellm.log" 60 "$(basename "$f")"; done
+  # The engine events the results keep (start failures and crashes carry the engine's last
+  # log lines: the agent's own engine logs nowhere else).
+  "$PYTHON" - "$WORK/results" >> "$OUT/fleet.log" 2>&1 <<'EOF3' || true
+import glob, json, sys
+import pyarrow.parquet as pq
+for f in sorted(glob.glob(sys.argv[1] + "/**/*.points.parquet", recursive=True)):
+    events = (pq.read_metadata(f).metadata or {}).get(b"fleetbench.engine_events")
+    for e in json.loads(events or b"[]"):
+        print("===== engine event", e.get("point_id"), e.get("kind"), e.get("message"))
+        for line in (e.get("log_tail") or [])[-80:]:
+            print("    ", line[:300])
+EOF3
   if [ -f "$ROOT/tests/gpu/compare.py" ]; then
     "$PYTHON" "$ROOT/tests/gpu/compare.py" --out "$OUT" --guidellm-dir "$WORK/guidellm" \
       --gpu "${GPU_NAME:-unknown}" --batches "$BATCHES" >> "$LOG" 2>&1 || log "compare.py failed"
