@@ -9,6 +9,8 @@ use serde::Deserialize;
 
 /// Largest event we accept before calling the stream malformed (guards memory).
 const MAX_EVENT_BYTES: usize = 1 << 20;
+/// The most buffer capacity a parser keeps between reads (more is released once drained).
+const RETAINED_CAPACITY: usize = 16 << 10;
 
 /// What one SSE `data:` payload meant to the load generator.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,27 +107,24 @@ impl SseParser {
     /// the same events, or the same first error (see [`check_split_consistency`]). On an
     /// error the events completed earlier in the same read are not returned.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, SseError> {
-        self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
-        let mut consumed = 0;
-        let outcome = loop {
-            let pending = &self.buf[consumed..];
-            let Some((end, sep_len)) = find_event_end(pending, self.scanned) else {
-                // An event end found later may start at most 2 bytes before today's end.
-                self.scanned = pending.len().saturating_sub(2);
-                break Ok(());
-            };
-            self.scanned = 0;
-            consumed += end + sep_len;
-            if end > MAX_EVENT_BYTES {
-                break Err(SseError::TooLarge);
-            }
-            if let Err(e) = parse_event(&pending[..end], &mut events) {
-                break Err(e);
-            }
-        };
-        self.buf.drain(..consumed);
-        outcome?;
+        if self.buf.is_empty() {
+            // Nothing pending (the usual case: reads end on event boundaries): the events
+            // are decoded straight from the read, and only an unfinished tail is copied.
+            let (consumed, outcome) = scan(bytes, &mut self.scanned, &mut events);
+            self.buf.extend_from_slice(&bytes[consumed..]);
+            outcome?;
+        } else {
+            self.buf.extend_from_slice(bytes);
+            let (consumed, outcome) = scan(&self.buf, &mut self.scanned, &mut events);
+            self.buf.drain(..consumed);
+            outcome?;
+        }
+        // A read of hundreds of kilobytes (a fast server, a slow client) must not leave each
+        // stream holding that much for the rest of its life.
+        if self.buf.capacity() > RETAINED_CAPACITY && self.buf.len() <= RETAINED_CAPACITY / 2 {
+            self.buf.shrink_to(RETAINED_CAPACITY / 2);
+        }
         // What is left is the start of one event, plus at most 2 bytes of its separator
         // (`\n\r`): past this it is certainly larger than an event may be, however the
         // rest arrives.
@@ -138,6 +137,33 @@ impl SseParser {
     /// Whether undelivered bytes remain (a stream ending here was cut mid-event).
     pub fn has_partial(&self) -> bool {
         self.buf.iter().any(|b| !b.is_ascii_whitespace())
+    }
+}
+
+/// Decodes the complete events at the start of `buf` into `events`; returns how many bytes
+/// they took and the first error. `scanned` is how much of the unfinished rest is known to
+/// hold no event end (updated for the next call).
+fn scan(
+    buf: &[u8],
+    scanned: &mut usize,
+    events: &mut Vec<SseEvent>,
+) -> (usize, Result<(), SseError>) {
+    let mut consumed = 0;
+    loop {
+        let pending = &buf[consumed..];
+        let Some((end, sep_len)) = find_event_end(pending, *scanned) else {
+            // An event end found later may start at most 2 bytes before today's end.
+            *scanned = pending.len().saturating_sub(2);
+            return (consumed, Ok(()));
+        };
+        *scanned = 0;
+        consumed += end + sep_len;
+        if end > MAX_EVENT_BYTES {
+            return (consumed, Err(SseError::TooLarge));
+        }
+        if let Err(e) = parse_event(&pending[..end], events) {
+            return (consumed, Err(e));
+        }
     }
 }
 

@@ -216,3 +216,32 @@ fn fuzz_corpus_replays_consistently() {
     }
     assert!(files >= 20, "only {files} corpus files in {dir}");
 }
+
+#[test]
+fn a_huge_read_leaves_no_huge_buffer_behind() {
+    // A fast server and a busy client: one read of ~300 KB holding thousands of events,
+    // arriving after a partial event (so it is appended, not read in place).
+    let event = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n";
+    let many = event.repeat(300_000 / event.len());
+    let mut p = SseParser::new();
+    assert!(p.push(&event.as_bytes()[..10]).unwrap().is_empty());
+    let mut read = event.as_bytes()[10..].to_vec();
+    read.extend_from_slice(many.as_bytes());
+    read.extend_from_slice(&event.as_bytes()[..7]);
+    let events = p.push(&read).unwrap();
+    assert_eq!(events.len(), 1 + many.len() / event.len());
+    assert!(
+        p.buf.capacity() <= RETAINED_CAPACITY,
+        "{}",
+        p.buf.capacity()
+    );
+    // In place: a read that ends on an event boundary copies nothing.
+    let mut q = SseParser::new();
+    assert_eq!(
+        q.push(many.as_bytes()).unwrap().len(),
+        many.len() / event.len()
+    );
+    assert_eq!(q.buf.capacity(), 0);
+    // And the partial tail still completes.
+    assert_eq!(p.push(&event.as_bytes()[7..]).unwrap().len(), 1);
+}
