@@ -78,7 +78,14 @@ async fn a_transformers_engine_is_measured_with_exact_chat_prompts_and_honest_ve
         max_engines: 1,
         engine_commands: BTreeMap::from([(
             EngineKind::Transformers,
-            vec![transformers.display().to_string(), "serve".into()],
+            // On a CPU the continuous-batching cache would take most of the host's memory
+            // (seen: 19 GB, then the OOM killer): capped here.
+            vec![
+                transformers.display().to_string(),
+                "serve".into(),
+                "--cb-max-memory-percent".into(),
+                "0.05".into(),
+            ],
         )]),
     };
     let cluster = Cluster::start(vec![agent]).await;
