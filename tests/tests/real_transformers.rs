@@ -146,6 +146,9 @@ async fn a_transformers_engine_is_measured_with_exact_chat_prompts_and_honest_ve
         );
     }
     cluster.stop().await;
-    let left = processes_mentioning(&format!("serve {model_dir}"));
+    let left: Vec<String> = processes_mentioning(&model_dir)
+        .into_iter()
+        .filter(|cmdline| cmdline.contains("transformers") && cmdline.contains(" serve "))
+        .collect();
     assert!(left.is_empty(), "engine processes left: {left:?}");
 }
