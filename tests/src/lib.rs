@@ -409,16 +409,27 @@ seed = {seed}
     )
 }
 
+/// Where `tests/engines/setup-vllm.sh` installs: `$FLEETBENCH_VLLM_HOME`, else
+/// `~/.cache/fleetbench/vllm-0.32-cpu`.
+pub fn vllm_home() -> PathBuf {
+    std::env::var_os("FLEETBENCH_VLLM_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/fleetbench/vllm-0.32-cpu")
+        })
+}
+
+/// The set-up script's virtual environment (vLLM, and transformers with `transformers
+/// serve`): every process it runs has this path in its command line.
+pub fn vllm_venv() -> PathBuf {
+    vllm_home().join("venv")
+}
+
 /// `VLLM_BIN` and `VLLM_MODEL` from the set-up script's `env` file (shell assignments,
 /// read by the shell so any quoting it used is undone). Fails with the instruction when the
 /// set-up script has not run: tests that need real engines never skip.
 pub fn vllm_install() -> (String, String) {
-    let home = std::env::var_os("FLEETBENCH_VLLM_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/fleetbench/vllm-0.32-cpu")
-        });
-    let env = home.join("env");
+    let env = vllm_home().join("env");
     assert!(
         env.is_file(),
         "{} missing: run tests/engines/setup-vllm.sh first (the README's test command does)",

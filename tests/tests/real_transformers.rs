@@ -15,13 +15,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use fleetbench_proto::spec::EngineKind;
 use fleetbench_results::layout::partition_dir;
 use fleetbench_results::read::{read_partition_metadata, read_point_summaries, read_requests};
 use fleetbench_tests::{
-    AgentSpec, Cluster, processes_mentioning, submit, vllm_install, watch_to_end,
+    AgentSpec, Cluster, processes_mentioning, submit, vllm_install, vllm_venv, watch_to_end,
 };
 
 const INPUT: u32 = 48;
@@ -58,20 +57,14 @@ tolerance = 0.5
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transformers_engine_is_measured_with_exact_chat_prompts_and_honest_verdicts() {
     let (vllm_bin, model_dir) = vllm_install();
-    // `<home>/bin/vllm` is the set-up script's wrapper; `transformers` is in the virtual
-    // environment beside it, `<home>/venv/bin`.
-    let home = PathBuf::from(&vllm_bin)
-        .parent()
-        .and_then(|b| b.parent())
-        .unwrap()
-        .to_path_buf();
-    let transformers = home.join("venv").join("bin").join("transformers");
+    // `transformers` is in the set-up script's virtual environment, beside `vllm`.
+    let transformers = vllm_venv().join("bin").join("transformers");
     assert!(transformers.is_file(), "{} missing", transformers.display());
     let agent = AgentSpec {
         name: "cpu-host".into(),
         gpus: 1,
         labels: Vec::new(),
-        vllm_command: vec![vllm_bin.clone(), "serve".into()],
+        vllm_command: vec![vllm_bin, "serve".into()],
         engine_env: BTreeMap::from([("HF_HUB_OFFLINE".to_string(), "1".to_string())]),
         model_paths: BTreeMap::new(),
         metrics_interval_ms: 250,

@@ -7,14 +7,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use fleetbench_proto::pb;
 use fleetbench_results::layout::partition_dir;
 use fleetbench_results::read::{read_metrics, read_point_summaries, read_requests};
 use fleetbench_results::text::to_table;
 use fleetbench_tests::{
-    AgentSpec, Cluster, processes_mentioning, submit, vllm_install, watch_to_end,
+    AgentSpec, Cluster, processes_mentioning, submit, vllm_install, vllm_venv, watch_to_end,
 };
 
 const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
@@ -56,11 +55,7 @@ seed = 3
 async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency() {
     let (bin, model_dir) = vllm_install();
     // Every vLLM process runs the venv's interpreter, so its path marks them.
-    let venv_marker = PathBuf::from(&bin)
-        .parent()
-        .and_then(|b| b.parent())
-        .unwrap()
-        .join("venv");
+    let venv_marker = vllm_venv();
     let agent = AgentSpec {
         name: "cpu-host".into(),
         gpus: 1,
@@ -156,7 +151,7 @@ async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency()
     }
     cluster.stop().await;
     // The engine's whole process group (vLLM starts worker processes) is gone.
-    let venv = PathBuf::from(&venv_marker).display().to_string();
+    let venv = venv_marker.display().to_string();
     let left = processes_mentioning(&venv);
     assert!(
         left.is_empty(),

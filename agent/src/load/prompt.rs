@@ -85,8 +85,6 @@ pub fn words(seed: u64, count: usize) -> String {
 /// ([`TokenCounter::with_local`]).
 #[derive(Debug, Clone)]
 pub struct TokenCounter {
-    /// vLLM's tokenize URL, for messages.
-    url: String,
     remote: TokenizeApi,
     local: Option<LocalTokenizer>,
     /// Tokens the chat template adds around one user message (with the generation prompt),
@@ -99,7 +97,6 @@ impl TokenCounter {
     pub fn new(client: reqwest::Client, base_url: &str, model: &str) -> Self {
         let base_url = base_url.trim_end_matches('/');
         TokenCounter {
-            url: format!("{base_url}/tokenize"),
             remote: TokenizeApi {
                 client,
                 base_url: base_url.to_owned(),
@@ -146,12 +143,14 @@ impl TokenCounter {
             return self.count_remote(endpoint, text).await;
         };
         match endpoint {
-            ApiEndpoint::Completions => Ok(Some(count_local(local, text, true).await?)),
-            ApiEndpoint::Chat if local.chat_template().is_some() => {
-                Ok(Some(count_local_chat(local, text).await?))
-            }
+            ApiEndpoint::Completions => Ok(Some(
+                on_blocking_thread(local, text, |t, s| t.count(s, true)).await?,
+            )),
+            ApiEndpoint::Chat if local.chat_template().is_some() => Ok(Some(
+                on_blocking_thread(local, text, LocalTokenizer::count_chat).await?,
+            )),
             ApiEndpoint::Chat => {
-                let content = count_local(local, text, false).await?;
+                let content = on_blocking_thread(local, text, |t, s| t.count(s, false)).await?;
                 let overhead = *self
                     .chat_overhead
                     .get_or_try_init(|| self.learn_chat_overhead(text, content))
@@ -168,9 +167,10 @@ impl TokenCounter {
             return Err(AgentError::Prompt(format!(
                 "counting chat prompts with a local tokenizer needs the model's chat template \
                  (chat_template.jinja or tokenizer_config.json's chat_template beside {}) or \
-                 the server's /tokenize to learn the chat template's tokens, and {} answered 404",
+                 the server's /tokenize to learn the chat template's tokens, and {}/tokenize \
+                 answered 404",
                 self.local.as_ref().map_or("", LocalTokenizer::source),
-                self.url
+                self.remote.base_url
             )));
         };
         total.checked_sub(content).ok_or_else(|| {
@@ -191,35 +191,18 @@ impl TokenCounter {
     }
 }
 
-/// Counts on a blocking thread: a long prompt takes milliseconds, and prompt building must
-/// stay cancellable.
-async fn count_local(
+/// Counts `text` with `tokenizer` on a blocking thread: a long prompt takes milliseconds,
+/// and prompt building must stay cancellable.
+async fn on_blocking_thread(
     tokenizer: &LocalTokenizer,
     text: &str,
-    add_special_tokens: bool,
+    count: impl FnOnce(&LocalTokenizer, &str) -> Result<u32, AgentError> + Send + 'static,
 ) -> Result<u32, AgentError> {
     let tokenizer = tokenizer.clone();
     let text = text.to_owned();
-    tokio::task::spawn_blocking(move || tokenizer.count(&text, add_special_tokens))
+    tokio::task::spawn_blocking(move || count(&tokenizer, &text))
         .await
         .map_err(|e| AgentError::Prompt(format!("tokenizer task: {e}")))?
-}
-
-/// Counts a chat prompt entirely locally: the model's chat template rendered around one
-/// user message with the generation prompt, tokenized without adding special tokens (the
-/// template writes them), as `transformers`' `apply_chat_template` and vLLM count it.
-async fn count_local_chat(tokenizer: &LocalTokenizer, text: &str) -> Result<u32, AgentError> {
-    let tokenizer = tokenizer.clone();
-    let text = text.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let rendered = tokenizer
-            .chat_template()
-            .ok_or_else(|| AgentError::Prompt("no chat template".into()))?
-            .render_user(&text)?;
-        tokenizer.count(&rendered, false)
-    })
-    .await
-    .map_err(|e| AgentError::Prompt(format!("tokenizer task: {e}")))?
 }
 
 /// Builds `count` distinct prompts of exactly `target` tokens (as the server counts them
@@ -339,7 +322,10 @@ mod tests {
     #[test]
     fn new_counts_through_the_server() {
         let counter = TokenCounter::new(reqwest::Client::new(), "http://h:1/", "m");
-        assert_eq!(counter.url, "http://h:1/tokenize");
+        assert_eq!(
+            format!("{}/tokenize", counter.remote.base_url),
+            "http://h:1/tokenize"
+        );
         assert!(counter.local().is_none());
     }
 

@@ -90,6 +90,20 @@ impl LocalTokenizer {
         u32::try_from(encoding.len())
             .map_err(|_| AgentError::Prompt(format!("tokenizer {}: too many tokens", self.source)))
     }
+
+    /// Number of tokens of a chat request with `text` as its one user message, as vLLM and
+    /// `transformers` count it: the model's chat template rendered with the generation
+    /// prompt, tokenized without adding special tokens (the template writes them). An error
+    /// without a chat template.
+    pub fn count_chat(&self, text: &str) -> Result<u32, AgentError> {
+        let template = self.chat_template().ok_or_else(|| {
+            AgentError::Prompt(format!(
+                "tokenizer {}: no chat template beside it",
+                self.source
+            ))
+        })?;
+        self.count(&template.render_user(text)?, false)
+    }
 }
 
 /// The `tokenizer.json` of `model`, if one is on this host: in the folder `model_paths` maps

@@ -65,14 +65,19 @@ fn timestamps<R>(rows: &[R], f: impl Fn(&R) -> i64) -> ArrayRef {
 
 /// The `itl_s` column of `records`, built straight from their ITL slices.
 pub(crate) fn itl_array(records: &[RequestRecord]) -> ArrayRef {
-    let values = Float64Builder::with_capacity(records.iter().map(|r| r.itl_s.len()).sum());
-    let mut itl =
-        ListBuilder::with_capacity(values, records.len()).with_field(Arc::new(itl_item_field()));
-    for r in records {
-        itl.values().append_slice(&r.itl_s);
-        itl.append(true);
+    f64_lists(records.iter().map(|r| r.itl_s.as_slice()))
+}
+
+/// A column of Float64 lists (items as [`itl_item_field`]), one list per row.
+fn f64_lists<'a>(lists: impl ExactSizeIterator<Item = &'a [f64]> + Clone) -> ArrayRef {
+    let values = Float64Builder::with_capacity(lists.clone().map(<[f64]>::len).sum());
+    let mut out =
+        ListBuilder::with_capacity(values, lists.len()).with_field(Arc::new(itl_item_field()));
+    for list in lists {
+        out.values().append_slice(list);
+        out.append(true);
     }
-    Arc::new(itl.finish())
+    Arc::new(out.finish())
 }
 
 /// Every column of the requests schema but `itl_s`, in schema order, for rows of one point.
@@ -170,13 +175,10 @@ pub(crate) fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, Result
     }))));
     columns.push(opt_f64s(rows, |s| s.in_flight.map(|f| f.client_peak)));
     columns.push(opt_f64s(rows, |s| s.in_flight.map(|f| f.server_peak)));
-    let mut warmup = ListBuilder::with_capacity(Float64Builder::new(), rows.len())
-        .with_field(Arc::new(itl_item_field()));
-    for s in rows {
-        warmup.values().append_slice(&s.meta.warmup.wave_output_tps);
-        warmup.append(true);
-    }
-    columns.push(Arc::new(warmup.finish()));
+    columns.push(f64_lists(
+        rows.iter()
+            .map(|s| s.meta.warmup.wave_output_tps.as_slice()),
+    ));
     columns.push(Arc::new(BooleanArray::from_iter(
         rows.iter().map(|s| Some(s.meta.warmup.converged)),
     )));
