@@ -16,6 +16,7 @@
 //! uses, and prints one JSON object of measurements. The load generator runs in this
 //! process, so the peak RSS it reports (`VmHWM`) is the load generator's.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -118,6 +119,9 @@ async fn main() -> anyhow::Result<()> {
             ttft_ms.to_string(),
             "--sim-itl-ms".into(),
             itl_ms.to_string(),
+            // Ground truth: when each frame actually left the simulator.
+            "--sim-trace-requests".into(),
+            "1000000".into(),
         ],
         Scenario::Hold { itl_ms, .. } => vec![
             "--sim-timing".into(),
@@ -228,10 +232,10 @@ async fn main() -> anyhow::Result<()> {
         }
         all
     });
-    let client = fleetbench_agent::http_client()?;
+    let clients = fleetbench_agent::http_clients()?;
     let cancel = CancellationToken::new();
     let outcome = run_point(
-        &client,
+        &clients,
         &sim.base_url,
         &point,
         &tx,
@@ -242,13 +246,98 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     drop(tx);
     let records = collector.await?;
-    let report = report(&scenario, &outcome, &records);
+    let trace = match scenario {
+        Scenario::Exact { .. } => sim_trace(&sim.base_url).await?,
+        _ => HashMap::new(),
+    };
+    let report = report(&scenario, &outcome, &records, &trace);
     println!("{}", serde_json::to_string_pretty(&report)?);
     sim.stop().await;
     Ok(())
 }
 
-fn report(scenario: &Scenario, o: &LoadOutcome, records: &[RequestRecord]) -> serde_json::Value {
+/// What the simulator did, by `x-request-id`: per stream, each frame's offset (ns) from the
+/// request's parse. A warm-up request shares its id with a measured one and finishes
+/// before it, so the later trace wins.
+async fn sim_trace(base_url: &str) -> anyhow::Result<HashMap<String, Vec<u64>>> {
+    let body: serde_json::Value = reqwest::get(format!("{base_url}/sim/trace"))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut out = HashMap::new();
+    for s in body["streams"]
+        .as_array()
+        .context("no streams in /sim/trace")?
+    {
+        let id = s["request_id"].as_str().unwrap_or_default().to_string();
+        let offsets = s["frame_offsets_ns"]
+            .as_array()
+            .context("no frame offsets")?
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .collect();
+        out.insert(id, offsets);
+    }
+    Ok(out)
+}
+
+/// The client's share of the timing error, against what the simulator actually did
+/// (`trace`) rather than what its schedule meant, and the simulator's own lateness.
+///
+/// - TTFT: the record's TTFT (client send → first content chunk read) minus the
+///   simulator's first frame offset (request parsed → first frame handed to the
+///   connection): the request's trip to the server's parse, the response's trip back and
+///   the client's own delays.
+/// - ITL: each record gap minus the same gap between the simulator's frames (one token a
+///   frame in exact mode).
+fn truth_report(
+    ok: &[&RequestRecord],
+    trace: &HashMap<String, Vec<u64>>,
+    ttft_ms: f64,
+    itl_ms: f64,
+) -> serde_json::Value {
+    let (mut client_ttft, mut client_itl, mut sim_ttft, mut sim_itl) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut untraced = 0usize;
+    for r in ok {
+        let id = format!("fleetbench-{}-{}", r.wave, r.request_index);
+        let (Some(offsets), Some(ttft)) = (trace.get(&id), r.ttft_s) else {
+            untraced += 1;
+            continue;
+        };
+        if offsets.len() != r.itl_s.len() + 1 {
+            untraced += 1;
+            continue;
+        }
+        let secs = |ns: u64| ns as f64 / 1e9;
+        client_ttft.push(ttft - secs(offsets[0]));
+        sim_ttft.push(secs(offsets[0]) - ttft_ms / 1e3);
+        for (k, itl) in r.itl_s.iter().enumerate() {
+            let sim_gap = secs(offsets[k + 1].saturating_sub(offsets[k]));
+            client_itl.push(itl - sim_gap);
+            sim_itl.push(sim_gap - itl_ms / 1e3);
+        }
+    }
+    let abs = |v: &[f64]| v.iter().map(|e| e.abs()).collect::<Vec<_>>();
+    json!({
+        "traced_requests": ok.len() - untraced,
+        "untraced_requests": untraced,
+        "client_ttft_share_ms": stats_ms(&client_ttft),
+        "client_itl_share_ms": stats_ms(&client_itl),
+        "client_itl_abs_share_ms": stats_ms(&abs(&client_itl)),
+        "sim_ttft_lateness_ms": stats_ms(&sim_ttft),
+        "sim_itl_error_ms": stats_ms(&sim_itl),
+        "sim_itl_abs_error_ms": stats_ms(&abs(&sim_itl)),
+    })
+}
+
+fn report(
+    scenario: &Scenario,
+    o: &LoadOutcome,
+    records: &[RequestRecord],
+    trace: &HashMap<String, Vec<u64>>,
+) -> serde_json::Value {
     let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.success()).collect();
     let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
     for r in records.iter().filter(|r| !r.success()) {
@@ -305,6 +394,7 @@ fn report(scenario: &Scenario, o: &LoadOutcome, records: &[RequestRecord]) -> se
             out["itl_error_ms"] = stats_ms(&itl_err);
             out["itl_abs_error_ms"] =
                 stats_ms(&itl_err.iter().map(|e| e.abs()).collect::<Vec<_>>());
+            out["against_the_sims_trace"] = truth_report(&ok, trace, ttft_ms, itl_ms);
         }
         Scenario::Rate { rate, duration, .. } => {
             let first = records

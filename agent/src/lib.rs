@@ -34,35 +34,16 @@ use std::time::Duration;
 
 pub use config::AgentConfig;
 pub use error::AgentError;
+pub use load::clients::HttpClients;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 
-/// The HTTP client the load generator uses: no overall timeout (points set deadlines),
-/// connections kept for reuse (idle ones for [`config::DEFAULT_HTTP_IDLE_TIMEOUT_MS`]), no
-/// proxy (engines are local).
-pub fn http_client() -> Result<reqwest::Client, AgentError> {
-    http_client_with(Duration::from_millis(config::DEFAULT_HTTP_IDLE_TIMEOUT_MS))
-}
-
-/// [`http_client`] keeping idle connections for `idle` (the agent's
-/// `http_idle_timeout_ms`). A request given a pooled connection that the server closed
-/// before the request was written is resent on a fresh one by hyper's pool itself;
-/// [`load::retry`] covers the rest (probes, and load requests that never reached the
-/// server).
-pub fn http_client_with(idle: Duration) -> Result<reqwest::Client, AgentError> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        // Keep every warmed-up connection: a burst of thousands reuses them instead of
-        // paying thousands of TCP handshakes inside its measured requests.
-        .pool_max_idle_per_host(65_536)
-        // Drop idle connections before the server does: a server that closes an idle
-        // connection while a request is being written to it fails that request.
-        .pool_idle_timeout(idle)
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
-        .build()?)
+/// The HTTP clients the agent uses (see [`load::clients`]), keeping idle connections for
+/// [`config::DEFAULT_HTTP_IDLE_TIMEOUT_MS`].
+pub fn http_clients() -> Result<HttpClients, AgentError> {
+    HttpClients::new(Duration::from_millis(config::DEFAULT_HTTP_IDLE_TIMEOUT_MS))
 }
 
 /// Raises this process's open-file limit to its hard limit: every in-flight request holds
@@ -86,7 +67,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         Ok((old, new)) => tracing::info!(old, new, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let client = http_client_with(Duration::from_millis(cfg.http_idle_timeout_ms))?;
+    let clients = HttpClients::new(Duration::from_millis(cfg.http_idle_timeout_ms))?;
     let gpus = tokio::select! {
         gpus = link::session::host_gpus(cfg.clone()) => Arc::new(gpus),
         () = shutdown.cancelled() => return Ok(()),
@@ -111,7 +92,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     let span = info_span!("agent", agent = %cfg.name);
     let runner = lanes::dispatch::Dispatcher::new(
         cfg.clone(),
-        client,
+        clients,
         outbox.clone(),
         cancels.clone(),
         status.clone(),

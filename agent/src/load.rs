@@ -18,6 +18,7 @@
 //! parser) and [`cpu`] (the agent's own CPU time).
 
 pub mod chat_template;
+pub mod clients;
 pub mod cpu;
 pub mod probe;
 pub mod prompt;
@@ -44,6 +45,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::engine::telemetry::{MetricSample, spawn_scraper};
 use crate::error::AgentError;
+use crate::load::clients::{HttpClients, StreamClient};
 use crate::load::cpu::cpu_time;
 use crate::load::probe::{probe_extensions, resolve_endpoint};
 use crate::load::prompt::{Prompt, TokenCounter, build_prompts, mix};
@@ -193,7 +195,7 @@ pub fn local_tokenizer(
 /// `records` as soon as it completes. Prompts are counted with `tokenizer` when given,
 /// otherwise through the engine's `/tokenize`.
 pub async fn run_point(
-    client: &reqwest::Client,
+    clients: &HttpClients,
     base_url: &str,
     point: &pb::PointSpec,
     records: &mpsc::Sender<RequestRecord>,
@@ -208,6 +210,8 @@ pub async fn run_point(
     let deadline = Instant::now() + Duration::from_secs(u64::from(load.timeout_s.max(1)));
     let plan = Plan::from_point(point, &load)?;
 
+    let client = &clients.probes;
+    let streams = &clients.streams;
     let wanted = Endpoint::from(load.endpoint_kind());
     let endpoint = resolve_endpoint(client, base_url, &model, wanted).await?;
     let accepted = probe_extensions(client, base_url, &model, endpoint).await?;
@@ -288,7 +292,7 @@ pub async fn run_point(
 
     // Warm-up requests: sent together, awaited, never recorded.
     if !warmup_prompts.is_empty() {
-        for r in run_wave(client, warmup_prompts, deadline, idle_timeout, cancel).await {
+        for r in run_wave(streams, warmup_prompts, deadline, idle_timeout, cancel).await {
             if !r.success() {
                 warn!(error = %r.error, "warm-up request failed");
             }
@@ -298,7 +302,7 @@ pub async fn run_point(
     let warmup = if warmup_waves >= 2 {
         let mut outcome = WarmupOutcome::new(load.warmup_max_waves, load.warmup_tolerance);
         for wave in wave_prompts.chunks(wave_size) {
-            let records = run_wave(client, wave, deadline, idle_timeout, cancel).await;
+            let records = run_wave(streams, wave, deadline, idle_timeout, cancel).await;
             if cancel.is_cancelled() {
                 return Err(AgentError::Cancelled);
             }
@@ -326,7 +330,7 @@ pub async fn run_point(
     let cpu_before = cpu_time();
     let origin = Instant::now();
     let mut launcher = Launcher::new(
-        client,
+        streams,
         origin,
         deadline,
         idle_timeout,
@@ -367,7 +371,7 @@ pub async fn run_point(
 /// Sends `prompts` together as one unrecorded wave and returns its records when all are
 /// done.
 async fn run_wave(
-    client: &reqwest::Client,
+    client: &StreamClient,
     prompts: &[PreparedRequest],
     deadline: Instant,
     idle_timeout: Duration,
@@ -502,7 +506,7 @@ impl PlanTemplate {
 
 /// Starts measured requests as tasks and waits for them.
 struct Launcher {
-    client: reqwest::Client,
+    client: StreamClient,
     ctx: RequestContext,
     cancel: CancellationToken,
     sink: mpsc::Sender<RequestRecord>,
@@ -511,7 +515,7 @@ struct Launcher {
 
 impl Launcher {
     fn new(
-        client: &reqwest::Client,
+        client: &StreamClient,
         origin: Instant,
         deadline: Instant,
         idle_timeout: Duration,

@@ -77,7 +77,7 @@ fn respond(behaviour: Behaviour, body: &serde_json::Value) -> Response {
 #[tokio::test]
 async fn vllm_keeps_every_extension() {
     let (url, calls) = serve(Behaviour::Vllm).await;
-    let client = fleetbench_agent::http_client().unwrap();
+    let client = fleetbench_agent::http_clients().unwrap().probes;
     let got = probe_extensions(&client, &url, "m", ApiEndpoint::Chat)
         .await
         .unwrap();
@@ -89,7 +89,7 @@ async fn vllm_keeps_every_extension() {
 #[tokio::test]
 async fn length_fields_refused_with_422_are_dropped_and_recorded() {
     let (url, calls) = serve(Behaviour::RejectsLengthFields).await;
-    let client = fleetbench_agent::http_client().unwrap();
+    let client = fleetbench_agent::http_clients().unwrap().probes;
     let got = probe_extensions(&client, &url, "m", ApiEndpoint::Chat)
         .await
         .unwrap();
@@ -114,7 +114,7 @@ async fn length_fields_refused_with_422_are_dropped_and_recorded() {
 #[tokio::test]
 async fn a_server_without_usage_is_noted() {
     let (url, _) = serve(Behaviour::NoUsage).await;
-    let client = fleetbench_agent::http_client().unwrap();
+    let client = fleetbench_agent::http_clients().unwrap().probes;
     let got = probe_extensions(&client, &url, "m", ApiEndpoint::Chat)
         .await
         .unwrap();
@@ -131,7 +131,7 @@ async fn a_server_without_usage_is_noted() {
 #[tokio::test]
 async fn a_server_refusing_even_plain_requests_is_an_error() {
     let (url, calls) = serve(Behaviour::RefusesAll).await;
-    let client = fleetbench_agent::http_client().unwrap();
+    let client = fleetbench_agent::http_clients().unwrap().probes;
     let err = probe_extensions(&client, &url, "m", ApiEndpoint::Chat)
         .await
         .unwrap_err()

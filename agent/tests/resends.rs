@@ -226,7 +226,7 @@ fn plan() -> RequestPlan {
 /// Measures one request against `base`, with a 300 ms idle timeout and no deadline in
 /// sight; also returns the (virtual) time it took.
 async fn measure_at(base: &str) -> (RequestRecord, Duration) {
-    let client = fleetbench_agent::http_client().unwrap();
+    let client = fleetbench_agent::http_clients().unwrap().streams;
     let now = Instant::now();
     let ctx = RequestContext {
         origin: now,
@@ -381,7 +381,7 @@ async fn silence_before_the_head_is_stalled_and_not_resent() {
 #[tokio::test(start_paused = true)]
 async fn pooled_connection_closed_by_the_server_is_replaced() {
     let server = Server::start(vec![streaming_answer()]).await;
-    let client = fleetbench_agent::http_client().unwrap();
+    let client = fleetbench_agent::http_clients().unwrap().streams;
     for i in 0..3 {
         let now = Instant::now();
         let ctx = RequestContext {
@@ -425,7 +425,7 @@ async fn probe(
 async fn probe_is_resent_after_a_closed_connection() {
     for first in [close_unread(), read_then_close()] {
         let server = Server::start(vec![first.clone(), vec![Read, Raw(HEALTH_OK.to_vec())]]).await;
-        let client = fleetbench_agent::http_client().unwrap();
+        let client = fleetbench_agent::http_clients().unwrap().probes;
         let (r, took) = probe(&client, &server).await;
         let resp = r.unwrap_or_else(|e| panic!("{first:?}: {e:?}"));
         assert_eq!(resp.status(), 200);
@@ -439,7 +439,7 @@ async fn probe_is_resent_after_a_closed_connection() {
 #[tokio::test(start_paused = true)]
 async fn probe_gives_up_after_four_tries() {
     let server = Server::start(vec![close_unread()]).await;
-    let client = fleetbench_agent::http_client().unwrap();
+    let client = fleetbench_agent::http_clients().unwrap().probes;
     let (r, took) = probe(&client, &server).await;
     let e = r.unwrap_err();
     assert!(!e.is_timeout(), "{e:?}");
@@ -453,7 +453,7 @@ async fn probe_resends_connection_refused() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let client = fleetbench_agent::http_client().unwrap();
+    let client = fleetbench_agent::http_clients().unwrap().probes;
     let url = format!("http://{addr}/health");
     let tries = AtomicUsize::new(0);
     let started = Instant::now();
@@ -472,7 +472,7 @@ async fn probe_resends_connection_refused() {
 #[tokio::test(start_paused = true)]
 async fn probe_timeout_is_not_resent() {
     let server = Server::start(vec![vec![Read, Stall], vec![Read, Raw(HEALTH_OK.to_vec())]]).await;
-    let client = fleetbench_agent::http_client().unwrap();
+    let client = fleetbench_agent::http_clients().unwrap().probes;
     let url = format!("{}/health", server.base);
     let started = Instant::now();
     let e = send_idempotent(|| client.get(&url).timeout(Duration::from_millis(500)))
@@ -494,7 +494,7 @@ async fn probe_error_status_is_not_resent() {
         vec![Read, Raw(HEALTH_OK.to_vec())],
     ])
     .await;
-    let client = fleetbench_agent::http_client().unwrap();
+    let client = fleetbench_agent::http_clients().unwrap().probes;
     let (r, took) = probe(&client, &server).await;
     assert_eq!(r.unwrap().status(), 503);
     assert_eq!((server.connections(), server.requests()), (1, 1));

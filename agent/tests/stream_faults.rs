@@ -260,7 +260,7 @@ async fn measure_with(
     cancel: &CancellationToken,
 ) -> RequestRecord {
     let server = Server::start(script).await;
-    let client = fleetbench_agent::http_client().unwrap();
+    let client = fleetbench_agent::http_clients().unwrap().streams;
     let record = measure(&client, &server.base, &plan(), &ctx, cancel).await;
     // Every scripted request did reach the server as a streaming chat request.
     let received = server.received();
@@ -788,7 +788,7 @@ async fn connection_refused_is_connect() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
-    let client = fleetbench_agent::http_client().unwrap();
+    let client = fleetbench_agent::http_clients().unwrap().streams;
     let r = measure(
         &client,
         &base,

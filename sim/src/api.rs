@@ -18,8 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::HeaderValue;
 use axum::http::header::{CONTENT_TYPE, SERVER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{FaultAction, SimConfig, VLLM_VERSION};
+use crate::config::{FaultAction, SimConfig, TimingMode, VLLM_VERSION};
 use crate::direct::{self, DirectRequest, Pace};
 use crate::error::SimError;
 use crate::finish::FinishReason;
@@ -44,6 +44,7 @@ use crate::scheduler::{EngineHandle, NewRequest, TokenEvent};
 use crate::stop::StopSignal;
 use crate::stream::{Endpoint, StreamContext, cut_response, sse_response};
 use crate::tokenizer::{self, SyntheticOutput};
+use crate::trace::{TraceLog, Tracer};
 
 /// Shared state of the handlers.
 #[derive(Debug, Clone)]
@@ -62,6 +63,8 @@ struct Inner {
     id_salt: u64,
     next_id: AtomicU64,
     fingerprint: String,
+    /// `--sim-trace-requests`: what direct streams did.
+    trace: Option<Arc<TraceLog>>,
 }
 
 impl AppState {
@@ -77,6 +80,8 @@ impl AppState {
             .map_or(0, |d| d.as_nanos() as u64);
         let id_salt = tokenizer::mix64(nanos ^ u64::from(std::process::id()) ^ config.seed);
         let fingerprint = config.system_fingerprint();
+        let trace = (config.trace_requests > 0 && config.timing_mode != TimingMode::Model)
+            .then(|| Arc::new(TraceLog::new(config.trace_requests)));
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -87,6 +92,7 @@ impl AppState {
                 id_salt,
                 next_id: AtomicU64::new(0),
                 fingerprint,
+                trace,
             }),
         }
     }
@@ -127,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/metrics", get(prometheus))
+        .route("/sim/trace", get(sim_trace))
         .route("/v1/chat/completions", post(chat_completions));
     if !state.config().disable_completions {
         router = router.route("/v1/completions", post(completions));
@@ -467,6 +474,8 @@ fn include_usage(stream: bool, options: Option<&StreamOptions>) -> Result<(bool,
 struct Generation {
     /// When the request was parsed: the origin of the `exact` schedule.
     received: Instant,
+    /// The client's `x-request-id` header, for [`crate::trace`].
+    request_id: String,
     endpoint: Endpoint,
     id: String,
     prompt: Prompt,
@@ -545,7 +554,16 @@ async fn generate(state: &AppState, g: Generation) -> Result<Response, SimError>
         return Ok(match source {
             Source::Engine(rx) => sse_response(ctx, rx, fault, stop),
             Source::Direct(req, pace) => {
-                direct::sse_response(ctx, req, pace, state.inner.stats.clone(), stop, fault)
+                let tracer = state.inner.trace.as_ref().map(|log| {
+                    Tracer::new(log.clone(), g.request_id.clone(), req.output.len as usize)
+                });
+                let stream = direct::DirectStream {
+                    stats: state.inner.stats.clone(),
+                    stop,
+                    fault,
+                    tracer,
+                };
+                direct::sse_response(ctx, req, pace, stream)
             }
         });
     }
@@ -656,8 +674,30 @@ async fn collect(mut rx: mpsc::Receiver<TokenEvent>) -> Result<(u32, FinishReaso
     Err(SimError::EngineStopped)
 }
 
+/// `GET /sim/trace`: the traced streams (see [`crate::trace`]); 404 when tracing is off.
+async fn sim_trace(State(state): State<AppState>) -> Response {
+    match &state.inner.trace {
+        Some(log) => Json(log.snapshot()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "tracing is off: start with --sim-timing exact|fast --sim-trace-requests N",
+        )
+            .into_response(),
+    }
+}
+
+/// The request's `x-request-id` header, or "".
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn chat_completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, SimError> {
     let req: ChatCompletionRequest = parse(&body)?;
@@ -706,6 +746,7 @@ async fn chat_completions(
     };
     let generation = Generation {
         received,
+        request_id: request_id(&headers),
         endpoint: Endpoint::Chat,
         id,
         prompt,
@@ -717,7 +758,11 @@ async fn chat_completions(
     generate(&state, generation).await
 }
 
-async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, SimError> {
+async fn completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, SimError> {
     let req: CompletionRequest = parse(&body)?;
     let received = Instant::now();
     let stream = req.stream.unwrap_or(false);
@@ -761,6 +806,7 @@ async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Respo
     };
     let generation = Generation {
         received,
+        request_id: request_id(&headers),
         endpoint: Endpoint::Completion,
         id,
         prompt,

@@ -190,6 +190,12 @@ pub struct Args {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), env = "VLLM_SIM_FAST_CHUNKS_PER_FRAME")]
     pub sim_fast_chunks_per_frame: u32,
 
+    /// `--sim-timing exact|fast`: keep, for the last N finished streams, when each body frame
+    /// was handed to the connection, tagged with the request's `x-request-id`, and answer
+    /// them at `GET /sim/trace` (the ground truth of a client's timing error). 0: off.
+    #[arg(long, default_value_t = 0, env = "VLLM_SIM_TRACE_REQUESTS")]
+    pub sim_trace_requests: usize,
+
     /// KV-cache capacity in tokens, for vllm:kv_cache_usage_perc.
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..))]
     pub sim_kv_cache_tokens: u64,
@@ -490,6 +496,7 @@ impl Args {
                 stall_after_tokens: self.sim_stall_after_tokens,
                 disconnect_after_tokens: self.sim_disconnect_after_tokens,
             },
+            trace_requests: self.sim_trace_requests,
         };
         config.validate()?;
         if let Some(path) = &self.sim_tokenizer_json {

@@ -46,6 +46,9 @@ pub struct SimConfig {
     /// `--sim-stall-after-tokens` / `--sim-disconnect-after-tokens`: an opt-in failure of
     /// every response (none by default).
     pub faults: StreamFaults,
+    /// `--sim-trace-requests`: how many finished direct streams [`crate::trace`] keeps (0:
+    /// no tracing).
+    pub trace_requests: usize,
 }
 
 /// How tokens are timed (`--sim-timing`).
@@ -338,6 +341,7 @@ impl SimConfig {
             engine: EngineConfig::default(),
             timing_mode: TimingMode::Model,
             faults: StreamFaults::default(),
+            trace_requests: 0,
         }
     }
 

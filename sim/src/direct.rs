@@ -39,6 +39,7 @@ use crate::metrics::{EngineStats, FinishedRecord};
 use crate::stop::StopSignal;
 use crate::stream::{ContentTemplate, DONE, EVENT_STREAM, Endpoint, StreamContext, fault_end};
 use crate::tokenizer::SyntheticOutput;
+use crate::trace::Tracer;
 
 /// How requests are paced when they bypass the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +179,15 @@ pub async fn collect(
     Ok((len, req.finish_reason))
 }
 
+/// What a direct stream shares with the server beyond its request: the engine's
+/// statistics and stop signal, the armed fault, and the tracer (`--sim-trace-requests`).
+pub struct DirectStream {
+    pub stats: Arc<EngineStats>,
+    pub stop: StopSignal,
+    pub fault: Option<StreamFault>,
+    pub tracer: Option<Tracer>,
+}
+
 /// The body of one direct SSE response.
 struct DirectSse {
     ctx: StreamContext,
@@ -193,27 +203,23 @@ struct DirectSse {
     len: u32,
     /// The armed fault, until it fires.
     fault: Option<StreamFault>,
+    /// Records each frame's hand-over until the stream finishes.
+    tracer: Option<Tracer>,
 }
 
 impl DirectSse {
-    fn new(
-        ctx: StreamContext,
-        req: DirectRequest,
-        pace: Pace,
-        stats: Arc<EngineStats>,
-        stop: StopSignal,
-        fault: Option<StreamFault>,
-    ) -> Self {
+    fn new(ctx: StreamContext, req: DirectRequest, pace: Pace, shared: DirectStream) -> Self {
         Self {
             template: ctx.content_template(),
             ctx,
             buf: BytesMut::new(),
             pace,
-            stop,
-            metrics: RequestMetrics::start(stats, req),
+            stop: shared.stop,
+            metrics: RequestMetrics::start(shared.stats, req),
             next: 0,
             len: req.len(),
-            fault,
+            fault: shared.fault,
+            tracer: shared.tracer,
         }
     }
 
@@ -293,8 +299,14 @@ impl DirectSse {
         self.next += count;
         let now = Instant::now();
         self.metrics.emitted(count, now);
+        if let Some(tracer) = &mut self.tracer {
+            tracer.frame(now.saturating_duration_since(self.metrics.req.t0));
+        }
         if self.next >= self.len {
             self.metrics.finish(now);
+            if let Some(tracer) = self.tracer.take() {
+                tracer.finish();
+            }
         }
         Some(self.buf.split().freeze())
     }
@@ -306,11 +318,9 @@ fn body_stream(
     ctx: StreamContext,
     req: DirectRequest,
     pace: Pace,
-    stats: Arc<EngineStats>,
-    stop: StopSignal,
-    fault: Option<StreamFault>,
+    shared: DirectStream,
 ) -> impl futures::Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
-    let state = DirectSse::new(ctx, req, pace, stats, stop, fault);
+    let state = DirectSse::new(ctx, req, pace, shared);
     futures::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
         match state.next_item().await? {
@@ -327,11 +337,9 @@ pub fn sse_response(
     ctx: StreamContext,
     req: DirectRequest,
     pace: Pace,
-    stats: Arc<EngineStats>,
-    stop: StopSignal,
-    fault: Option<StreamFault>,
+    shared: DirectStream,
 ) -> Response {
-    let stream = body_stream(ctx, req, pace, stats, stop, fault);
+    let stream = body_stream(ctx, req, pace, shared);
     let mut response = Body::from_stream(stream).into_response();
     response
         .headers_mut()

@@ -18,7 +18,8 @@
 //! - [`stream`]: the SSE chunks of streamed answers; [`stop`]: the engine's stop signal, as
 //!   streams see it; [`finish`]: why a request ended;
 //! - [`metrics`]: the engine statistics, their Prometheus text and periodic log line;
-//!   [`logging`]: vLLM's log formats; [`error`]: the one error type.
+//!   [`logging`]: vLLM's log formats; [`error`]: the one error type;
+//! - [`trace`]: what direct streams actually did (`--sim-trace-requests`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), fleetbench_sim::SimError> {
@@ -45,6 +46,7 @@ pub mod scheduler;
 pub mod stop;
 pub mod stream;
 pub mod tokenizer;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

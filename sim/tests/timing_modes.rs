@@ -326,3 +326,51 @@ async fn fast_mode_streams_every_token() {
     assert_eq!(resp["usage"]["completion_tokens"], 7);
     server.stop().await;
 }
+
+/// `--sim-trace-requests 2`: the last two finished streams, keyed by their `x-request-id`,
+/// with one offset per frame (one token each in exact mode), none before its deadline and
+/// in order; without the flag `/sim/trace` is a 404.
+#[tokio::test]
+async fn exact_mode_traces_what_each_stream_did() {
+    let off = Server::start(config(exact(1.0, 1.0))).await;
+    assert_eq!(off.get("/sim/trace").await.status(), 404);
+    off.stop().await;
+
+    let mut traced = config(exact(20.0, 5.0));
+    traced.trace_requests = 2;
+    let server = Server::start(traced).await;
+    for id in ["first", "second", "third"] {
+        let resp = server
+            .client
+            .post(server.url("/v1/chat/completions"))
+            .header("x-request-id", id)
+            .json(&chat(4, true))
+            .send()
+            .await
+            .unwrap();
+        let events = Events::read(resp).await;
+        assert_eq!(events.content_arrivals().len(), 4);
+    }
+    let trace: Value = server.get("/sim/trace").await.json().await.unwrap();
+    let streams = trace["streams"].as_array().unwrap();
+    let ids: Vec<&str> = streams
+        .iter()
+        .map(|s| s["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["second", "third"]);
+    for s in streams {
+        let offsets: Vec<u64> = s["frame_offsets_ns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets.len(), 4, "{s}");
+        for (k, at) in offsets.iter().enumerate() {
+            let due = 20_000_000 + 5_000_000 * k as u64;
+            assert!(*at >= due, "frame {k} at {at} ns, due {due} ns");
+        }
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    }
+    server.stop().await;
+}

@@ -63,6 +63,8 @@ pub struct AgentSpec {
     pub max_engines: u32,
     /// Commands of engine kinds other than vLLM (its `[engine_commands]`).
     pub engine_commands: BTreeMap<EngineKind, Vec<String>>,
+    /// The model every one of its GPUs declares (`[[gpus]] model`).
+    pub gpu_model: String,
 }
 
 impl AgentSpec {
@@ -83,6 +85,7 @@ impl AgentSpec {
             metrics_interval_ms: 20,
             max_engines: 1,
             engine_commands: BTreeMap::new(),
+            gpu_model: "vllm-sim".into(),
         }
     }
 }
@@ -213,7 +216,7 @@ impl Cluster {
                     gpus: (0..a.gpus)
                         .map(|_| GpuConfig {
                             vendor: "sim".into(),
-                            model: "vllm-sim".into(),
+                            model: a.gpu_model.clone(),
                             memory_gib: 24.0,
                         })
                         .collect(),

@@ -1,7 +1,8 @@
 //! Fleet placement end to end: three agents (each starting its own vllm-sim processes), a
 //! `strategy = "replicate"` sweep submitted, watched and read back through the real
 //! `controllerctl` binary; `controllerctl results --group-by host` shows the three hosts
-//! side by side with every batch size.
+//! side by side with every batch size, and `--group-by gpu_model` the GPU models they
+//! declare.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -14,6 +15,12 @@ use fleetbench_tests::{AgentSpec, Cluster, workspace_bin};
 const SIM_ARGS: &[&str] = &["--sim-step-ms", "2", "--sim-step-ms-per-seq", "0"];
 
 const HOSTS: [&str; 3] = ["alpha", "beta", "gamma"];
+/// The GPU model each host declares: two of one model, one of another.
+const GPU_MODELS: [&str; 3] = [
+    "NVIDIA H100 80GB HBM3",
+    "Intel Arc Pro B60",
+    "Intel Arc Pro B60",
+];
 const BATCHES: [u32; 3] = [1, 2, 4];
 
 const SWEEP: &str = r#"
@@ -66,8 +73,10 @@ fn text(out: &Output) -> String {
 async fn replicate_sweep_runs_in_full_on_every_host_and_compares_them() {
     let agents = HOSTS
         .iter()
-        .map(|n| AgentSpec {
+        .zip(GPU_MODELS)
+        .map(|(n, gpu)| AgentSpec {
             labels: vec![("pool".into(), "bench".into())],
+            gpu_model: gpu.into(),
             ..AgentSpec::sim(n, 1, SIM_ARGS)
         })
         // A fourth agent without the label: it must get nothing.
@@ -193,6 +202,78 @@ async fn replicate_sweep_runs_in_full_on_every_host_and_compares_them() {
         }
     }
     assert!(!header.iter().any(|h| h.contains("outsider")), "{header:?}");
+
+    // GPU models side by side: the H100 host against the B60 hosts (the later of those
+    // two is shown per batch size, the other counted as hidden).
+    let by_gpu = ctl(
+        &cluster.addr,
+        tmp.path(),
+        &[
+            "results",
+            "--dir",
+            &results,
+            "--group-by",
+            "gpu_model",
+            "--format",
+            "csv",
+        ],
+    )
+    .await;
+    assert_eq!(by_gpu.status.code(), Some(0), "{}", text(&by_gpu));
+    let csv = String::from_utf8_lossy(&by_gpu.stdout).to_string();
+    let lines: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    let header = &lines[0];
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+    };
+    assert!(
+        !header.contains(&"host"),
+        "hosts are compared, not fixed: {header:?}"
+    );
+    assert_eq!(lines.len(), 1 + BATCHES.len(), "{csv}");
+    for (row, batch) in lines[1..].iter().zip(BATCHES) {
+        assert_eq!(row[col("batch_size")], batch.to_string(), "{csv}");
+        for gpu in ["NVIDIA H100 80GB HBM3", "Intel Arc Pro B60"] {
+            assert_eq!(row[col(&format!("gpu_model={gpu}:state"))], "done", "{csv}");
+        }
+        assert_eq!(
+            row[col("gpu_model=NVIDIA H100 80GB HBM3:sweep_id")],
+            format!("{parent}.alpha"),
+            "{csv}"
+        );
+    }
+
+    // --gpu-model filters by a part of the name, ignoring case.
+    let b60 = ctl(
+        &cluster.addr,
+        tmp.path(),
+        &[
+            "results",
+            "--dir",
+            &results,
+            "--gpu-model",
+            "b60",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(b60.status.code(), Some(0), "{}", text(&b60));
+    let points: serde_json::Value = serde_json::from_slice(&b60.stdout).unwrap();
+    let hosts: BTreeSet<&str> = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        hosts,
+        BTreeSet::from(["beta-host", "gamma-host"]),
+        "{points}"
+    );
     cluster.stop().await;
 }
 

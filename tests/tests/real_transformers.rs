@@ -80,6 +80,7 @@ async fn a_transformers_engine_is_measured_with_exact_chat_prompts_and_honest_ve
                 "0.05".into(),
             ],
         )]),
+        gpu_model: "cpu".into(),
     };
     let cluster = Cluster::start(vec![agent]).await;
     cluster.wait_agents(1).await;

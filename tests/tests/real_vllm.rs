@@ -66,6 +66,7 @@ async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency()
         metrics_interval_ms: 250,
         max_engines: 1,
         engine_commands: BTreeMap::new(),
+        gpu_model: "cpu".into(),
     };
     let cluster = Cluster::start(vec![agent]).await;
     cluster.wait_agents(1).await;

@@ -28,6 +28,7 @@ use crate::lanes::runner::{
     AgentStatus, CancelMap, LaneCommand, LaneContext, LaneReport, Runner, RunnerCommand,
 };
 use crate::link::outbox::Outbox;
+use crate::load::clients::HttpClients;
 use crate::policy::Violation;
 
 /// Commands a lane may have queued (a lane gets its next command only when idle).
@@ -125,7 +126,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         cfg: Arc<AgentConfig>,
-        client: reqwest::Client,
+        clients: HttpClients,
         outbox: Arc<Outbox>,
         cancels: CancelMap,
         status: Arc<Mutex<AgentStatus>>,
@@ -137,7 +138,7 @@ impl Dispatcher {
         Dispatcher {
             ctx: LaneContext {
                 cfg,
-                client,
+                clients,
                 outbox,
                 cancels,
                 status,

@@ -22,6 +22,7 @@ use crate::engine::gpu::{self, GpuGrant, GpuPool};
 use crate::engine::{Engine, EngineKey, ExitInfo};
 use crate::error::AgentError;
 use crate::link::outbox::Outbox;
+use crate::load::clients::HttpClients;
 use crate::load::{self, LoadOutcome};
 use crate::policy::scrub::Scrubber;
 
@@ -109,7 +110,7 @@ pub type CancelMap = Arc<Mutex<HashMap<String, CancellationToken>>>;
 #[derive(Clone)]
 pub struct LaneContext {
     pub cfg: Arc<AgentConfig>,
-    pub client: reqwest::Client,
+    pub clients: HttpClients,
     pub outbox: Arc<Outbox>,
     pub cancels: CancelMap,
     pub status: Arc<Mutex<AgentStatus>>,
@@ -127,7 +128,7 @@ pub struct Runner {
     lane: usize,
     ctx: LaneContext,
     cfg: Arc<AgentConfig>,
-    client: reqwest::Client,
+    clients: HttpClients,
     outbox: Arc<Outbox>,
     engine: Option<(String, Engine)>,
     /// Who holds the GPUs of the running engine in the pool (empty: none held).
@@ -191,7 +192,7 @@ impl Runner {
         Runner {
             lane,
             cfg: ctx.cfg.clone(),
-            client: ctx.client.clone(),
+            clients: ctx.clients.clone(),
             outbox: ctx.outbox.clone(),
             docker: ctx.docker.clone(),
             scrubber: Scrubber::new(&ctx.cfg.engine_env),
@@ -321,7 +322,7 @@ impl Runner {
             } else {
                 GpuGrant::default()
             };
-            let started = Engine::start(key, &self.cfg, &self.client, cancel, &grant).await;
+            let started = Engine::start(key, &self.cfg, &self.clients.probes, cancel, &grant).await;
             if started.is_err() {
                 self.give_back_gpus();
             }
@@ -347,7 +348,8 @@ impl Runner {
             &name,
         );
         let started =
-            Engine::start_container(key, &plan, &docker, &self.cfg, &self.client, cancel).await;
+            Engine::start_container(key, &plan, &docker, &self.cfg, &self.clients.probes, cancel)
+                .await;
         if started.is_err() {
             self.give_back_gpus();
         }
@@ -602,7 +604,7 @@ impl Runner {
         };
         let load_started_us = unix_micros_now();
         let outcome = load::run_point(
-            &self.client,
+            &self.clients,
             &base_url,
             point,
             tx,
@@ -613,7 +615,7 @@ impl Runner {
         .await;
         // An engine that died during the point fails it; forensics travel as an event.
         let exit = match self.engine.as_mut() {
-            Some((_, engine)) => engine.exit_after_point(&self.client).await,
+            Some((_, engine)) => engine.exit_after_point(&self.clients.probes).await,
             None => None,
         };
         if let Some(exit) = exit {

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::AgentError;
+use crate::load::clients::{StreamClient, next_data};
 use crate::load::retry;
 use crate::load::sse::{SseEvent, SseParser};
 
@@ -135,14 +136,15 @@ struct StreamTrace {
 #[derive(Debug, Clone)]
 pub struct PreparedRequest {
     pub plan: RequestPlan,
-    pub url: reqwest::Url,
+    pub url: http::Uri,
     pub body: Bytes,
 }
 
 impl PreparedRequest {
     pub fn new(base_url: &str, mut plan: RequestPlan) -> Result<Self, AgentError> {
         let url = format!("{}{}", base_url.trim_end_matches('/'), plan.endpoint.path());
-        let url = reqwest::Url::parse(&url)
+        let url = url
+            .parse::<http::Uri>()
             .map_err(|e| AgentError::Engine(format!("engine URL {url:?}: {e}")))?;
         let body = serde_json::to_vec(&request_body(&plan))
             .map_err(|e| AgentError::Engine(format!("encoding a request: {e}")))?;
@@ -158,7 +160,7 @@ impl PreparedRequest {
 /// Sends one request and measures it. Never fails: every problem becomes the record's
 /// error kind, so a failed request is counted, not dropped.
 pub async fn measure(
-    client: &reqwest::Client,
+    client: &StreamClient,
     base_url: &str,
     plan: &RequestPlan,
     ctx: &RequestContext,
@@ -182,7 +184,7 @@ pub async fn measure(
 
 /// [`measure`] for a request prepared in advance.
 pub async fn measure_prepared(
-    client: &reqwest::Client,
+    client: &StreamClient,
     prepared: &PreparedRequest,
     ctx: &RequestContext,
     cancel: &CancellationToken,
@@ -212,28 +214,27 @@ pub async fn measure_prepared(
 }
 
 async fn stream(
-    client: &reqwest::Client,
+    client: &StreamClient,
     prepared: &PreparedRequest,
     sent: Instant,
     idle: Duration,
     trace: &mut StreamTrace,
 ) -> Result<(), (ErrorKind, String)> {
     let mut resp = loop {
-        let request = client
-            .post(prepared.url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(prepared.body.clone());
-        let sent = tokio::time::timeout(idle, request.send())
-            .await
-            .map_err(|_| {
-                (
-                    ErrorKind::Stalled,
-                    format!(
-                        "no response headers for {:.3} s (idle timeout)",
-                        idle.as_secs_f64()
-                    ),
-                )
-            })?;
+        let request = client.post_json(
+            &prepared.url,
+            request_id(&prepared.plan),
+            prepared.body.clone(),
+        );
+        let sent = tokio::time::timeout(idle, request).await.map_err(|_| {
+            (
+                ErrorKind::Stalled,
+                format!(
+                    "no response headers for {:.3} s (idle timeout)",
+                    idle.as_secs_f64()
+                ),
+            )
+        })?;
         match sent {
             Ok(resp) => break resp,
             // Never reached the server (no connection, or one the server had closed before
@@ -249,18 +250,19 @@ async fn stream(
         }
     };
     let status = resp.status();
+    let body = resp.body_mut();
     if !status.is_success() {
         // The body only explains the status: read what comes without a silence of the idle
         // timeout, up to a few KB, so a body that never ends cannot turn this into a
         // timeout at the point deadline.
-        let mut body = Vec::new();
-        while body.len() < 4096 {
-            match tokio::time::timeout(idle, resp.chunk()).await {
-                Ok(Ok(Some(bytes))) => body.extend_from_slice(&bytes),
+        let mut text = Vec::new();
+        while text.len() < 4096 {
+            match tokio::time::timeout(idle, next_data(body)).await {
+                Ok(Some(Ok(bytes))) => text.extend_from_slice(&bytes),
                 _ => break,
             }
         }
-        let text = String::from_utf8_lossy(&body);
+        let text = String::from_utf8_lossy(&text);
         return Err((
             ErrorKind::HttpStatus,
             format!(
@@ -271,11 +273,11 @@ async fn stream(
     }
     let mut parser = SseParser::new();
     loop {
-        let chunk = tokio::time::timeout(idle, resp.chunk())
+        let chunk = tokio::time::timeout(idle, next_data(body))
             .await
-            .map_err(|_| stalled_after(idle, trace))?
-            .map_err(|e| (ErrorKind::Truncated, error_chain(&e)))?;
-        let Some(bytes) = chunk else { break };
+            .map_err(|_| stalled_after(idle, trace))?;
+        let Some(chunk) = chunk else { break };
+        let bytes = chunk.map_err(|e| (ErrorKind::Truncated, error_chain(&e)))?;
         let at = sent.elapsed();
         let events = parser
             .push(&bytes)
@@ -315,6 +317,15 @@ async fn stream(
         return Err((ErrorKind::Truncated, "stream ended without [DONE]".into()));
     }
     Ok(())
+}
+
+/// The `x-request-id` of a request: `fleetbench-<wave>-<index>`, as its record's `wave` and
+/// `request_index` (a warm-up request shares the ids of the first measured ones; it never
+/// runs at the same time as them).
+pub fn request_id(plan: &RequestPlan) -> http::HeaderValue {
+    let id = format!("fleetbench-{}-{}", plan.wave, plan.index);
+    // Digits, letters and '-' only: always a valid header value.
+    http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static("fleetbench"))
 }
 
 fn stalled_after(idle: Duration, trace: &StreamTrace) -> (ErrorKind, String) {

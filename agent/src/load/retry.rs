@@ -34,7 +34,7 @@ pub const MAX_LOAD_RESENDS: u32 = 2;
 /// (on a pooled connection, the server's close after its previous response; hyper itself
 /// resends a request that had not been written yet). Errors after the response head (a
 /// stream cut mid-way) never reach here: they come from reading the body.
-pub fn never_reached(e: &reqwest::Error) -> bool {
+pub fn never_reached(e: &crate::load::clients::SendError) -> bool {
     if e.is_connect() {
         return true;
     }

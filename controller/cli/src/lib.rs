@@ -85,7 +85,7 @@ pub enum Command {
     Cancel { sweep_id: String },
     /// Print point summaries read back from the results folder, across sweeps and hosts:
     /// filtered, one row per point or side by side (--group-by). Exits 1 when no point
-    /// matches. The GPU model is not recorded in the points files: no filter for it.
+    /// matches; `--gpu-model` filters and `--group-by gpu-model` compares GPU models.
     Results(results::ResultsArgs),
     /// Plots, an HTML page and CSV files from the results folder (one sweep, a filter, or
     /// everything): throughput and per-request speed vs batch size per model and GPU

@@ -30,7 +30,8 @@ pub struct ResultsArgs {
     pub dir: PathBuf,
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Compare side by side: one column group per host, GPU count, sweep or model.
+    /// Compare side by side: one column group per host, GPU count, sweep, model or GPU
+    /// model.
     #[arg(long, value_enum)]
     pub group_by: Option<GroupByArg>,
     #[arg(long, value_enum, default_value = "table")]
@@ -42,7 +43,6 @@ pub struct ResultsArgs {
 }
 
 /// Which points to show; every given filter must match, a list matches any of its values.
-/// (The GPU model is not in the points files, so there is no filter for it.)
 #[derive(Args, Debug, Clone, Default)]
 pub struct FilterArgs {
     /// Model name or its slug (`org--name`); repeat or comma-separate for several.
@@ -60,6 +60,9 @@ pub struct FilterArgs {
     /// Point state.
     #[arg(long, value_delimiter = ',', value_parser = STATES)]
     pub state: Vec<String>,
+    /// GPU model: points whose GPU model contains it, ignoring case (`--gpu-model h100`).
+    #[arg(long, value_delimiter = ',')]
+    pub gpu_model: Vec<String>,
 }
 
 impl From<FilterArgs> for Filter {
@@ -70,6 +73,7 @@ impl From<FilterArgs> for Filter {
             host: a.host,
             sweep: a.sweep,
             state: a.state,
+            gpu_model: a.gpu_model,
         }
     }
 }
@@ -81,6 +85,9 @@ pub enum GroupByArg {
     Gpus,
     Sweep,
     Model,
+    /// One column group per GPU model (hosts compared with each other).
+    #[value(alias = "gpu_model")]
+    GpuModel,
 }
 
 impl From<GroupByArg> for GroupBy {
@@ -90,6 +97,7 @@ impl From<GroupByArg> for GroupBy {
             GroupByArg::Gpus => GroupBy::Gpus,
             GroupByArg::Sweep => GroupBy::Sweep,
             GroupByArg::Model => GroupBy::Model,
+            GroupByArg::GpuModel => GroupBy::GpuModel,
         }
     }
 }

@@ -28,7 +28,6 @@ use crate::text;
 pub const STATES: [&str; 4] = ["done", "failed", "cancelled", "skipped"];
 
 /// Which points to show; every given filter must match, a list matches any of its values.
-/// (The GPU model is not in the points files, so there is no filter for it.)
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     /// Model name or its slug (`org--name`); repeat or comma-separate for several.
@@ -41,6 +40,9 @@ pub struct Filter {
     pub sweep: Vec<String>,
     /// Point state.
     pub state: Vec<String>,
+    /// GPU model, as the agent's inventory names it; matches a point whose `gpu_model`
+    /// contains it, ignoring case (`h100` matches `NVIDIA H100 80GB HBM3`).
+    pub gpu_model: Vec<String>,
 }
 
 impl Filter {
@@ -50,6 +52,7 @@ impl Filter {
             && self.host.is_empty()
             && self.sweep.is_empty()
             && self.state.is_empty()
+            && self.gpu_model.is_empty()
     }
 
     pub fn matches(&self, p: &PointSummary) -> bool {
@@ -66,6 +69,12 @@ impl Filter {
             && any(&self.host, &m.host)
             && any(&self.sweep, &m.sweep_id)
             && any(&self.state, &m.state)
+            && (self.gpu_model.is_empty() || {
+                let have = m.gpu_model.to_lowercase();
+                self.gpu_model
+                    .iter()
+                    .any(|w| have.contains(&w.to_lowercase()))
+            })
     }
 
     /// Narrows the filter to the positional SWEEP_ID, when given; an id that `--sweep`
@@ -91,6 +100,9 @@ pub enum GroupBy {
     Gpus,
     Sweep,
     Model,
+    /// The GPU model the points ran on; hosts are compared with each other (a section
+    /// does not hold the host fixed). Points without one are `unknown`.
+    GpuModel,
 }
 
 impl GroupBy {
@@ -100,6 +112,7 @@ impl GroupBy {
             GroupBy::Gpus => "gpus",
             GroupBy::Sweep => "sweep",
             GroupBy::Model => "model",
+            GroupBy::GpuModel => "gpu_model",
         }
     }
 
@@ -113,6 +126,8 @@ impl GroupBy {
             },
             GroupBy::Sweep => Column::text(&m.sweep_id),
             GroupBy::Model => Column::text(&m.model),
+            GroupBy::GpuModel if m.gpu_model.is_empty() => Column::text("unknown"),
+            GroupBy::GpuModel => Column::text(&m.gpu_model),
         }
     }
 }
@@ -214,7 +229,7 @@ pub fn group(points: &[PointSummary], by: GroupBy) -> Grouped<'_> {
         let key = SectionKey {
             model: (by != GroupBy::Model).then(|| m.model.clone()),
             gpus: (by != GroupBy::Gpus).then_some(m.gpus),
-            host: (by != GroupBy::Host).then(|| m.host.clone()),
+            host: (by != GroupBy::Host && by != GroupBy::GpuModel).then(|| m.host.clone()),
             input_tokens: m.input_tokens,
             output_tokens: m.output_tokens,
             mode: m.mode.clone(),

@@ -54,7 +54,16 @@ fn frames(
     stats: Arc<EngineStats>,
     stop: StopSignal,
 ) -> impl futures::Stream<Item = Bytes> + Send + 'static {
-    body_stream(ctx, req, pace, stats, stop, None).map(|item| item.unwrap())
+    body_stream(ctx, req, pace, shared(stats, stop, None)).map(|item| item.unwrap())
+}
+
+fn shared(stats: Arc<EngineStats>, stop: StopSignal, fault: Option<StreamFault>) -> DirectStream {
+    DirectStream {
+        stats,
+        stop,
+        fault,
+        tracer: None,
+    }
 }
 
 fn stop() -> (CancellationToken, StopSignal) {
@@ -236,9 +245,7 @@ async fn faults_fire_after_their_token() {
                 Pace::Fast {
                     chunks_per_frame: 16,
                 },
-                stats.clone(),
-                signal,
-                Some(fault),
+                shared(stats.clone(), signal, Some(fault)),
             ));
             let first = body.next().await.unwrap().unwrap();
             // Three content chunks: no usage chunk, no [DONE], even after the last token.

@@ -118,7 +118,7 @@ async fn a_point_that_breaks_the_policy_fails_before_any_lane_sees_it() {
         .insert("p1".into(), CancellationToken::new());
     let mut d = Dispatcher::new(
         Arc::new(AgentConfig::default()),
-        reqwest::Client::new(),
+        crate::http_clients().unwrap(),
         outbox.clone(),
         cancels.clone(),
         Arc::default(),

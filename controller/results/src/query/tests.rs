@@ -269,3 +269,34 @@ fn flat_csv_and_json_have_every_field_in_a_stable_order() {
     );
     assert!(t.contains("sw-b"), "{t}");
 }
+
+#[test]
+fn group_by_gpu_model_compares_hosts_and_filters_by_part_of_the_name() {
+    let mut points = vec![
+        point("sw-a", "alpha", 1, 1, 100.0),
+        point("sw-b", "beta", 1, 1, 60.0),
+        point("sw-c", "gamma", 1, 1, 10.0),
+    ];
+    points[0].meta.gpu_model = "NVIDIA H100 80GB HBM3".into();
+    points[1].meta.gpu_model = "Intel Arc Pro B60".into();
+    let g = group(&points, GroupBy::GpuModel);
+    assert_eq!(g.sections.len(), 1, "hosts are compared, not held fixed");
+    assert_eq!(g.sections[0].key.host, None);
+    let columns: Vec<&str> = g.columns.iter().map(|c| c.text.as_str()).collect();
+    assert_eq!(
+        columns,
+        ["Intel Arc Pro B60", "NVIDIA H100 80GB HBM3", "unknown"]
+    );
+
+    let h100 = Filter {
+        gpu_model: vec!["h100".into()],
+        ..Filter::default()
+    };
+    let kept: Vec<&str> = points
+        .iter()
+        .filter(|p| h100.matches(p))
+        .map(|p| p.meta.host.as_str())
+        .collect();
+    assert_eq!(kept, ["alpha"]);
+    assert!(!h100.is_empty());
+}
