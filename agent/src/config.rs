@@ -92,6 +92,15 @@ pub struct AgentConfig {
     /// drops a connection before the server does instead of sending on a dead one.
     #[serde(default = "default_http_idle_timeout_ms")]
     pub http_idle_timeout_ms: u64,
+    /// Where the agent serves its own Prometheus metrics (`GET /metrics`, see
+    /// [`crate::metrics`]), e.g. `127.0.0.1:9464`; unset: not served. Plain HTTP, so a
+    /// non-loopback address also needs `metrics_insecure = true`.
+    #[serde(default)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the metrics in plain HTTP on a non-loopback address: the operator accepts
+    /// that anyone who reaches it reads them.
+    #[serde(default)]
+    pub metrics_insecure: bool,
     /// How engines of the `docker` runtime are run on this host.
     #[serde(default)]
     pub docker: DockerConfig,
@@ -255,6 +264,8 @@ impl Default for AgentConfig {
             heartbeat_s: default_heartbeat_s(),
             metrics_interval_ms: default_metrics_interval_ms(),
             http_idle_timeout_ms: default_http_idle_timeout_ms(),
+            metrics_addr: None,
+            metrics_insecure: false,
             docker: DockerConfig::default(),
             spool_dir: PathBuf::new(),
             policy: Policy::default(),
@@ -298,6 +309,17 @@ impl AgentConfig {
             return Err(AgentError::Config {
                 path: format!("engine_commands.{}", kind.as_str()),
                 message: "must name a program".into(),
+            });
+        }
+        if let Some(addr) = self.metrics_addr
+            && !addr.ip().is_loopback()
+            && !self.metrics_insecure
+        {
+            return Err(AgentError::Config {
+                path: "metrics_addr".into(),
+                message: format!(
+                    "{addr} is not a loopback address: the metrics are plain HTTP; serve them on 127.0.0.1 (behind a proxy) or set metrics_insecure = true"
+                ),
             });
         }
         if self.batch_records == 0 {
@@ -418,6 +440,26 @@ mod tests {
             .unwrap()
             .finish()
             .unwrap();
+    }
+
+    #[test]
+    fn plain_metrics_beyond_loopback_need_the_operators_word() {
+        let err = AgentConfig::from_toml("metrics_addr = \"0.0.0.0:9464\"\n", "a")
+            .unwrap()
+            .finish()
+            .unwrap_err();
+        assert!(err.to_string().contains("metrics_addr"), "{err}");
+        AgentConfig::from_toml("metrics_addr = \"127.0.0.1:9464\"\n", "a")
+            .unwrap()
+            .finish()
+            .unwrap();
+        AgentConfig::from_toml(
+            "metrics_addr = \"0.0.0.0:9464\"\nmetrics_insecure = true\n",
+            "a",
+        )
+        .unwrap()
+        .finish()
+        .unwrap();
     }
 
     #[test]

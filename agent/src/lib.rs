@@ -27,6 +27,7 @@ pub mod error;
 pub mod lanes;
 pub mod link;
 pub mod load;
+pub mod metrics;
 pub mod policy;
 
 use std::sync::{Arc, Mutex};
@@ -67,7 +68,23 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         Ok((old, new)) => tracing::info!(old, new, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let clients = HttpClients::new(Duration::from_millis(cfg.http_idle_timeout_ms))?;
+    let metrics = metrics::AgentMetrics::new();
+    let clients = HttpClients::new(Duration::from_millis(cfg.http_idle_timeout_ms))?
+        .counting(metrics.requests.clone());
+    // Bound before anything runs: a taken port fails the start.
+    let metrics_listener = match cfg.metrics_addr {
+        Some(addr) => {
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| AgentError::Config {
+                        path: "metrics_addr".into(),
+                        message: format!("cannot listen on {addr}: {e}"),
+                    })?,
+            )
+        }
+        None => None,
+    };
     let gpus = tokio::select! {
         gpus = link::session::host_gpus(cfg.clone()) => Arc::new(gpus),
         () = shutdown.cancelled() => return Ok(()),
@@ -97,7 +114,25 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         cancels.clone(),
         status.clone(),
         gpus.clone(),
+        metrics.clone(),
     );
+    if let Some(listener) = metrics_listener {
+        let (outbox, status) = (outbox.clone(), status.clone());
+        let gauges = move || metrics::AgentGauges {
+            lanes: status.lock().map(|s| s.lane_counts()).unwrap_or_default(),
+            spool_bytes: i64::try_from(outbox.spooled_bytes()).unwrap_or(i64::MAX),
+            unacked_points: i64::try_from(outbox.unacked_len()).unwrap_or(i64::MAX),
+        };
+        let (served, stop) = (metrics.clone(), shutdown.clone());
+        tracker.spawn(
+            async move {
+                if let Err(e) = metrics::serve(listener, served, gauges, stop).await {
+                    tracing::warn!(error = %e, "metrics listener stopped");
+                }
+            }
+            .instrument(span.clone()),
+        );
+    }
     tracker.spawn(
         runner
             .run(runner_rx, shutdown.clone())
@@ -111,6 +146,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         status,
         gpus,
         engine_images,
+        metrics,
     };
     tracker.spawn(link::session::run(ctx, shutdown.clone()).instrument(span));
     tracker.close();

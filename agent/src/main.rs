@@ -17,6 +17,10 @@ struct Args {
     /// Controller URL (overrides the config file), e.g. http://controller:50051.
     #[arg(long, env = "FLEETBENCH_CONTROLLER")]
     controller: Option<String>,
+    /// Serve the agent's Prometheus metrics at GET /metrics on this address (overrides
+    /// the config file's metrics_addr).
+    #[arg(long, env = "FLEETBENCH_AGENT_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -43,6 +47,9 @@ async fn main() -> std::process::ExitCode {
     }
     if let Some(c) = args.controller {
         cfg.controller = c;
+    }
+    if let Some(a) = args.metrics_addr {
+        cfg.metrics_addr = Some(a);
     }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

@@ -42,11 +42,20 @@ pub struct Cluster {
     pub addr: String,
     /// The controller's report pages (`http://127.0.0.1:<port>`), when started with them.
     pub http: Option<String>,
+    /// The controller's metrics (`http://127.0.0.1:<port>/metrics`), when started with them.
+    pub metrics: Option<String>,
     pub results: PathBuf,
     pub shutdown: CancellationToken,
     controller: Option<JoinHandle<Result<(), fleetbench_controller::ControllerError>>>,
     agents: Vec<JoinHandle<Result<(), fleetbench_agent::AgentError>>>,
     _tmp: tempfile::TempDir,
+}
+
+/// A free loopback address (a port bound, then let go) for a listener that the code under
+/// test binds itself.
+pub fn free_local_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
 }
 
 /// One agent of a test cluster.
@@ -65,6 +74,8 @@ pub struct AgentSpec {
     pub engine_commands: BTreeMap<EngineKind, Vec<String>>,
     /// The model every one of its GPUs declares (`[[gpus]] model`).
     pub gpu_model: String,
+    /// Where it serves its own metrics (`metrics_addr`), if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl AgentSpec {
@@ -86,6 +97,7 @@ impl AgentSpec {
             max_engines: 1,
             engine_commands: BTreeMap::new(),
             gpu_model: "vllm-sim".into(),
+            metrics_addr: None,
         }
     }
 }
@@ -173,22 +185,23 @@ impl Cluster {
     /// Starts a controller on 127.0.0.1:0 and the given agents (each starts its own
     /// `vllm-sim` processes for the points it runs).
     pub async fn start(agents: Vec<AgentSpec>) -> Cluster {
-        Cluster::start_with(agents, false).await
+        Cluster::start_with(agents, false, false).await
     }
 
     /// [`Cluster::start`] with the controller's HTTP report pages on a free port too.
     pub async fn start_with_http(agents: Vec<AgentSpec>) -> Cluster {
-        Cluster::start_with(agents, true).await
+        Cluster::start_with(agents, true, false).await
     }
 
-    async fn start_with(agents: Vec<AgentSpec>, http: bool) -> Cluster {
-        // The controller binds the HTTP address itself: take a free port and let it go.
-        let http_addr = if http {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            Some(l.local_addr().unwrap())
-        } else {
-            None
-        };
+    /// [`Cluster::start`] with the controller's metrics on a free port too.
+    pub async fn start_with_metrics(agents: Vec<AgentSpec>) -> Cluster {
+        Cluster::start_with(agents, false, true).await
+    }
+
+    async fn start_with(agents: Vec<AgentSpec>, http: bool, metrics: bool) -> Cluster {
+        // The controller binds its HTTP addresses itself: free ports, let go.
+        let http_addr = http.then(free_local_addr);
+        let metrics_addr = metrics.then(free_local_addr);
         let tmp = tempfile::tempdir().unwrap();
         let results = tmp.path().join("results");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -200,6 +213,7 @@ impl Cluster {
                 agent_grace: Duration::from_secs(30),
                 state_dir: None,
                 http: http_addr,
+                metrics: metrics_addr,
                 ..ControllerConfig::default()
             },
             listener,
@@ -230,6 +244,7 @@ impl Cluster {
                     docker: test_docker_config(),
                     policy: test_policy(),
                     spool_dir: tmp.path().join("spool").join(&a.name),
+                    metrics_addr: a.metrics_addr,
                     ..AgentConfig::default()
                 };
                 tokio::spawn(fleetbench_agent::run(cfg, shutdown.clone()))
@@ -238,6 +253,7 @@ impl Cluster {
         Cluster {
             addr,
             http: http_addr.map(|a| format!("http://{a}")),
+            metrics: metrics_addr.map(|a| format!("http://{a}/metrics")),
             results,
             shutdown,
             controller: Some(controller),

@@ -67,6 +67,7 @@ async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency()
         max_engines: 1,
         engine_commands: BTreeMap::new(),
         gpu_model: "cpu".into(),
+        metrics_addr: None,
     };
     let cluster = Cluster::start(vec![agent]).await;
     cluster.wait_agents(1).await;

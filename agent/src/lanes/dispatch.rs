@@ -29,6 +29,7 @@ use crate::lanes::runner::{
 };
 use crate::link::outbox::Outbox;
 use crate::load::clients::HttpClients;
+use crate::metrics::AgentMetrics;
 use crate::policy::Violation;
 
 /// Commands a lane may have queued (a lane gets its next command only when idle).
@@ -131,6 +132,7 @@ impl Dispatcher {
         cancels: CancelMap,
         status: Arc<Mutex<AgentStatus>>,
         gpus: Arc<gpu::Inventory>,
+        metrics: AgentMetrics,
     ) -> Self {
         let pool = GpuPool::new(gpus.gpus.iter().map(|g| g.index).collect());
         let lanes_max = usize::try_from(cfg.max_engines.max(1)).unwrap_or(1);
@@ -139,6 +141,7 @@ impl Dispatcher {
             ctx: LaneContext {
                 cfg,
                 clients,
+                metrics,
                 outbox,
                 cancels,
                 status,

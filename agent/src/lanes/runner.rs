@@ -24,6 +24,7 @@ use crate::error::AgentError;
 use crate::link::outbox::Outbox;
 use crate::load::clients::HttpClients;
 use crate::load::{self, LoadOutcome};
+use crate::metrics::AgentMetrics;
 use crate::policy::scrub::Scrubber;
 
 /// What the session asks the agent to do, in order.
@@ -83,6 +84,15 @@ impl AgentStatus {
         );
     }
 
+    /// How many lanes are in each state.
+    pub fn lane_counts(&self) -> Vec<(String, i64)> {
+        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        for lane in self.lanes.values() {
+            *counts.entry(lane.state.clone()).or_default() += 1;
+        }
+        counts.into_iter().collect()
+    }
+
     /// The agent's state (`running` when any lane runs a point, else `starting-engine`
     /// when any lane starts one, else `idle`) and its current points, comma-separated.
     pub fn summary(&self) -> (String, String) {
@@ -111,6 +121,7 @@ pub type CancelMap = Arc<Mutex<HashMap<String, CancellationToken>>>;
 pub struct LaneContext {
     pub cfg: Arc<AgentConfig>,
     pub clients: HttpClients,
+    pub metrics: AgentMetrics,
     pub outbox: Arc<Outbox>,
     pub cancels: CancelMap,
     pub status: Arc<Mutex<AgentStatus>>,
@@ -544,6 +555,9 @@ impl Runner {
         // Idle before the controller hears of the end, so the dispatcher knows this lane
         // is free when the controller's next assignment arrives.
         self.report_idle().await;
+        self.ctx
+            .metrics
+            .point_finished(if result.ok { "done" } else { "failed" });
         let pushed = self.outbox.push(pb::AgentMessage {
             msg: Some(Msg::PointFinished(pb::PointFinished {
                 sweep_id: point.sweep_id.clone(),

@@ -223,6 +223,14 @@ impl Outbox {
     }
 
     /// Number of attempts not acknowledged yet.
+    /// Bytes of unacknowledged results in the spool.
+    pub fn spooled_bytes(&self) -> u64 {
+        self.state
+            .lock()
+            .map(|s| s.attempts.values().map(|a| a.disk_len).sum())
+            .unwrap_or(0)
+    }
+
     pub fn unacked_len(&self) -> usize {
         self.state.lock().map(|s| s.attempts.len()).unwrap_or(0)
     }

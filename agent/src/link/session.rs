@@ -19,6 +19,7 @@ use crate::engine::gpu;
 use crate::error::AgentError;
 use crate::lanes::runner::{AgentStatus, CancelMap, RunnerCommand};
 use crate::link::outbox::Outbox;
+use crate::metrics::AgentMetrics;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -35,6 +36,7 @@ pub struct SessionContext {
     pub gpus: Arc<gpu::Inventory>,
     /// Tagged images of the local Docker engine at start.
     pub engine_images: Vec<String>,
+    pub metrics: AgentMetrics,
 }
 
 /// How long GPU discovery (sysfs, `nvidia-smi`, `xpu-smi`) may take before the agent
@@ -82,7 +84,9 @@ pub async fn run(ctx: SessionContext, shutdown: CancellationToken) {
     let gpus = ctx.gpus.clone();
     let mut backoff = BACKOFF_MIN;
     while !shutdown.is_cancelled() {
-        match session_once(&ctx, &gpus, &shutdown, &mut backoff).await {
+        let session = session_once(&ctx, &gpus, &shutdown, &mut backoff).await;
+        ctx.metrics.session_ended();
+        match session {
             Ok(()) => break,
             Err(e) => {
                 warn!(agent = %ctx.cfg.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "controller session lost");
@@ -126,6 +130,7 @@ async fn session_once(
         .await
         .map_err(|_| AgentError::Engine("session channel closed".into()))?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    ctx.metrics.session_opened();
     ctx.outbox.requeue_unacked();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(ctx.cfg.heartbeat_s.max(1)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -20,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::error::AgentError;
+use crate::metrics::{InFlight, RequestCounters};
 
 /// Largest read buffer of one streaming connection (hyper's minimum is 8 KiB; it also
 /// bounds a response head, and engines send heads of a few hundred bytes).
@@ -54,6 +55,12 @@ impl HttpClients {
             streams: StreamClient::new(idle),
         })
     }
+
+    /// Measured requests counted in `requests` (the agent's metrics).
+    pub fn counting(mut self, requests: RequestCounters) -> Self {
+        self.streams.requests = requests;
+        self
+    }
 }
 
 /// Keep every warmed-up connection: a burst of thousands reuses them instead of paying
@@ -65,6 +72,8 @@ const MAX_IDLE_PER_HOST: usize = 65_536;
 #[derive(Clone, Debug)]
 pub struct StreamClient {
     inner: Client<HttpConnector, Full<Bytes>>,
+    /// Requests in flight and finished, for the agent's metrics.
+    requests: RequestCounters,
 }
 
 /// A send's failure: hyper-util's error (connect, a closed pooled connection, …).
@@ -84,7 +93,15 @@ impl StreamClient {
             .pool_timer(TokioTimer::new())
             .http1_max_buf_size(READ_BUF_MAX)
             .build(connector);
-        StreamClient { inner }
+        StreamClient {
+            inner,
+            requests: RequestCounters::default(),
+        }
+    }
+
+    /// A measured request leaves: counted in flight until the guard ends.
+    pub fn in_flight(&self) -> InFlight {
+        self.requests.start()
     }
 
     /// POSTs `body` as JSON to `uri` with an `x-request-id` header (engines that log

@@ -204,12 +204,14 @@ pub async fn measure_prepared(
         ..RequestRecord::default()
     };
     let mut trace = StreamTrace::default();
+    let flight = client.in_flight();
     let outcome = tokio::select! {
         r = stream(client, prepared, sent, ctx.idle_timeout, &mut trace) => r,
         () = tokio::time::sleep_until(ctx.deadline) => Err((ErrorKind::Timeout, "point deadline passed".to_string())),
         () = cancel.cancelled() => Err((ErrorKind::Cancelled, "point cancelled".to_string())),
     };
     finish_record(&mut record, &trace, outcome);
+    flight.finish(record.success());
     record
 }
 

@@ -132,6 +132,8 @@ async fn handle(
         Some(Msg::RecordBatch(batch)) => {
             // Decoded before taking the lock: the lock is shared by every agent's stream.
             let batch = crate::state::DecodedBatch::decode(batch);
+            ctl.metrics
+                .batch_received(batch.records.len(), batch.encoded);
             let ack = ctl.state().record_decoded(agent, batch);
             let _ = tx.send(Ok(ack)).await;
         }

@@ -1,6 +1,7 @@
-//! The controller's read-only report pages over HTTP: `GET /` lists the sweeps under the
-//! results folder, `GET /sweeps/<id>/report` renders that sweep's report from the Parquet
-//! files as they are now (a running sweep shows the points finished so far).
+//! The controller's HTTP listeners: the read-only report pages (`GET /` lists the sweeps
+//! under the results folder, `GET /sweeps/<id>/report` renders that sweep's report from
+//! the Parquet files as they are now, a running sweep showing the points finished so far)
+//! and the Prometheus metrics (`GET /metrics`, [`crate::metrics`]).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::error::ControllerError;
+use crate::service::Controller;
 use crate::tls_listener::TlsListener;
 use fleetbench_results::layout::find_result_files;
 use fleetbench_results::query::Filter;
@@ -30,11 +32,27 @@ pub fn router(results_dir: PathBuf) -> Router {
         .with_state(Arc::new(results_dir))
 }
 
-/// Serves until `shutdown` is cancelled: over TLS with `tls` (requiring a client
-/// certificate when it has a client CA), else plain HTTP.
+/// The metrics route: the exposition of `ctl`'s metrics, gauges read when scraped.
+pub fn metrics_router(ctl: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(ctl)
+}
+
+async fn metrics(State(ctl): State<Arc<Controller>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        ctl.metrics_text(),
+    )
+        .into_response()
+}
+
+/// Serves `routes` (`what` names them in the log) until `shutdown` is cancelled: over TLS
+/// with `tls` (requiring a client certificate when it has a client CA), else plain HTTP.
 pub async fn serve(
     listener: TcpListener,
-    results_dir: PathBuf,
+    routes: Router,
+    what: &'static str,
     tls: Option<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), ControllerError> {
@@ -43,15 +61,15 @@ pub async fn serve(
         .map_err(|e| ControllerError::io("http listener", e))?;
     let served = match tls {
         Some(config) => {
-            info!(%addr, "report pages listening (HTTPS)");
+            info!(%addr, what, "listening (HTTPS)");
             let listener = TlsListener::new(listener, config, shutdown.clone())?;
-            axum::serve(listener, router(results_dir))
+            axum::serve(listener, routes)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
         }
         None => {
-            info!(%addr, "report pages listening (HTTP)");
-            axum::serve(listener, router(results_dir))
+            info!(%addr, what, "listening (HTTP)");
+            axum::serve(listener, routes)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
         }

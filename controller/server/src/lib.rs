@@ -7,13 +7,14 @@
 //! [`control_service`] (the two gRPC services), [`writer`] (Parquet writes, then
 //! acknowledgements), [`http`] (read-only report pages, drawn by `fleetbench-report`,
 //! over TLS through [`tls_listener`] when the controller has a certificate),
-//! [`server`] (`run`).
+//! [`metrics`] (Prometheus metrics, on `--metrics-addr`), [`server`] (`run`).
 
 pub mod agent_service;
 pub mod auth;
 pub mod control_service;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -57,28 +57,13 @@ pub async fn run(
         }
         None => (State::default(), None),
     };
-    // The report pages' listener is bound before anything runs: a taken port fails the
-    // start.
+    // The HTTP listeners are bound before anything runs: a taken port fails the start.
     let http = match config.http {
-        Some(http_addr) => {
-            let tls = match &config.tls {
-                Some(files) => Some(crate::tls_listener::server_config(files)?),
-                None if http_addr.ip().is_loopback() => None,
-                None if config.insecure => {
-                    warn!(%http_addr, "INSECURE: report pages in plain HTTP on a non-loopback address (--insecure)");
-                    None
-                }
-                None => {
-                    return Err(ControllerError::Usage(format!(
-                        "refusing to serve report pages in plain HTTP on {http_addr}: give the controller --tls-cert/--tls-key, serve them on 127.0.0.1, or pass --insecure"
-                    )));
-                }
-            };
-            let listener = TcpListener::bind(http_addr)
-                .await
-                .map_err(|e| ControllerError::io(format!("http listen address {http_addr}"), e))?;
-            Some((listener, tls))
-        }
+        Some(addr) => Some(bind_http(&config, addr, "report pages").await?),
+        None => None,
+    };
+    let metrics = match config.metrics {
+        Some(addr) => Some(bind_http(&config, addr, "metrics").await?),
         None => None,
     };
     let ctl = Controller::with_store(config, write_tx, state, store);
@@ -106,16 +91,25 @@ pub async fn run(
         .instrument(info_span!("reaper")),
     );
 
-    if let Some((listener, tls)) = http {
-        let dir = ctl.config.results_dir.clone();
+    let listeners = [
+        http.map(|l| {
+            (
+                l,
+                "report pages",
+                crate::http::router(ctl.config.results_dir.clone()),
+            )
+        }),
+        metrics.map(|l| (l, "metrics", crate::http::metrics_router(ctl.clone()))),
+    ];
+    for ((listener, tls), what, routes) in listeners.into_iter().flatten() {
         let stop = shutdown.clone();
         tracker.spawn(
             async move {
-                if let Err(e) = crate::http::serve(listener, dir, tls, stop).await {
-                    warn!(error = %e, "report pages stopped");
+                if let Err(e) = crate::http::serve(listener, routes, what, tls, stop).await {
+                    warn!(error = %e, what, "HTTP listener stopped");
                 }
             }
-            .instrument(info_span!("report_http")),
+            .instrument(info_span!("http", what)),
         );
     }
 
@@ -238,4 +232,31 @@ fn with_nodelay(
             }
         })
     })
+}
+
+/// Binds an HTTP listener (`what`: the report pages or the metrics) on `addr`: TLS with
+/// the controller's certificate; without one, plain HTTP on loopback only, unless the
+/// operator passed `--insecure`.
+async fn bind_http(
+    config: &ControllerConfig,
+    addr: SocketAddr,
+    what: &str,
+) -> Result<(TcpListener, Option<rustls::ServerConfig>), ControllerError> {
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls_listener::server_config(files)?),
+        None if addr.ip().is_loopback() => None,
+        None if config.insecure => {
+            warn!(%addr, what, "INSECURE: plain HTTP on a non-loopback address (--insecure)");
+            None
+        }
+        None => {
+            return Err(ControllerError::Usage(format!(
+                "refusing to serve {what} in plain HTTP on {addr}: give the controller --tls-cert/--tls-key, serve them on 127.0.0.1, or pass --insecure"
+            )));
+        }
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| ControllerError::io(format!("{what} listen address {addr}"), e))?;
+    Ok((listener, tls))
 }

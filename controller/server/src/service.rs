@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
 use crate::error::ControllerError;
+use crate::metrics::{ControllerMetrics, FleetGauges};
 use crate::state::{Outgoing, PointLimits, State, WriteJob};
 use crate::store::Store;
 
@@ -32,6 +33,9 @@ pub struct ControllerConfig {
     /// Where the read-only HTTP report pages are served (`GET /`, `GET /sweeps/<id>/report`);
     /// `None`: no HTTP listener.
     pub http: Option<std::net::SocketAddr>,
+    /// Where Prometheus metrics are served (`GET /metrics`, see [`crate::metrics`]);
+    /// `None`: not served.
+    pub metrics: Option<std::net::SocketAddr>,
     /// TLS for the gRPC listener (and client certificates, with a client CA); `None`:
     /// plain text, allowed on loopback only unless `insecure`.
     pub tls: Option<TlsFiles>,
@@ -64,6 +68,7 @@ impl Default for ControllerConfig {
             agent_grace: Duration::from_secs(60),
             state_dir: None,
             http: None,
+            metrics: None,
             tls: None,
             tokens: None,
             insecure: false,
@@ -83,6 +88,8 @@ pub struct Controller {
     store: Option<Store>,
     /// Serializes [`Controller::persist`] so an older snapshot never overwrites a newer one.
     persisting: Mutex<()>,
+    /// Prometheus metrics (`--metrics-addr`).
+    pub metrics: ControllerMetrics,
 }
 
 impl Controller {
@@ -106,6 +113,7 @@ impl Controller {
             writes,
             store,
             persisting: Mutex::new(()),
+            metrics: ControllerMetrics::new(),
         })
     }
 
@@ -127,7 +135,10 @@ impl Controller {
         }
         let n = ops.len();
         let started = std::time::Instant::now();
-        if let Err(e) = store.apply(&ops) {
+        let applied = store.apply(&ops);
+        self.metrics
+            .store_committed(applied.is_ok(), started.elapsed());
+        if let Err(e) = applied {
             // Retried in full with the next event; the agents keep what is not acked.
             error!(error = %e, ops = n, "cannot persist controller state");
             self.state().store_failed();
@@ -139,6 +150,18 @@ impl Controller {
             "controller state committed"
         );
         true
+    }
+
+    /// The Prometheus exposition, the fleet's gauges read from the state now.
+    pub fn metrics_text(&self) -> String {
+        let (points, sweeps) = self.state().counts_by_state();
+        let queued = self.writes.max_capacity() - self.writes.capacity();
+        self.metrics.render(&FleetGauges {
+            agents_connected: self.sessions.len() as i64,
+            points,
+            sweeps,
+            write_queue_jobs: queued as i64,
+        })
     }
 
     /// Locks the fleet state. Never hold the guard across an `.await`.

@@ -307,6 +307,8 @@ async fn write_group(
         error!("write jobs still shared after their write; dropped");
         return Written::Dropped;
     };
+    ctl.metrics
+        .partition_written(matches!(written, Ok(Ok(_))), started.elapsed());
     let files = match written {
         Ok(Ok(files)) => files,
         // Not acknowledged: the writer keeps the jobs and retries them; the agents keep

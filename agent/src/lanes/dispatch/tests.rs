@@ -127,6 +127,7 @@ async fn a_point_that_breaks_the_policy_fails_before_any_lane_sees_it() {
             driver: String::new(),
             source: "none".into(),
         }),
+        crate::metrics::AgentMetrics::new(),
     );
     let point = pb::PointSpec {
         sweep_id: "s".into(),

@@ -48,6 +48,10 @@ struct Args {
     /// sweeps, `GET /sweeps/<id>/report` renders one from the results folder).
     #[arg(long, env = "FLEETBENCH_HTTP")]
     http: Option<SocketAddr>,
+    /// Serve Prometheus metrics at `GET /metrics` on this address (same TLS rules as the
+    /// report pages: TLS with --tls-cert, plain HTTP on loopback or with --insecure).
+    #[arg(long, env = "FLEETBENCH_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// Points one sweep may expand to; larger sweeps are refused at submit, counted from
     /// the matrix before anything is expanded (at most 1000000).
     #[arg(long, env = "FLEETBENCH_MAX_POINTS", default_value_t = fleetbench_proto::spec::DEFAULT_MAX_POINTS,
@@ -79,6 +83,7 @@ async fn main() -> std::process::ExitCode {
         agent_grace: Duration::from_secs(args.agent_grace_s),
         state_dir: Some(state_dir),
         http: args.http,
+        metrics: args.metrics_addr,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,

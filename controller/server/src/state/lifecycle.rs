@@ -33,13 +33,15 @@ pub struct DecodedBatch {
     /// What the batch costs to buffer: its encoded size plus the records' in-memory
     /// overhead (counted against [`PointLimits::max_bytes`](super::PointLimits)).
     pub bytes: usize,
+    /// Its encoded size (what came over the wire, for the metrics).
+    pub encoded: usize,
 }
 
 impl DecodedBatch {
     /// Decodes the records of `batch`; done before taking the state lock.
     pub fn decode(batch: pb::RecordBatch) -> Self {
-        let bytes = prost::Message::encoded_len(&batch)
-            + batch.records.len() * std::mem::size_of::<RequestRecord>();
+        let encoded = prost::Message::encoded_len(&batch);
+        let bytes = encoded + batch.records.len() * std::mem::size_of::<RequestRecord>();
         let mut records = Vec::with_capacity(batch.records.len());
         for r in batch.records {
             match RequestRecord::try_from(r) {
@@ -53,6 +55,7 @@ impl DecodedBatch {
             seq: batch.seq,
             records,
             bytes,
+            encoded,
         }
     }
 }

@@ -210,3 +210,39 @@ impl State {
         v
     }
 }
+
+/// How many things are in each state: (state, count), every state listed (zeros too).
+pub type StateCounts = Vec<(&'static str, i64)>;
+
+impl State {
+    /// Points and sweeps by state, for the metrics.
+    pub fn counts_by_state(&self) -> (StateCounts, StateCounts) {
+        let mut points: StateCounts = [
+            "pending",
+            "running",
+            "done",
+            "failed",
+            "cancelled",
+            "skipped",
+        ]
+        .into_iter()
+        .map(|s| (s, 0))
+        .collect();
+        let mut sweeps: StateCounts = ["running", "done", "cancelled"]
+            .into_iter()
+            .map(|s| (s, 0))
+            .collect();
+        let bump = |list: &mut StateCounts, state: &str| {
+            if let Some(e) = list.iter_mut().find(|(s, _)| *s == state) {
+                e.1 += 1;
+            }
+        };
+        for sweep in &self.sweeps {
+            bump(&mut sweeps, sweep.state.as_str());
+            for p in &sweep.points {
+                bump(&mut points, p.state.as_str());
+            }
+        }
+        (points, sweeps)
+    }
+}
