@@ -206,7 +206,7 @@ async fn handle(
                 .await
                 .map_err(|_| AgentError::Engine("runner stopped".into()))?;
         }
-        None => {}
+        Some(CMsg::HeartbeatAck(_)) | None => {}
     }
     Ok(())
 }

@@ -128,7 +128,15 @@ async fn handle(
     m: pb::AgentMessage,
 ) {
     match m.msg {
-        Some(Msg::Heartbeat(hb)) => ctl.state().heartbeat(agent, &hb),
+        Some(Msg::Heartbeat(hb)) => {
+            ctl.state().heartbeat(agent, &hb);
+            // Dropped when the session's queue is full: the next heartbeat is acked.
+            let _ = tx.try_send(Ok(pb::ControllerMessage {
+                msg: Some(CMsg::HeartbeatAck(pb::HeartbeatAck {
+                    unix_ms: hb.unix_ms,
+                })),
+            }));
+        }
         Some(Msg::RecordBatch(batch)) => {
             // Decoded before taking the lock: the lock is shared by every agent's stream.
             let batch = crate::state::DecodedBatch::decode(batch);

@@ -82,7 +82,8 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
         } else {
             req.file_name.as_str()
         };
-        let (sweep_id, points, children) = self.ctl.submit(&req.spec_toml, file)?;
+        let (sweep_id, points, children, ticket) = self.ctl.submit(&req.spec_toml, file)?;
+        self.ctl.durable(ticket).await;
         Ok(Response::new(pb::SubmitSweepResponse {
             sweep_id,
             points: u32::try_from(points).unwrap_or(u32::MAX),
@@ -175,7 +176,8 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
                 .ok_or_else(|| ControllerError::SweepNotFound(id.clone()))?;
             (out, st.group_status_watched(&id))
         };
-        self.ctl.dispatch(out);
+        let ticket = self.ctl.dispatch(out);
+        self.ctl.durable(ticket).await;
         Ok(Response::new(pb::CancelSweepResponse { status }))
     }
 

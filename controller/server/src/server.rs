@@ -27,6 +27,25 @@ use crate::state::{State, SweepState};
 use crate::store::Store;
 use crate::writer;
 
+/// Pending connections the listener queues before the controller accepts them. A fleet
+/// reconnects all at once after a controller restart; with tokio's default of 1024 a
+/// thousand agents overflowed the accept queue (`ListenOverflows`) and some sessions were
+/// reset (`examples/fleet_bench.rs`). The kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds the gRPC listener on `addr` with [`LISTEN_BACKLOG`] (address reuse on, as tokio's
+/// `TcpListener::bind` sets it).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves until `shutdown` is cancelled, then drains: pending partition writes are
 /// flushed before this returns.
 pub async fn run(

@@ -78,6 +78,16 @@ impl Default for ControllerConfig {
     }
 }
 
+/// Messages queued for the next group commit (see [`Controller::dispatch`]).
+#[derive(Debug, Default)]
+struct CommitQueue {
+    pending: Vec<Outgoing>,
+    /// A caller is committing and sending: the others only queue.
+    leading: bool,
+    /// The round the messages queued now will be committed in.
+    next_round: u64,
+}
+
 pub struct Controller {
     pub config: ControllerConfig,
     state: Mutex<State>,
@@ -88,6 +98,11 @@ pub struct Controller {
     store: Option<Store>,
     /// Serializes [`Controller::persist`] so an older snapshot never overwrites a newer one.
     persisting: Mutex<()>,
+    /// Messages waiting for the commit that makes their state durable (group commit, see
+    /// [`Controller::dispatch`]).
+    commits: Mutex<CommitQueue>,
+    /// The number of the last commit round that finished (see [`Controller::durable`]).
+    committed: tokio::sync::watch::Sender<u64>,
     /// Prometheus metrics (`--metrics-addr`).
     pub metrics: ControllerMetrics,
 }
@@ -113,6 +128,8 @@ impl Controller {
             writes,
             store,
             persisting: Mutex::new(()),
+            commits: Mutex::new(CommitQueue::default()),
+            committed: tokio::sync::watch::Sender::new(0),
             metrics: ControllerMetrics::new(),
         })
     }
@@ -171,9 +188,62 @@ impl Controller {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sends messages produced under the lock to their agents.
-    pub fn dispatch(&self, mut out: Outgoing) {
-        if !self.persist() {
+    /// Sends messages produced under the lock to their agents, once the state they reflect
+    /// is durable (decision 2: nothing leaves, no point is acknowledged, before the store
+    /// holds it). Group commit: the first caller while no commit runs becomes the leader and
+    /// commits, in one store transaction (one fsync), everything the state holds by then,
+    /// then sends every message queued so far, and repeats while more were queued; callers
+    /// that come while a commit runs only queue their messages and return. With a thousand
+    /// agents finishing points together this turned ~2,300 commits a sweep into a few dozen
+    /// (`examples/fleet_bench.rs`). Returns the round whose commit covers `out` (see
+    /// [`Controller::durable`]).
+    pub fn dispatch(&self, out: Outgoing) -> u64 {
+        let ticket = {
+            let mut q = self.commit_queue();
+            q.pending.push(out);
+            let ticket = q.next_round;
+            if q.leading {
+                return ticket;
+            }
+            q.leading = true;
+            ticket
+        };
+        loop {
+            let batch = {
+                let mut q = self.commit_queue();
+                if q.pending.is_empty() {
+                    q.leading = false;
+                    break;
+                }
+                q.next_round += 1;
+                std::mem::take(&mut q.pending)
+            };
+            let durable = self.persist();
+            for out in batch {
+                self.send(out, durable);
+            }
+            self.committed.send_modify(|r| *r += 1);
+        }
+        ticket
+    }
+
+    /// Waits until the commit round `ticket` (from [`Controller::dispatch`]) has finished:
+    /// what the state held when it was dispatched is durable (or its commit failed and is
+    /// retried with the next one). An operator is answered only after this.
+    pub async fn durable(&self, ticket: u64) {
+        let mut rx = self.committed.subscribe();
+        let _ = rx.wait_for(|done| *done > ticket).await;
+    }
+
+    fn commit_queue(&self) -> MutexGuard<'_, CommitQueue> {
+        self.commits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends `out` after its commit; `durable` false: the commit failed.
+    fn send(&self, mut out: Outgoing, durable: bool) {
+        if !durable {
             // A point is acknowledged only once its state is durable (decision 2): the
             // agent keeps it and resends it after its next reconnect.
             out.retain(|(_, m)| !matches!(m.msg, Some(pb::controller_message::Msg::PointAck(_))));
@@ -213,11 +283,13 @@ impl Controller {
     }
 
     /// Validates and queues a sweep; returns (sweep id, points).
+    /// Also returns the commit round that makes the sweep durable: answer the operator
+    /// only once [`Controller::durable`] says so.
     pub fn submit(
         &self,
         spec_toml: &str,
         file_name: &str,
-    ) -> Result<(String, usize, Vec<String>), ControllerError> {
+    ) -> Result<(String, usize, Vec<String>, u64), ControllerError> {
         let spec = SweepSpec::parse_limited(spec_toml, file_name, self.max_points())?;
         let id = sweep_id(spec.name.get_ref());
         let (n, children, out) = {
@@ -255,8 +327,8 @@ impl Controller {
             };
             (n, children, st.schedule())
         };
-        self.dispatch(out);
-        Ok((id, n, children))
+        let ticket = self.dispatch(out);
+        Ok((id, n, children, ticket))
     }
 
     /// Points one sweep may expand to on this controller.

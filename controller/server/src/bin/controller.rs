@@ -101,7 +101,7 @@ async fn main() -> std::process::ExitCode {
         },
     };
     // Bind before anything else runs: a taken port is a usage error, reported at once.
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+    let listener = match fleetbench_controller::server::bind(args.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("controller: cannot listen on {}: {e}", args.listen);

@@ -138,7 +138,7 @@ impl State {
                     p.error = why.to_string();
                 }
             }
-            s.bump();
+            s.bump_point(pref.1);
         }
     }
 
@@ -285,7 +285,7 @@ impl State {
             p.engine_events.drain(1..1 + drop);
         }
         p.engine_events.push(ev);
-        s.bump();
+        s.bump_point(idx);
     }
 
     /// A point attempt ended on `agent`. Returns the partition write to make (which
@@ -431,7 +431,7 @@ impl State {
                 pf.error
             );
             info!(point_id = %p.point_id, attempt = p.attempt, error = %p.error, "point re-queued (policy retry)");
-            sweep.bump();
+            sweep.bump_point(idx);
             if let Some(a) = self.agents.get_mut(agent) {
                 a.running.retain(|r| *r != (sweep_id.clone(), idx));
             }
@@ -498,12 +498,15 @@ impl State {
         p.pending_write = Some(Default::default());
         let planned = p.planned.clone();
         let gpus = planned.gpus;
+        sweep.pending_writes += 1;
         if crashed && on_crash == OnEngineCrash::SkipLarger {
             let cause = failure_cause(load_failed.is_none());
             skip_larger(sweep, &planned, &template, cause);
+            // Other points changed too.
+            sweep.bump();
+        } else {
+            sweep.bump_point(idx);
         }
-        sweep.pending_writes += 1;
-        sweep.bump();
         self.persisted.awaiting_write.insert(awaiting);
         if let Some(a) = self.agents.get_mut(agent) {
             a.running.retain(|r| *r != (sweep_id.clone(), idx));
@@ -533,7 +536,7 @@ impl State {
             s.state = SweepState::Done;
         }
         s.finished_ms = unix_millis_now();
-        s.bump();
+        s.bump_sweep();
         info!(sweep_id, state = s.state.as_str(), "sweep finished");
         release_engines(s)
     }
@@ -583,17 +586,22 @@ impl State {
             s.pending_writes = s.pending_writes.saturating_sub(1);
             // Rows that failed to write before are on disk now: the points are what their
             // attempt made of them again.
-            for p in &mut s.points {
-                if p.pending_write.is_some()
-                    && durable
-                        .iter()
-                        .any(|(id, attempt)| *id == p.point_id && *attempt == p.attempt)
+            // Their points leave `awaiting_write` (above): stored anew with the next commit.
+            let mut written = Vec::new();
+            for (i, p) in s.points.iter_mut().enumerate() {
+                if durable
+                    .iter()
+                    .any(|(id, attempt)| *id == p.point_id && *attempt == p.attempt)
                 {
                     p.pending_write = None;
+                    written.push(i);
                 }
             }
             s.result_files.extend(files);
-            s.bump();
+            s.bump_sweep();
+            for i in written {
+                s.bump_point(i);
+            }
         }
     }
 }

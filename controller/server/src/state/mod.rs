@@ -119,6 +119,7 @@ impl State {
             pending_writes: 0,
             version,
             replica: None,
+            dirty: Default::default(),
         });
         n
     }

@@ -210,6 +210,19 @@ pub struct Sweep {
     /// Set on the child sweeps of a `strategy = "replicate"` submission: each runs the
     /// whole sweep on one agent, grouped under the parent id.
     pub replica: Option<Replica>,
+    /// Points changed since the state was last stored (see `State::store_ops`).
+    pub(super) dirty: Dirty,
+}
+
+/// Which points of a sweep changed since the last store commit: each event changes one
+/// or a few, and comparing every point of a 4,000-point sweep after each of its
+/// thousands of events made commits quadratic (`examples/fleet_bench.rs`).
+#[derive(Debug, Default)]
+pub enum Dirty {
+    /// Every point (a new sweep, a cancel, a failed commit): compared one by one.
+    #[default]
+    All,
+    Points(BTreeSet<usize>),
 }
 
 /// A child sweep of a replicate submission: `<parent>.<agent>`, pinned to `agent`.
@@ -222,7 +235,22 @@ pub struct Replica {
 }
 
 impl Sweep {
-    pub(super) fn bump(&self) {
+    /// Something changed, perhaps any point: every point is compared at the next commit.
+    pub(super) fn bump(&mut self) {
+        self.dirty = Dirty::All;
+        self.bump_sweep();
+    }
+
+    /// Point `idx` changed (and maybe the sweep's own fields).
+    pub(super) fn bump_point(&mut self, idx: usize) {
+        if let Dirty::Points(set) = &mut self.dirty {
+            set.insert(idx);
+        }
+        self.bump_sweep();
+    }
+
+    /// Only the sweep's own fields changed (state, files, agents), none of its points.
+    pub(super) fn bump_sweep(&self) {
         self.version.send_modify(|v| *v += 1);
     }
 }

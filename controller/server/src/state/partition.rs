@@ -157,8 +157,8 @@ impl State {
         let Some(s) = self.sweep_mut(sweep_id) else {
             return;
         };
-        let mut changed = false;
-        for p in &mut s.points {
+        let mut changed = Vec::new();
+        for (i, p) in s.points.iter_mut().enumerate() {
             if !keys
                 .iter()
                 .any(|(id, attempt)| *id == p.point_id && *attempt == p.attempt)
@@ -168,10 +168,10 @@ impl State {
             let w = p.pending_write.get_or_insert_with(Default::default);
             w.failures += 1;
             w.error = error.to_string();
-            changed = true;
+            changed.push(i);
         }
-        if changed {
-            s.bump();
+        for i in changed {
+            s.bump_point(i);
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::State;
-use super::model::{AgentEntry, PointEntry, PointState, Replica, SweepState, count};
+use super::model::{AgentEntry, Dirty, PointEntry, PointState, Replica, SweepState, count};
 use crate::store::{AgentRow, Loaded, LoadedSweep, PointRow, StoreOp, SweepRow};
 
 /// The part of a point's state whose change is worth a store write.
@@ -61,18 +61,24 @@ impl State {
                 });
             }
         }
-        for s in &self.sweeps {
+        for s in &mut self.sweeps {
             let version = *s.version.borrow();
             if self.persisted.sweeps.get(&s.id) == Some(&version) {
                 continue;
             }
-            let mut any_awaiting = false;
-            for (i, p) in s.points.iter().enumerate() {
+            // Only the points marked since the last call (every point after a cancel, a
+            // failed commit or at first).
+            let candidates: Vec<usize> =
+                match std::mem::replace(&mut s.dirty, Dirty::Points(BTreeSet::new())) {
+                    Dirty::All => (0..s.points.len()).collect(),
+                    Dirty::Points(set) => set.into_iter().collect(),
+                };
+            for i in candidates {
+                let Some(p) = s.points.get(i) else { continue };
                 let awaiting = self
                     .persisted
                     .awaiting_write
                     .contains(&(p.point_id.clone(), p.attempt));
-                any_awaiting |= awaiting;
                 let print = PointPrint {
                     state: p.state.clone(),
                     attempt: p.attempt,
@@ -94,6 +100,15 @@ impl State {
                 });
                 self.persisted.points.insert(key, print);
             }
+            // Point ids are `<sweep id>/p<index>`: the sweep's points awaiting their write
+            // sort together.
+            let prefix = format!("{}/", s.id);
+            let any_awaiting = self
+                .persisted
+                .awaiting_write
+                .range((prefix.clone(), 0)..)
+                .next()
+                .is_some_and(|(id, _)| id.starts_with(&prefix));
             let (spec_toml, file_name) =
                 self.persisted
                     .sources
@@ -150,6 +165,9 @@ impl State {
     pub fn store_failed(&mut self) {
         self.persisted.sweeps.clear();
         self.persisted.points.clear();
+        for s in &mut self.sweeps {
+            s.dirty = Dirty::All;
+        }
         self.persisted
             .dirty_agents
             .extend(self.agents.keys().cloned());

@@ -3,7 +3,7 @@
 //! round-robin across sweeps, replicate children pinned to their agent) are all here, in
 //! [`State::schedule`] and the helpers it calls.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 
 use fleetbench_proto::pb::{self, controller_message::Msg as CMsg};
 use fleetbench_proto::spec::{Strategy, SweepSpec};
@@ -11,6 +11,11 @@ use tracing::info;
 
 use super::State;
 use super::model::{Outgoing, PointRef, PointState, Sweep, SweepState, msg};
+
+/// How many connected agents hold a warm engine of each group: sweep id → GPU count →
+/// agents. Built once per [`State::schedule`] and kept up to date as it assigns (before,
+/// every agent's pick rebuilt it from every other agent: agents² work per event).
+type Held = HashMap<String, BTreeMap<u32, usize>>;
 
 impl State {
     /// Why no known agent could ever run some of `spec`'s points, if so: none matches its
@@ -96,7 +101,12 @@ impl State {
 
     /// The point agent `name` should run next on `gpu_count` free GPUs, if any (see
     /// [`State::schedule`]).
-    fn pick_point(&mut self, name: &str, gpu_count: u32) -> Option<PointRef> {
+    fn pick_point(
+        &mut self,
+        name: &str,
+        gpu_count: u32,
+        held: &mut Option<Held>,
+    ) -> Option<PointRef> {
         let agent = self.agents.get(name)?;
         let eligible: Vec<usize> = self
             .sweeps
@@ -126,13 +136,21 @@ impl State {
         if warm.is_some() {
             return warm;
         }
-        // Groups other connected agents hold warm engines for.
-        let held: BTreeSet<(String, u32)> = self
-            .agents
-            .values()
-            .filter(|a| a.connected && a.name != name)
-            .flat_map(|a| a.engines.iter().cloned())
-            .collect();
+        let held: &Held = held.get_or_insert_with(|| {
+            let mut held = Held::new();
+            for a in self.agents.values().filter(|a| a.connected) {
+                for (sid, g) in &a.engines {
+                    *held.entry(sid.clone()).or_default().entry(*g).or_default() += 1;
+                }
+            }
+            held
+        });
+        // Whether another connected agent holds a warm engine of the group.
+        let held_by_other = |s: &Sweep, g: u32| {
+            let holders = held.get(&s.id).and_then(|m| m.get(&g)).copied();
+            let mine = agent.engines.iter().any(|(ws, wg)| *ws == s.id && *wg == g);
+            holders.unwrap_or(0) > usize::from(mine)
+        };
         let start = self
             .last_sweep
             .as_ref()
@@ -149,7 +167,7 @@ impl State {
             .take(eligible.len())
             .copied()
             .collect();
-        let free = |s: &Sweep, g: u32| g <= gpu_count && !held.contains(&(s.id.clone(), g));
+        let free = |s: &Sweep, g: u32| g <= gpu_count && !held_by_other(s, g);
         let any = |_: &Sweep, g: u32| g <= gpu_count;
         let chosen = order
             .iter()
@@ -175,29 +193,41 @@ impl State {
     /// children run only on their own agent.
     pub fn schedule(&mut self) -> Outgoing {
         let mut out = Vec::new();
+        // Nothing to hand out: the usual case once a sweep's last points run, when every
+        // idle agent would otherwise look for a point in vain after each event.
+        let pending = self.sweeps.iter().any(|s| {
+            s.state == SweepState::Running
+                && s.points.iter().any(|p| p.state == PointState::Pending)
+        });
+        if !pending {
+            return out;
+        }
+        // Built on first need: an agent that keeps its warm group never asks.
+        let mut held: Option<Held> = None;
+        // Only agents with a free engine slot can take a point (most are busy).
         let mut open: Vec<String> = self
             .agents
             .values()
-            .filter(|a| a.connected)
+            .filter(|a| a.connected && a.running.len() < a.engine_slots())
             .map(|a| a.name.clone())
             .collect();
         open.sort();
         while !open.is_empty() {
-            open.retain(|name| self.assign_one(name, &mut out));
+            open.retain(|name| self.assign_one(name, &mut held, &mut out));
         }
         out
     }
 
     /// Gives agent `name` one more point if it has room and there is one for it; false
     /// when it got none.
-    fn assign_one(&mut self, name: &str, out: &mut Outgoing) -> bool {
+    fn assign_one(&mut self, name: &str, held: &mut Option<Held>, out: &mut Outgoing) -> bool {
         let name = name.to_string();
         let (free_gpus, slot) = self.room(&name);
         if free_gpus == 0 || !slot {
             return false;
         }
         {
-            let Some((sid, idx)) = self.pick_point(&name, free_gpus) else {
+            let Some((sid, idx)) = self.pick_point(&name, free_gpus, held) else {
                 return false;
             };
             let Some(s) = self.sweep_mut(&sid) else {
@@ -233,10 +263,21 @@ impl State {
             };
             let gpus = p.planned.gpus;
             info!(agent = %name, point_id = %spec.point_id, attempt = spec.attempt, "point assigned");
-            s.bump();
+            s.bump_point(idx);
             if let Some(a) = self.agents.get_mut(&name) {
                 a.running.push((sid.clone(), idx));
+                let before = a.engines.clone();
                 a.warm((sid, gpus));
+                if let Some(held) = held.as_mut() {
+                    for (ws, wg) in before.iter().filter(|g| !a.engines.contains(g)) {
+                        if let Some(n) = held.get_mut(ws).and_then(|m| m.get_mut(wg)) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
+                    for (ws, wg) in a.engines.iter().filter(|g| !before.contains(g)) {
+                        *held.entry(ws.clone()).or_default().entry(*wg).or_default() += 1;
+                    }
+                }
             }
             out.push((
                 name,
