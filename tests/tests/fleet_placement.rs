@@ -274,6 +274,18 @@ async fn replicate_sweep_runs_in_full_on_every_host_and_compares_them() {
         BTreeSet::from(["beta-host", "gamma-host"]),
         "{points}"
     );
+    // The rest of the hardware: the declared memory, and the host's CPU from /proc/cpuinfo.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    for p in points.as_array().unwrap() {
+        assert_eq!(p["gpu_memory_gib"], 24.0, "{p}");
+        assert_eq!(
+            p["gpu_vendor"], "none",
+            "a simulated GPU has no vendor: {p}"
+        );
+        if cpuinfo.contains("model name") {
+            assert!(!p["cpu_model"].as_str().unwrap().is_empty(), "{p}");
+        }
+    }
     cluster.stop().await;
 }
 

@@ -73,6 +73,7 @@ fn meta(sweep: &str, host: &str, gpus: u32, index: u32, batch: u32) -> PointMeta
         warmup: Default::default(),
         gpu_model: String::new(),
         gpu_driver: String::new(),
+        hardware: Default::default(),
     }
 }
 

@@ -257,6 +257,7 @@ async fn only_credentialed_callers_reach_the_fleet_and_agents_are_bound_to_their
                     vendor: "sim".into(),
                     model: "vllm-sim".into(),
                     memory_bytes: 80 << 30,
+                    pci_bus_id: String::new(),
                 }],
                 fleetbench_version: fleetbench_proto::FLEETBENCH_VERSION.into(),
                 ..Default::default()

@@ -54,7 +54,21 @@ pub fn inventory(cfg: &AgentConfig, gpus: &gpu::Inventory) -> pb::Inventory {
         engine_images: Vec::new(),
         fleetbench_version: FLEETBENCH_VERSION.to_string(),
         max_engines: cfg.max_engines.max(1),
+        cpu_model: std::fs::read_to_string("/proc/cpuinfo")
+            .map(|text| cpu_model(&text))
+            .unwrap_or_default(),
     }
+}
+
+/// The first `model name` of a `/proc/cpuinfo` text (x86; "" where there is none).
+fn cpu_model(cpuinfo: &str) -> String {
+    cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key.trim() == "model name").then(|| value.trim().to_string())
+        })
+        .unwrap_or_default()
 }
 
 /// This host's GPUs: the config's list when it has one, otherwise discovered (on the
@@ -209,4 +223,14 @@ async fn handle(
         Some(CMsg::HeartbeatAck(_)) | None => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_cpu_model_is_cpuinfos_first_model_name() {
+        let text = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) w5-2455X\n\nprocessor\t: 1\nmodel name\t: other\n";
+        assert_eq!(super::cpu_model(text), "Intel(R) Xeon(R) w5-2455X");
+        assert_eq!(super::cpu_model("processor : 0\n"), "");
+    }
 }

@@ -151,6 +151,7 @@ mod tests {
                 warmup: Default::default(),
                 gpu_model: String::new(),
                 gpu_driver: String::new(),
+                hardware: Default::default(),
             },
             completed: batch,
             failed: 0,

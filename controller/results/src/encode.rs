@@ -185,6 +185,10 @@ pub(crate) fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, Result
     columns.push(f64s(rows, |s| s.meta.warmup.tolerance));
     columns.push(utf8(rows, |s| &s.meta.gpu_model));
     columns.push(utf8(rows, |s| &s.meta.gpu_driver));
+    columns.push(utf8(rows, |s| &s.meta.hardware.gpu_vendor));
+    columns.push(f64s(rows, |s| s.meta.hardware.gpu_memory_gib));
+    columns.push(utf8(rows, |s| &s.meta.hardware.gpu_pci_bus_ids));
+    columns.push(utf8(rows, |s| &s.meta.hardware.cpu_model));
     Ok(RecordBatch::try_new(Arc::new(points_schema()), columns)?)
 }
 

@@ -23,7 +23,7 @@ use crate::schema::{
     requests_schema,
 };
 use crate::summary::{
-    ClientStats, InFlight, Percentiles, PointMeta, PointSummary, ServerStats, WarmupStats,
+    ClientStats, Hardware, InFlight, Percentiles, PointMeta, PointSummary, ServerStats, WarmupStats,
 };
 
 /// Reads every point summary of a `.points.parquet` file, in file order.
@@ -99,6 +99,10 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
         let warmup_tolerance = c.opt::<Float64Array>("warmup_tolerance")?;
         let gpu_model = c.opt::<StringArray>("gpu_model")?;
         let gpu_driver = c.opt::<StringArray>("gpu_driver")?;
+        let gpu_vendor = c.opt::<StringArray>("gpu_vendor")?;
+        let gpu_memory_gib = c.opt::<Float64Array>("gpu_memory_gib")?;
+        let gpu_pci_bus_ids = c.opt::<StringArray>("gpu_pci_bus_ids")?;
+        let cpu_model = c.opt::<StringArray>("cpu_model")?;
         let warmup = |i: usize| -> Result<WarmupStats, ResultsError> {
             let Some(list) = warmup_tps else {
                 return Ok(WarmupStats::default());
@@ -161,6 +165,12 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
                     warmup: warmup(i)?,
                     gpu_model: text(gpu_model, i),
                     gpu_driver: text(gpu_driver, i),
+                    hardware: Hardware {
+                        gpu_vendor: text(gpu_vendor, i),
+                        gpu_memory_gib: gpu_memory_gib.map_or(0.0, |c| c.value(i)),
+                        gpu_pci_bus_ids: text(gpu_pci_bus_ids, i),
+                        cpu_model: text(cpu_model, i),
+                    },
                 },
                 completed: completed.value(i),
                 failed: failed.value(i),
@@ -367,7 +377,20 @@ pub(crate) fn open(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>,
 /// with the same type and nullability (extra columns are allowed).
 /// Columns added after files were first written: a file without them still reads (the
 /// readers take their absence as the value old files meant, e.g. no resends).
-const ADDED_COLUMNS: &[&str] = &["retries"];
+const ADDED_COLUMNS: &[&str] = &[
+    // requests files
+    "retries",
+    // points files: the converging warm-up and the hardware
+    "warmup_output_tps",
+    "warmup_converged",
+    "warmup_tolerance",
+    "gpu_model",
+    "gpu_driver",
+    "gpu_vendor",
+    "gpu_memory_gib",
+    "gpu_pci_bus_ids",
+    "cpu_model",
+];
 
 fn read_batches(path: &Path, expected: &Schema) -> Result<Vec<RecordBatch>, ResultsError> {
     let builder = open(path)?;
@@ -478,6 +501,55 @@ mod tests {
             }
             other => panic!("unexpected error {other}"),
         }
+    }
+
+    /// A points file written before the warm-up and hardware columns existed reads, with
+    /// those fields empty; the columns it has keep their values.
+    #[test]
+    fn points_files_without_the_added_columns_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.points.parquet");
+        let meta = PointMeta {
+            sweep_id: "sw".into(),
+            point_id: "sw/p000".into(),
+            model: "m".into(),
+            host: "h".into(),
+            state: "done".into(),
+            gpu_model: "NVIDIA H100 80GB HBM3".into(),
+            hardware: Hardware {
+                cpu_model: "Xeon".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let summary = crate::summary::summarize(meta, &[], &[]);
+        let full = crate::encode::points_batch(&[&summary]).unwrap();
+        let keep: Vec<usize> = (0..full.num_columns())
+            .filter(|&i| !ADDED_COLUMNS.contains(&full.schema().field(i).name().as_str()))
+            .collect();
+        assert!(keep.len() < full.num_columns());
+        let old = full.project(&keep).unwrap();
+        let mut writer =
+            ArrowWriter::try_new(File::create(&path).unwrap(), old.schema(), None).unwrap();
+        writer.write(&old).unwrap();
+        writer.close().unwrap();
+
+        let read = read_point_summaries(&path).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].meta.point_id, "sw/p000");
+        assert_eq!(read[0].meta.host, "h");
+        assert_eq!(read[0].meta.gpu_model, "");
+        assert_eq!(read[0].meta.hardware, Hardware::default());
+        assert_eq!(read[0].meta.warmup, WarmupStats::default());
+        // And a file with them keeps them.
+        let path = dir.path().join("new.points.parquet");
+        let mut writer =
+            ArrowWriter::try_new(File::create(&path).unwrap(), full.schema(), None).unwrap();
+        writer.write(&full).unwrap();
+        writer.close().unwrap();
+        let read = read_point_summaries(&path).unwrap();
+        assert_eq!(read[0].meta.gpu_model, "NVIDIA H100 80GB HBM3");
+        assert_eq!(read[0].meta.hardware.cpu_model, "Xeon");
     }
 
     #[test]

@@ -192,6 +192,11 @@ pub(crate) fn points_schema() -> Schema {
     // The engine's GPUs as the agent's inventory names them, and the host's GPU driver.
     fields.push(utf8("gpu_model"));
     fields.push(utf8("gpu_driver"));
+    // The held GPUs' vendor, memory of one (GiB) and PCI bus ids, and the host's CPU.
+    fields.push(utf8("gpu_vendor"));
+    fields.push(f64("gpu_memory_gib"));
+    fields.push(utf8("gpu_pci_bus_ids"));
+    fields.push(utf8("cpu_model"));
     Schema::new(fields)
 }
 

@@ -79,6 +79,10 @@ pub fn fields(s: &pb::PointSummary) -> Vec<(String, Value)> {
     ));
     f.push(("gpu_model".into(), json!(s.gpu_model)));
     f.push(("gpu_driver".into(), json!(s.gpu_driver)));
+    f.push(("gpu_vendor".into(), json!(s.gpu_vendor)));
+    f.push(("gpu_memory_gib".into(), json!(s.gpu_memory_gib)));
+    f.push(("gpu_pci_bus_ids".into(), json!(s.gpu_pci_bus_ids)));
+    f.push(("cpu_model".into(), json!(s.cpu_model)));
     f.push(("verdict".into(), json!(s.verdict)));
     f.push(("error".into(), json!(s.error)));
     f

@@ -164,6 +164,7 @@ async fn run_agent(
                 vendor: "none".into(),
                 model: "bench".into(),
                 memory_bytes: 24 << 30,
+                pci_bus_id: String::new(),
             }],
             driver: "bench".into(),
             fleetbench_version: fleetbench_proto::FLEETBENCH_VERSION.into(),

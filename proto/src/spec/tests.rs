@@ -387,6 +387,7 @@ fn inventory(name: &str, labels: &[(&str, &str)], gpus: &[(&str, &str)]) -> pb::
                 vendor: vendor.to_string(),
                 model: model.to_string(),
                 memory_bytes: 0,
+                pci_bus_id: String::new(),
             })
             .collect(),
         ..Default::default()

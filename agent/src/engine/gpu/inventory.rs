@@ -71,6 +71,7 @@ impl GpuDevice {
             vendor: self.vendor.to_string(),
             model: self.model.clone(),
             memory_bytes: self.memory_bytes,
+            pci_bus_id: self.pci_address.clone(),
         }
     }
 }

@@ -49,6 +49,7 @@ fn point(sweep: &str, host: &str, gpus: u32, batch: u32, tput: f64) -> PointSumm
             warmup: Default::default(),
             gpu_model: String::new(),
             gpu_driver: String::new(),
+            hardware: Default::default(),
         },
         completed: batch,
         failed: 0,

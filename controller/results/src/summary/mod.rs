@@ -27,7 +27,7 @@ pub use crate::summary::outcome::load_failure;
 pub use crate::summary::percentiles::Percentiles;
 use crate::summary::percentiles::percentiles_of;
 pub use crate::summary::point::{
-    ClientStats, InFlight, PointMeta, PointSummary, ServerStats, WarmupStats,
+    ClientStats, Hardware, InFlight, PointMeta, PointSummary, ServerStats, WarmupStats,
 };
 use crate::summary::verdict::{Checks, IN_FLIGHT_MIN_SCRAPES, verdict};
 
@@ -272,6 +272,7 @@ mod tests {
             warmup: Default::default(),
             gpu_model: String::new(),
             gpu_driver: String::new(),
+            hardware: Default::default(),
         }
     }
 
@@ -539,6 +540,7 @@ mod tests {
             warmup: Default::default(),
             gpu_model: String::new(),
             gpu_driver: String::new(),
+            hardware: Default::default(),
             ..meta()
         };
         let s = summarize(busy, &records, &[]);

@@ -6,7 +6,7 @@ use fleetbench_proto::pb;
 use crate::summary::percentiles::Percentiles;
 
 /// What the controller knows about a finished point attempt, besides its records.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PointMeta {
     pub sweep_id: String,
     pub point_id: String,
@@ -42,6 +42,24 @@ pub struct PointMeta {
     pub gpu_model: String,
     #[serde(default)]
     pub gpu_driver: String,
+    /// The rest of what identifies the hardware the point ran on.
+    #[serde(default)]
+    pub hardware: Hardware,
+}
+
+/// What identifies a point's hardware beyond the GPU model and driver, from the agent's
+/// inventory at registration: the held GPUs' vendor, memory and PCI bus ids, and the
+/// host's CPU model. Empty (or 0) where the inventory did not say.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Hardware {
+    /// `nvidia`, `intel`, … (distinct vendors of the held GPUs, joined with ` + `).
+    pub gpu_vendor: String,
+    /// Memory of one held GPU in GiB (the smallest when they differ).
+    pub gpu_memory_gib: f64,
+    /// PCI bus ids of the held GPUs in index order, comma-separated.
+    pub gpu_pci_bus_ids: String,
+    /// The host's CPU model (`/proc/cpuinfo`'s model name).
+    pub cpu_model: String,
 }
 
 /// A point's converging warm-up: each wave's output throughput (tokens/s), and whether
@@ -204,6 +222,10 @@ impl From<&PointSummary> for pb::PointSummary {
             warmup_last_output_tps: m.warmup.wave_output_tps.last().copied().unwrap_or(0.0),
             gpu_model: m.gpu_model.clone(),
             gpu_driver: m.gpu_driver.clone(),
+            gpu_vendor: m.hardware.gpu_vendor.clone(),
+            gpu_memory_gib: m.hardware.gpu_memory_gib,
+            gpu_pci_bus_ids: m.hardware.gpu_pci_bus_ids.clone(),
+            cpu_model: m.hardware.cpu_model.clone(),
         }
     }
 }

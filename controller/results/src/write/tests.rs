@@ -39,6 +39,7 @@ fn meta(point_index: u32) -> PointMeta {
         warmup: Default::default(),
         gpu_model: String::new(),
         gpu_driver: String::new(),
+        hardware: Default::default(),
     }
 }
 

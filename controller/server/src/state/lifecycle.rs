@@ -10,7 +10,9 @@ use fleetbench_proto::pb::{self, controller_message::Msg as CMsg};
 use fleetbench_proto::record::RequestRecord;
 use fleetbench_proto::spec::{OnEngineCrash, PlannedPoint};
 use fleetbench_proto::unix_millis_now;
-use fleetbench_results::summary::{ClientStats, PointMeta, WarmupStats, load_failure, summarize};
+use fleetbench_results::summary::{
+    ClientStats, Hardware, PointMeta, WarmupStats, load_failure, summarize,
+};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -310,7 +312,7 @@ impl State {
             .get(agent)
             .map(|a| a.inventory.host.clone())
             .unwrap_or_default();
-        let (gpu_model, gpu_driver) = self
+        let (gpu_model, gpu_driver, hardware) = self
             .agents
             .get(agent)
             .map(|a| held_gpus(&a.inventory, &pf.gpu_ids))
@@ -485,6 +487,7 @@ impl State {
                 .unwrap_or_default(),
             gpu_model,
             gpu_driver,
+            hardware,
         };
         let template = meta.clone();
         let summary = summarize(meta, &records, &pf.engine_metrics);
@@ -664,6 +667,7 @@ fn skip_larger(sweep: &mut Sweep, crashed: &PlannedPoint, template: &PointMeta, 
             warmup: Default::default(),
             gpu_model: String::new(),
             gpu_driver: String::new(),
+            hardware: Default::default(),
             ..template.clone()
         };
         q.summary = Some(summarize(meta, &[], &[]));
@@ -725,13 +729,38 @@ fn release_engines(s: &Sweep) -> Outgoing {
 }
 
 /// The model names of the inventory's GPUs among `ids` (distinct, in index order, joined
-/// with ` + `) and the inventory's driver; no model when the engine held no GPU.
-fn held_gpus(inventory: &pb::Inventory, ids: &[u32]) -> (String, String) {
-    let mut models: Vec<&str> = Vec::new();
-    for gpu in inventory.gpus.iter().filter(|g| ids.contains(&g.index)) {
-        if !models.contains(&gpu.model.as_str()) {
-            models.push(&gpu.model);
+/// with ` + `), the inventory's driver, and the rest of the hardware: the held GPUs'
+/// vendors (likewise), the smallest one's memory, their PCI bus ids and the host's CPU.
+/// No GPU fields when the engine held no GPU.
+fn held_gpus(inventory: &pb::Inventory, ids: &[u32]) -> (String, String, Hardware) {
+    let held: Vec<&pb::Gpu> = inventory
+        .gpus
+        .iter()
+        .filter(|g| ids.contains(&g.index))
+        .collect();
+    let distinct = |f: fn(&pb::Gpu) -> &str| {
+        let mut out: Vec<&str> = Vec::new();
+        for g in &held {
+            if !f(g).is_empty() && !out.contains(&f(g)) {
+                out.push(f(g));
+            }
         }
-    }
-    (models.join(" + "), inventory.driver.clone())
+        out.join(" + ")
+    };
+    let hardware = Hardware {
+        gpu_vendor: distinct(|g| &g.vendor),
+        gpu_memory_gib: held
+            .iter()
+            .map(|g| g.memory_bytes)
+            .min()
+            .map_or(0.0, |b| b as f64 / f64::from(1u32 << 30)),
+        gpu_pci_bus_ids: held
+            .iter()
+            .map(|g| g.pci_bus_id.as_str())
+            .filter(|b| !b.is_empty())
+            .collect::<Vec<_>>()
+            .join(","),
+        cpu_model: inventory.cpu_model.clone(),
+    };
+    (distinct(|g| &g.model), inventory.driver.clone(), hardware)
 }
