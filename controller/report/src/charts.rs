@@ -205,6 +205,24 @@ fn gpu_section(data: &ReportData, model: &str, gpus: u32) -> Section {
             panels: dual_panels(&by_host, |(h, w)| format!("{h} · {}", w.label())),
         });
     }
+    // The same model at the same GPU count on different GPU models (B580 vs B60 vs H100).
+    let gpu_models: std::collections::BTreeSet<&str> = data
+        .points_of(model, gpus)
+        .map(|p| p.meta.gpu_model.as_str())
+        .filter(|m| !m.is_empty())
+        .collect();
+    if gpu_models.len() > 1 {
+        let by_gpu = lines(
+            data.points_of(model, gpus)
+                .filter(|p| !p.meta.gpu_model.is_empty()),
+            |p| (p.meta.gpu_model.clone(), Workload::of(p)),
+        );
+        charts.push(Chart {
+            id: format!("{id}_gpu_models"),
+            title: format!("GPU models compared — {model} · {}", gpus_label(gpus)),
+            panels: dual_panels(&by_gpu, |(g, w)| format!("{g} · {}", w.label())),
+        });
+    }
     let settings: std::collections::BTreeSet<String> = data
         .points_of(model, gpus)
         .map(|p| data.engine_setting(p))

@@ -254,6 +254,47 @@ mod tests {
         );
     }
 
+    /// Hosts with different GPU models at the same GPU count get a chart of their own,
+    /// one line per GPU model.
+    #[test]
+    fn gpu_models_measured_side_by_side_are_compared() {
+        let mut data = fleet();
+        for p in &mut data.points {
+            p.meta.gpu_model = if p.meta.host == "alpha" {
+                "Intel Arc Pro B60".into()
+            } else {
+                "NVIDIA H100 80GB HBM3".into()
+            };
+        }
+        let sections = charts::sections(&data);
+        let chart = sections[0]
+            .charts
+            .iter()
+            .find(|c| c.id == "org--m_gpus1_gpu_models")
+            .expect("a GPU model chart at 1 GPU");
+        let labels: Vec<&str> = chart.panels[0]
+            .series
+            .iter()
+            .map(|s| s.label.as_str())
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "Intel Arc Pro B60 · 128/32 tok",
+                "NVIDIA H100 80GB HBM3 · 128/32 tok"
+            ]
+        );
+        // Only one GPU model at 2 GPUs: no comparison there.
+        assert!(
+            !sections[1]
+                .charts
+                .iter()
+                .any(|c| c.id.ends_with("gpu_models")),
+            "{:?}",
+            sections[1].charts.iter().map(|c| &c.id).collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn the_report_writes_html_svg_png_and_csv() {
         let data = fleet();
