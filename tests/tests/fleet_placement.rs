@@ -60,6 +60,34 @@ async fn ctl(addr: &str, dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `controllerctl results --dir <results> --group-by <by> --format csv`, which must succeed.
+async fn grouped_csv(addr: &str, dir: &Path, results: &str, by: &str) -> String {
+    let out = ctl(
+        addr,
+        dir,
+        &[
+            "results",
+            "--dir",
+            results,
+            "--group-by",
+            by,
+            "--format",
+            "csv",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The position of column `name` in a CSV header.
+fn column(header: &[&str], name: &str) -> usize {
+    header
+        .iter()
+        .position(|h| *h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+}
+
 fn text(out: &Output) -> String {
     format!(
         "exit {:?}\n{}{}",
@@ -151,30 +179,10 @@ async fn replicate_sweep_runs_in_full_on_every_host_and_compares_them() {
     assert_eq!(unknown.status.code(), Some(64), "{}", text(&unknown));
 
     let results = cluster.results.to_str().unwrap().to_string();
-    let out = ctl(
-        &cluster.addr,
-        tmp.path(),
-        &[
-            "results",
-            "--dir",
-            &results,
-            "--group-by",
-            "host",
-            "--format",
-            "csv",
-        ],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let csv = String::from_utf8_lossy(&out.stdout).to_string();
+    let csv = grouped_csv(&cluster.addr, tmp.path(), &results, "host").await;
     let lines: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
     let header = &lines[0];
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
-    };
+    let col = |name: &str| column(header, name);
     let batches: Vec<&str> = lines[1..].iter().map(|r| r[col("batch_size")]).collect();
     assert_eq!(batches, ["1", "2", "4"], "{csv}");
     for (row, batch) in lines[1..].iter().zip(BATCHES) {
@@ -205,30 +213,10 @@ async fn replicate_sweep_runs_in_full_on_every_host_and_compares_them() {
 
     // GPU models side by side: the H100 host against the B60 hosts (the later of those
     // two is shown per batch size, the other counted as hidden).
-    let by_gpu = ctl(
-        &cluster.addr,
-        tmp.path(),
-        &[
-            "results",
-            "--dir",
-            &results,
-            "--group-by",
-            "gpu_model",
-            "--format",
-            "csv",
-        ],
-    )
-    .await;
-    assert_eq!(by_gpu.status.code(), Some(0), "{}", text(&by_gpu));
-    let csv = String::from_utf8_lossy(&by_gpu.stdout).to_string();
+    let csv = grouped_csv(&cluster.addr, tmp.path(), &results, "gpu_model").await;
     let lines: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
     let header = &lines[0];
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
-    };
+    let col = |name: &str| column(header, name);
     assert!(
         !header.contains(&"host"),
         "hosts are compared, not fixed: {header:?}"
