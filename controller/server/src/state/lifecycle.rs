@@ -140,6 +140,7 @@ impl State {
                     p.error = why.to_string();
                 }
             }
+            s.requeued(pref.1);
             s.bump_point(pref.1);
         }
     }
@@ -433,6 +434,7 @@ impl State {
                 pf.error
             );
             info!(point_id = %p.point_id, attempt = p.attempt, error = %p.error, "point re-queued (policy retry)");
+            sweep.requeued(idx);
             sweep.bump_point(idx);
             if let Some(a) = self.agents.get_mut(agent) {
                 a.running.retain(|r| *r != (sweep_id.clone(), idx));
@@ -585,21 +587,33 @@ impl State {
         for pair in durable {
             self.persisted.awaiting_write.remove(pair);
         }
+        // The written points, found through the point index (a scan of every point per
+        // write was quadratic in the sweep's size).
+        let written: Vec<(usize, u32)> = durable
+            .iter()
+            .filter_map(|(id, attempt)| {
+                let (sid, i) = self.find_point(id)?;
+                (sid == sweep_id).then_some((i, *attempt))
+            })
+            .collect();
         if let Some(s) = self.sweep_mut(sweep_id) {
             s.pending_writes = s.pending_writes.saturating_sub(1);
             // Rows that failed to write before are on disk now: the points are what their
-            // attempt made of them again.
-            // Their points leave `awaiting_write` (above): stored anew with the next commit.
-            let mut written = Vec::new();
-            for (i, p) in s.points.iter_mut().enumerate() {
-                if durable
-                    .iter()
-                    .any(|(id, attempt)| *id == p.point_id && *attempt == p.attempt)
-                {
-                    p.pending_write = None;
-                    written.push(i);
-                }
-            }
+            // attempt made of them again. They left `awaiting_write` (above): stored anew
+            // with the next commit.
+            let written: Vec<usize> = written
+                .into_iter()
+                .filter(|&(i, attempt)| {
+                    s.points.get_mut(i).is_some_and(|p| {
+                        let same = p.attempt == attempt;
+                        if same {
+                            p.pending_write = None;
+                        }
+                        same
+                    })
+                })
+                .map(|(i, _)| i)
+                .collect();
             s.result_files.extend(files);
             s.bump_sweep();
             for i in written {

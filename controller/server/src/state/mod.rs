@@ -120,6 +120,7 @@ impl State {
             version,
             replica: None,
             dirty: Default::default(),
+            pending_from: 0,
         });
         n
     }

@@ -212,6 +212,10 @@ pub struct Sweep {
     pub replica: Option<Replica>,
     /// Points changed since the state was last stored (see `State::store_ops`).
     pub(super) dirty: Dirty,
+    /// No point before this index is pending: where the scheduler's searches start (each
+    /// event scanned every point of a 4,000-point sweep before). Lowered whenever a point
+    /// goes back to pending ([`Sweep::requeued`]).
+    pub(super) pending_from: usize,
 }
 
 /// Which points of a sweep changed since the last store commit: each event changes one
@@ -247,6 +251,22 @@ impl Sweep {
             set.insert(idx);
         }
         self.bump_sweep();
+    }
+
+    /// The first pending point, moving [`Sweep::pending_from`] up to it.
+    pub(super) fn first_pending(&mut self) -> Option<usize> {
+        while let Some(p) = self.points.get(self.pending_from) {
+            if p.state == PointState::Pending {
+                return Some(self.pending_from);
+            }
+            self.pending_from += 1;
+        }
+        None
+    }
+
+    /// Point `idx` is pending again.
+    pub(super) fn requeued(&mut self, idx: usize) {
+        self.pending_from = self.pending_from.min(idx);
     }
 
     /// Only the sweep's own fields changed (state, files, agents), none of its points.

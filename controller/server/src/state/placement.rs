@@ -123,8 +123,10 @@ impl State {
             self.sweeps.get(si).and_then(|s| {
                 s.points
                     .iter()
-                    .position(|p| p.state == PointState::Pending && fits(s, p.planned.gpus))
-                    .map(|i| (s.id.clone(), i))
+                    .enumerate()
+                    .skip(s.pending_from)
+                    .find(|(_, p)| p.state == PointState::Pending && fits(s, p.planned.gpus))
+                    .map(|(i, _)| (s.id.clone(), i))
             })
         };
         let warm = agent.engines.iter().rev().find_map(|(ws, wg)| {
@@ -195,10 +197,14 @@ impl State {
         let mut out = Vec::new();
         // Nothing to hand out: the usual case once a sweep's last points run, when every
         // idle agent would otherwise look for a point in vain after each event.
-        let pending = self.sweeps.iter().any(|s| {
-            s.state == SweepState::Running
-                && s.points.iter().any(|p| p.state == PointState::Pending)
-        });
+        let mut pending = false;
+        for s in self
+            .sweeps
+            .iter_mut()
+            .filter(|s| s.state == SweepState::Running)
+        {
+            pending |= s.first_pending().is_some();
+        }
         if !pending {
             return out;
         }

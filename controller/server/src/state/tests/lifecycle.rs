@@ -95,6 +95,35 @@ fn lost_agent_points_are_requeued_after_grace() {
     assert_eq!(st.sweep("s").unwrap().points[0].attempt, 2);
 }
 
+/// A point that goes back to pending behind points already handed out is found again:
+/// the scheduler's search starts at the first pending point, and a re-queue moves that
+/// start back.
+#[test]
+fn a_requeued_point_before_the_search_start_runs_again() {
+    let mut st = State::default();
+    st.add_sweep("s".into(), SweepSpec::parse(SPEC, "t").unwrap());
+    let g = st.register(agent("a", 1), &[]);
+    assert_eq!(
+        assignments(&st.schedule()),
+        vec![("a".into(), "s/p000".into())]
+    );
+    st.register(agent("b", 1), &[]);
+    assert_eq!(
+        assignments(&st.schedule()),
+        vec![("b".into(), "s/p001".into())]
+    );
+    // The search now starts past p001; p000 goes back to pending.
+    assert!(st.schedule().is_empty());
+    st.disconnect("a", g);
+    st.reap(Duration::ZERO);
+    assert_eq!(st.sweep("s").unwrap().points[0].state.as_str(), "pending");
+    st.register(agent("c", 1), &[]);
+    assert_eq!(
+        assignments(&st.schedule()),
+        vec![("c".into(), "s/p000".into())]
+    );
+}
+
 #[test]
 fn cancel_keeps_finished_points_and_releases_engines() {
     let mut st = State::default();
