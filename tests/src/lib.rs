@@ -185,20 +185,30 @@ impl Cluster {
     /// Starts a controller on 127.0.0.1:0 and the given agents (each starts its own
     /// `vllm-sim` processes for the points it runs).
     pub async fn start(agents: Vec<AgentSpec>) -> Cluster {
-        Cluster::start_with(agents, false, false).await
+        Cluster::start_with(agents, false, false, false).await
     }
 
     /// [`Cluster::start`] with the controller's HTTP report pages on a free port too.
     pub async fn start_with_http(agents: Vec<AgentSpec>) -> Cluster {
-        Cluster::start_with(agents, true, false).await
+        Cluster::start_with(agents, true, false, false).await
     }
 
     /// [`Cluster::start`] with the controller's metrics on a free port too.
     pub async fn start_with_metrics(agents: Vec<AgentSpec>) -> Cluster {
-        Cluster::start_with(agents, false, true).await
+        Cluster::start_with(agents, false, true, false).await
     }
 
-    async fn start_with(agents: Vec<AgentSpec>, http: bool, metrics: bool) -> Cluster {
+    /// [`Cluster::start`] with a state store, and finished sweeps archived at once.
+    pub async fn start_archiving(agents: Vec<AgentSpec>) -> Cluster {
+        Cluster::start_with(agents, false, false, true).await
+    }
+
+    async fn start_with(
+        agents: Vec<AgentSpec>,
+        http: bool,
+        metrics: bool,
+        archive: bool,
+    ) -> Cluster {
         // The controller binds its HTTP addresses itself: free ports, let go.
         let http_addr = http.then(free_local_addr);
         let metrics_addr = metrics.then(free_local_addr);
@@ -211,7 +221,8 @@ impl Cluster {
             ControllerConfig {
                 results_dir: results.clone(),
                 agent_grace: Duration::from_secs(30),
-                state_dir: None,
+                state_dir: archive.then(|| tmp.path().join("controller-state")),
+                archive_after: Duration::ZERO,
                 http: http_addr,
                 metrics: metrics_addr,
                 ..ControllerConfig::default()

@@ -76,6 +76,10 @@ struct Args {
     /// Agents connecting at once during registration (all of them by default).
     #[arg(long)]
     connect_parallel: Option<usize>,
+    /// The controller's `--archive-after-s`: finished sweeps leave its memory after this
+    /// long (0: at once, so the RSS after each sweep shows what stays).
+    #[arg(long, default_value_t = 0)]
+    archive_after_s: u64,
     /// The controller binary (default: `controller` next to this example's folder).
     #[arg(long)]
     controller: Option<PathBuf>,
@@ -427,6 +431,7 @@ async fn main() -> Result<()> {
         .arg("--state-dir")
         .arg(tmp.path().join("state"))
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--archive-after-s", &args.archive_after_s.to_string()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(tmp.path().join("controller.log"))?)

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ControllerError;
 use crate::service::Controller;
+use crate::state::State;
 
 pub struct ControlServiceImpl {
     pub ctl: Arc<Controller>,
@@ -97,11 +98,14 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
     ) -> Result<Response<pb::SweepStatus>, Status> {
         // The first page; GetSweepPage serves the rest.
         let id = request.into_inner().sweep_id;
-        let st = self.ctl.state();
-        let status = st
-            .group_status_page(&id, 0, DEFAULT_PAGE_SIZE as usize)
-            .ok_or(ControllerError::SweepNotFound(id))?;
-        Ok(Response::new(status))
+        let page = |st: &State| st.group_status_page(&id, 0, DEFAULT_PAGE_SIZE as usize);
+        let status = match self.ctl.archived_view(&id).await? {
+            Some(view) => page(&view).map(read_back),
+            None => page(&self.ctl.state()),
+        };
+        Ok(Response::new(
+            status.ok_or(ControllerError::SweepNotFound(id))?,
+        ))
     }
 
     async fn get_sweep_page(
@@ -110,11 +114,14 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
     ) -> Result<Response<pb::SweepStatus>, Status> {
         let req = request.into_inner();
         let (offset, limit) = page(req.page_size, &req.page_token)?;
-        let st = self.ctl.state();
-        let status = st
-            .group_status_page(&req.sweep_id, offset, limit)
-            .ok_or(ControllerError::SweepNotFound(req.sweep_id))?;
-        Ok(Response::new(status))
+        let at = |st: &State| st.group_status_page(&req.sweep_id, offset, limit);
+        let status = match self.ctl.archived_view(&req.sweep_id).await? {
+            Some(view) => at(&view).map(read_back),
+            None => at(&self.ctl.state()),
+        };
+        Ok(Response::new(
+            status.ok_or(ControllerError::SweepNotFound(req.sweep_id))?,
+        ))
     }
 
     type WatchSweepStream = WatchStream;
@@ -124,6 +131,16 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
         request: Request<pb::WatchSweepRequest>,
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
         let id = request.into_inner().sweep_id;
+        // An archived sweep has ended: its final status, read back from the store.
+        if let Some(view) = self.ctl.archived_view(&id).await? {
+            let status = view
+                .group_status_watched(&id)
+                .map(read_back)
+                .ok_or(ControllerError::SweepNotFound(id))?;
+            return Ok(Response::new(async_stream_of(move |tx| async move {
+                let _ = tx.send(Ok(status)).await;
+            })));
+        }
         // A replicate parent id follows all its child sweeps.
         let mut rxs: Vec<tokio::sync::watch::Receiver<u64>> = {
             let st = self.ctl.state();
@@ -205,7 +222,7 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
         request: Request<pb::GetResultsRequest>,
     ) -> Result<Response<pb::GetResultsResponse>, Status> {
         let id = request.into_inner().sweep_id;
-        results_page(&self.ctl, id, 0, DEFAULT_PAGE_SIZE as usize)
+        results_page(&self.ctl, id, 0, DEFAULT_PAGE_SIZE as usize).await
     }
 
     async fn get_results_page(
@@ -214,18 +231,29 @@ impl pb::control_service_server::ControlService for ControlServiceImpl {
     ) -> Result<Response<pb::GetResultsResponse>, Status> {
         let req = request.into_inner();
         let (offset, limit) = page(req.page_size, &req.page_token)?;
-        results_page(&self.ctl, req.sweep_id, offset, limit)
+        results_page(&self.ctl, req.sweep_id, offset, limit).await
     }
 }
 
 /// Summaries `offset..offset + limit` of a sweep's (or replicate group's) finished points.
-fn results_page(
-    ctl: &Controller,
+async fn results_page(
+    ctl: &Arc<Controller>,
     id: String,
     offset: usize,
     limit: usize,
 ) -> Result<Response<pb::GetResultsResponse>, Status> {
-    let st = ctl.state();
+    match ctl.archived_view(&id).await? {
+        Some(view) => results_of(&view, id, offset, limit),
+        None => results_of(&ctl.state(), id, offset, limit),
+    }
+}
+
+fn results_of(
+    st: &State,
+    id: String,
+    offset: usize,
+    limit: usize,
+) -> Result<Response<pb::GetResultsResponse>, Status> {
     let group = st.group(&id);
     if group.is_empty() {
         return Err(ControllerError::SweepNotFound(id).into());
@@ -257,6 +285,12 @@ fn results_page(
             String::new()
         },
     }))
+}
+
+/// A status answered from an archived sweep read back from the store says so.
+fn read_back(mut status: pb::SweepStatus) -> pb::SweepStatus {
+    status.archived = true;
+    status
 }
 
 /// A bounded channel-backed stream fed by a spawned task.

@@ -105,6 +105,7 @@ pub async fn run(
                 let grace = reaper_ctl.config.agent_grace;
                 let out = reaper_ctl.state().reap(grace);
                 reaper_ctl.dispatch(out);
+                reaper_ctl.archive();
             }
         }
         .instrument(info_span!("reaper")),

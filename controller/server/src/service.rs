@@ -49,6 +49,9 @@ pub struct ControllerConfig {
     pub max_points: u64,
     /// What the controller buffers per point from its agent (records, batches, events).
     pub point_limits: PointLimits,
+    /// How long a finished sweep stays in memory before it is archived (its points then
+    /// come from the store on demand; see `state/archive.rs`). Only with a store.
+    pub archive_after: Duration,
 }
 
 /// The controller's TLS files (PEM).
@@ -74,6 +77,7 @@ impl Default for ControllerConfig {
             insecure: false,
             max_points: DEFAULT_MAX_POINTS,
             point_limits: PointLimits::default(),
+            archive_after: Duration::from_secs(300),
         }
     }
 }
@@ -167,6 +171,46 @@ impl Controller {
             "controller state committed"
         );
         true
+    }
+
+    /// Archives the sweeps finished for [`ControllerConfig::archive_after`] (none without a
+    /// store: their points could not be read back).
+    pub fn archive(&self) {
+        if self.store.is_some() {
+            self.state().archive_finished(self.config.archive_after);
+        }
+    }
+
+    /// When sweep (or replicate group) `id` has archived members: a state holding the
+    /// whole group as read back from the store, to answer from; `None` when all of it is
+    /// in memory (or unknown).
+    pub async fn archived_view(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> Result<Option<State>, ControllerError> {
+        let ids: Vec<String> = {
+            let st = self.state();
+            let group = st.group(id);
+            if !group.iter().any(|s| s.archived.is_some()) {
+                return Ok(None);
+            }
+            group.iter().map(|s| s.id.clone()).collect()
+        };
+        let ctl = Arc::clone(self);
+        let loaded = tokio::task::spawn_blocking(move || match &ctl.store {
+            Some(store) => store.load_sweeps(&ids),
+            None => Ok(Vec::new()),
+        })
+        .await
+        .map_err(|e| ControllerError::Internal(format!("loading an archived sweep: {e}")))??;
+        let mut view = State::default();
+        for problem in view.restore(crate::store::Loaded {
+            sweeps: loaded,
+            agents: Vec::new(),
+        }) {
+            warn!(sweep_id = id, %problem, "archived sweep read back with a problem");
+        }
+        Ok(Some(view))
     }
 
     /// The Prometheus exposition, the fleet's gauges read from the state now.

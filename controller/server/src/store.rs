@@ -135,6 +135,9 @@ pub struct Loaded {
     pub agents: Vec<(String, AgentRow)>,
 }
 
+/// The store's page cache.
+const STORE_CACHE_BYTES: usize = 32 << 20;
+
 /// The open database.
 #[derive(Debug)]
 pub struct Store {
@@ -176,7 +179,13 @@ impl Store {
             .mode(0o600)
             .open(&path)
             .map_err(|e| ControllerError::io(&path, e))?;
-        let db = Database::create(&path).map_err(|e| store_err(&path, e))?;
+        // redb caches up to 1 GiB by default, filled by what is written: a controller's
+        // RSS grew with every sweep it stored. It reads the store at start-up and for
+        // archived sweeps only.
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| store_err(&path, e))?;
         // Create the tables so a read of a fresh store finds them.
         let txn = db.begin_write().map_err(|e| store_err(&path, e))?;
         {
@@ -228,6 +237,49 @@ impl Store {
         Ok(())
     }
 
+    /// Reads sweeps `ids` (those it holds) with their points, without the agents: an
+    /// archived sweep's points, on demand.
+    pub fn load_sweeps(&self, ids: &[String]) -> Result<Vec<LoadedSweep>, ControllerError> {
+        let path = &self.path;
+        let txn = self.db.begin_read().map_err(|e| store_err(path, e))?;
+        let sweeps = txn.open_table(SWEEPS).map_err(|e| store_err(path, e))?;
+        let points = txn.open_table(POINTS).map_err(|e| store_err(path, e))?;
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(v) = sweeps.get(id.as_str()).map_err(|e| store_err(path, e))? else {
+                continue;
+            };
+            let row = SweepRow::decode(v.value()).map_err(|e| decode_err(path, id, e))?;
+            out.push(LoadedSweep {
+                id: id.clone(),
+                row,
+                points: self.point_rows(&points, id)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The point rows of sweep `id`, in position order.
+    fn point_rows(
+        &self,
+        points: &redb::ReadOnlyTable<(&'static str, u32), &'static [u8]>,
+        id: &str,
+    ) -> Result<Vec<(u32, PointRow)>, ControllerError> {
+        let path = &self.path;
+        let mut rows = Vec::new();
+        let range = points
+            .range((id, 0u32)..=(id, u32::MAX))
+            .map_err(|e| store_err(path, e))?;
+        for p in range {
+            let (pk, pv) = p.map_err(|e| store_err(path, e))?;
+            let pos = pk.value().1;
+            let prow = PointRow::decode(pv.value())
+                .map_err(|e| decode_err(path, &format!("{id} point {pos}"), e))?;
+            rows.push((pos, prow));
+        }
+        Ok(rows)
+    }
+
     /// Reads the whole store.
     pub fn load(&self) -> Result<Loaded, ControllerError> {
         let path = &self.path;
@@ -240,22 +292,8 @@ impl Store {
             let (k, v) = entry.map_err(|e| store_err(path, e))?;
             let id = k.value().to_string();
             let row = SweepRow::decode(v.value()).map_err(|e| decode_err(path, &id, e))?;
-            let mut rows = Vec::new();
-            let range = points
-                .range((id.as_str(), 0u32)..=(id.as_str(), u32::MAX))
-                .map_err(|e| store_err(path, e))?;
-            for p in range {
-                let (pk, pv) = p.map_err(|e| store_err(path, e))?;
-                let pos = pk.value().1;
-                let prow = PointRow::decode(pv.value())
-                    .map_err(|e| decode_err(path, &format!("{id} point {pos}"), e))?;
-                rows.push((pos, prow));
-            }
-            out.sweeps.push(LoadedSweep {
-                id,
-                row,
-                points: rows,
-            });
+            let points = self.point_rows(&points, &id)?;
+            out.sweeps.push(LoadedSweep { id, row, points });
         }
         out.sweeps
             .sort_by(|a, b| (a.row.submitted_ms, &a.id).cmp(&(b.row.submitted_ms, &b.id)));

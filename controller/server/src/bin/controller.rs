@@ -61,6 +61,10 @@ struct Args {
     /// sends more fails with the reason.
     #[arg(long, env = "FLEETBENCH_MAX_POINT_MIB", default_value_t = 512)]
     max_point_mib: usize,
+    /// Seconds a finished sweep stays in memory; then only its counts do, and its points
+    /// are read back from the state store when asked for.
+    #[arg(long, env = "FLEETBENCH_ARCHIVE_AFTER_S", default_value_t = 300)]
+    archive_after_s: u64,
 }
 
 #[tokio::main]
@@ -99,6 +103,7 @@ async fn main() -> std::process::ExitCode {
             max_bytes: args.max_point_mib.saturating_mul(1 << 20),
             ..Default::default()
         },
+        archive_after: Duration::from_secs(args.archive_after_s),
     };
     // Bind before anything else runs: a taken port is a usage error, reported at once.
     let listener = match fleetbench_controller::server::bind(args.listen) {

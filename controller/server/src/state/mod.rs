@@ -19,6 +19,7 @@
 //! Siblings import `model` (and `lifecycle` imports `partition`), never each other the
 //! other way round.
 
+mod archive;
 mod lifecycle;
 mod model;
 mod partition;
@@ -121,6 +122,7 @@ impl State {
             replica: None,
             dirty: Default::default(),
             pending_from: 0,
+            archived: None,
         });
         n
     }

@@ -216,6 +216,9 @@ pub struct Sweep {
     /// event scanned every point of a 4,000-point sweep before). Lowered whenever a point
     /// goes back to pending ([`Sweep::requeued`]).
     pub(super) pending_from: usize,
+    /// Set once the finished sweep left memory (see `state/archive.rs`): its status
+    /// without points, as it was then; `points` is empty.
+    pub archived: Option<pb::SweepStatus>,
 }
 
 /// Which points of a sweep changed since the last store commit: each event changes one

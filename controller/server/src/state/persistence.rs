@@ -100,8 +100,6 @@ impl State {
                 });
                 self.persisted.points.insert(key, print);
             }
-            // Point ids are `<sweep id>/p<index>`: the sweep's points awaiting their write
-            // sort together.
             let prefix = format!("{}/", s.id);
             let any_awaiting = self
                 .persisted
@@ -159,6 +157,27 @@ impl State {
         self.persisted
             .sources
             .insert(sweep_id.to_string(), (spec_toml, file_name));
+    }
+
+    /// The sweep version the store holds, if any.
+    pub(super) fn persisted_version(&self, sweep_id: &str) -> Option<u64> {
+        self.persisted.sweeps.get(sweep_id).copied()
+    }
+
+    /// Whether any point of sweep `sweep_id` waits for its rows to be written.
+    pub(super) fn awaits_any_write(&self, sweep_id: &str) -> bool {
+        // Point ids are `<sweep id>/p<index>`: the sweep's points sort together.
+        let prefix = format!("{sweep_id}/");
+        self.persisted
+            .awaiting_write
+            .range((prefix.clone(), 0)..)
+            .next()
+            .is_some_and(|(id, _)| id.starts_with(&prefix))
+    }
+
+    /// Drops what the store bookkeeping knows of an archived sweep's points.
+    pub(super) fn forget_persisted_points(&mut self, sweep_id: &str) {
+        self.persisted.points.retain(|(sid, _), _| sid != sweep_id);
     }
 
     /// Storing the last [`State::store_ops`] failed: the next call writes everything.

@@ -31,6 +31,10 @@ impl Sweep {
     }
 
     pub fn status(&self, with_points: bool) -> pb::SweepStatus {
+        // An archived sweep's counts are those it had; its points come from the store.
+        if let Some(archived) = &self.archived {
+            return archived.clone();
+        }
         // Points whose rows failed to write count neither as done nor as failed.
         let written = |p: &&PointEntry| p.write_failure().is_none();
         let done = self
@@ -74,6 +78,7 @@ impl Sweep {
             finished_unix_ms: self.finished_ms,
             result_files: self.result_files.iter().cloned().collect(),
             next_page_token: String::new(),
+            archived: false,
         }
     }
 }
@@ -239,6 +244,25 @@ impl State {
         };
         for sweep in &self.sweeps {
             bump(&mut sweeps, sweep.state.as_str());
+            if let Some(a) = &sweep.archived {
+                // Every point of an archived sweep ended.
+                let counts = [
+                    ("done", a.points_done),
+                    ("failed", a.points_failed),
+                    ("skipped", a.points_skipped),
+                    (
+                        "cancelled",
+                        a.points_total
+                            .saturating_sub(a.points_done + a.points_failed + a.points_skipped),
+                    ),
+                ];
+                for (state, n) in counts {
+                    if let Some(e) = points.iter_mut().find(|(s, _)| *s == state) {
+                        e.1 += i64::from(n);
+                    }
+                }
+                continue;
+            }
             for p in &sweep.points {
                 bump(&mut points, p.state.as_str());
             }

@@ -1,6 +1,7 @@
 //! Unit tests of the state, by the submodule they exercise, and the helpers they share:
 //! a small sweep spec, agents, and running points to their end.
 
+mod archive;
 mod lifecycle;
 mod limits;
 mod load_failures;
