@@ -262,7 +262,7 @@ impl Controller {
                 q.next_round += 1;
                 std::mem::take(&mut q.pending)
             };
-            let durable = self.persist();
+            let durable = off_the_workers(|| self.persist());
             for out in batch {
                 self.send(out, durable);
             }
@@ -393,6 +393,18 @@ impl Controller {
                 }
             });
         }
+    }
+}
+
+/// Runs `f` (a blocking store commit) so that the runtime's other tasks are not stuck
+/// behind it: on a multi-threaded runtime the worker hands its queue over first
+/// (`block_in_place`); elsewhere (tests on a current-thread runtime, no runtime) in line.
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
