@@ -40,6 +40,9 @@ pub enum ControllerError {
     /// A replicate sweep was submitted while no connected agent matches its placement.
     #[error("no connected agent matches the sweep's [placement] ({0}); nothing to replicate on")]
     NoMatchingAgent(String),
+    /// The results mirror (S3) could not upload a file; retried, the local file stays.
+    #[error("results mirror: {0}")]
+    Mirror(String),
     /// A background task of the controller failed (e.g. reading an archived sweep back).
     #[error("{0}")]
     Internal(String),

@@ -7,7 +7,8 @@
 //! [`control_service`] (the two gRPC services), [`writer`] (Parquet writes, then
 //! acknowledgements), [`http`] (read-only report pages, drawn by `fleetbench-report`,
 //! over TLS through [`tls_listener`] when the controller has a certificate),
-//! [`metrics`] (Prometheus metrics, on `--metrics-addr`), [`server`] (`run`).
+//! [`metrics`] (Prometheus metrics, on `--metrics-addr`), [`mirror`] (the optional S3
+//! copy of the results folder, `--results-s3`), [`server`] (`run`).
 
 pub mod agent_service;
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod control_service;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod mirror;
 pub mod server;
 pub mod service;
 pub mod state;

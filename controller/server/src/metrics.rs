@@ -18,6 +18,7 @@
 //! | `fleetbench_controller_ingest_batches_total` | counter | record batches received |
 //! | `fleetbench_controller_partition_writes_total{result}` | counter | partition writes, `ok` or `error` |
 //! | `fleetbench_controller_partition_write_seconds` | histogram | time to write a partition's files |
+//! | `fleetbench_controller_mirror_uploads_total{result}` | counter | results files uploaded to the S3 mirror (`--results-s3`), `ok` or `error` |
 //! | `fleetbench_controller_store_commits_total{result}` | counter | state commits, `ok` or `error` |
 //! | `fleetbench_controller_store_commit_seconds` | histogram | time of one durable (fsynced) state commit |
 
@@ -75,6 +76,7 @@ pub struct ControllerMetrics {
     partition_write_seconds: Histogram,
     store_commits: Family<ResultLabel, Counter>,
     store_commit_seconds: Histogram,
+    mirror_uploads: Family<ResultLabel, Counter>,
 }
 
 impl Default for ControllerMetrics {
@@ -100,6 +102,7 @@ impl ControllerMetrics {
             store_commits: Family::default(),
             // 100 µs … ~3.3 s.
             store_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            mirror_uploads: Family::default(),
         };
         let registry = &mut m.registry;
         registry.register(
@@ -150,7 +153,19 @@ impl ControllerMetrics {
             "Time of one durable (fsynced) state commit",
             m.store_commit_seconds.clone(),
         );
+        registry.register(
+            "mirror_uploads",
+            "Results files uploaded to the S3 mirror",
+            m.mirror_uploads.clone(),
+        );
         m
+    }
+
+    /// An upload to the results mirror ended.
+    pub fn mirror_uploaded(&self, ok: bool) {
+        self.mirror_uploads
+            .get_or_create(&ResultLabel::of(ok))
+            .inc();
     }
 
     /// A record batch of `records` records and `bytes` encoded bytes arrived.

@@ -85,12 +85,29 @@ pub async fn run(
         Some(addr) => Some(bind_http(&config, addr, "metrics").await?),
         None => None,
     };
-    let ctl = Controller::with_store(config, write_tx, state, store);
+    // A results mirror that cannot be configured fails the start (a usage error).
+    let mirror = match &config.results_s3 {
+        Some(m) => Some(crate::mirror::start(m, &config.results_dir)?),
+        None => None,
+    };
+    let (mirror, uploader) = match mirror {
+        Some((m, u)) => (Some(m), Some(u)),
+        None => (None, None),
+    };
+    let ctl = Controller::with_store(config, write_tx, state, store, mirror);
     let tracker = TaskTracker::new();
     let writer_task = tokio::spawn(
         writer::run(ctl.clone(), write_rx, shutdown.clone())
             .instrument(info_span!("results_writer")),
     );
+    // Stopped after the writer: the files of its last writes are uploaded too.
+    let mirror_stop = CancellationToken::new();
+    let mirror_task = uploader.map(|u| {
+        tokio::spawn(
+            u.run(ctl.clone(), mirror_stop.clone())
+                .instrument(info_span!("results_mirror")),
+        )
+    });
 
     let reaper_ctl = ctl.clone();
     let reaper_stop = shutdown.clone();
@@ -186,6 +203,10 @@ pub async fn run(
     tracker.wait().await;
     // The writer flushes what is queued, then stops.
     let _ = writer_task.await;
+    mirror_stop.cancel();
+    if let Some(t) = mirror_task {
+        let _ = t.await;
+    }
     info!("controller stopped");
     Ok(())
 }

@@ -15,6 +15,7 @@ use tracing::{debug, error, warn};
 
 use crate::error::ControllerError;
 use crate::metrics::{ControllerMetrics, FleetGauges};
+use crate::mirror::Mirror;
 use crate::state::{Outgoing, PointLimits, State, WriteJob};
 use crate::store::Store;
 
@@ -52,6 +53,9 @@ pub struct ControllerConfig {
     /// How long a finished sweep stays in memory before it is archived (its points then
     /// come from the store on demand; see `state/archive.rs`). Only with a store.
     pub archive_after: Duration,
+    /// Where the results folder is mirrored (`--results-s3 s3://bucket/prefix`); `None`:
+    /// local only.
+    pub results_s3: Option<crate::mirror::MirrorConfig>,
 }
 
 /// The controller's TLS files (PEM).
@@ -78,6 +82,7 @@ impl Default for ControllerConfig {
             max_points: DEFAULT_MAX_POINTS,
             point_limits: PointLimits::default(),
             archive_after: Duration::from_secs(300),
+            results_s3: None,
         }
     }
 }
@@ -109,12 +114,14 @@ pub struct Controller {
     committed: tokio::sync::watch::Sender<u64>,
     /// Prometheus metrics (`--metrics-addr`).
     pub metrics: ControllerMetrics,
+    /// The results mirror's queue, with `--results-s3`.
+    mirror: Option<Mirror>,
 }
 
 impl Controller {
     /// A controller with an empty, in-memory state.
     pub fn new(config: ControllerConfig, writes: mpsc::Sender<WriteJob>) -> Arc<Self> {
-        Self::with_store(config, writes, State::default(), None)
+        Self::with_store(config, writes, State::default(), None, None)
     }
 
     /// A controller resuming `state` (restored from `store`), persisting into `store`.
@@ -123,6 +130,7 @@ impl Controller {
         writes: mpsc::Sender<WriteJob>,
         mut state: State,
         store: Option<Store>,
+        mirror: Option<Mirror>,
     ) -> Arc<Self> {
         state.limits = config.point_limits;
         Arc::new(Controller {
@@ -135,6 +143,7 @@ impl Controller {
             commits: Mutex::new(CommitQueue::default()),
             committed: tokio::sync::watch::Sender::new(0),
             metrics: ControllerMetrics::new(),
+            mirror,
         })
     }
 
@@ -378,6 +387,14 @@ impl Controller {
     /// Points one sweep may expand to on this controller.
     pub fn max_points(&self) -> u64 {
         self.config.max_points.clamp(1, MAX_POINTS_CEILING)
+    }
+
+    /// Queues a partition's freshly written `files` for the results mirror, if any;
+    /// never waits for it.
+    pub fn mirror<'a>(&self, sweep_id: &str, files: impl IntoIterator<Item = &'a std::path::Path>) {
+        if let Some(m) = &self.mirror {
+            m.queue(sweep_id, files);
+        }
     }
 
     pub fn queue_write(&self, job: WriteJob) {

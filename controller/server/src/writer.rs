@@ -324,6 +324,10 @@ async fn write_group(
         }
     };
     info!(requests = %files.requests.display(), rows = n_rows, secs = started.elapsed().as_secs_f64(), "results written");
+    ctl.mirror(
+        &sweep_id,
+        [&files.requests, &files.points, &files.metrics].map(|p| p.as_path()),
+    );
     let files = [
         files.requests.display().to_string(),
         files.points.display().to_string(),

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use fleetbench_controller::mirror::MirrorConfig;
 use fleetbench_controller::{ControllerConfig, ControllerError, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +66,16 @@ struct Args {
     /// are read back from the state store when asked for.
     #[arg(long, env = "FLEETBENCH_ARCHIVE_AFTER_S", default_value_t = 300)]
     archive_after_s: u64,
+    /// Also mirror the results folder to an S3-compatible bucket, same Hive layout under
+    /// the prefix (`s3://bucket/prefix`). Endpoint, region and credentials come from the
+    /// AWS environment variables (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP=true for an http:// endpoint).
+    #[arg(long, env = "FLEETBENCH_RESULTS_S3", value_parser = parse_s3)]
+    results_s3: Option<MirrorConfig>,
+}
+
+fn parse_s3(s: &str) -> Result<MirrorConfig, String> {
+    MirrorConfig::parse(s).map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -104,6 +115,7 @@ async fn main() -> std::process::ExitCode {
             ..Default::default()
         },
         archive_after: Duration::from_secs(args.archive_after_s),
+        results_s3: args.results_s3,
     };
     // Bind before anything else runs: a taken port is a usage error, reported at once.
     let listener = match fleetbench_controller::server::bind(args.listen) {
