@@ -13,6 +13,7 @@ use std::time::Duration;
 use fleetbench_agent::config::{AgentConfig, DockerConfig, GpuConfig};
 use fleetbench_agent::policy::Policy;
 use fleetbench_controller::ControllerConfig;
+use fleetbench_controller::mirror::MirrorConfig;
 use fleetbench_proto::pb::control_service_client::ControlServiceClient;
 use fleetbench_proto::spec::EngineKind;
 use tokio::task::JoinHandle;
@@ -185,22 +186,27 @@ impl Cluster {
     /// Starts a controller on 127.0.0.1:0 and the given agents (each starts its own
     /// `vllm-sim` processes for the points it runs).
     pub async fn start(agents: Vec<AgentSpec>) -> Cluster {
-        Cluster::start_with(agents, false, false, false).await
+        Cluster::start_with(agents, false, false, false, None).await
     }
 
     /// [`Cluster::start`] with the controller's HTTP report pages on a free port too.
     pub async fn start_with_http(agents: Vec<AgentSpec>) -> Cluster {
-        Cluster::start_with(agents, true, false, false).await
+        Cluster::start_with(agents, true, false, false, None).await
     }
 
     /// [`Cluster::start`] with the controller's metrics on a free port too.
     pub async fn start_with_metrics(agents: Vec<AgentSpec>) -> Cluster {
-        Cluster::start_with(agents, false, true, false).await
+        Cluster::start_with(agents, false, true, false, None).await
     }
 
     /// [`Cluster::start`] with a state store, and finished sweeps archived at once.
     pub async fn start_archiving(agents: Vec<AgentSpec>) -> Cluster {
-        Cluster::start_with(agents, false, false, true).await
+        Cluster::start_with(agents, false, false, true, None).await
+    }
+
+    /// [`Cluster::start`] with the results folder mirrored to an S3 bucket.
+    pub async fn start_mirrored(agents: Vec<AgentSpec>, mirror: MirrorConfig) -> Cluster {
+        Cluster::start_with(agents, false, false, false, Some(mirror)).await
     }
 
     async fn start_with(
@@ -208,6 +214,7 @@ impl Cluster {
         http: bool,
         metrics: bool,
         archive: bool,
+        results_s3: Option<MirrorConfig>,
     ) -> Cluster {
         // The controller binds its HTTP addresses itself: free ports, let go.
         let http_addr = http.then(free_local_addr);
@@ -225,6 +232,7 @@ impl Cluster {
                 archive_after: Duration::ZERO,
                 http: http_addr,
                 metrics: metrics_addr,
+                results_s3,
                 ..ControllerConfig::default()
             },
             listener,
