@@ -199,3 +199,37 @@ async fn results_are_mirrored_to_s3_in_the_same_hive_layout() {
 
     cluster.stop().await;
 }
+
+/// A bucket that cannot be reached holds nothing up: the sweep ends `done` (its points are
+/// acknowledged on the local write alone) and the controller still stops promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_bucket_does_not_hold_the_sweep_up() {
+    // A port nobody listens on.
+    let endpoint = format!("http://{}", free_local_addr());
+    let mirror = MirrorConfig {
+        options: options(&endpoint),
+        ..MirrorConfig::parse(&format!("s3://{BUCKET}/{PREFIX}")).unwrap()
+    };
+    let agent = AgentSpec::sim(
+        "a1",
+        2,
+        &["--sim-step-ms", "2", "--sim-step-ms-per-seq", "0"],
+    );
+    let cluster = Cluster::start_mirrored(vec![agent], mirror).await;
+    cluster.wait_agents(1).await;
+    let mut client = cluster.client().await;
+    let id = submit(&mut client, &tiny_sweep("unmirrored", "[1, 2]", 7)).await;
+    let finished = tokio::time::timeout(Duration::from_secs(60), watch_to_end(&mut client, &id))
+        .await
+        .expect("sweep did not end within 60 s");
+    assert_eq!(finished.state, "done", "{finished:?}");
+    assert_eq!(local_files(&cluster.results).len(), 6);
+    // The uploader gives up its last round after 10 s.
+    let stopping = tokio::time::Instant::now();
+    cluster.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(30),
+        "stopping took {:?}",
+        stopping.elapsed()
+    );
+}

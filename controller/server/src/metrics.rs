@@ -219,6 +219,8 @@ mod tests {
         m.batch_received(3, 120);
         m.partition_written(true, Duration::from_millis(4));
         m.store_committed(false, Duration::from_millis(1));
+        m.mirror_uploaded(true);
+        m.mirror_uploaded(true);
         let text = m.render(&FleetGauges {
             agents_connected: 2,
             points: vec![("pending", 1), ("done", 5)],
@@ -243,6 +245,10 @@ mod tests {
         );
         assert!(
             text.contains("fleetbench_controller_store_commits_total{result=\"error\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fleetbench_controller_mirror_uploads_total{result=\"ok\"} 2\n"),
             "{text}"
         );
         assert!(

@@ -214,23 +214,43 @@ impl Uploader {
                 }
                 continue;
             };
-            self.upload_one(&ctl, path).await;
+            // A PUT to an unreachable server can take minutes (object_store retries it
+            // too): stopping does not wait for it; the file stays queued for the last round.
+            let sweep_id = self.pending.get(&path).map(|p| p.sweep_id.clone());
+            let stopped = tokio::select! {
+                () = self.upload_one(&ctl, path.clone()) => false,
+                () = stop.cancelled() => true,
+            };
+            if stopped {
+                if let Some(sweep_id) = sweep_id {
+                    self.pending.entry(path).or_insert_with(|| Pending {
+                        sweep_id,
+                        failures: 0,
+                        not_before: Instant::now(),
+                    });
+                }
+                break;
+            }
         }
         // Last round: every file still queued, once, without backoff.
         self.drain();
         let deadline = Instant::now() + FINAL_TRY;
         let paths: Vec<PathBuf> = self.pending.keys().cloned().collect();
+        // The upload cut short by the deadline has left the map.
+        let mut cut_short = 0;
         for path in paths {
             if tokio::time::timeout_at(deadline, self.upload_one(&ctl, path))
                 .await
                 .is_err()
             {
+                cut_short = 1;
                 break;
             }
         }
-        if !self.pending.is_empty() {
+        let left = self.pending.len() + cut_short;
+        if left > 0 {
             warn!(
-                files = self.pending.len(),
+                files = left,
                 "results mirror stopped with files not uploaded; they are in the results folder"
             );
         }
