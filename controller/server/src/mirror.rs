@@ -34,7 +34,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::error::ControllerError;
-use crate::service::Controller;
 
 /// Uploads queued between the writer and the uploader (each is a few path bytes: the
 /// uploader drains them into its coalescing map even while an upload runs).
@@ -193,7 +192,8 @@ pub fn start(config: &MirrorConfig, root: &Path) -> Result<(Mirror, Uploader), C
 impl Uploader {
     /// Uploads queued files until `stop`, then tries what is queued once more (for at
     /// most [`FINAL_TRY`]) and returns.
-    pub async fn run(mut self, ctl: Arc<Controller>, stop: CancellationToken) {
+    /// `uploaded` hears of every upload's outcome (the controller's metrics).
+    pub async fn run(mut self, uploaded: impl Fn(bool) + Send + Sync, stop: CancellationToken) {
         loop {
             self.drain();
             let now = Instant::now();
@@ -218,7 +218,7 @@ impl Uploader {
             // too): stopping does not wait for it; the file stays queued for the last round.
             let sweep_id = self.pending.get(&path).map(|p| p.sweep_id.clone());
             let stopped = tokio::select! {
-                () = self.upload_one(&ctl, path.clone()) => false,
+                () = self.upload_one(&uploaded, path.clone()) => false,
                 () = stop.cancelled() => true,
             };
             if stopped {
@@ -239,7 +239,7 @@ impl Uploader {
         // The upload cut short by the deadline has left the map.
         let mut cut_short = 0;
         for path in paths {
-            if tokio::time::timeout_at(deadline, self.upload_one(&ctl, path))
+            if tokio::time::timeout_at(deadline, self.upload_one(&uploaded, path))
                 .await
                 .is_err()
             {
@@ -278,7 +278,7 @@ impl Uploader {
     /// Uploads `path`'s current content, taking queued files in meanwhile. On success the
     /// file leaves the map unless a newer version was queued during the upload; on
     /// failure it is retried after a backoff.
-    async fn upload_one(&mut self, ctl: &Controller, path: PathBuf) {
+    async fn upload_one(&mut self, uploaded: &(impl Fn(bool) + Sync), path: PathBuf) {
         // Versions queued from now on were written after this read: they must go too.
         let Some(Pending {
             sweep_id,
@@ -297,7 +297,7 @@ impl Uploader {
                 Some(u) = self.rx.recv() => self.add(u),
             }
         };
-        ctl.metrics.mirror_uploaded(result.is_ok());
+        uploaded(result.is_ok());
         match result {
             Ok(bytes) => {
                 debug!(sweep_id = %sweep_id, key = %key, bytes, "results file uploaded");

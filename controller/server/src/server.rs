@@ -104,8 +104,14 @@ pub async fn run(
     let mirror_stop = CancellationToken::new();
     let mirror_task = uploader.map(|u| {
         tokio::spawn(
-            u.run(ctl.clone(), mirror_stop.clone())
-                .instrument(info_span!("results_mirror")),
+            u.run(
+                {
+                    let ctl = ctl.clone();
+                    move |ok| ctl.metrics.mirror_uploaded(ok)
+                },
+                mirror_stop.clone(),
+            )
+            .instrument(info_span!("results_mirror")),
         )
     });
 
