@@ -53,6 +53,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ControllerError> {
+    // The S3 mirror's client (object_store, reqwest) brings rustls's aws-lc-rs provider
+    // next to the ring one everything else uses; with two, rustls has no process default,
+    // and tonic's TLS server asks for it (it panicked in the compose fleet). Ring it is;
+    // an error only means one is installed already. (rustls deprecates ring's provider for
+    // lacking post-quantum key exchange; see `tls_listener.rs`.)
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let addr = listener
         .local_addr()
         .map_err(|e| ControllerError::io("listener", e))?;
