@@ -9,7 +9,7 @@
 # (the agent image carries vllm-sim for the `process` runtime: deploy/compose runs it so).
 #
 #  1. `cargo build --release --target <host triple>` of the binaries the chosen images need
-#     (vllm-sim on its own, the controller and the agent together), linked against glibc's
+#     (each on its own, so no binary gets another's dependency features), linked against glibc's
 #     static libraries (-C target-feature=+crt-static; no musl target needed) into
 #     target/<host-triple>/release/; each is checked static with `file` and `ldd` and run
 #     once (--version);
@@ -101,34 +101,21 @@ case "$triple" in
 *) die "host $triple: this script links statically against glibc (*-linux-gnu only)" ;;
 esac
 
-# Every binary the chosen images need, once each. vllm-sim is built on its own, exactly as
-# for the sim image alone (build-sim-image.sh): compiled together with the controller and
-# the agent it would get their dependencies' features (cargo unifies them) and grow by a
-# quarter. The controller and the agent share one build.
+# Every binary the chosen images need, once each, each in a cargo build of its own: built
+# together, cargo unifies their dependencies' features. vllm-sim would grow by a quarter,
+# and the agent would get the controller's S3 client features (reqwest with rustls and the
+# platform verifier), with which its HTTP client cannot even be built in a FROM-scratch
+# container (no CA store): "HTTP client: builder error".
 bins=()
 for name in "${images[@]}"; do
     for bin in $(bins_of "$name"); do
         [[ " ${bins[*]} " == *" $bin "* ]] || bins+=("$bin")
     done
 done
-sim_args=()
-fleet_args=()
-for bin in "${bins[@]}"; do
-    if [[ "$bin" == vllm-sim ]]; then
-        sim_args+=(-p "$(package_of "$bin")" --bin "$bin")
-    else
-        fleet_args+=(-p "$(package_of "$bin")" --bin "$bin")
-    fi
-done
 
 started=$SECONDS
-for group in sim fleet; do
-    if [[ "$group" == sim ]]; then
-        cargo_args=("${sim_args[@]}")
-    else
-        cargo_args=("${fleet_args[@]}")
-    fi
-    [[ ${#cargo_args[@]} -gt 0 ]] || continue
+for bin in "${bins[@]}"; do
+    cargo_args=(-p "$(package_of "$bin")" --bin "$bin")
     echo "$me: cargo build --release ${cargo_args[*]} --target $triple (crt-static)" >&2
     RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
         cargo build --release "${cargo_args[@]}" --target "$triple"
