@@ -44,6 +44,18 @@ pub(super) struct Persisted {
     sources: HashMap<String, (String, String)>,
 }
 
+impl Persisted {
+    /// Whether any point of sweep `sweep_id` waits for its rows to be written.
+    fn awaits_any_write(&self, sweep_id: &str) -> bool {
+        // Point ids are `<sweep id>/p<index>`: the sweep's points sort together.
+        let prefix = format!("{sweep_id}/");
+        self.awaiting_write
+            .range((prefix.clone(), 0)..)
+            .next()
+            .is_some_and(|(id, _)| id.starts_with(&prefix))
+    }
+}
+
 impl State {
     /// The store writes that bring the durable copy up to date: agents that registered,
     /// and the sweeps and points that changed since the last call. A point finished but
@@ -100,13 +112,7 @@ impl State {
                 });
                 self.persisted.points.insert(key, print);
             }
-            let prefix = format!("{}/", s.id);
-            let any_awaiting = self
-                .persisted
-                .awaiting_write
-                .range((prefix.clone(), 0)..)
-                .next()
-                .is_some_and(|(id, _)| id.starts_with(&prefix));
+            let any_awaiting = self.persisted.awaits_any_write(&s.id);
             let (spec_toml, file_name) =
                 self.persisted
                     .sources
@@ -166,13 +172,7 @@ impl State {
 
     /// Whether any point of sweep `sweep_id` waits for its rows to be written.
     pub(super) fn awaits_any_write(&self, sweep_id: &str) -> bool {
-        // Point ids are `<sweep id>/p<index>`: the sweep's points sort together.
-        let prefix = format!("{sweep_id}/");
-        self.persisted
-            .awaiting_write
-            .range((prefix.clone(), 0)..)
-            .next()
-            .is_some_and(|(id, _)| id.starts_with(&prefix))
+        self.persisted.awaits_any_write(sweep_id)
     }
 
     /// Drops what the store bookkeeping knows of an archived sweep's points.
