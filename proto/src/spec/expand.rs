@@ -1,5 +1,5 @@
 //! Expansion of a valid sweep into its ordered points (GPU count × workload × batch size
-//! or rate).
+//! or rate; a search sweep: one first probe per GPU count × workload).
 
 use super::sections::{BatchSizes, LoadMode, SweepSpec, WorkloadEntry};
 
@@ -36,12 +36,29 @@ impl SweepSpec {
         }
     }
 
+    /// A search load as the point's (batch size, rate): a batch size in burst and
+    /// concurrency mode, a rate in rate mode.
+    pub fn search_load(&self, load: f64) -> (u32, f64) {
+        if self.load.mode == LoadMode::Rate {
+            (0, load)
+        } else {
+            // Validation keeps search loads whole numbers within the batch size limit.
+            (load as u32, 0.0)
+        }
+    }
+
     /// Expands the matrix into points, ordered so the engine restarts as rarely as
     /// possible: grouped by GPU count (the only engine setting the matrix varies), then
     /// workload, then ascending batch size.
     pub fn expand(&self) -> Vec<PlannedPoint> {
         // (batch size, rate): one axis or the other, by mode.
         let loads: Vec<(u32, f64)> = match &self.matrix.rates {
+            // A search starts each group with one probe at `min`; the controller adds the
+            // rest as probes finish (`search::next_probe`).
+            _ if self.search.is_some() => {
+                let min = self.search().map_or(1.0, |s| s.min);
+                vec![self.search_load(min)]
+            }
             Some(rates) if self.load.mode == LoadMode::Rate => {
                 rates.get_ref().iter().map(|r| (0, *r.get_ref())).collect()
             }

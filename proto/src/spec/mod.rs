@@ -15,6 +15,9 @@
 //! - `expand`: [`SweepSpec::expand`] into [`PlannedPoint`]s (uses `sections`);
 //! - `wire`: [`SweepSpec::engine_wire`] / [`SweepSpec::load_wire`], and the sweep-file
 //!   enums to and from their generated `pb` enums (uses `sections`);
+//! - `slo`: `[slo]` and [`Slo`], the objectives points are judged against (uses `locate`);
+//! - `search`: `[search]`, [`Search`] and the search rule [`next_probe`] (uses `locate`,
+//!   `sections`);
 //! - `engine_args`: each engine kind's command line from a wire [`EngineSpec`](crate::pb::EngineSpec).
 //!
 //! This file only declares the modules and re-exports their public items.
@@ -23,7 +26,9 @@ mod engine_args;
 mod expand;
 mod limits;
 mod locate;
+mod search;
 mod sections;
+mod slo;
 mod validate;
 mod wire;
 
@@ -36,10 +41,15 @@ pub use limits::{
     DEFAULT_MAX_POINTS, MAX_MODEL_LEN, MAX_NAME_LEN, MAX_POINT_ID_LEN, MAX_POINTS_CEILING,
     MAX_SWEEP_FILE_BYTES, longest_point_id, model_name_problem, point_id_fits, sweep_id_len,
 };
+pub use search::{
+    Answer, DEFAULT_MIN_GAIN, DEFAULT_SEARCH_POINTS, MAX_SEARCH_POINTS, Next, Probe, Search,
+    SearchGoal, SearchSection, next_probe,
+};
 pub use sections::{
     Arrival, BatchSizes, DEFAULT_CRASH_RETRIES, DEFAULT_MAX_FAILED_SHARE, DEFAULT_WARMUP_TOLERANCE,
     Endpoint, EngineKind, EngineSection, GPU_VENDORS, LoadMode, LoadSection, MatrixSection,
     OnEngineCrash, PlacementSection, PolicySection, Runtime, Strategy, SweepSpec, TokenizerSource,
     WarmupSection, WorkloadEntry, model_slug,
 };
+pub use slo::{DEFAULT_SLO_PERCENTILE, Objective, Slo, SloSection};
 pub use validate::MAX_BATCH_SIZE;

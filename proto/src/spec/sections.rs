@@ -12,6 +12,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::search::{Search, SearchSection};
+use super::slo::{Slo, SloSection};
 use crate::pb;
 
 /// A parsed, validated sweep file.
@@ -30,6 +32,10 @@ pub struct SweepSpec {
     pub placement: PlacementSection,
     #[serde(default)]
     pub policy: PolicySection,
+    /// `[slo]`: the objectives each point is judged against (goodput, SLO verdict).
+    pub slo: Option<SloSection>,
+    /// `[search]`: the sweep finds its load levels itself (no `batch_sizes`/`rates`).
+    pub search: Option<SearchSection>,
     /// What parsing changed in the file's values, one line each (e.g. a batch size listed
     /// twice, measured once), for `controllerctl validate` to print.
     #[serde(skip)]
@@ -539,6 +545,16 @@ impl PlacementSection {
 }
 
 impl SweepSpec {
+    /// The sweep's SLO in plain form, if it has one.
+    pub fn slo(&self) -> Option<Slo> {
+        self.slo.as_ref().map(SloSection::to_slo)
+    }
+
+    /// The sweep's search in plain form, if it is a search sweep.
+    pub fn search(&self) -> Option<Search> {
+        self.search.as_ref().map(|s| s.to_search(self.load.mode))
+    }
+
     /// Name the engine serves the model under.
     pub fn served_model_name(&self) -> String {
         self.engine

@@ -752,3 +752,131 @@ fn converging_warm_up_is_validated_and_travels() {
     let err = SweepSpec::parse(&with("waves = 3"), "w.toml").unwrap_err();
     assert!(err.to_string().contains("waves"), "{err}");
 }
+
+fn concurrency_spec(extra: &str) -> String {
+    GOOD.replace(
+        "[load]\n",
+        "[load]\nmode = \"concurrency\"\nrequests = 64\n",
+    ) + extra
+}
+
+#[test]
+fn slo_section_reads_thresholds_in_ms_with_percentiles() {
+    let text = concurrency_spec("\n[slo]\nttft_ms = 2000\ntpot_ms = 50\ntpot_percentile = 90\n");
+    let spec = SweepSpec::parse(&text, "slo.toml").unwrap();
+    let slo = spec.slo().unwrap();
+    assert_eq!(
+        slo.ttft,
+        Some(Objective {
+            threshold_s: 2.0,
+            percentile: DEFAULT_SLO_PERCENTILE
+        })
+    );
+    assert_eq!(slo.tpot.unwrap().percentile, 90.0);
+    assert_eq!(slo.e2el, None);
+    assert_eq!(slo.describe(), "p99 ttft <= 2000 ms, p90 tpot <= 50 ms");
+}
+
+#[test]
+fn slo_errors_name_the_field_and_line() {
+    for (extra, field, needle) in [
+        ("\n[slo]\npercentile = 99\n", "slo", "names no objective"),
+        (
+            "\n[slo]\nttft_ms = -1\n",
+            "slo.ttft_ms",
+            "not a positive time",
+        ),
+        (
+            "\n[slo]\nttft_ms = 10\npercentile = 101\n",
+            "slo.percentile",
+            "not in (0, 100]",
+        ),
+        (
+            "\n[slo]\nttft_ms = 10\ne2el_percentile = 90\n",
+            "slo.e2el_percentile",
+            "only with slo.e2el_ms",
+        ),
+        ("\n[slo]\nttft = 10\n", "slo.ttft", "unknown field"),
+    ] {
+        let e = SweepSpec::parse(&concurrency_spec(extra), "bad.toml").unwrap_err();
+        assert_eq!(e.field, field, "{extra}: {e}");
+        assert!(e.to_string().contains(needle), "{extra}: {e}");
+    }
+}
+
+fn search_spec(search: &str) -> String {
+    concurrency_spec(&format!("\n[slo]\nttft_ms = 2000\n\n[search]\n{search}\n"))
+        .replace("batch_sizes = \"powers-of-2\"\nmax_batch_size = 8\n", "")
+}
+
+#[test]
+fn a_search_sweep_starts_each_group_at_min_and_caps_its_points() {
+    let spec =
+        SweepSpec::parse(&search_spec("min = 2\nmax = 64\nmax_points = 9"), "s.toml").unwrap();
+    let points = spec.expand();
+    // 2 GPU counts x 2 workloads, one first probe each.
+    assert_eq!(points.len(), 4);
+    assert!(
+        points
+            .iter()
+            .all(|p| p.batch_size == 2 && p.request_rate == 0.0)
+    );
+    assert_eq!(spec.point_count(), Some(4 * 9));
+    let search = spec.search().unwrap();
+    assert_eq!(
+        (search.min, search.max, search.resolution),
+        (2.0, 64.0, 1.0)
+    );
+    assert!(search.integer);
+}
+
+#[test]
+fn search_errors_name_the_field_and_line() {
+    for (text, field, needle) in [
+        (
+            concurrency_spec("\n[search]\nmax = 64\n")
+                .replace("batch_sizes = \"powers-of-2\"\nmax_batch_size = 8\n", ""),
+            "search.goal",
+            "needs an [slo] section",
+        ),
+        (
+            concurrency_spec("\n[slo]\nttft_ms = 1\n[search]\nmax = 64\n"),
+            "matrix.batch_sizes",
+            "chooses its loads itself",
+        ),
+        (search_spec("max = 6.5"), "search.max", "not a whole number"),
+        (
+            search_spec("min = 8\nmax = 4"),
+            "search.max",
+            "below search.min",
+        ),
+        (
+            search_spec("max = 64\nmax_points = 1"),
+            "search.max_points",
+            "not in 2..=64",
+        ),
+        (
+            search_spec("max = 64\nmin_gain = 0.1"),
+            "search.min_gain",
+            "goal = \"throughput\"",
+        ),
+    ] {
+        let e = SweepSpec::parse(&text, "bad.toml").unwrap_err();
+        assert_eq!(e.field, field, "{text}: {e}");
+        assert!(e.to_string().contains(needle), "{text}: {e}");
+    }
+}
+
+#[test]
+fn a_rate_search_probes_rates() {
+    let text = rate_spec("mode = \"rate\"\nduration_s = 10", "")
+        + "\n[search]\ngoal = \"throughput\"\nmin = 0.5\nmax = 32\n";
+    let spec = SweepSpec::parse(&text, "r.toml").unwrap();
+    let points = spec.expand();
+    assert!(
+        points
+            .iter()
+            .all(|p| p.batch_size == 0 && p.request_rate == 0.5)
+    );
+    assert_eq!(spec.search().unwrap().resolution, 0.5);
+}

@@ -271,6 +271,18 @@ impl SweepSpec {
             }
         }
         self.validate_load_axis(text, file)?;
+        if let Some(slo) = &self.slo {
+            slo.validate(text, file)?;
+        }
+        if let Some(search) = &self.search {
+            search.validate(
+                text,
+                file,
+                self.load.mode,
+                MAX_BATCH_SIZE,
+                self.slo.is_some(),
+            )?;
+        }
         match self
             .matrix
             .batch_sizes
@@ -465,7 +477,35 @@ impl SweepSpec {
         };
         let load = &self.load;
         let mode = load.mode;
+        if self.search.is_some() {
+            // A search chooses its loads itself.
+            for (field, span) in [
+                (
+                    "matrix.batch_sizes",
+                    self.matrix.batch_sizes.as_ref().map(Spanned::span),
+                ),
+                (
+                    "matrix.rates",
+                    self.matrix.rates.as_ref().map(Spanned::span),
+                ),
+                (
+                    "matrix.max_batch_size",
+                    self.matrix.max_batch_size.as_ref().map(Spanned::span),
+                ),
+            ] {
+                if let Some(span) = span {
+                    return err(
+                        span,
+                        field,
+                        "a [search] sweep chooses its loads itself (search.min .. search.max); \
+                         leave it out"
+                            .into(),
+                    );
+                }
+            }
+        }
         match (mode, &self.matrix.batch_sizes, &self.matrix.rates) {
+            _ if self.search.is_some() => {}
             (LoadMode::Rate, Some(b), _) => {
                 return err(
                     b.span(),
