@@ -196,7 +196,53 @@ pub fn closing_line(status: &pb::SweepStatus) -> String {
             status.sweep_id
         );
     }
+    for search in &status.search {
+        line.push('\n');
+        line.push_str(&search_line(search));
+    }
     line
+}
+
+/// One search group's answer as a sentence, e.g. `gpus=2 512/128: max 24 concurrent
+/// requests at p99 ttft <= 2000 ms (25 missed; 10 probes)`.
+pub fn search_line(r: &pb::SearchResult) -> String {
+    let load = |v: f64| match r.axis.as_str() {
+        "rate" => format!("{v} req/s"),
+        "concurrency" => format!("{v} concurrent requests"),
+        _ => format!("batch {v}"),
+    };
+    let group = format!("gpus={} {}/{}", r.gpus, r.input_tokens, r.output_tokens);
+    let probes = format!("{} probe{}", r.probes, if r.probes == 1 { "" } else { "s" });
+    let state = if r.finished { "" } else { " so far" };
+    let cap = if r.capped { ", probe cap reached" } else { "" };
+    let body = match (r.goal.as_str(), r.best, r.above) {
+        ("throughput", Some(best), Some(above)) => format!(
+            "output throughput stops rising after {} ({} did not raise it enough; {probes})",
+            load(best),
+            load(above)
+        ),
+        ("throughput", Some(best), None) => format!(
+            "output throughput still rose at {}{state} ({probes}{cap})",
+            load(best)
+        ),
+        ("throughput", None, _) => format!("no answer{state} ({probes})"),
+        (_, Some(best), Some(above)) => format!(
+            "max {} at {}{state} ({} missed; {probes}{cap})",
+            load(best),
+            r.slo,
+            load(above)
+        ),
+        (_, Some(best), None) => format!(
+            "max {} at {}{state}: every probe met it ({probes}{cap})",
+            load(best),
+            r.slo
+        ),
+        (_, None, Some(above)) => {
+            format!("even {} misses {}{state} ({probes})", load(above), r.slo)
+        }
+        (_, None, None) => format!("no probe has ended yet ({probes})"),
+    };
+    format!("search {group}: {body}")
 }
 
 /// `controllerctl status ID`.
@@ -218,6 +264,10 @@ pub fn status_text(s: &pb::SweepStatus) -> String {
     );
     for p in &s.points {
         out.push_str(&point_line(s, p));
+        out.push('\n');
+    }
+    for r in &s.search {
+        out.push_str(&search_line(r));
         out.push('\n');
     }
     for f in &s.result_files {

@@ -152,6 +152,7 @@ mod tests {
                 gpu_model: String::new(),
                 gpu_driver: String::new(),
                 hardware: Default::default(),
+                slo: None,
             },
             completed: batch,
             failed: 0,
@@ -176,6 +177,9 @@ mod tests {
             } else {
                 "failed requests".into()
             },
+            goodput: None,
+            slo_attainment: None,
+            slo_verdict: String::new(),
         }
     }
 

@@ -20,8 +20,8 @@ use parquet::schema::types::ColumnPath;
 
 use crate::error::ResultsError;
 use crate::schema::{
-    FALLBACK_SEPARATOR, METRICS, MetricRow, SERVER, STATS, itl_item_field, itl_values_path,
-    metrics_schema, points_schema,
+    FALLBACK_SEPARATOR, METRICS, MetricRow, SERVER, SLO_OBJECTIVES, STATS, itl_item_field,
+    itl_values_path, metrics_schema, points_schema,
 };
 use crate::summary::{PointMeta, PointSummary};
 
@@ -189,6 +189,14 @@ pub(crate) fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, Result
     columns.push(f64s(rows, |s| s.meta.hardware.gpu_memory_gib));
     columns.push(utf8(rows, |s| &s.meta.hardware.gpu_pci_bus_ids));
     columns.push(utf8(rows, |s| &s.meta.hardware.cpu_model));
+    for (_, objective) in SLO_OBJECTIVES {
+        let of = |s: &PointSummary| s.meta.slo.as_ref().and_then(objective);
+        columns.push(opt_f64s(rows, |s| of(s).map(|o| o.threshold_s * 1e3)));
+        columns.push(opt_f64s(rows, |s| of(s).map(|o| o.percentile)));
+    }
+    columns.push(opt_f64s(rows, |s| s.goodput));
+    columns.push(opt_f64s(rows, |s| s.slo_attainment));
+    columns.push(utf8(rows, |s| &s.slo_verdict));
     Ok(RecordBatch::try_new(Arc::new(points_schema()), columns)?)
 }
 

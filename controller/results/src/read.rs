@@ -13,14 +13,15 @@ use arrow_array::{
 };
 use arrow_schema::Schema;
 use fleetbench_proto::record::{ErrorKind, RequestRecord};
+use fleetbench_proto::spec::{Objective, Slo};
 use parquet::arrow::ARROW_SCHEMA_META_KEY;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::{ResultsError, bad};
 use crate::metadata::PartitionMetadata;
 use crate::schema::{
-    FALLBACK_SEPARATOR, METRICS, MetricRow, SERVER, STATS, metrics_schema, points_schema,
-    requests_schema,
+    FALLBACK_SEPARATOR, METRICS, MetricRow, SERVER, SLO_OBJECTIVES, STATS, metrics_schema,
+    points_schema, requests_schema,
 };
 use crate::summary::{
     ClientStats, Hardware, InFlight, Percentiles, PointMeta, PointSummary, ServerStats, WarmupStats,
@@ -103,6 +104,27 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
         let gpu_memory_gib = c.opt::<Float64Array>("gpu_memory_gib")?;
         let gpu_pci_bus_ids = c.opt::<StringArray>("gpu_pci_bus_ids")?;
         let cpu_model = c.opt::<StringArray>("cpu_model")?;
+        // Files written before SLOs were judged lack these.
+        let [slo_ttft, slo_tpot, slo_e2el] = SLO_OBJECTIVES.map(|(metric, _)| {
+            Ok::<_, ResultsError>((
+                c.opt::<Float64Array>(&format!("slo_{metric}_ms"))?,
+                c.opt::<Float64Array>(&format!("slo_{metric}_percentile"))?,
+            ))
+        });
+        let slo_columns = [slo_ttft?, slo_tpot?, slo_e2el?];
+        let goodput = c.opt::<Float64Array>("goodput")?;
+        let slo_attainment = c.opt::<Float64Array>("slo_attainment")?;
+        let slo_verdict = c.opt::<StringArray>("slo_verdict")?;
+        let slo = |i: usize| {
+            let [ttft, tpot, e2el] = slo_columns.map(|(ms, pct)| {
+                Some(Objective {
+                    threshold_s: opt(ms?, i)? / 1e3,
+                    percentile: opt(pct?, i)?,
+                })
+            });
+            let slo = Slo { ttft, tpot, e2el };
+            (slo != Slo::default()).then_some(slo)
+        };
         let warmup = |i: usize| -> Result<WarmupStats, ResultsError> {
             let Some(list) = warmup_tps else {
                 return Ok(WarmupStats::default());
@@ -171,6 +193,7 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
                         gpu_pci_bus_ids: text(gpu_pci_bus_ids, i),
                         cpu_model: text(cpu_model, i),
                     },
+                    slo: slo(i),
                 },
                 completed: completed.value(i),
                 failed: failed.value(i),
@@ -207,6 +230,9 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
                     _ => None,
                 },
                 verdict: verdict.value(i).to_owned(),
+                goodput: goodput.and_then(|c| opt(c, i)),
+                slo_attainment: slo_attainment.and_then(|c| opt(c, i)),
+                slo_verdict: text(slo_verdict, i),
             });
         }
     }
@@ -390,6 +416,16 @@ const ADDED_COLUMNS: &[&str] = &[
     "gpu_memory_gib",
     "gpu_pci_bus_ids",
     "cpu_model",
+    // points files: the SLO and goodput
+    "slo_ttft_ms",
+    "slo_ttft_percentile",
+    "slo_tpot_ms",
+    "slo_tpot_percentile",
+    "slo_e2el_ms",
+    "slo_e2el_percentile",
+    "goodput",
+    "slo_attainment",
+    "slo_verdict",
 ];
 
 fn read_batches(path: &Path, expected: &Schema) -> Result<Vec<RecordBatch>, ResultsError> {

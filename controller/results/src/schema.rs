@@ -11,6 +11,8 @@ use std::sync::Arc;
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::schema::types::ColumnPath;
 
+use fleetbench_proto::spec::{Objective, Slo};
+
 use crate::summary::{Percentiles, PointSummary, ServerStats};
 
 /// Joins a point's fallbacks (one per line) in the one `fallbacks` column.
@@ -25,6 +27,17 @@ pub(crate) const SERVER: [(&str, ServerStat); 4] = [
     ("server_waiting_max", |s| s.waiting_max),
     ("server_kv_cache_usage_max", |s| s.kv_cache_usage_max),
     ("server_preemptions", |s| s.preemptions),
+];
+
+/// Picks one objective out of an SLO.
+pub(crate) type SloObjective = fn(&Slo) -> Option<Objective>;
+
+/// The objectives of an SLO, in column order; each becomes the columns `slo_<metric>_ms`
+/// and `slo_<metric>_percentile`.
+pub(crate) const SLO_OBJECTIVES: [(&str, SloObjective); 3] = [
+    ("ttft", |s| s.ttft),
+    ("tpot", |s| s.tpot),
+    ("e2el", |s| s.e2el),
 ];
 
 /// Picks one distribution out of a point summary.
@@ -197,6 +210,24 @@ pub(crate) fn points_schema() -> Schema {
     fields.push(f64("gpu_memory_gib"));
     fields.push(utf8("gpu_pci_bus_ids"));
     fields.push(utf8("cpu_model"));
+    // The sweep's [slo] (null: no objective on that metric), and the point against it:
+    // goodput (good requests/s), the share of good requests and the verdict (`met`,
+    // `missed: …`; empty without an SLO).
+    for (metric, _) in SLO_OBJECTIVES {
+        fields.push(Field::new(
+            format!("slo_{metric}_ms"),
+            DataType::Float64,
+            true,
+        ));
+        fields.push(Field::new(
+            format!("slo_{metric}_percentile"),
+            DataType::Float64,
+            true,
+        ));
+    }
+    fields.push(Field::new("goodput", DataType::Float64, true));
+    fields.push(Field::new("slo_attainment", DataType::Float64, true));
+    fields.push(utf8("slo_verdict"));
     Schema::new(fields)
 }
 

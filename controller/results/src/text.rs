@@ -84,6 +84,10 @@ pub fn fields(s: &pb::PointSummary) -> Vec<(String, Value)> {
     f.push(("gpu_pci_bus_ids".into(), json!(s.gpu_pci_bus_ids)));
     f.push(("cpu_model".into(), json!(s.cpu_model)));
     f.push(("verdict".into(), json!(s.verdict)));
+    f.push(("slo".into(), json!(s.slo)));
+    f.push(("goodput".into(), json!(s.goodput)));
+    f.push(("slo_attainment".into(), json!(s.slo_attainment)));
+    f.push(("slo_verdict".into(), json!(s.slo_verdict)));
     f.push(("error".into(), json!(s.error)));
     f
 }
@@ -176,8 +180,14 @@ fn table(points: &[pb::PointSummary], with_ids: bool) -> String {
     }
     header.extend([
         "state", "ok", "fail", "req/s", "out/s", "tok/s", "ttft50", "ttft99", "tpot50", "e2el50",
-        "lag99", "verdict",
+        "lag99",
     ]);
+    // Goodput and the SLO verdict only where a point was judged against an SLO.
+    let with_slo = points.iter().any(|p| !p.slo.is_empty());
+    if with_slo {
+        header.extend(["good/s", "slo"]);
+    }
+    header.push("verdict");
     // One numbered note per distinct verdict that is not `valid`.
     let mut notes: Vec<&str> = Vec::new();
     let rows: Vec<Vec<String>> = points
@@ -224,8 +234,16 @@ fn table(points: &[pb::PointSummary], with_ids: bool) -> String {
                 short_ms(tpot.p50),
                 short_ms(e2el.p50),
                 short_ms(s.send_lag_s.and_then(|p| p.p99)),
-                verdict,
             ]);
+            if with_slo {
+                cells.push(s.goodput.map_or_else(|| "-".into(), |g| format!("{g:.2}")));
+                cells.push(match s.slo_verdict.as_str() {
+                    "" => "-".into(),
+                    "met" => "met".into(),
+                    _ => "missed".into(),
+                });
+            }
+            cells.push(verdict);
             cells
         })
         .collect();
@@ -266,6 +284,7 @@ fn table(points: &[pb::PointSummary], with_ids: bool) -> String {
     out.push_str(&wrap(
         "latencies in ms (p50, p99); load = burst batch, cN = N in flight, R/s = request rate; \
          out/s, tok/s = output and total tokens per second; lag = actual - scheduled send; \
+         good/s = requests/s meeting every [slo] objective; slo = whether the point met it; \
          verdict codes: failed, none, input, output, lag, conc, cpu, inflight, shared, \
          fallback (full text above and in --format csv/json)",
         NOTE_WIDTH,

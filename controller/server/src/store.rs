@@ -89,6 +89,25 @@ pub struct PointRow {
     pub finished: Option<pb::PointFinished>,
     #[prost(message, repeated, tag = "9")]
     pub engine_events: Vec<pb::EngineEvent>,
+    /// The planned point, for points the sweep file does not expand to: the probes a
+    /// `[search]` sweep adds as it goes (absent in rows stored before searches existed).
+    #[prost(message, optional, tag = "10")]
+    pub planned: Option<PlannedRow>,
+}
+
+/// A point's place in its sweep's matrix, as stored.
+#[derive(Clone, PartialEq, Message)]
+pub struct PlannedRow {
+    #[prost(uint32, tag = "1")]
+    pub gpus: u32,
+    #[prost(uint32, tag = "2")]
+    pub input_tokens: u32,
+    #[prost(uint32, tag = "3")]
+    pub output_tokens: u32,
+    #[prost(uint32, tag = "4")]
+    pub batch_size: u32,
+    #[prost(double, tag = "5")]
+    pub request_rate: f64,
 }
 
 /// An agent as stored: what it last registered with.

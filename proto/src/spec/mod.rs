@@ -43,7 +43,7 @@ pub use limits::{
 };
 pub use search::{
     Answer, DEFAULT_MIN_GAIN, DEFAULT_SEARCH_POINTS, MAX_SEARCH_POINTS, Next, Probe, Search,
-    SearchGoal, SearchSection, next_probe,
+    SearchGoal, SearchSection, next_probe, slo_bracket,
 };
 pub use sections::{
     Arrival, BatchSizes, DEFAULT_CRASH_RETRIES, DEFAULT_MAX_FAILED_SHARE, DEFAULT_WARMUP_TOLERANCE,

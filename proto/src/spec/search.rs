@@ -253,7 +253,8 @@ pub fn next_probe(search: &Search, probes: &[Probe]) -> Next {
     }
 }
 
-fn next_slo(search: &Search, probes: &[Probe]) -> Next {
+/// Goal `slo`: the smallest load that missed, and the largest below it that met.
+pub fn slo_bracket(probes: &[Probe]) -> (Option<f64>, Option<f64>) {
     let above = probes
         .iter()
         .filter(|p| !p.met)
@@ -264,6 +265,11 @@ fn next_slo(search: &Search, probes: &[Probe]) -> Next {
         .filter(|p| p.met && above.is_none_or(|a| p.load < a))
         .map(|p| p.load)
         .reduce(f64::max);
+    (best, above)
+}
+
+fn next_slo(search: &Search, probes: &[Probe]) -> Next {
+    let (best, above) = slo_bracket(probes);
     let capped = probes.len() >= search.max_points as usize;
     let done = |capped| {
         Next::Done(Answer {

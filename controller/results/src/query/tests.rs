@@ -50,6 +50,7 @@ fn point(sweep: &str, host: &str, gpus: u32, batch: u32, tput: f64) -> PointSumm
             gpu_model: String::new(),
             gpu_driver: String::new(),
             hardware: Default::default(),
+            slo: None,
         },
         completed: batch,
         failed: 0,
@@ -78,6 +79,9 @@ fn point(sweep: &str, host: &str, gpus: u32, batch: u32, tput: f64) -> PointSumm
         send_lag_s: Percentiles::default(),
         in_flight: None,
         verdict: "valid".into(),
+        goodput: None,
+        slo_attainment: None,
+        slo_verdict: String::new(),
     }
 }
 

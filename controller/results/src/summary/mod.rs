@@ -13,11 +13,12 @@
 //!   one output token, ITL pooled over every completed request's inter-chunk gaps.
 //!
 //! Submodules: the summary types (re-exported here), [`percentiles`] (means and
-//! quantiles) and [`verdict`] (the validity checks).
+//! quantiles), [`verdict`] (the validity checks) and [`slo`] (goodput and the SLO verdict).
 
 pub mod outcome;
 pub mod percentiles;
 mod point;
+pub mod slo;
 pub mod verdict;
 
 use fleetbench_proto::pb;
@@ -157,8 +158,15 @@ pub fn summarize(
         itl.extend_from_slice(&r.itl_s);
     }
 
+    let slo = meta
+        .slo
+        .as_ref()
+        .map(|slo| slo::evaluate(slo, records, duration_s));
     PointSummary {
         meta,
+        goodput: slo.as_ref().map(|o| o.goodput),
+        slo_attainment: slo.as_ref().map(|o| o.attainment),
+        slo_verdict: slo.map(|o| o.verdict).unwrap_or_default(),
         completed,
         failed,
         duration_s,
@@ -273,6 +281,7 @@ mod tests {
             gpu_model: String::new(),
             gpu_driver: String::new(),
             hardware: Default::default(),
+            slo: None,
         }
     }
 
@@ -541,6 +550,7 @@ mod tests {
             gpu_model: String::new(),
             gpu_driver: String::new(),
             hardware: Default::default(),
+            slo: None,
             ..meta()
         };
         let s = summarize(busy, &records, &[]);

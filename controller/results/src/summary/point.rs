@@ -2,6 +2,7 @@
 //! wire form.
 
 use fleetbench_proto::pb;
+use fleetbench_proto::spec::Slo;
 
 use crate::summary::percentiles::Percentiles;
 
@@ -45,6 +46,9 @@ pub struct PointMeta {
     /// The rest of what identifies the hardware the point ran on.
     #[serde(default)]
     pub hardware: Hardware,
+    /// The sweep's `[slo]`, which the point is judged against (`None`: no SLO).
+    #[serde(default)]
+    pub slo: Option<Slo>,
 }
 
 /// What identifies a point's hardware beyond the GPU model and driver, from the agent's
@@ -135,6 +139,25 @@ pub struct PointSummary {
     pub in_flight: Option<InFlight>,
     /// `valid`, or why the point did not measure what it asked for.
     pub verdict: String,
+    /// With an `[slo]`: good requests per second (see `summary::slo`); `None` without one.
+    #[serde(default)]
+    pub goodput: Option<f64>,
+    /// With an `[slo]`: the share of measured requests that met every objective.
+    #[serde(default)]
+    pub slo_attainment: Option<f64>,
+    /// With an `[slo]`: `met` or `missed: …`; empty without one.
+    #[serde(default)]
+    pub slo_verdict: String,
+}
+
+impl PointSummary {
+    /// Whether the point met its SLO (`None`: the sweep has none).
+    pub fn slo_met(&self) -> Option<bool> {
+        self.meta
+            .slo
+            .is_some()
+            .then(|| self.slo_verdict == crate::summary::slo::SLO_MET)
+    }
 }
 
 /// The engine's view of a point, from its Prometheus `/metrics` scraped during the load:
@@ -226,6 +249,10 @@ impl From<&PointSummary> for pb::PointSummary {
             gpu_memory_gib: m.hardware.gpu_memory_gib,
             gpu_pci_bus_ids: m.hardware.gpu_pci_bus_ids.clone(),
             cpu_model: m.hardware.cpu_model.clone(),
+            goodput: s.goodput,
+            slo_attainment: s.slo_attainment,
+            slo_verdict: s.slo_verdict.clone(),
+            slo: m.slo.as_ref().map(Slo::describe).unwrap_or_default(),
         }
     }
 }

@@ -40,6 +40,7 @@ fn meta(point_index: u32) -> PointMeta {
         gpu_model: String::new(),
         gpu_driver: String::new(),
         hardware: Default::default(),
+        slo: None,
     }
 }
 

@@ -328,6 +328,7 @@ impl State {
         };
         let model = sweep.spec.model.get_ref().clone();
         let mode = sweep.spec.load.mode.as_str().to_string();
+        let slo = sweep.spec.slo();
         let cancelled = sweep.state == SweepState::Cancelled;
         let on_crash = sweep.spec.policy.on_engine_crash;
         let max_retries = sweep.spec.policy.crash_retries();
@@ -490,6 +491,7 @@ impl State {
             gpu_model,
             gpu_driver,
             hardware,
+            slo,
         };
         let template = meta.clone();
         let summary = summarize(meta, &records, &pf.engine_metrics);
@@ -518,6 +520,8 @@ impl State {
         }
         // Assign the agent's next point before releasing this sweep's engines: an agent
         // whose next point (of another sweep) needs the same engine keeps it running.
+        // A search sweep's group whose probe just ended gets its next probe first.
+        self.advance_search(&sweep_id);
         let mut out = self.schedule();
         out.extend(self.finish_sweep_if_complete(&sweep_id));
         let job = WriteJob {

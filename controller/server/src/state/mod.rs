@@ -14,6 +14,7 @@
 //! - `replicas`: `strategy = "replicate"` submissions and groups of child sweeps;
 //! - `partition`: what a partition write takes from the state (its job, its snapshot);
 //! - `persistence`: to and from the durable store (`crate::store`);
+//! - `search`: `[search]` sweeps, which add each group's next probe as the last ends;
 //! - `views`: the `pb` status and listing messages.
 //!
 //! Siblings import `model` (and `lifecycle` imports `partition`), never each other the
@@ -26,6 +27,7 @@ mod partition;
 mod persistence;
 mod placement;
 mod replicas;
+mod search;
 mod views;
 
 #[cfg(test)]
@@ -102,7 +104,7 @@ impl State {
         let points: Vec<PointEntry> = spec
             .expand()
             .into_iter()
-            .map(|planned| PointEntry::new(format!("{id}/p{:03}", planned.index), planned))
+            .map(|planned| PointEntry::new(model::point_id(&id, planned.index), planned))
             .collect();
         let n = points.len();
         let (version, _) = tokio::sync::watch::channel(0);

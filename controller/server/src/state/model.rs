@@ -46,6 +46,11 @@ impl PointState {
     }
 }
 
+/// The id of point `index` of sweep `sweep_id`.
+pub fn point_id(sweep_id: &str, index: u32) -> String {
+    format!("{sweep_id}/p{index:03}")
+}
+
 #[derive(Debug, Clone)]
 pub struct PointEntry {
     pub planned: PlannedPoint,

@@ -7,14 +7,16 @@
 use std::collections::{BTreeSet, HashMap};
 
 use fleetbench_proto::pb;
-use fleetbench_proto::spec::SweepSpec;
+use fleetbench_proto::spec::{PlannedPoint, SweepSpec, WorkloadEntry};
 use fleetbench_results::summary::PointSummary;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::State;
-use super::model::{AgentEntry, Dirty, PointEntry, PointState, Replica, SweepState, count};
-use crate::store::{AgentRow, Loaded, LoadedSweep, PointRow, StoreOp, SweepRow};
+use super::model::{
+    AgentEntry, Dirty, PointEntry, PointState, Replica, SweepState, count, point_id,
+};
+use crate::store::{AgentRow, Loaded, LoadedSweep, PlannedRow, PointRow, StoreOp, SweepRow};
 
 /// The part of a point's state whose change is worth a store write.
 #[derive(Debug, Clone, PartialEq)]
@@ -241,6 +243,13 @@ impl State {
             let mut running = Vec::new();
             for (pos, prow) in points {
                 let idx = pos as usize;
+                // A search probe (the sweep file expands only to each group's first).
+                if idx == s.points.len()
+                    && s.spec.search.is_some()
+                    && let Some(planned) = &prow.planned
+                {
+                    s.points.push(stored_probe(&id, pos, planned));
+                }
                 let Some(p) = s.points.get_mut(idx) else {
                     problems.push(format!("sweep {id}: stored point {pos} is not in its spec"));
                     continue;
@@ -295,6 +304,8 @@ impl State {
                 a.warm((id.clone(), gpus));
             }
             info!(sweep_id = %id, state = row.state, "sweep restored");
+            // A search whose last probe ended just before the crash goes on.
+            self.advance_search(&id);
             // A sweep whose points all ended before the crash finishes now.
             let _ = self.finish_sweep_if_complete(&id);
         }
@@ -316,6 +327,7 @@ fn point_row(p: &PointEntry, awaiting: bool) -> PointRow {
             summary_toml: String::new(),
             finished: None,
             engine_events: p.engine_events.clone(),
+            planned: Some(planned_row(p)),
         };
     }
     let agent = match &p.state {
@@ -342,5 +354,32 @@ fn point_row(p: &PointEntry, awaiting: bool) -> PointRow {
             .unwrap_or_default(),
         finished: p.finished.clone(),
         engine_events: p.engine_events.clone(),
+        planned: Some(planned_row(p)),
     }
+}
+
+fn planned_row(p: &PointEntry) -> PlannedRow {
+    PlannedRow {
+        gpus: p.planned.gpus,
+        input_tokens: p.planned.workload.input,
+        output_tokens: p.planned.workload.output,
+        batch_size: p.planned.batch_size,
+        request_rate: p.planned.request_rate,
+    }
+}
+
+/// A stored point the sweep file does not expand to (a search probe), rebuilt from its
+/// stored place in the matrix.
+fn stored_probe(sweep_id: &str, pos: u32, row: &PlannedRow) -> PointEntry {
+    let planned = PlannedPoint {
+        index: pos,
+        gpus: row.gpus,
+        workload: WorkloadEntry {
+            input: row.input_tokens,
+            output: row.output_tokens,
+        },
+        batch_size: row.batch_size,
+        request_rate: row.request_rate,
+    };
+    PointEntry::new(point_id(sweep_id, pos), planned)
 }

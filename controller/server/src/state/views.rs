@@ -79,6 +79,7 @@ impl Sweep {
             result_files: self.result_files.iter().cloned().collect(),
             next_page_token: String::new(),
             archived: false,
+            search: super::search::search_results(self),
         }
     }
 }
