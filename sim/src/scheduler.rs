@@ -50,6 +50,8 @@
 //! slowly and its channel is full, the engine does not wait: tokens accumulate and the next
 //! event carries several (like vLLM, whose stream chunks can hold several tokens).
 
+pub mod prefix_cache;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
