@@ -522,7 +522,7 @@ async fn generate(state: &AppState, g: Generation) -> Result<Response, SimError>
                 .engine
                 .submit(NewRequest {
                     request_id: engine_id.clone(),
-                    prompt_tokens,
+                    prompt_ids: g.prompt.ids,
                     max_tokens: plan.max_tokens,
                     output_tokens: plan.output.len,
                     finish_reason: plan.finish_reason,

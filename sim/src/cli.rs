@@ -77,7 +77,8 @@ pub struct Args {
     #[arg(long, hide = true, overrides_with = "enforce_eager")]
     pub no_enforce_eager: bool,
 
-    /// Prefix caching; accepted, not modelled.
+    /// Automatic prefix caching (on by default): prompts that start with the same full
+    /// KV-cache blocks as an earlier one skip prefilling them.
     #[arg(long, overrides_with = "no_enable_prefix_caching")]
     pub enable_prefix_caching: bool,
     #[arg(long, overrides_with = "enable_prefix_caching")]
@@ -465,7 +466,6 @@ impl Args {
                 gpu_memory_utilization: self.gpu_memory_utilization,
                 kv_cache_dtype: self.kv_cache_dtype,
                 dtype: self.dtype,
-                enable_prefix_caching: !self.no_enable_prefix_caching,
                 enable_chunked_prefill: !self.no_enable_chunked_prefill,
                 enforce_eager: self.enforce_eager,
             },
@@ -479,6 +479,7 @@ impl Args {
                     .sim_crash_at_running
                     .map(|n| CrashAt::exit_at(usize::try_from(n).unwrap_or(usize::MAX))),
                 chunked_prefill: !self.no_enable_chunked_prefill,
+                prefix_caching: !self.no_enable_prefix_caching,
                 oom: self.sim_oom_crash.then_some(CrashAction::Exit),
                 perf,
             },

@@ -144,7 +144,6 @@ pub struct EchoedArgs {
     pub gpu_memory_utilization: f64,
     pub kv_cache_dtype: String,
     pub dtype: String,
-    pub enable_prefix_caching: bool,
     pub enable_chunked_prefill: bool,
     pub enforce_eager: bool,
 }
@@ -157,7 +156,6 @@ impl Default for EchoedArgs {
             gpu_memory_utilization: 0.9,
             kv_cache_dtype: "auto".to_owned(),
             dtype: "auto".to_owned(),
-            enable_prefix_caching: true,
             enable_chunked_prefill: true,
             enforce_eager: false,
         }
@@ -171,9 +169,11 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// `--max-num-batched-tokens`: prompt tokens admitted in one step (see `scheduler.rs`).
     pub max_num_batched_tokens: u64,
-    /// `--block-size`: KV-cache block size in tokens, for `vllm:kv_cache_usage_perc`.
+    /// `--block-size`: KV-cache block size in tokens: the unit of KV allocation (preemption,
+    /// `vllm:kv_cache_usage_perc`) and of prefix caching (only full blocks are cached).
     pub block_size: u32,
-    /// KV-cache capacity in tokens (`--sim-kv-cache-tokens`), for `vllm:kv_cache_usage_perc`.
+    /// KV-cache capacity in tokens (`--sim-kv-cache-tokens`, or what the GPU profile leaves):
+    /// running sequences and the prefix cache share it.
     pub kv_cache_tokens: u64,
     /// Step-time model.
     pub timing: TimingModel,
@@ -183,6 +183,10 @@ pub struct EngineConfig {
     /// `--enable-chunked-prefill` (vLLM's default): prompts are split across steps to fit
     /// `max_num_batched_tokens`; off, a prompt is prefilled whole or waits.
     pub chunked_prefill: bool,
+    /// `--enable-prefix-caching` (vLLM's default; off with `--no-enable-prefix-caching`):
+    /// full KV-cache blocks of prompts stay cached, and a prompt that starts with cached
+    /// blocks does not prefill them (see `scheduler/prefix_cache.rs`).
+    pub prefix_caching: bool,
     /// `--sim-gpu`: the GPU performance model (step times, KV-cache size); `None`: the
     /// flag model ([`TimingModel`]) and `kv_cache_tokens`.
     pub perf: Option<crate::perf::PerfModel>,
@@ -201,6 +205,7 @@ impl Default for EngineConfig {
             timing: TimingModel::default(),
             crash: None,
             chunked_prefill: true,
+            prefix_caching: true,
             perf: None,
             oom: None,
         }

@@ -125,6 +125,7 @@ impl RequestMetrics {
             prefill: first.saturating_duration_since(self.req.t0),
             decode: now.saturating_duration_since(first),
             prompt_tokens: self.req.prompt_tokens,
+            cached_tokens: 0,
             generation_tokens: self.emitted,
             max_tokens: self.req.max_tokens,
             preemptions: 0,

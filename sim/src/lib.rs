@@ -138,9 +138,10 @@ pub async fn run(
         }
     }
 
-    let stats = Arc::new(metrics::EngineStats::with_max_model_len(
-        config.max_model_len,
-    ));
+    let stats = Arc::new(
+        metrics::EngineStats::with_max_model_len(config.max_model_len)
+            .with_prefix_caching(config.engine.prefix_caching),
+    );
     let tracker = TaskTracker::new();
     // A child token: the engine stops with `shutdown`, and also when serving fails on its own,
     // without cancelling the caller's token.
@@ -155,7 +156,6 @@ pub async fn run(
         tracker.spawn(metrics::log_stats_loop(
             stats.clone(),
             LOG_STATS_INTERVAL,
-            config.echo.enable_prefix_caching,
             engine_shutdown.clone(),
         ));
     }

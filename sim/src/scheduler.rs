@@ -18,7 +18,11 @@
 //!    a prompt is admitted whole or waits (alone, when nothing else is scheduled, it runs
 //!    even if longer than the budget). KV blocks: `--block-size` tokens each; their number
 //!    comes from the GPU profile (`--sim-gpu`, see [`crate::perf`]) or
-//!    `--sim-kv-cache-tokens`.
+//!    `--sim-kv-cache-tokens`. With prefix caching (vLLM's default, see [`prefix_cache`]),
+//!    a waiting sequence first looks its prompt up: the longest run of cached full blocks
+//!    from its start (never its last token) is computed already, shares those blocks, and
+//!    only the rest is pending; the blocks of every prompt scheduled stay cached after it
+//!    ends, until their space is needed (least recently used first).
 //! 3. **Time**: with a GPU profile, [`crate::perf::PerfModel::step_time`] of the step's
 //!    shape (decode sequences, prefill tokens, context read, attention pairs). Without, the
 //!    flag model with `seqs` = scheduled sequences and `prefill` = prompt tokens computed:
@@ -36,9 +40,9 @@
 //!    samples one token (the first one ends a prefill: TTFT). A request finishes when it has emitted its target
 //!    number of tokens (`finish_reason` as given at submission) and leaves the batch.
 //!
-//! Consequences: a burst of N requests of P prompt tokens that all fit in one step gets
-//! TTFT = step(N, N×P), then one token every `sim_step_ms + sim_step_ms_per_seq × N` (all
-//! divided by the speedup). With the defaults (20 ms, 0.2 ms/seq, 100 µs/token), N = 4 and
+//! Consequences: a burst of N requests of P prompt tokens (sharing no cached block) that all
+//! fit in one step gets TTFT = step(N, N×P), then one token every `sim_step_ms +
+//! sim_step_ms_per_seq × N` (all divided by the speedup). With the defaults (20 ms, 0.2 ms/seq, 100 µs/token), N = 4 and
 //! P = 100: first tokens at 60.8 ms, then every 20.8 ms.
 //!
 //! With `--sim-crash-at-running N` ([`EngineConfig::crash`]), the engine dies right after the
@@ -49,6 +53,8 @@
 //! Each [`TokenEvent`] carries the ideal instant of its step's end (`at`). If a client reads
 //! slowly and its channel is full, the engine does not wait: tokens accumulate and the next
 //! event carries several (like vLLM, whose stream chunks can hold several tokens).
+
+pub mod prefix_cache;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -64,8 +70,9 @@ use tracing::Instrument as _;
 use crate::config::{CrashAction, CrashAt, EngineConfig};
 use crate::error::SimError;
 use crate::finish::FinishReason;
-use crate::metrics::{EngineStats, FinishedRecord, StepRecord};
+use crate::metrics::{EngineStats, FinishedRecord, PrefixCacheStats, StepRecord};
 use crate::perf::StepShape;
+use prefix_cache::{BlockHash, BlockPool, BlockTable};
 
 /// Capacity of the engine's request queue (submitters wait when it is full).
 pub const REQUEST_QUEUE_CAPACITY: usize = 1024;
@@ -91,7 +98,9 @@ pub struct TokenEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRequest {
     pub request_id: String,
-    pub prompt_tokens: u32,
+    /// The prompt's token ids (after the chat template): their number is the prompt length,
+    /// their values decide which prefix-cache blocks the prompt shares with others.
+    pub prompt_ids: Vec<u32>,
     /// The request's (clamped) `max_tokens`, for `vllm:request_params_max_tokens`.
     pub max_tokens: u32,
     /// Tokens to generate (at least 1 is generated).
@@ -100,9 +109,18 @@ pub struct NewRequest {
     pub finish_reason: FinishReason,
 }
 
+impl NewRequest {
+    /// Prompt length in tokens.
+    pub fn prompt_tokens(&self) -> u32 {
+        u32::try_from(self.prompt_ids.len()).unwrap_or(u32::MAX)
+    }
+}
+
 #[derive(Debug)]
 struct EngineRequest {
     new: NewRequest,
+    /// Hashes of the prompt's full KV-cache blocks (none without prefix caching).
+    block_hashes: Vec<BlockHash>,
     arrival: Instant,
     tokens: mpsc::Sender<TokenEvent>,
 }
@@ -111,6 +129,8 @@ struct EngineRequest {
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<EngineRequest>,
+    /// `--block-size`, when prefix caching is on: submitters hash their prompts' blocks.
+    hash_block_size: Option<u32>,
 }
 
 impl EngineHandle {
@@ -118,8 +138,14 @@ impl EngineHandle {
     /// token (or early if the engine stops). Dropping the receiver aborts the request.
     pub async fn submit(&self, new: NewRequest) -> Result<mpsc::Receiver<TokenEvent>, SimError> {
         let (tokens, rx) = mpsc::channel(TOKEN_CHANNEL_CAPACITY);
+        // Hashed here, on the submitter's task, not in the engine loop.
+        let block_hashes = self
+            .hash_block_size
+            .map(|size| prefix_cache::block_hashes(&new.prompt_ids, size))
+            .unwrap_or_default();
         let request = EngineRequest {
             new,
+            block_hashes,
             arrival: Instant::now(),
             tokens,
         };
@@ -140,7 +166,12 @@ pub fn spawn_engine(
     tracker: &TaskTracker,
 ) -> EngineHandle {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE_CAPACITY);
-    let free_blocks = config.kv_cache_blocks();
+    let pool = BlockPool::new(
+        config.kv_cache_blocks(),
+        config.block_size,
+        config.prefix_caching,
+    );
+    let hash_block_size = config.prefix_caching.then_some(config.block_size);
     let engine = Engine {
         config,
         stats,
@@ -149,14 +180,17 @@ pub fn spawn_engine(
         rx,
         waiting: VecDeque::new(),
         running: Vec::new(),
-        free_blocks,
+        pool,
     };
     tracker.spawn(
         engine
             .run()
             .instrument(tracing::info_span!("engine", engine = 0)),
     );
-    EngineHandle { tx }
+    EngineHandle {
+        tx,
+        hash_block_size,
+    }
 }
 
 #[derive(Debug)]
@@ -165,10 +199,14 @@ struct Seq {
     generated: u32,
     delivered: u32,
     /// Tokens (prompt and output) whose keys and values are in the KV cache: vLLM's
-    /// `num_computed_tokens`. A preempted sequence drops to 0 and recomputes.
+    /// `num_computed_tokens`, prefix-cache hits included. A preempted sequence drops to 0 and
+    /// recomputes (with the prefix-cache hit it then finds).
     computed: u64,
     /// KV-cache blocks held.
-    blocks: u64,
+    blocks: BlockTable,
+    /// Prompt tokens found in the prefix cache at the first admission (vLLM's
+    /// `num_cached_tokens`; later admissions after preemptions do not change it).
+    cached_tokens: u64,
     /// Tokens scheduled for this sequence in the current step (0: not scheduled).
     step_tokens: u64,
     preemptions: u32,
@@ -186,9 +224,13 @@ impl Seq {
         self.req.tokens.is_closed()
     }
 
+    fn prompt_tokens(&self) -> u32 {
+        self.req.new.prompt_tokens()
+    }
+
     /// Prompt plus generated tokens.
     fn total_tokens(&self) -> u64 {
-        u64::from(self.req.new.prompt_tokens) + u64::from(self.generated)
+        u64::from(self.prompt_tokens()) + u64::from(self.generated)
     }
 
     /// Tokens to compute before the next token can be sampled: the prompt (or prompt and
@@ -205,6 +247,8 @@ struct Step {
     /// Requests admitted from `waiting` (the last ones in `running`).
     admitted: usize,
     preempted: u64,
+    /// Prefix-cache lookups of the requests admitted for the first time.
+    prefix_cache: PrefixCacheStats,
 }
 
 struct Engine {
@@ -215,8 +259,8 @@ struct Engine {
     rx: mpsc::Receiver<EngineRequest>,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
-    /// KV-cache blocks nobody holds.
-    free_blocks: u64,
+    /// The KV-cache blocks, and the prefix cache.
+    pool: BlockPool,
 }
 
 impl Engine {
@@ -284,7 +328,7 @@ impl Engine {
                 () = tokio::time::sleep_until(end) => {}
             }
             timeline = Some(end);
-            self.emit(end);
+            self.emit(end, step.prefix_cache);
         }
         tracing::debug!(
             running = self.running.len(),
@@ -304,7 +348,8 @@ impl Engine {
             generated: 0,
             delivered: 0,
             computed: 0,
-            blocks: 0,
+            blocks: BlockTable::default(),
+            cached_tokens: 0,
             step_tokens: 0,
             preemptions: 0,
             scheduled_at: None,
@@ -315,15 +360,14 @@ impl Engine {
 
     fn drop_disconnected(&mut self) {
         let before = self.running.len() + self.waiting.len();
-        let mut freed = 0;
-        self.running.retain(|s| {
+        let pool = &mut self.pool;
+        self.running.retain_mut(|s| {
             let keep = !s.is_gone();
             if !keep {
-                freed += s.blocks;
+                pool.release(&mut s.blocks);
             }
             keep
         });
-        self.free_blocks += freed;
         self.waiting.retain(|s| !s.is_gone());
         let gone = before - self.running.len() - self.waiting.len();
         if gone > 0 {
@@ -356,8 +400,7 @@ impl Engine {
     /// blocks are freed and it goes back to the head of `waiting` to recompute.
     fn preempt_last(&mut self) {
         if let Some(mut victim) = self.running.pop() {
-            self.free_blocks += victim.blocks;
-            victim.blocks = 0;
+            self.pool.release(&mut victim.blocks);
             victim.computed = 0;
             victim.step_tokens = 0;
             victim.preemptions += 1;
@@ -381,7 +424,7 @@ impl Engine {
         while i < self.running.len() && budget > 0 {
             let (pending, computed, held) = {
                 let s = &self.running[i];
-                (s.pending(), s.computed, s.blocks)
+                (s.pending(), s.computed, s.blocks.held())
             };
             let n = if chunked || pending <= budget || scheduled == 0 {
                 pending.min(if chunked { budget } else { pending })
@@ -390,19 +433,21 @@ impl Engine {
                 continue;
             };
             let need = self.blocks_for(computed + n).saturating_sub(held);
-            while need > self.free_blocks && self.running.len() > i + 1 {
+            while need > self.pool.free_blocks() && self.running.len() > i + 1 {
                 self.preempt_last();
                 step.preempted += 1;
             }
-            if need > self.free_blocks {
+            let Some(s) = self.running.get_mut(i) else {
+                break;
+            };
+            if !self.pool.allocate(&mut s.blocks, &[], need) {
                 // Not even this sequence fits: it is preempted itself.
                 self.preempt_last();
                 step.preempted += 1;
                 break;
             }
-            self.free_blocks -= need;
-            let s = &mut self.running[i];
-            s.blocks += need;
+            self.pool
+                .register(&mut s.blocks, &s.req.block_hashes, computed + n);
             s.step_tokens = n;
             budget = budget.saturating_sub(n);
             scheduled += 1;
@@ -412,7 +457,12 @@ impl Engine {
             let Some(head) = self.waiting.front() else {
                 break;
             };
-            let pending = head.pending();
+            // Waiting sequences have nothing computed (new or preempted): their prefix-cache
+            // hit is computed already, the rest is pending.
+            let total = head.total_tokens();
+            let hit_blocks = self.pool.lookup(&head.req.block_hashes, total);
+            let hit_tokens = hit_blocks as u64 * u64::from(self.config.block_size.max(1));
+            let pending = total.saturating_sub(hit_tokens).max(1);
             let n = if chunked {
                 pending.min(budget)
             } else if pending <= budget || scheduled == 0 {
@@ -420,8 +470,11 @@ impl Engine {
             } else {
                 break;
             };
-            let need = self.blocks_for(n);
-            if need > self.free_blocks {
+            let hits = head.req.block_hashes.get(..hit_blocks).unwrap_or_default();
+            let need = self
+                .blocks_for(hit_tokens + n)
+                .saturating_sub(hit_blocks as u64);
+            if !self.pool.can_allocate(hits, need) {
                 if scheduled == 0 && self.running.is_empty() {
                     // Larger than the whole cache: it can never run.
                     if let Some(seq) = self.waiting.pop_front() {
@@ -435,9 +488,21 @@ impl Engine {
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
-            self.free_blocks -= need;
+            let hits = seq.req.block_hashes.get(..hit_blocks).unwrap_or_default();
+            if !self.pool.allocate(&mut seq.blocks, hits, need) {
+                // Checked above; put it back rather than run it without blocks.
+                self.waiting.push_front(seq);
+                break;
+            }
+            self.pool
+                .register(&mut seq.blocks, &seq.req.block_hashes, hit_tokens + n);
+            if self.pool.caching() && seq.preemptions == 0 {
+                // vLLM counts the lookups of new requests, at admission.
+                seq.cached_tokens = hit_tokens;
+                step.prefix_cache.record(total, hit_tokens);
+            }
+            seq.computed = hit_tokens;
             seq.scheduled_at.get_or_insert(now);
-            seq.blocks = need;
             seq.step_tokens = n;
             budget = budget.saturating_sub(n);
             scheduled += 1;
@@ -461,10 +526,13 @@ impl Engine {
 
     /// Step 4: the scheduled sequences' tokens are computed; those done with their pending
     /// tokens sample one; delivery, finishing, statistics.
-    fn emit(&mut self, at: Instant) {
-        let mut record = StepRecord::default();
+    fn emit(&mut self, at: Instant, prefix_cache: PrefixCacheStats) {
+        let mut record = StepRecord {
+            prefix_cache,
+            ..StepRecord::default()
+        };
         let mut aborted = 0u64;
-        let mut freed = 0u64;
+        let pool = &mut self.pool;
         let shutdown = &self.shutdown;
         let tracker = &self.tracker;
         self.running.retain_mut(|seq| {
@@ -480,7 +548,8 @@ impl Engine {
             seq.generated += 1;
             record.generation_tokens += 1;
             if seq.generated == 1 {
-                record.prefill_tokens += u64::from(seq.req.new.prompt_tokens);
+                record.prefill_tokens += u64::from(seq.prompt_tokens());
+                record.cached_prompt_tokens += seq.cached_tokens;
                 record.ttft.push(at.saturating_duration_since(seq.req.arrival));
                 seq.first_token_at = Some(at);
             } else if let Some(prev) = seq.last_token_at {
@@ -491,7 +560,7 @@ impl Engine {
             let finish = done.then_some(seq.req.new.finish_reason);
             if !deliver(seq, at, finish, shutdown, tracker) {
                 aborted += 1;
-                freed += seq.blocks;
+                pool.release(&mut seq.blocks);
                 return false;
             }
             if let Some(reason) = finish {
@@ -504,17 +573,17 @@ impl Engine {
                     queued: scheduled.saturating_duration_since(arrival),
                     prefill: first.saturating_duration_since(scheduled),
                     decode: at.saturating_duration_since(first),
-                    prompt_tokens: seq.req.new.prompt_tokens,
+                    prompt_tokens: seq.prompt_tokens(),
+                    cached_tokens: u32::try_from(seq.cached_tokens).unwrap_or(u32::MAX),
                     generation_tokens: seq.generated,
                     max_tokens: seq.req.new.max_tokens,
                     preemptions: seq.preemptions,
                 });
                 tracing::debug!(request_id = %seq.req.new.request_id, reason = reason.as_str(), "finished request");
-                freed += seq.blocks;
+                pool.release(&mut seq.blocks);
             }
             !done
         });
-        self.free_blocks += freed;
         self.stats.record_step(&record);
         if aborted > 0 {
             self.stats.record_aborts(aborted);
@@ -523,8 +592,8 @@ impl Engine {
     }
 
     fn publish_gauges(&self) {
-        let total = self.config.kv_cache_blocks().max(1);
-        let used = total.saturating_sub(self.free_blocks);
+        let total = self.pool.total().max(1);
+        let used = total.saturating_sub(self.pool.free_blocks());
         let usage = (used as f64 / total as f64).min(1.0);
         self.stats
             .set_gauges(self.running.len(), self.waiting.len(), usage);

@@ -493,3 +493,103 @@ async fn shutdown_ends_open_streams_and_returns() {
         .unwrap()
         .unwrap();
 }
+
+/// `n` one-token words from `w{start}`: `"w0 w1 w2"` is 3 tokens.
+fn words(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Sends one completions request of `prompt` and waits for its answer.
+async fn complete(server: &common::Server, prompt: &str) {
+    let resp: Value = server
+        .post(
+            "/v1/completions",
+            json!({"model": "smol", "prompt": prompt, "max_tokens": 1}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp["usage"]["prompt_tokens"].as_u64(),
+        Some(tokenizer::count(prompt) as u64)
+    );
+}
+
+/// `(vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total)`.
+async fn prefix_counters(server: &common::Server) -> (f64, f64) {
+    let text = server.metrics().await;
+    let labels = r#"{engine="0",model_name="smol"}"#;
+    let value = |name: &str| metric(&text, &format!("{name}{labels}")).unwrap();
+    (
+        value("vllm:prefix_cache_queries_total"),
+        value("vllm:prefix_cache_hits_total"),
+    )
+}
+
+#[tokio::test]
+async fn prefix_cache_hits_show_on_metrics() {
+    let server = Server::start(fast_config()).await;
+    let text = server.metrics().await;
+    for line in [
+        "# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.",
+        "# TYPE vllm:prefix_cache_queries_total counter",
+        "# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.",
+        "# TYPE vllm:prefix_cache_hits_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?}");
+    }
+    assert_eq!(prefix_counters(&server).await, (0.0, 0.0));
+    // 70 tokens, block size 16: the first time nothing is cached.
+    let prompt = words(0, 70);
+    complete(&server, &prompt).await;
+    assert_eq!(prefix_counters(&server).await, (70.0, 0.0));
+    // The same prompt: (70 - 1) / 16 = 4 full blocks, 64 tokens, hit; the last 6 tokens are
+    // computed again.
+    complete(&server, &prompt).await;
+    assert_eq!(prefix_counters(&server).await, (140.0, 64.0));
+    // Another prompt of the same length shares nothing.
+    complete(&server, &words(1000, 70)).await;
+    assert_eq!(prefix_counters(&server).await, (210.0, 64.0));
+    // A prompt of 100 tokens whose first 64 are the first prompt's: 4 blocks, 64 tokens.
+    complete(&server, &format!("{} {}", words(0, 64), words(2000, 36))).await;
+    assert_eq!(prefix_counters(&server).await, (310.0, 128.0));
+    let text = server.metrics().await;
+    let labels = r#"engine="0",model_name="smol""#;
+    assert_eq!(
+        metric(
+            &text,
+            &format!("vllm:prompt_tokens_cached_total{{{labels}}}")
+        ),
+        Some(128.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!("vllm:prompt_tokens_by_source_total{{{labels},source=\"local_compute\"}}")
+        ),
+        Some(310.0 - 128.0)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_prefix_caching_metrics_show_no_lookups() {
+    let mut config = fast_config();
+    config.engine.prefix_caching = false;
+    let server = Server::start(config).await;
+    let prompt = words(0, 70);
+    complete(&server, &prompt).await;
+    complete(&server, &prompt).await;
+    assert_eq!(prefix_counters(&server).await, (0.0, 0.0));
+    assert!(
+        server
+            .metrics()
+            .await
+            .contains("enable_prefix_caching=\"False\"")
+    );
+    server.stop().await;
+}

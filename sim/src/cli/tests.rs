@@ -25,7 +25,7 @@ fn defaults_match_vllm_serve() {
     assert_eq!(c.engine.timing, TimingModel::default());
     assert_eq!(c.timing_mode, TimingMode::Model);
     assert!(!c.enable_log_requests);
-    assert!(c.echo.enable_prefix_caching);
+    assert!(c.engine.prefix_caching);
     assert_eq!((s.host.as_str(), s.port), ("0.0.0.0", 8000));
     assert_eq!(s.startup_delay, Duration::ZERO);
 }
@@ -87,7 +87,7 @@ fn vllm_flags_are_accepted() {
     assert_eq!(c.engine.block_size, 64);
     assert_eq!(c.engine.max_num_batched_tokens, 2048);
     assert_eq!(c.engine.max_num_seqs, 32);
-    assert!(c.echo.enforce_eager && !c.echo.enable_prefix_caching);
+    assert!(c.echo.enforce_eager && !c.engine.prefix_caching);
     assert_eq!(c.echo.kv_cache_dtype, "fp8");
     assert_eq!(c.seed, 7);
     assert!(c.enable_log_requests && c.disable_completions);

@@ -1,6 +1,7 @@
 //! vLLM's periodic engine statistics line (`[loggers.py:335]`), from [`EngineStats`]
 //! snapshots.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +11,13 @@ use super::stats::{EngineStats, StatsSnapshot};
 
 /// Logs vLLM's periodic engine summary every `interval` (`[loggers.py:335]`):
 /// "Engine 000: Avg prompt throughput: X tokens/s, Avg generation throughput: Y tokens/s,
-/// Running: N reqs, Waiting: M reqs, GPU KV cache usage: Z%, Prefix cache hit rate: 0.0%"
-/// (the hit rate only with prefix caching). Like vLLM, an interval whose throughputs and the
-/// previous interval's are all zero is logged at debug level only.
+/// Running: N reqs, Waiting: M reqs, GPU KV cache usage: Z%, Prefix cache hit rate: H%"
+/// (the hit rate, over the last 1000 requests, once a request looked up the prefix cache:
+/// never without prefix caching). Like vLLM, an interval whose throughputs and the previous
+/// interval's are all zero is logged at debug level only.
 pub async fn log_stats_loop(
     stats: Arc<EngineStats>,
     interval: Duration,
-    prefix_caching: bool,
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -34,7 +35,7 @@ pub async fn log_stats_loop(
         let secs = interval.as_secs_f64().max(f64::MIN_POSITIVE);
         let prompt = (now.prompt_tokens - last.prompt_tokens) as f64 / secs;
         let generation = (now.generation_tokens - last.generation_tokens) as f64 / secs;
-        let line = stats_line(&now, prompt, generation, prefix_caching);
+        let line = stats_line(&now, prompt, generation, stats.prefix_cache_hit_rate());
         let idle = [prompt, generation, last_prompt, last_generation]
             .iter()
             .all(|v| *v == 0.0);
@@ -48,12 +49,13 @@ pub async fn log_stats_loop(
     }
 }
 
-/// The text of one periodic statistics line.
+/// The text of one periodic statistics line; `prefix_hit_rate` (0 to 1) is left out when
+/// `None`.
 pub fn stats_line(
     now: &StatsSnapshot,
     prompt: f64,
     generation: f64,
-    prefix_caching: bool,
+    prefix_hit_rate: Option<f64>,
 ) -> String {
     let mut line = format!(
         "Engine 000: Avg prompt throughput: {prompt:.1} tokens/s, Avg generation throughput: {generation:.1} tokens/s, Running: {} reqs, Waiting: {} reqs, GPU KV cache usage: {:.1}%",
@@ -61,8 +63,8 @@ pub fn stats_line(
         now.waiting,
         now.kv_cache_usage * 100.0
     );
-    if prefix_caching {
-        line.push_str(", Prefix cache hit rate: 0.0%");
+    if let Some(rate) = prefix_hit_rate {
+        let _ = write!(line, ", Prefix cache hit rate: {:.1}%", rate * 100.0);
     }
     line
 }

@@ -15,4 +15,7 @@ mod tests;
 
 pub use log::{log_stats_loop, stats_line};
 pub use prometheus::{CONTENT_TYPE, go_float, py_repr};
-pub use stats::{EngineStats, FinishedRecord, StatsSnapshot, StepRecord, buckets_1_2_5};
+pub use stats::{
+    EngineStats, FinishedRecord, HIT_RATE_WINDOW_REQUESTS, PrefixCacheStats, StatsSnapshot,
+    StepRecord, buckets_1_2_5,
+};

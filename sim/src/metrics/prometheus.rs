@@ -6,8 +6,18 @@
 //! `finished_reason`, …), histogram buckets (token-count buckets are the 1-2-5 series up to
 //! `--max-model-len`) and the `*_created` gauges of counters and histograms. Values are
 //! printed like prometheus_client (`778.0`, `1.7958202668070712e+09`). What the simulator
-//! does not model (prefix-cache hits, preemptions, multi-modal caches, FLOP estimates) stays
+//! does not model (external KV-connector caches, multi-modal caches, FLOP estimates) stays
 //! at zero. vLLM's `python_*`, `process_*` and `http_*` families are not emitted.
+//!
+//! The prefix cache (see [`crate::scheduler::prefix_cache`]) moves the families vLLM 0.32's
+//! `PrometheusStatLogger` (`vllm/v1/metrics/loggers.py`) feeds from it, all in tokens:
+//! `vllm:prefix_cache_queries_total` (prompt tokens of the new requests looked up, at
+//! admission) and `vllm:prefix_cache_hits_total` (those found cached), also
+//! `vllm:prompt_tokens_cached_by_source_total{source="device"}`; at a request's first token,
+//! `vllm:prompt_tokens_cached_total` and `vllm:prompt_tokens_by_source_total` (cached tokens
+//! are `local_cache_hit`, the rest `local_compute`), and per finished request
+//! `vllm:request_prefill_kv_computed_tokens` (prompt minus cached). `vllm:prompt_tokens_total`
+//! counts whole prompts, cached tokens included, as vLLM's does.
 
 use std::fmt::Write as _;
 
@@ -26,11 +36,6 @@ impl EngineStats {
             out: String::with_capacity(32 * 1024),
             model: escape_label(config.primary_name()),
             created: go_float(self.created()),
-        };
-        let prefix_queries = if config.echo.enable_prefix_caching {
-            s.prompt_tokens
-        } else {
-            0
         };
         let one = |v: u64| [(None, v as f64)];
         out.counter(
@@ -83,12 +88,12 @@ impl EngineStats {
         out.counter(
             "vllm:prefix_cache_queries",
             "Prefix cache queries, in terms of number of queried tokens.",
-            &one(prefix_queries),
+            &one(s.prefix_cache_queries),
         );
         out.counter(
             "vllm:prefix_cache_hits",
             "Prefix cache hits, in terms of number of cached tokens.",
-            &one(0),
+            &one(s.prefix_cache_hits),
         );
         out.counter(
             "vllm:external_prefix_cache_queries",
@@ -124,21 +129,33 @@ impl EngineStats {
             "vllm:prompt_tokens_by_source",
             "Number of prompt tokens by source.",
             &[
-                (Some(("source", "local_compute")), s.prompt_tokens as f64),
-                (Some(("source", "local_cache_hit")), 0.0),
+                (
+                    Some(("source", "local_compute")),
+                    s.prompt_tokens.saturating_sub(s.prompt_tokens_cached) as f64,
+                ),
+                (
+                    Some(("source", "local_cache_hit")),
+                    s.prompt_tokens_cached as f64,
+                ),
                 (Some(("source", "external_kv_transfer")), 0.0),
             ],
         );
         out.counter(
             "vllm:prompt_tokens_cached",
             "Number of cached prompt tokens (local + external).",
-            &one(0),
+            &one(s.prompt_tokens_cached),
         );
         out.counter(
             "vllm:prompt_tokens_cached_by_source",
             "Prefix-cache hit tokens by the cache tier that supplied them: device (local HBM), host (offloaded to DRAM), disk, p2p (transferred from another vLLM instance) or external_unspecified. Counted at admission; sums to vllm:prefix_cache_hits + vllm:external_prefix_cache_hits.",
-            &["device", "host", "p2p", "disk", "external_unspecified"]
-                .map(|source| (Some(("source", source)), 0.0)),
+            &[
+                ("device", s.prefix_cache_hits),
+                ("host", 0),
+                ("p2p", 0),
+                ("disk", 0),
+                ("external_unspecified", 0),
+            ]
+            .map(|(source, v)| (Some(("source", source)), v as f64)),
         );
         out.counter(
             "vllm:generation_tokens",
@@ -364,10 +381,7 @@ impl Exposition {
             ("cache_hit_alignment_tokens", "None".to_owned()),
             ("effective_attention_block_size", block_size),
             ("enable_mamba_shared_prefix_checkpoint", "False".to_owned()),
-            (
-                "enable_prefix_caching",
-                py_bool(config.echo.enable_prefix_caching),
-            ),
+            ("enable_prefix_caching", py_bool(e.prefix_caching)),
             ("engine", "0".to_owned()),
             (
                 "gpu_memory_utilization",

@@ -1,7 +1,9 @@
 //! What the engine loop and the requests that bypass it record: the counters and gauges behind
 //! vLLM's `vllm:` families and vLLM's request histograms, with vLLM's buckets (token-count
-//! buckets are the 1-2-5 series up to `--max-model-len`). [`super::prometheus`] prints them.
+//! buckets are the 1-2-5 series up to `--max-model-len`), and the prefix-cache hit rate of the
+//! periodic log line. [`super::prometheus`] prints them.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -132,7 +134,9 @@ impl Histograms {
         self.inference.observe((f.prefill + f.decode).as_secs_f64());
         self.decode.observe(decode);
         self.num_preemptions.observe(f64::from(f.preemptions));
-        self.prefill_kv_computed.observe(f64::from(f.prompt_tokens));
+        // vLLM: `num_prompt_tokens - max(num_cached_tokens, 0)`.
+        self.prefill_kv_computed
+            .observe(f64::from(f.prompt_tokens.saturating_sub(f.cached_tokens)));
         self.prompt_tokens.observe(f64::from(f.prompt_tokens));
         self.generation_tokens
             .observe(f64::from(f.generation_tokens));
@@ -162,6 +166,9 @@ pub struct FinishedRecord {
     pub prefill: Duration,
     pub decode: Duration,
     pub prompt_tokens: u32,
+    /// Prompt tokens found in the prefix cache when it was first scheduled (vLLM's
+    /// `num_cached_tokens`).
+    pub cached_tokens: u32,
     pub generation_tokens: u32,
     /// The request's `max_tokens` sampling parameter.
     pub max_tokens: u32,
@@ -169,10 +176,47 @@ pub struct FinishedRecord {
     pub preemptions: u32,
 }
 
+/// Prefix-cache lookups of the requests a step admitted for the first time (vLLM's
+/// `PrefixCacheStats`; lookups of preempted requests coming back are not counted, as in vLLM's
+/// counters). Tokens: `queries` are the prompt tokens looked up, `hits` those found cached.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixCacheStats {
+    pub requests: u64,
+    pub queries: u64,
+    pub hits: u64,
+}
+
+impl PrefixCacheStats {
+    /// One request of `queries` tokens that found `hits` of them cached.
+    pub fn record(&mut self, queries: u64, hits: u64) {
+        self.requests += 1;
+        self.queries += queries;
+        self.hits += hits;
+    }
+
+    fn add(&mut self, other: Self) {
+        self.requests += other.requests;
+        self.queries += other.queries;
+        self.hits += other.hits;
+    }
+
+    fn sub(&mut self, other: Self) {
+        self.requests -= other.requests;
+        self.queries -= other.queries;
+        self.hits -= other.hits;
+    }
+}
+
 /// What one engine step did; recorded with a single lock.
 #[derive(Debug, Default, Clone)]
 pub struct StepRecord {
+    /// Prompt tokens of the requests whose first token came in this step (cached ones
+    /// included: vLLM's `vllm:prompt_tokens`).
     pub prefill_tokens: u64,
+    /// Of those, the tokens found in the prefix cache (vLLM's `cached_tokens`).
+    pub cached_prompt_tokens: u64,
+    /// Prefix-cache lookups of the requests admitted in this step.
+    pub prefix_cache: PrefixCacheStats,
     pub generation_tokens: u64,
     pub ttft: Vec<Duration>,
     pub itl: Vec<Duration>,
@@ -195,6 +239,14 @@ pub struct EngineStats {
     success_length: AtomicU64,
     success_abort: AtomicU64,
     preemptions: AtomicU64,
+    prompt_tokens_cached: AtomicU64,
+    /// Whether prefix caching is on: requests that bypass the engine then count as lookups
+    /// that missed.
+    prefix_caching: bool,
+    prefix_cache_queries: AtomicU64,
+    prefix_cache_hits: AtomicU64,
+    /// The recent lookups behind the log line's hit rate.
+    prefix_cache_window: Mutex<HitRateWindow>,
     histograms: Mutex<Histograms>,
 }
 
@@ -210,6 +262,51 @@ pub struct StatsSnapshot {
     pub success_length: u64,
     pub success_abort: u64,
     pub preemptions: u64,
+    /// Prompt tokens of `prompt_tokens` found in the prefix cache.
+    pub prompt_tokens_cached: u64,
+    /// `vllm:prefix_cache_queries`: prompt tokens of new requests looked up.
+    pub prefix_cache_queries: u64,
+    /// `vllm:prefix_cache_hits`: of those, tokens found cached.
+    pub prefix_cache_hits: u64,
+}
+
+/// vLLM's `CachingMetrics`: the hit rate over the most recent [`HIT_RATE_WINDOW_REQUESTS`]
+/// requests, kept as one entry per step that admitted some (the oldest steps leave first; the
+/// newest always stays).
+#[derive(Debug, Default)]
+struct HitRateWindow {
+    steps: VecDeque<PrefixCacheStats>,
+    sum: PrefixCacheStats,
+}
+
+/// vLLM's `CachingMetrics(max_recent_requests=1000)`.
+pub const HIT_RATE_WINDOW_REQUESTS: u64 = 1000;
+
+impl HitRateWindow {
+    fn observe(&mut self, step: PrefixCacheStats) {
+        if step.requests == 0 {
+            return;
+        }
+        self.steps.push_back(step);
+        self.sum.add(step);
+        while self.steps.len() > 1 && self.sum.requests > HIT_RATE_WINDOW_REQUESTS {
+            if let Some(old) = self.steps.pop_front() {
+                self.sum.sub(old);
+            }
+        }
+    }
+
+    /// `None` before any request (vLLM then leaves the hit rate out of the log line).
+    fn hit_rate(&self) -> Option<f64> {
+        if self.sum.requests == 0 {
+            return None;
+        }
+        Some(if self.sum.queries == 0 {
+            0.0
+        } else {
+            self.sum.hits as f64 / self.sum.queries as f64
+        })
+    }
 }
 
 impl Default for EngineStats {
@@ -240,7 +337,22 @@ impl EngineStats {
             success_length: AtomicU64::new(0),
             success_abort: AtomicU64::new(0),
             preemptions: AtomicU64::new(0),
+            prompt_tokens_cached: AtomicU64::new(0),
+            prefix_caching: true,
+            prefix_cache_queries: AtomicU64::new(0),
+            prefix_cache_hits: AtomicU64::new(0),
+            prefix_cache_window: Mutex::new(HitRateWindow::default()),
             histograms: Mutex::new(Histograms::new(max_model_len)),
+        }
+    }
+
+    /// The same statistics for a server with prefix caching on or off (on by default, as in
+    /// vLLM). Only the requests that bypass the engine depend on it: the engine loop records
+    /// its own lookups, none when caching is off.
+    pub fn with_prefix_caching(self, on: bool) -> Self {
+        Self {
+            prefix_caching: on,
+            ..self
         }
     }
 
@@ -256,13 +368,20 @@ impl EngineStats {
     pub fn record_step(&self, step: &StepRecord) {
         self.prompt_tokens
             .fetch_add(step.prefill_tokens, Ordering::Relaxed);
+        self.prompt_tokens_cached
+            .fetch_add(step.cached_prompt_tokens, Ordering::Relaxed);
         self.generation_tokens
             .fetch_add(step.generation_tokens, Ordering::Relaxed);
+        self.record_prefix_cache(step.prefix_cache);
         for f in &step.finished {
             self.count_finish(f.reason);
         }
         let mut h = self.histograms();
-        let tokens = step.prefill_tokens + step.generation_tokens;
+        // vLLM: the prompt tokens computed (not the cached ones) plus the generated ones.
+        let computed = step
+            .prefill_tokens
+            .saturating_sub(step.cached_prompt_tokens);
+        let tokens = computed + step.generation_tokens;
         if tokens > 0 {
             h.iteration_tokens.observe(tokens as f64);
         }
@@ -282,11 +401,43 @@ impl EngineStats {
     }
 
     /// A request that bypasses the engine (`--sim-timing exact|fast`) starts: it runs at once
-    /// and its prompt counts as prefilled.
+    /// and its prompt counts as prefilled (and, with prefix caching, as looked up and missed:
+    /// these modes have no KV cache).
     pub fn direct_started(&self, prompt_tokens: u32) {
         self.direct_running.fetch_add(1, Ordering::Relaxed);
         self.prompt_tokens
             .fetch_add(u64::from(prompt_tokens), Ordering::Relaxed);
+        if self.prefix_caching {
+            let mut lookup = PrefixCacheStats::default();
+            lookup.record(u64::from(prompt_tokens), 0);
+            self.record_prefix_cache(lookup);
+        }
+    }
+
+    /// Counts prefix-cache lookups (`vllm:prefix_cache_queries`, `vllm:prefix_cache_hits`)
+    /// and adds them to the log line's hit rate.
+    fn record_prefix_cache(&self, lookups: PrefixCacheStats) {
+        if lookups.requests == 0 {
+            return;
+        }
+        self.prefix_cache_queries
+            .fetch_add(lookups.queries, Ordering::Relaxed);
+        self.prefix_cache_hits
+            .fetch_add(lookups.hits, Ordering::Relaxed);
+        self.prefix_cache_window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .observe(lookups);
+    }
+
+    /// The prefix-cache hit rate of the most recent requests (vLLM's log line, over its last
+    /// [`HIT_RATE_WINDOW_REQUESTS`] requests); `None` before the first lookup or without
+    /// prefix caching.
+    pub fn prefix_cache_hit_rate(&self) -> Option<f64> {
+        self.prefix_cache_window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .hit_rate()
     }
 
     /// `n` more tokens of a direct request were emitted.
@@ -344,6 +495,9 @@ impl EngineStats {
             success_length: self.success_length.load(Ordering::Relaxed),
             success_abort: self.success_abort.load(Ordering::Relaxed),
             preemptions: self.preemptions.load(Ordering::Relaxed),
+            prompt_tokens_cached: self.prompt_tokens_cached.load(Ordering::Relaxed),
+            prefix_cache_queries: self.prefix_cache_queries.load(Ordering::Relaxed),
+            prefix_cache_hits: self.prefix_cache_hits.load(Ordering::Relaxed),
         }
     }
 

@@ -109,6 +109,11 @@ fn renders_vllm_names_and_labels() {
     stats.set_gauges(3, 2, 0.25);
     stats.record_step(&StepRecord {
         prefill_tokens: 100,
+        prefix_cache: PrefixCacheStats {
+            requests: 1,
+            queries: 100,
+            hits: 0,
+        },
         generation_tokens: 4,
         ttft: vec![Duration::from_millis(61)],
         finished: vec![FinishedRecord {
@@ -118,6 +123,7 @@ fn renders_vllm_names_and_labels() {
             prefill: Duration::from_millis(60),
             decode: Duration::from_millis(839),
             prompt_tokens: 100,
+            cached_tokens: 0,
             generation_tokens: 4,
             max_tokens: 4,
             preemptions: 0,
@@ -171,9 +177,122 @@ fn stats_line_matches_the_capture() {
         kv_cache_usage: 0.011,
         ..StatsSnapshot::default()
     };
-    let line = stats_line(&snap, 59.2, 133.3, true);
+    let line = stats_line(&snap, 59.2, 133.3, Some(0.0));
     let real = "Engine 000: Avg prompt throughput: 59.2 tokens/s, Avg generation throughput: 133.3 tokens/s, Running: 8 reqs, Waiting: 0 reqs, CPU KV cache usage: 1.1%, Prefix cache hit rate: 0.0%";
     assert!(log.contains(real));
     // The simulator is a GPU server.
     assert_eq!(line, real.replace("CPU KV", "GPU KV"));
+}
+
+#[test]
+fn prefix_cache_hits_move_vllms_cache_families() {
+    let stats = EngineStats::new();
+    // Two requests of 100 prompt tokens admitted; the second found 96 cached. Both produce
+    // their first token and finish in this step.
+    let mut prefix_cache = PrefixCacheStats::default();
+    prefix_cache.record(100, 0);
+    prefix_cache.record(100, 96);
+    let finished = |cached_tokens| FinishedRecord {
+        reason: FinishReason::Length,
+        e2e: Duration::from_millis(30),
+        queued: Duration::ZERO,
+        prefill: Duration::from_millis(30),
+        decode: Duration::ZERO,
+        prompt_tokens: 100,
+        cached_tokens,
+        generation_tokens: 1,
+        max_tokens: 1,
+        preemptions: 0,
+    };
+    stats.record_step(&StepRecord {
+        prefill_tokens: 200,
+        cached_prompt_tokens: 96,
+        prefix_cache,
+        generation_tokens: 2,
+        finished: vec![finished(0), finished(96)],
+        ..StepRecord::default()
+    });
+    let text = stats.render(&smol_config());
+    let labels = r#"engine="0",model_name="smol""#;
+    for line in [
+        format!("vllm:prefix_cache_queries_total{{{labels}}} 200.0"),
+        format!("vllm:prefix_cache_hits_total{{{labels}}} 96.0"),
+        format!("vllm:prompt_tokens_total{{{labels}}} 200.0"),
+        format!("vllm:prompt_tokens_by_source_total{{{labels},source=\"local_compute\"}} 104.0"),
+        format!("vllm:prompt_tokens_by_source_total{{{labels},source=\"local_cache_hit\"}} 96.0"),
+        format!("vllm:prompt_tokens_cached_total{{{labels}}} 96.0"),
+        format!("vllm:prompt_tokens_cached_by_source_total{{{labels},source=\"device\"}} 96.0"),
+        format!("vllm:prompt_tokens_cached_by_source_total{{{labels},source=\"host\"}} 0.0"),
+        // 100 + 4 computed prompt tokens.
+        format!("vllm:request_prefill_kv_computed_tokens_sum{{{labels}}} 104.0"),
+        // One step: 104 computed prompt tokens + 2 generated.
+        r#"vllm:iteration_tokens_total_sum{engine="0",model_name="smol"} 106.0"#.to_owned(),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    assert_eq!(stats.prefix_cache_hit_rate(), Some(0.48));
+}
+
+#[test]
+fn the_hit_rate_covers_the_last_1000_requests() {
+    let stats = EngineStats::new();
+    assert_eq!(stats.prefix_cache_hit_rate(), None);
+    let step = |requests: u64, hits_each: u64| {
+        let mut prefix_cache = PrefixCacheStats::default();
+        for _ in 0..requests {
+            prefix_cache.record(10, hits_each);
+        }
+        stats.record_step(&StepRecord {
+            prefix_cache,
+            ..StepRecord::default()
+        });
+    };
+    step(600, 0);
+    step(400, 10);
+    assert_eq!(stats.prefix_cache_hit_rate(), Some(0.4));
+    // 1001 requests: the oldest step (600) leaves the window, whole.
+    step(1, 10);
+    assert_eq!(stats.prefix_cache_hit_rate(), Some(1.0));
+    // A step of more than 1000 requests stays alone in it.
+    step(2000, 5);
+    assert_eq!(stats.prefix_cache_hit_rate(), Some(0.5));
+    // The counters keep everything.
+    let snap = stats.snapshot();
+    assert_eq!(snap.prefix_cache_queries, 30_010);
+    assert_eq!(snap.prefix_cache_hits, 4000 + 10 + 10_000);
+}
+
+#[test]
+fn direct_requests_are_lookups_that_miss_only_with_prefix_caching() {
+    let on = EngineStats::new();
+    on.direct_started(50);
+    assert_eq!(
+        (
+            on.snapshot().prefix_cache_queries,
+            on.prefix_cache_hit_rate()
+        ),
+        (50, Some(0.0))
+    );
+    let off = EngineStats::new().with_prefix_caching(false);
+    off.direct_started(50);
+    assert_eq!(
+        (
+            off.snapshot().prefix_cache_queries,
+            off.prefix_cache_hit_rate()
+        ),
+        (0, None)
+    );
+    assert_eq!(off.snapshot().prompt_tokens, 50);
+}
+
+#[test]
+fn stats_line_shows_the_hit_rate_once_a_request_looked_up() {
+    let snap = StatsSnapshot::default();
+    let line = stats_line(&snap, 0.0, 0.0, Some(0.4567));
+    assert!(line.ends_with(", GPU KV cache usage: 0.0%, Prefix cache hit rate: 45.7%"));
+    let line = stats_line(&snap, 0.0, 0.0, None);
+    assert!(line.ends_with(", GPU KV cache usage: 0.0%"), "{line}");
 }

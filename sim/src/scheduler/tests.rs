@@ -28,10 +28,17 @@ fn start(config: EngineConfig) -> Harness {
     }
 }
 
+/// Request `i` with a prompt of its own (`prompt_tokens` times the token id `i`: no two
+/// requests of different `i` share a prefix-cache block).
 fn request(i: usize, prompt_tokens: u32, output_tokens: u32) -> NewRequest {
+    request_with(i, vec![i as u32; prompt_tokens as usize], output_tokens)
+}
+
+/// Request `i` with the prompt `prompt_ids`.
+fn request_with(i: usize, prompt_ids: Vec<u32>, output_tokens: u32) -> NewRequest {
     NewRequest {
         request_id: format!("r{i}"),
-        prompt_tokens,
+        prompt_ids,
         max_tokens: output_tokens,
         output_tokens,
         finish_reason: FinishReason::Length,
@@ -195,6 +202,8 @@ async fn running_out_of_kv_blocks_preempts_the_newest_request() {
     assert!(snap.preemptions >= 1, "{snap:?}");
     assert_eq!(snap.generation_tokens, 20);
     assert_eq!(snap.prompt_tokens, 60);
+    // The preempted request's second lookup is not counted again (as in vLLM).
+    assert_eq!(snap.prefix_cache_queries, 60);
     h.shutdown.cancel();
 }
 
@@ -353,4 +362,165 @@ async fn shutdown_closes_open_streams() {
         assert!(ev.finish_reason.is_none());
     }
     assert!(h.handle.submit(request(1, 1, 1)).await.is_err());
+}
+
+/// Prefix caching: tokens `1000..1064` shared by the prompts of [`prefix_prompt`].
+fn prefix_prompt(suffix_start: u32, len: u32) -> Vec<u32> {
+    (1000..1064)
+        .chain(suffix_start..)
+        .take(len as usize)
+        .collect()
+}
+
+/// Submits `req` to an idle engine and returns its token times from now.
+async fn alone(h: &Harness, req: NewRequest) -> Vec<Duration> {
+    let t = Instant::now();
+    let mut rx = h.handle.submit(req).await.unwrap();
+    token_times(&mut rx, t).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_prompt_prefills_only_its_uncached_tokens() {
+    let h = start(EngineConfig::default());
+    let prompt: Vec<u32> = (0..100).collect();
+    // First: 20 + 0.2 + 100 × 0.1 = 30.2 ms.
+    assert_eq!(
+        alone(&h, request_with(0, prompt.clone(), 1)).await,
+        [ms(30.2)]
+    );
+    // Again: (100 - 1) / 16 = 6 full blocks hit, 96 tokens; the last 4 tokens are
+    // prefilled: 20 + 0.2 + 4 × 0.1 = 20.6 ms.
+    assert_eq!(alone(&h, request_with(1, prompt, 1)).await, [ms(20.6)]);
+    let snap = h.stats.snapshot();
+    assert_eq!(snap.prefix_cache_queries, 200);
+    assert_eq!(snap.prefix_cache_hits, 96);
+    // vLLM's prompt counter counts whole prompts; the cached part separately.
+    assert_eq!(snap.prompt_tokens, 200);
+    assert_eq!(snap.prompt_tokens_cached, 96);
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_prefix_caching_a_repeated_prompt_is_prefilled_again() {
+    let h = start(EngineConfig {
+        prefix_caching: false,
+        ..EngineConfig::default()
+    });
+    let prompt: Vec<u32> = (0..100).collect();
+    assert_eq!(
+        alone(&h, request_with(0, prompt.clone(), 1)).await,
+        [ms(30.2)]
+    );
+    assert_eq!(alone(&h, request_with(1, prompt, 1)).await, [ms(30.2)]);
+    let snap = h.stats.snapshot();
+    assert_eq!((snap.prefix_cache_queries, snap.prefix_cache_hits), (0, 0));
+    assert_eq!(snap.prompt_tokens_cached, 0);
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn prompts_sharing_a_64_token_prefix_hit_64_tokens() {
+    let h = start(EngineConfig::default());
+    // 100 tokens each, the first 64 equal: 4 blocks of 16 have equal chained hashes, the
+    // fifth (tokens 64..80) differs; the last-token cap ((100 - 1) / 16 = 6 blocks) is not
+    // reached. The second prefills 100 - 64 = 36 tokens: 20 + 0.2 + 3.6 = 23.8 ms.
+    let a = prefix_prompt(2000, 100);
+    let b = prefix_prompt(3000, 100);
+    assert_eq!(alone(&h, request_with(0, a, 1)).await, [ms(30.2)]);
+    assert_eq!(alone(&h, request_with(1, b, 1)).await, [ms(23.8)]);
+    let snap = h.stats.snapshot();
+    assert_eq!(
+        (snap.prefix_cache_queries, snap.prefix_cache_hits),
+        (200, 64)
+    );
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_admitted_in_the_same_step_hits_the_blocks_scheduled_before_it() {
+    // vLLM caches a block when it allocates it for the step, not when the step ends.
+    let h = start(EngineConfig::default());
+    let prompt: Vec<u32> = (0..100).collect();
+    let mut a = h
+        .handle
+        .submit(request_with(0, prompt.clone(), 1))
+        .await
+        .unwrap();
+    let mut b = h.handle.submit(request_with(1, prompt, 1)).await.unwrap();
+    // One step: 100 + 4 prompt tokens, 2 sequences: 20 + 0.4 + 10.4 = 30.8 ms.
+    assert_eq!(token_times(&mut a, h.t0).await, [ms(30.8)]);
+    assert_eq!(token_times(&mut b, h.t0).await, [ms(30.8)]);
+    assert_eq!(h.stats.snapshot().prefix_cache_hits, 96);
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tiny_kv_cache_evicts_the_least_recently_used_blocks() {
+    // 4 blocks of 16 tokens. A (48 tokens, 3 full blocks) runs and leaves them cached; B
+    // (48 other tokens) takes the never-used block, then evicts A's tail blocks (A2, A1:
+    // vLLM frees a sequence's blocks last-first). A again hits only A0: 16 tokens, and
+    // prefills 32: 20 + 0.2 + 3.2 = 23.4 ms instead of 21.8 ms with its 2 hittable blocks.
+    let h = start(EngineConfig {
+        block_size: 16,
+        kv_cache_tokens: 64,
+        ..EngineConfig::default()
+    });
+    let a: Vec<u32> = (0..48).collect();
+    let b: Vec<u32> = (100..148).collect();
+    let full = ms(20.0 + 0.2 + 4.8);
+    assert_eq!(alone(&h, request_with(0, a.clone(), 1)).await, [full]);
+    assert_eq!(alone(&h, request_with(1, b.clone(), 1)).await, [full]);
+    assert_eq!(alone(&h, request_with(2, a, 1)).await, [ms(23.4)]);
+    // B's blocks were freed after A0: A's admission evicted B2 and B1 (A0 was a hit, A1 and
+    // A2 new blocks), B keeps B0 and hits 16 tokens.
+    assert_eq!(alone(&h, request_with(3, b, 1)).await, [ms(23.4)]);
+    let snap = h.stats.snapshot();
+    assert_eq!(
+        (snap.prefix_cache_queries, snap.prefix_cache_hits),
+        (4 * 48, 16 + 16)
+    );
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cached_prefix_shortens_ttft_in_the_gpu_model() {
+    let profiles = crate::perf::Profiles::builtin().unwrap();
+    let perf = crate::perf::PerfModel {
+        gpu: profiles.gpu("h100-sxm").unwrap().clone(),
+        model: profiles
+            .model("meta-llama/Llama-3.1-8B-Instruct")
+            .unwrap()
+            .1
+            .clone(),
+        tp: 1,
+        enforce_eager: false,
+        gpu_memory_utilization: 0.9,
+    };
+    let h = start(EngineConfig {
+        perf: Some(perf.clone()),
+        ..EngineConfig::default()
+    });
+    // As the engine sleeps it: the model's time divided by the speedup (1).
+    let step = |shape: StepShape| Duration::from_secs_f64(perf.step_time(&shape).as_secs_f64());
+    let prompt: Vec<u32> = (0..2000).collect();
+    // First: the whole prompt, 2000 tokens attending causally to each other.
+    let cold = step(StepShape {
+        prefill_tokens: 2000,
+        context_tokens: 2000,
+        attention_pairs: 2000.0 * 2001.0 / 2.0,
+        ..StepShape::default()
+    });
+    // Again: (2000 - 1) / 16 = 124 blocks hit (1984 tokens); 16 tokens prefilled, each
+    // reading the 1984 cached ones as context.
+    let warm = step(StepShape {
+        prefill_tokens: 16,
+        context_tokens: 2000,
+        attention_pairs: 16.0 * 1984.0 + 16.0 * 17.0 / 2.0,
+        ..StepShape::default()
+    });
+    assert!(warm < cold / 2, "{warm:?} vs {cold:?}");
+    assert_eq!(alone(&h, request_with(0, prompt.clone(), 1)).await, [cold]);
+    assert_eq!(alone(&h, request_with(1, prompt, 1)).await, [warm]);
+    assert_eq!(h.stats.snapshot().prefix_cache_hits, 1984);
+    h.shutdown.cancel();
 }

@@ -65,6 +65,8 @@ pub fn engine(perf: PerfModel, block_size: u32, oom: Option<CrashAction>) -> Eng
         timing: TimingModel::default(),
         crash: None,
         chunked_prefill: true,
+        // vLLM's default; the burst's prompts share no block anyway.
+        prefix_caching: true,
         oom,
         perf: Some(perf),
     }
@@ -92,7 +94,8 @@ pub async fn burst(config: EngineConfig, batch: usize, input: u32, output: u32) 
             handle
                 .submit(NewRequest {
                     request_id: format!("r{i}"),
-                    prompt_tokens: input,
+                    // A prompt of its own: no prefix-cache hits between the requests.
+                    prompt_ids: vec![i as u32; input as usize],
                     max_tokens: output,
                     output_tokens: output,
                     finish_reason: FinishReason::Length,
