@@ -204,7 +204,7 @@ pub async fn run_point(
     cancel: &CancellationToken,
 ) -> Result<LoadOutcome, AgentError> {
     let load = point.load.unwrap_or_default();
-    let workload = point.workload.unwrap_or_default();
+    let workload = point.workload.clone().unwrap_or_default();
     let engine = point.engine.clone().unwrap_or_default();
     let model = engine.served_model_name.clone();
     let deadline = Instant::now() + Duration::from_secs(u64::from(load.timeout_s.max(1)));

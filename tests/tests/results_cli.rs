@@ -75,6 +75,7 @@ fn meta(sweep: &str, host: &str, gpus: u32, index: u32, batch: u32) -> PointMeta
         gpu_driver: String::new(),
         hardware: Default::default(),
         slo: None,
+        workload: String::new(),
     }
 }
 

@@ -20,6 +20,8 @@ pub const KEPT_METRICS: &[&str] = &[
     "vllm:prompt_tokens_total",
     "vllm:generation_tokens_total",
     "vllm:request_success_total",
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
 ];
 
 /// Other engines' names for the kept quantities, stored under vLLM's name so the summaries

@@ -399,8 +399,17 @@ pub fn plan_text(spec: &SweepSpec) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>5}  {:>4}  {:>8}  {:>6}  {:>6}",
-            p.index, p.gpus, load, p.workload.input, p.workload.output
+            "{:>5}  {:>4}  {:>8}  {:>6}  {:>6}{}",
+            p.index,
+            p.gpus,
+            load,
+            p.workload.input,
+            p.workload.output,
+            if p.workload.is_fixed() {
+                String::new()
+            } else {
+                format!("  {}", p.workload)
+            }
         );
     }
     out

@@ -61,7 +61,7 @@ pub fn eta(s: &pb::SweepStatus, now_ms: i64) -> Option<Duration> {
 }
 
 fn point_line(s: &pb::SweepStatus, p: &pb::PointStatus) -> String {
-    let w = p.workload.unwrap_or_default();
+    let w = p.workload.clone().unwrap_or_default();
     let finished = points_finished(s);
     let load = if p.request_rate > 0.0 {
         format!("rate={}/s", p.request_rate)
@@ -211,7 +211,11 @@ pub fn search_line(r: &pb::SearchResult) -> String {
         "concurrency" => format!("{v} concurrent requests"),
         _ => format!("batch {v}"),
     };
-    let group = format!("gpus={} {}/{}", r.gpus, r.input_tokens, r.output_tokens);
+    let group = if r.workload.is_empty() {
+        format!("gpus={} {}/{}", r.gpus, r.input_tokens, r.output_tokens)
+    } else {
+        format!("gpus={} {}", r.gpus, r.workload)
+    };
     let probes = format!("{} probe{}", r.probes, if r.probes == 1 { "" } else { "s" });
     let state = if r.finished { "" } else { " so far" };
     let cap = if r.capped { ", probe cap reached" } else { "" };

@@ -153,6 +153,7 @@ mod tests {
                 gpu_driver: String::new(),
                 hardware: Default::default(),
                 slo: None,
+                workload: String::new(),
             },
             completed: batch,
             failed: 0,

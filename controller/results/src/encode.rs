@@ -197,6 +197,7 @@ pub(crate) fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, Result
     columns.push(opt_f64s(rows, |s| s.goodput));
     columns.push(opt_f64s(rows, |s| s.slo_attainment));
     columns.push(utf8(rows, |s| &s.slo_verdict));
+    columns.push(utf8(rows, |s| &s.meta.workload));
     Ok(RecordBatch::try_new(Arc::new(points_schema()), columns)?)
 }
 

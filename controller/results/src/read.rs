@@ -72,14 +72,23 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
             e2el_s?,
             send_lag_s?,
         );
-        let [running_max, waiting_max, kv_cache_usage_max, preemptions] =
-            SERVER.map(|(name, _)| c.get::<Float64Array>(name));
+        let [
+            running_max,
+            waiting_max,
+            kv_cache_usage_max,
+            preemptions,
+            queries,
+            hits,
+        ] = SERVER.map(|(name, _)| c.opt::<Float64Array>(name));
         let (running_max, waiting_max, kv_cache_usage_max, preemptions) = (
-            running_max?,
-            waiting_max?,
-            kv_cache_usage_max?,
-            preemptions?,
+            required(path, running_max, SERVER[0].0)?,
+            required(path, waiting_max, SERVER[1].0)?,
+            required(path, kv_cache_usage_max, SERVER[2].0)?,
+            required(path, preemptions, SERVER[3].0)?,
         );
+        // Files written before prefix-cache counters were kept lack these.
+        let (prefix_queries, prefix_hits) = (queries?, hits?);
+        let workload = c.opt::<StringArray>("workload")?;
         let input_len_mismatches = c.get::<UInt32Array>("input_len_mismatches")?;
         let output_len_mismatches = c.get::<UInt32Array>("output_len_mismatches")?;
         let verdict = c.get::<StringArray>("verdict")?;
@@ -194,6 +203,7 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
                         cpu_model: text(cpu_model, i),
                     },
                     slo: slo(i),
+                    workload: text(workload, i),
                 },
                 completed: completed.value(i),
                 failed: failed.value(i),
@@ -211,6 +221,8 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
                     waiting_max: opt(waiting_max, i),
                     kv_cache_usage_max: opt(kv_cache_usage_max, i),
                     preemptions: opt(preemptions, i),
+                    prefix_cache_queries: prefix_queries.and_then(|c| opt(c, i)),
+                    prefix_cache_hits: prefix_hits.and_then(|c| opt(c, i)),
                 },
                 input_len_mismatches: input_len_mismatches.value(i),
                 output_len_mismatches: output_len_mismatches.value(i),
@@ -426,6 +438,10 @@ const ADDED_COLUMNS: &[&str] = &[
     "goodput",
     "slo_attainment",
     "slo_verdict",
+    // points files: the workload described, the engine's prefix-cache counters
+    "workload",
+    "server_prefix_cache_queries",
+    "server_prefix_cache_hits",
 ];
 
 fn read_batches(path: &Path, expected: &Schema) -> Result<Vec<RecordBatch>, ResultsError> {
@@ -462,6 +478,15 @@ fn read_batches(path: &Path, expected: &Schema) -> Result<Vec<RecordBatch>, Resu
     }
     let batches = builder.build()?.collect::<Result<Vec<_>, _>>()?;
     Ok(batches)
+}
+
+/// A column every file has, read with [`Columns::opt`].
+fn required<'a, T>(
+    path: &Path,
+    column: Result<Option<&'a T>, ResultsError>,
+    name: &str,
+) -> Result<&'a T, ResultsError> {
+    column?.ok_or_else(|| bad(path, format!("missing column `{name}`")))
 }
 
 /// Typed access to the columns of one batch, naming the column in errors.

@@ -22,11 +22,13 @@ pub(crate) const FALLBACK_SEPARATOR: &str = "\n";
 pub(crate) type ServerStat = fn(&ServerStats) -> Option<f64>;
 
 /// The engine's view of each point, as columns of the points file.
-pub(crate) const SERVER: [(&str, ServerStat); 4] = [
+pub(crate) const SERVER: [(&str, ServerStat); 6] = [
     ("server_running_max", |s| s.running_max),
     ("server_waiting_max", |s| s.waiting_max),
     ("server_kv_cache_usage_max", |s| s.kv_cache_usage_max),
     ("server_preemptions", |s| s.preemptions),
+    ("server_prefix_cache_queries", |s| s.prefix_cache_queries),
+    ("server_prefix_cache_hits", |s| s.prefix_cache_hits),
 ];
 
 /// Picks one objective out of an SLO.
@@ -228,6 +230,9 @@ pub(crate) fn points_schema() -> Schema {
     fields.push(Field::new("goodput", DataType::Float64, true));
     fields.push(Field::new("slo_attainment", DataType::Float64, true));
     fields.push(utf8("slo_verdict"));
+    // The workload described (its lengths are input_tokens/output_tokens when fixed,
+    // their means otherwise).
+    fields.push(utf8("workload"));
     Schema::new(fields)
 }
 

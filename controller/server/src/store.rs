@@ -100,10 +100,9 @@ pub struct PointRow {
 pub struct PlannedRow {
     #[prost(uint32, tag = "1")]
     pub gpus: u32,
+    /// The workload's position in the sweep's `[matrix] workloads`.
     #[prost(uint32, tag = "2")]
-    pub input_tokens: u32,
-    #[prost(uint32, tag = "3")]
-    pub output_tokens: u32,
+    pub workload_index: u32,
     #[prost(uint32, tag = "4")]
     pub batch_size: u32,
     #[prost(double, tag = "5")]

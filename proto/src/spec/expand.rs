@@ -1,13 +1,16 @@
 //! Expansion of a valid sweep into its ordered points (GPU count × workload × batch size
 //! or rate; a search sweep: one first probe per GPU count × workload).
 
-use super::sections::{BatchSizes, LoadMode, SweepSpec, WorkloadEntry};
+use super::sections::{BatchSizes, LoadMode, SweepSpec};
+use super::workload::WorkloadEntry;
 
 /// One point of the expanded plan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedPoint {
     pub index: u32,
     pub gpus: u32,
+    /// The workload's position in `[matrix] workloads`.
+    pub workload_index: u32,
     pub workload: WorkloadEntry,
     /// Burst: requests per wave; concurrency: requests in flight; rate mode: 0.
     pub batch_size: u32,
@@ -67,12 +70,13 @@ impl SweepSpec {
         let mut points = Vec::new();
         let mut index = 0u32;
         for gpus in self.matrix.gpus.get_ref() {
-            for w in self.matrix.workloads.get_ref() {
+            for (w_index, w) in self.matrix.workloads.get_ref().iter().enumerate() {
                 for &(batch_size, request_rate) in &loads {
                     points.push(PlannedPoint {
                         index,
                         gpus: *gpus.get_ref(),
-                        workload: *w.get_ref(),
+                        workload_index: u32::try_from(w_index).unwrap_or(u32::MAX),
+                        workload: w.get_ref().clone(),
                         batch_size,
                         request_rate,
                     });

@@ -6,6 +6,8 @@
 //! the controller schedules.
 //!
 //! One concept a file, each importing only the ones before it in this list:
+//! - `workload`: one `[matrix] workloads` entry (lengths, distributions, shared prefixes,
+//!   datasets);
 //! - `sections`: the TOML sections as serde reads them, their enums and defaults;
 //! - `locate`: line:column of a TOML span, for error messages;
 //! - `limits`: the hard limits on a sweep (file size, points, name and model lengths,
@@ -31,6 +33,7 @@ mod sections;
 mod slo;
 mod validate;
 mod wire;
+mod workload;
 
 #[cfg(test)]
 mod tests;
@@ -49,7 +52,8 @@ pub use sections::{
     Arrival, BatchSizes, DEFAULT_CRASH_RETRIES, DEFAULT_MAX_FAILED_SHARE, DEFAULT_WARMUP_TOLERANCE,
     Endpoint, EngineKind, EngineSection, GPU_VENDORS, LoadMode, LoadSection, MatrixSection,
     OnEngineCrash, PlacementSection, PolicySection, Runtime, Strategy, SweepSpec, TokenizerSource,
-    WarmupSection, WorkloadEntry, model_slug,
+    WarmupSection, model_slug,
 };
 pub use slo::{DEFAULT_SLO_PERCENTILE, Objective, Slo, SloSection};
 pub use validate::MAX_BATCH_SIZE;
+pub use workload::{LengthDist, WorkloadEntry};

@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use super::search::{Search, SearchSection};
 use super::slo::{Slo, SloSection};
+use super::workload::WorkloadEntry;
 use crate::pb;
 
 /// A parsed, validated sweep file.
@@ -179,14 +180,6 @@ pub struct MatrixSection {
     /// Rate mode: request rates to sweep, in requests per second.
     pub rates: Option<Spanned<Vec<Spanned<f64>>>>,
     pub workloads: Spanned<Vec<Spanned<WorkloadEntry>>>,
-}
-
-/// One input/output token pair.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct WorkloadEntry {
-    pub input: u32,
-    pub output: u32,
 }
 
 /// Batch sizes as written in the file.

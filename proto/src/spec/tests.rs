@@ -130,13 +130,7 @@ fn parses_and_expands_in_engine_order() {
     assert!(points[..8].iter().all(|p| p.gpus == 1));
     assert!(points[8..].iter().all(|p| p.gpus == 2));
     assert_eq!(points[3].batch_size, 8);
-    assert_eq!(
-        points[4].workload,
-        WorkloadEntry {
-            input: 128,
-            output: 128
-        }
-    );
+    assert_eq!(points[4].workload, WorkloadEntry::fixed(128, 128));
     assert_eq!(spec.load.endpoint, Endpoint::Auto);
     let flags = vllm_flags(&spec.engine_wire(), 2);
     let joined = flags.join(" ");

@@ -85,14 +85,8 @@ impl SweepSpec {
             text,
             "matrix.workloads",
             matrix.workloads.get_mut(),
-            |w| (u64::from(w.get_ref().input) << 32) | u64::from(w.get_ref().output),
-            |w| {
-                format!(
-                    "{{ input = {}, output = {} }}",
-                    w.get_ref().input,
-                    w.get_ref().output
-                )
-            },
+            |w| w.get_ref().clone(),
+            |w| format!("workload {}", w.get_ref()),
             &mut notes,
         );
         self.notes.extend(notes);
@@ -339,30 +333,8 @@ impl SweepSpec {
         }
         let max_len = *e.max_model_len.get_ref();
         for (i, w) in self.matrix.workloads.get_ref().iter().enumerate() {
-            let wl = w.get_ref();
-            if wl.input == 0 {
-                return err(
-                    w.span(),
-                    &format!("matrix.workloads[{i}].input"),
-                    "must be at least 1 token".into(),
-                );
-            }
-            if wl.output == 0 {
-                return err(
-                    w.span(),
-                    &format!("matrix.workloads[{i}].output"),
-                    "must be at least 1 token".into(),
-                );
-            }
-            if u64::from(wl.input) + u64::from(wl.output) > u64::from(max_len) {
-                return err(
-                    w.span(),
-                    &format!("matrix.workloads[{i}].output"),
-                    format!(
-                        "input {} + output {} tokens exceed engine.max_model_len {max_len}",
-                        wl.input, wl.output
-                    ),
-                );
+            if let Some((field, message)) = w.get_ref().problem(max_len) {
+                return err(w.span(), &format!("matrix.workloads[{i}].{field}"), message);
             }
         }
         if *self.load.timeout_s.get_ref() == 0 {
@@ -629,11 +601,11 @@ impl SweepSpec {
 
 /// Keeps the first of equal items (by `key`) and notes each later one by its field path and
 /// line:column as written.
-fn dedupe<T>(
+fn dedupe<T, K: std::hash::Hash + Eq>(
     text: &str,
     field: &str,
     items: &mut Vec<Spanned<T>>,
-    key: impl Fn(&Spanned<T>) -> u64,
+    key: impl Fn(&Spanned<T>) -> K,
     show: impl Fn(&Spanned<T>) -> String,
     notes: &mut Vec<String>,
 ) {

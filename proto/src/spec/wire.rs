@@ -11,6 +11,7 @@
 use super::sections::{
     Arrival, Endpoint, EngineKind, LoadMode, Runtime, SweepSpec, TokenizerSource,
 };
+use super::workload::{LengthDist, WorkloadEntry};
 use crate::{ProtoError, pb};
 
 impl SweepSpec {
@@ -68,6 +69,50 @@ impl SweepSpec {
             tokenizer_source: pb::TokenizerSource::from(l.tokenizer).into(),
             warmup_max_waves: *l.warmup.max_waves.get_ref(),
             warmup_tolerance: *l.warmup.tolerance.get_ref(),
+        }
+    }
+}
+
+impl WorkloadEntry {
+    /// The workload as sent to agents, with its resolved length bounds.
+    pub fn to_wire(&self) -> pb::Workload {
+        let (input, output) = (self.input_bounds(), self.output_bounds());
+        pb::Workload {
+            input_tokens: self.input,
+            output_tokens: self.output,
+            dist: pb::LengthDist::from(self.dist).into(),
+            input_spread: self.input_spread,
+            output_spread: self.output_spread,
+            input_min: input.min,
+            input_max: input.max,
+            output_min: output.min,
+            output_max: output.max,
+            prefix_groups: self.prefix_groups,
+            prefix_tokens: self.prefix_tokens,
+            dataset: self.dataset.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl From<LengthDist> for pb::LengthDist {
+    fn from(d: LengthDist) -> Self {
+        match d {
+            LengthDist::Fixed => pb::LengthDist::Fixed,
+            LengthDist::Uniform => pb::LengthDist::Uniform,
+            LengthDist::Normal => pb::LengthDist::Normal,
+            LengthDist::Lognormal => pb::LengthDist::Lognormal,
+        }
+    }
+}
+
+impl From<pb::LengthDist> for LengthDist {
+    /// `UNSPECIFIED` is fixed, the default.
+    fn from(d: pb::LengthDist) -> Self {
+        match d {
+            pb::LengthDist::Unspecified | pb::LengthDist::Fixed => LengthDist::Fixed,
+            pb::LengthDist::Uniform => LengthDist::Uniform,
+            pb::LengthDist::Normal => LengthDist::Normal,
+            pb::LengthDist::Lognormal => LengthDist::Lognormal,
         }
     }
 }

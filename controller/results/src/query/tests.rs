@@ -51,6 +51,7 @@ fn point(sweep: &str, host: &str, gpus: u32, batch: u32, tput: f64) -> PointSumm
             gpu_driver: String::new(),
             hardware: Default::default(),
             slo: None,
+            workload: String::new(),
         },
         completed: batch,
         failed: 0,

@@ -89,6 +89,8 @@ pub fn server_stats(samples: &[pb::MetricSample]) -> ServerStats {
         kv_cache_usage_max: max("vllm:kv_cache_usage_perc")
             .or_else(|| max("vllm:gpu_cache_usage_perc")),
         preemptions: increase("vllm:num_preemptions_total"),
+        prefix_cache_queries: increase("vllm:prefix_cache_queries_total"),
+        prefix_cache_hits: increase("vllm:prefix_cache_hits_total"),
     }
 }
 
@@ -282,6 +284,7 @@ mod tests {
             gpu_driver: String::new(),
             hardware: Default::default(),
             slo: None,
+            workload: String::new(),
         }
     }
 
@@ -551,6 +554,7 @@ mod tests {
             gpu_driver: String::new(),
             hardware: Default::default(),
             slo: None,
+            workload: String::new(),
             ..meta()
         };
         let s = summarize(busy, &records, &[]);

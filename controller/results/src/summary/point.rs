@@ -49,6 +49,10 @@ pub struct PointMeta {
     /// The sweep's `[slo]`, which the point is judged against (`None`: no SLO).
     #[serde(default)]
     pub slo: Option<Slo>,
+    /// The workload described (`512/128`, `normal 512±128/128±32`, `512/128 prefix 4x384`,
+    /// `dataset chat.jsonl/data`); `input_tokens`/`output_tokens` are its means.
+    #[serde(default)]
+    pub workload: String,
 }
 
 /// What identifies a point's hardware beyond the GPU model and driver, from the agent's
@@ -169,6 +173,13 @@ pub struct ServerStats {
     pub waiting_max: Option<f64>,
     pub kv_cache_usage_max: Option<f64>,
     pub preemptions: Option<f64>,
+    /// Prompt tokens the engine looked up in its prefix cache during the point, and those
+    /// it found (vLLM's `vllm:prefix_cache_queries` / `vllm:prefix_cache_hits` counter
+    /// increases); `None` without those counters.
+    #[serde(default)]
+    pub prefix_cache_queries: Option<f64>,
+    #[serde(default)]
+    pub prefix_cache_hits: Option<f64>,
 }
 
 /// Requests in flight at the moments the engine was scraped, over the scrapes taken while
@@ -253,6 +264,9 @@ impl From<&PointSummary> for pb::PointSummary {
             slo_attainment: s.slo_attainment,
             slo_verdict: s.slo_verdict.clone(),
             slo: m.slo.as_ref().map(Slo::describe).unwrap_or_default(),
+            server_prefix_cache_queries: s.server.prefix_cache_queries,
+            server_prefix_cache_hits: s.server.prefix_cache_hits,
+            workload: m.workload.clone(),
         }
     }
 }

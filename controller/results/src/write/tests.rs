@@ -41,6 +41,7 @@ fn meta(point_index: u32) -> PointMeta {
         gpu_driver: String::new(),
         hardware: Default::default(),
         slo: None,
+        workload: String::new(),
     }
 }
 
@@ -151,7 +152,20 @@ fn partition_round_trips_exactly() {
         waiting_max: Some(0.0),
         kv_cache_usage_max: Some(0.125),
         preemptions: None,
+        prefix_cache_queries: Some(4096.0),
+        prefix_cache_hits: Some(1024.0),
     };
+    done.meta.workload = "normal 512±128/128±32 prefix 4x384".into();
+    done.meta.slo = Some(fleetbench_proto::spec::Slo {
+        ttft: Some(fleetbench_proto::spec::Objective {
+            threshold_s: 2.0,
+            percentile: 99.0,
+        }),
+        ..Default::default()
+    });
+    done.goodput = Some(3.5);
+    done.slo_attainment = Some(0.875);
+    done.slo_verdict = "missed: ttft 87.5 % within 2000 ms (needs 99 %)".into();
     let points: Vec<(PointSummary, &[RequestRecord])> =
         vec![(done.clone(), recs.as_slice()), (failed.clone(), &[][..])];
     let samples = vec![

@@ -492,6 +492,7 @@ impl State {
             gpu_driver,
             hardware,
             slo,
+            workload: p.planned.workload.to_string(),
         };
         let template = meta.clone();
         let summary = summarize(meta, &records, &pf.engine_metrics);
@@ -686,6 +687,7 @@ fn skip_larger(sweep: &mut Sweep, crashed: &PlannedPoint, template: &PointMeta, 
             gpu_model: String::new(),
             gpu_driver: String::new(),
             hardware: Default::default(),
+            workload: q.planned.workload.to_string(),
             ..template.clone()
         };
         q.summary = Some(summarize(meta, &[], &[]));

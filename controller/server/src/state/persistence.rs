@@ -7,15 +7,16 @@
 use std::collections::{BTreeSet, HashMap};
 
 use fleetbench_proto::pb;
-use fleetbench_proto::spec::{PlannedPoint, SweepSpec, WorkloadEntry};
+use fleetbench_proto::spec::{PlannedPoint, SweepSpec};
 use fleetbench_results::summary::PointSummary;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::State;
 use super::model::{
-    AgentEntry, Dirty, PointEntry, PointState, Replica, SweepState, count, point_id,
+    AgentEntry, Dirty, PointEntry, PointState, Replica, Sweep, SweepState, count, point_id,
 };
+use super::search::workload_at;
 use crate::store::{AgentRow, Loaded, LoadedSweep, PlannedRow, PointRow, StoreOp, SweepRow};
 
 /// The part of a point's state whose change is worth a store write.
@@ -248,7 +249,9 @@ impl State {
                     && s.spec.search.is_some()
                     && let Some(planned) = &prow.planned
                 {
-                    s.points.push(stored_probe(&id, pos, planned));
+                    if let Some(p) = stored_probe(s, pos, planned) {
+                        s.points.push(p);
+                    }
                 }
                 let Some(p) = s.points.get_mut(idx) else {
                     problems.push(format!("sweep {id}: stored point {pos} is not in its spec"));
@@ -361,8 +364,7 @@ fn point_row(p: &PointEntry, awaiting: bool) -> PointRow {
 fn planned_row(p: &PointEntry) -> PlannedRow {
     PlannedRow {
         gpus: p.planned.gpus,
-        input_tokens: p.planned.workload.input,
-        output_tokens: p.planned.workload.output,
+        workload_index: p.planned.workload_index,
         batch_size: p.planned.batch_size,
         request_rate: p.planned.request_rate,
     }
@@ -370,16 +372,14 @@ fn planned_row(p: &PointEntry) -> PlannedRow {
 
 /// A stored point the sweep file does not expand to (a search probe), rebuilt from its
 /// stored place in the matrix.
-fn stored_probe(sweep_id: &str, pos: u32, row: &PlannedRow) -> PointEntry {
+fn stored_probe(s: &Sweep, pos: u32, row: &PlannedRow) -> Option<PointEntry> {
     let planned = PlannedPoint {
         index: pos,
         gpus: row.gpus,
-        workload: WorkloadEntry {
-            input: row.input_tokens,
-            output: row.output_tokens,
-        },
+        workload_index: row.workload_index,
+        workload: workload_at(s, row.workload_index)?,
         batch_size: row.batch_size,
         request_rate: row.request_rate,
     };
-    PointEntry::new(point_id(sweep_id, pos), planned)
+    Some(PointEntry::new(point_id(&s.id, pos), planned))
 }

@@ -258,10 +258,7 @@ impl State {
                 index: p.planned.index,
                 engine: Some(engine),
                 gpus: p.planned.gpus,
-                workload: Some(pb::Workload {
-                    input_tokens: p.planned.workload.input,
-                    output_tokens: p.planned.workload.output,
-                }),
+                workload: Some(p.planned.workload.to_wire()),
                 batch_size: p.planned.batch_size,
                 load: Some(load),
                 attempt: p.attempt,

@@ -15,15 +15,11 @@ use tracing::info;
 use super::State;
 use super::model::{PointEntry, PointState, Sweep, SweepState, count, point_id};
 
-/// A search group: (GPU count, input tokens, output tokens).
-type Group = (u32, u32, u32);
+/// A search group: (GPU count, the workload's position in the matrix).
+type Group = (u32, u32);
 
 fn group_of(p: &PointEntry) -> Group {
-    (
-        p.planned.gpus,
-        p.planned.workload.input,
-        p.planned.workload.output,
-    )
+    (p.planned.gpus, p.planned.workload_index)
 }
 
 /// A probe's load on the search's axis.
@@ -45,6 +41,16 @@ fn probe_of(p: &PointEntry) -> Probe {
         met: summary.is_some_and(|s| s.slo_met() == Some(true)),
         output_throughput: summary.map_or(0.0, |s| s.output_throughput),
     }
+}
+
+/// Workload `index` of the sweep's matrix.
+pub(super) fn workload_at(s: &Sweep, index: u32) -> Option<WorkloadEntry> {
+    s.spec
+        .matrix
+        .workloads
+        .get_ref()
+        .get(usize::try_from(index).ok()?)
+        .map(|w| w.get_ref().clone())
 }
 
 /// The groups of a sweep, in the order their first probes were planned.
@@ -93,13 +99,14 @@ impl State {
             };
             let (batch_size, request_rate) = s.spec.search_load(load);
             let index = count(s.points.len());
+            let Some(workload) = workload_at(s, group.1) else {
+                continue;
+            };
             let planned = PlannedPoint {
                 index,
                 gpus: group.0,
-                workload: WorkloadEntry {
-                    input: group.1,
-                    output: group.2,
-                },
+                workload_index: group.1,
+                workload,
                 batch_size,
                 request_rate,
             };
@@ -124,6 +131,7 @@ pub(super) fn search_results(s: &Sweep) -> Vec<pb::SearchResult> {
     groups(s)
         .into_iter()
         .map(|group| {
+            let workload = workload_at(s, group.1).unwrap_or_default();
             let (probes, ended) = probes(s, group);
             let answer = match next_probe(&search, &probes) {
                 Next::Done(answer) if ended => Some(answer),
@@ -137,8 +145,9 @@ pub(super) fn search_results(s: &Sweep) -> Vec<pb::SearchResult> {
             };
             pb::SearchResult {
                 gpus: group.0,
-                input_tokens: group.1,
-                output_tokens: group.2,
+                input_tokens: workload.input,
+                output_tokens: workload.output,
+                workload: workload.to_string(),
                 goal: search.goal.as_str().into(),
                 axis: axis(s.spec.load.mode).into(),
                 best,

@@ -95,10 +95,7 @@ fn point_status(p: &PointEntry) -> pb::PointStatus {
         agent: p.agent.clone(),
         gpus: p.planned.gpus,
         batch_size: p.planned.batch_size,
-        workload: Some(pb::Workload {
-            input_tokens: p.planned.workload.input,
-            output_tokens: p.planned.workload.output,
-        }),
+        workload: Some(p.planned.workload.to_wire()),
         error: match p.write_failure() {
             Some(f) if p.error.is_empty() => format!(
                 "results write failed: {} ({} tries, retrying)",

@@ -1,0 +1,339 @@
+//! One entry of `[matrix] workloads`: what each request of a point asks for.
+//!
+//! - Fixed lengths (`{ input = 512, output = 128 }`): every request has exactly these.
+//! - Length distributions (`dist = "uniform" | "normal" | "lognormal"`): `input` and
+//!   `output` are the means and `input_spread` / `output_spread` the spread (uniform: the
+//!   half-width, so lengths are drawn from mean ± spread; normal and log-normal: the
+//!   standard deviation), clipped to `[*_min, *_max]` (default 1 and what
+//!   `max_model_len` leaves). Each request is still exact to its own drawn length.
+//! - Shared prefixes (`prefix_groups = N, prefix_tokens = P`): request i belongs to
+//!   group i mod N, and its prompt starts with its group's P-token prefix followed by a
+//!   unique suffix up to its input length, so an engine with prefix caching computes
+//!   each group's prefix once.
+//! - Datasets (`dataset = "file"`): prompts from a local file on the agent's host (under
+//!   one of the agent's `dataset_dirs`): ShareGPT JSON, or JSONL of `{"prompt": …}`,
+//!   `{"messages": […]}` or `{"prompt": …, "output_tokens": N}`; see the agent's
+//!   `load::dataset`. `input` is left out (the data decides); `output` is the output
+//!   length of requests whose entry names none (default: the reply's length where the
+//!   entry has one, as vLLM's ShareGPT sampling).
+//!
+//! The sampling is seeded by `[load] seed`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// How lengths vary between the requests of a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LengthDist {
+    /// Every request has the mean length.
+    #[default]
+    Fixed,
+    /// Uniform over mean ± spread.
+    Uniform,
+    /// Normal with the mean and standard deviation `spread`.
+    Normal,
+    /// Log-normal with the mean and standard deviation `spread` (of the lengths, not of
+    /// their logarithms).
+    Lognormal,
+}
+
+impl LengthDist {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LengthDist::Fixed => "fixed",
+            LengthDist::Uniform => "uniform",
+            LengthDist::Normal => "normal",
+            LengthDist::Lognormal => "lognormal",
+        }
+    }
+}
+
+/// One workload of the matrix (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadEntry {
+    /// Input tokens (the mean with a distribution; 0 with a dataset).
+    #[serde(default)]
+    pub input: u32,
+    /// Output tokens (the mean with a distribution; with a dataset: 0 = the data's).
+    #[serde(default)]
+    pub output: u32,
+    #[serde(default)]
+    pub dist: LengthDist,
+    #[serde(default)]
+    pub input_spread: u32,
+    #[serde(default)]
+    pub output_spread: u32,
+    pub input_min: Option<u32>,
+    pub input_max: Option<u32>,
+    pub output_min: Option<u32>,
+    pub output_max: Option<u32>,
+    /// Shared-prefix groups (0: no shared prefix).
+    #[serde(default)]
+    pub prefix_groups: u32,
+    /// Tokens of each group's shared prefix.
+    #[serde(default)]
+    pub prefix_tokens: u32,
+    /// A dataset file, relative to one of the agent's `dataset_dirs`.
+    pub dataset: Option<String>,
+}
+
+impl WorkloadEntry {
+    /// A fixed-length workload.
+    pub fn fixed(input: u32, output: u32) -> Self {
+        WorkloadEntry {
+            input,
+            output,
+            ..WorkloadEntry::default()
+        }
+    }
+
+    /// Whether every request has the same lengths and a prompt of its own (the workload
+    /// every sweep had before distributions, prefixes and datasets).
+    pub fn is_fixed(&self) -> bool {
+        self.dist == LengthDist::Fixed && self.prefix_groups == 0 && self.dataset.is_none()
+    }
+}
+
+impl fmt::Display for WorkloadEntry {
+    /// `512/128`, `normal 512±128/128±32`, `512/128 prefix 4x384`, `dataset chat.jsonl/128`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = |v: u32, spread: u32| {
+            if self.dist == LengthDist::Fixed {
+                v.to_string()
+            } else {
+                format!("{v}±{spread}")
+            }
+        };
+        if let Some(d) = &self.dataset {
+            write!(f, "dataset {d}/")?;
+            if self.output == 0 {
+                f.write_str("data")?;
+            } else {
+                write!(f, "{}", len(self.output, self.output_spread))?;
+            }
+        } else {
+            if self.dist != LengthDist::Fixed {
+                write!(f, "{} ", self.dist.as_str())?;
+            }
+            write!(
+                f,
+                "{}/{}",
+                len(self.input, self.input_spread),
+                len(self.output, self.output_spread)
+            )?;
+        }
+        if self.prefix_groups > 0 {
+            write!(f, " prefix {}x{}", self.prefix_groups, self.prefix_tokens)?;
+        }
+        Ok(())
+    }
+}
+
+/// The longest dataset name (a path relative to an agent's dataset directory).
+pub const MAX_DATASET_NAME: usize = 255;
+
+/// The clip bounds of one length: `[min, max]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl WorkloadEntry {
+    /// The bounds input lengths are clipped to (see [`WorkloadEntry::bounds`]).
+    pub fn input_bounds(&self) -> Bounds {
+        self.bounds(
+            self.input,
+            self.input_spread,
+            self.input_min,
+            self.input_max,
+        )
+    }
+
+    /// The bounds output lengths are clipped to.
+    pub fn output_bounds(&self) -> Bounds {
+        self.bounds(
+            self.output,
+            self.output_spread,
+            self.output_min,
+            self.output_max,
+        )
+    }
+
+    /// Fixed: the length itself. A distribution: `*_min` (default 1) to `*_max` (default
+    /// mean + spread for uniform, mean + 4 spreads for normal and log-normal).
+    fn bounds(&self, mean: u32, spread: u32, min: Option<u32>, max: Option<u32>) -> Bounds {
+        let reach = match self.dist {
+            LengthDist::Fixed => {
+                return Bounds {
+                    min: mean,
+                    max: mean,
+                };
+            }
+            LengthDist::Uniform => spread,
+            LengthDist::Normal | LengthDist::Lognormal => spread.saturating_mul(4),
+        };
+        Bounds {
+            min: min.unwrap_or(1),
+            max: max.unwrap_or(mean.saturating_add(reach)),
+        }
+    }
+
+    /// Checks one entry (`at` is its field path, e.g. `matrix.workloads[2]`); the error
+    /// is the field under it and the message.
+    pub fn problem(&self, max_model_len: u32) -> Option<(&'static str, String)> {
+        if let Some(d) = &self.dataset {
+            return self.dataset_problem(d);
+        }
+        if self.input == 0 {
+            return Some(("input", "must be at least 1 token".into()));
+        }
+        if self.output == 0 {
+            return Some(("output", "must be at least 1 token".into()));
+        }
+        if self.dist == LengthDist::Fixed {
+            for (field, set) in [
+                ("input_spread", self.input_spread != 0),
+                ("output_spread", self.output_spread != 0),
+                ("input_min", self.input_min.is_some()),
+                ("input_max", self.input_max.is_some()),
+                ("output_min", self.output_min.is_some()),
+                ("output_max", self.output_max.is_some()),
+            ] {
+                if set {
+                    return Some((
+                        field,
+                        "only applies with a length distribution (dist = \"uniform\", \
+                         \"normal\" or \"lognormal\")"
+                            .into(),
+                    ));
+                }
+            }
+        } else {
+            for (field, spread) in [
+                ("input_spread", self.input_spread),
+                ("output_spread", self.output_spread),
+            ] {
+                if spread == 0 {
+                    return Some((
+                        field,
+                        format!(
+                            "must be at least 1 token with dist = \"{}\" (use dist = \"fixed\" \
+                             for no spread)",
+                            self.dist.as_str()
+                        ),
+                    ));
+                }
+            }
+            for (name, mean, b) in [
+                ("input", self.input, self.input_bounds()),
+                ("output", self.output, self.output_bounds()),
+            ] {
+                if b.min == 0 || b.min > mean || b.max < mean {
+                    let field = if b.min == 0 || b.min > mean {
+                        if name == "input" {
+                            "input_min"
+                        } else {
+                            "output_min"
+                        }
+                    } else if name == "input" {
+                        "input_max"
+                    } else {
+                        "output_max"
+                    };
+                    return Some((
+                        field,
+                        format!(
+                            "the {name} bounds {}..={} must hold the mean {mean} (and start at 1 \
+                             or more)",
+                            b.min, b.max
+                        ),
+                    ));
+                }
+            }
+        }
+        let (input, output) = (self.input_bounds(), self.output_bounds());
+        if u64::from(input.max) + u64::from(output.max) > u64::from(max_model_len) {
+            let hint = if self.dist == LengthDist::Fixed {
+                String::new()
+            } else {
+                " (the longest drawn lengths; lower input_max / output_max)".into()
+            };
+            return Some((
+                "output",
+                format!(
+                    "input {} + output {} tokens exceed engine.max_model_len {max_model_len}{hint}",
+                    input.max, output.max
+                ),
+            ));
+        }
+        match (self.prefix_groups, self.prefix_tokens) {
+            (0, 0) => {}
+            (0, _) => {
+                return Some(("prefix_groups", "prefix_tokens needs prefix_groups".into()));
+            }
+            (_, 0) => {
+                return Some((
+                    "prefix_tokens",
+                    "must be at least 1 token with prefix_groups".into(),
+                ));
+            }
+            (_, p) if p >= input.min => {
+                return Some((
+                    "prefix_tokens",
+                    format!(
+                        "{p} leaves no unique suffix: every input must be longer than the \
+                         prefix (shortest input {})",
+                        input.min
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn dataset_problem(&self, name: &str) -> Option<(&'static str, String)> {
+        if name.is_empty() || name.len() > MAX_DATASET_NAME {
+            return Some((
+                "dataset",
+                format!("must be 1 to {MAX_DATASET_NAME} bytes long"),
+            ));
+        }
+        let bad_part = name
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..");
+        if name.starts_with('/') || bad_part || name.chars().any(char::is_control) {
+            return Some((
+                "dataset",
+                format!(
+                    "{name:?} is not a relative path inside a dataset directory (no leading \
+                     '/', no '.' or '..' parts)"
+                ),
+            ));
+        }
+        for (field, set) in [
+            ("input", self.input != 0),
+            ("dist", self.dist != LengthDist::Fixed),
+            ("prefix_groups", self.prefix_groups != 0),
+            ("prefix_tokens", self.prefix_tokens != 0),
+            ("input_spread", self.input_spread != 0),
+            ("output_spread", self.output_spread != 0),
+            ("input_min", self.input_min.is_some()),
+            ("input_max", self.input_max.is_some()),
+            ("output_min", self.output_min.is_some()),
+            ("output_max", self.output_max.is_some()),
+        ] {
+            if set {
+                return Some((
+                    field,
+                    "does not apply to a dataset workload: the data decides the prompts".into(),
+                ));
+            }
+        }
+        None
+    }
+}
