@@ -20,6 +20,7 @@
 pub mod chat_template;
 pub mod clients;
 pub mod cpu;
+pub mod lengths;
 pub mod probe;
 pub mod prompt;
 pub mod request;
@@ -29,6 +30,7 @@ pub mod sse;
 pub mod tokenize_api;
 pub mod tokenizer;
 pub mod warmup;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,13 +50,14 @@ use crate::error::AgentError;
 use crate::load::clients::{HttpClients, StreamClient};
 use crate::load::cpu::cpu_time;
 use crate::load::probe::{probe_extensions, resolve_endpoint};
-use crate::load::prompt::{Prompt, TokenCounter, build_prompts, mix};
+use crate::load::prompt::{Prompt, TokenCounter, mix};
 use crate::load::request::{
     ApiEndpoint, Extensions, PreparedRequest, RequestContext, RequestPlan, measure_prepared,
 };
 use crate::load::schedule::RateSchedule;
 use crate::load::tokenizer::{LocalTokenizer, find_tokenizer_json};
 use crate::load::warmup::{WarmupOutcome, wave_output_tps};
+use crate::load::workload::build_requests;
 
 /// Concurrency mode bounded only by time cycles through this many distinct prompts per
 /// slot (the request count is unknown up front); bounds below and above.
@@ -244,13 +247,13 @@ pub async fn run_point(
         counter = counter.with_local(local);
     }
     let prompts = tokio::select! {
-        p = build_prompts(&counter, endpoint, workload.input_tokens, warmups + needed, seed) => p?,
+        p = build_requests(&counter, endpoint, &workload, warmups + needed, seed) => p?,
         () = cancel.cancelled() => return Err(AgentError::Cancelled),
     };
     let inexact = prompts
         .iter()
         .skip(warmups)
-        .filter(|p| !p.is_exact(workload.input_tokens))
+        .filter(|p| !p.is_exact(p.target_input))
         .count();
     let mut fallbacks = accepted.fallbacks;
     if prompts.iter().any(|p| p.counted_tokens.is_none()) {
@@ -268,8 +271,6 @@ pub async fn run_point(
     let template = PlanTemplate {
         endpoint,
         model,
-        target_input_tokens: workload.input_tokens,
-        target_output_tokens: workload.output_tokens,
         extensions: accepted.extensions,
     };
     // Every body is encoded before the load starts: sending then costs no serialisation.
@@ -326,7 +327,8 @@ pub async fn run_point(
         base_url.to_string(),
         metrics_interval,
         stop_scraper.clone(),
-    );
+    )
+    .await;
     let cpu_before = cpu_time();
     let origin = Instant::now();
     let mut launcher = Launcher::new(
@@ -483,8 +485,6 @@ fn index(i: usize) -> u32 {
 struct PlanTemplate {
     endpoint: ApiEndpoint,
     model: String,
-    target_input_tokens: u32,
-    target_output_tokens: u32,
     extensions: Extensions,
 }
 
@@ -496,8 +496,8 @@ impl PlanTemplate {
             endpoint: self.endpoint,
             model: self.model.clone(),
             prompt: prompt.text.clone(),
-            target_input_tokens: self.target_input_tokens,
-            target_output_tokens: self.target_output_tokens,
+            target_input_tokens: prompt.target_input,
+            target_output_tokens: prompt.target_output,
             scheduled_offset: scheduled,
             extensions: self.extensions,
         }

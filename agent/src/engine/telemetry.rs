@@ -141,48 +141,71 @@ pub async fn scrape(client: &reqwest::Client, base_url: &str) -> Scrape {
     }
 }
 
-/// Scrapes every `interval` until `stop`, plus once at the start and once at the end.
-/// An engine without `/metrics` (404) yields no samples and is not asked again: on a
-/// Python engine every request, even a 404, takes time from the generation loop.
-pub fn spawn_scraper(
+/// Scrapes once before returning (so counters have their value from before the load that
+/// follows: a point's counter increases, such as prefix-cache hits, count all of it),
+/// then every `interval` until `stop`, and once at the end. An engine without `/metrics`
+/// (404) yields no samples and is not asked again: on a Python engine every request,
+/// even a 404, takes time from the generation loop.
+pub async fn spawn_scraper(
     client: reqwest::Client,
     base_url: String,
     interval: Duration,
     stop: CancellationToken,
 ) -> JoinHandle<Vec<MetricSample>> {
+    let mut samples = Vec::new();
+    // The first scrape counts as taken at the load's start (offset 0), which follows it.
+    let first = scrape_into(&client, &base_url, None, &mut samples).await;
+    let started = Instant::now();
     tokio::spawn(async move {
-        let started = Instant::now();
-        let mut samples = Vec::new();
+        if !first {
+            return samples;
+        }
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick completes at once: that sample was taken above.
+        tick.tick().await;
         loop {
             let last = tokio::select! {
                 _ = tick.tick() => false,
                 () = stop.cancelled() => true,
             };
-            let at = started.elapsed().as_secs_f64();
-            let unix_ms = fleetbench_proto::unix_millis_now();
-            match scrape(&client, &base_url).await {
-                Scrape::Values(values) => {
-                    samples.extend(values.into_iter().map(|(name, value)| MetricSample {
-                        offset_s: at,
-                        unix_ms,
-                        name,
-                        value,
-                    }))
-                }
-                Scrape::NoEndpoint => {
-                    debug!("engine has no /metrics: not scraped again");
-                    break;
-                }
-                Scrape::Failed => debug!("engine /metrics not available"),
-            }
-            if last {
+            if !scrape_into(&client, &base_url, Some(started), &mut samples).await || last {
                 break;
             }
         }
         samples
     })
+}
+
+/// One scrape's values appended to `samples` at the offset since `started` (`None`: 0);
+/// false when the engine has no `/metrics`.
+async fn scrape_into(
+    client: &reqwest::Client,
+    base_url: &str,
+    started: Option<Instant>,
+    samples: &mut Vec<MetricSample>,
+) -> bool {
+    let at = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let unix_ms = fleetbench_proto::unix_millis_now();
+    match scrape(client, base_url).await {
+        Scrape::Values(values) => {
+            samples.extend(values.into_iter().map(|(name, value)| MetricSample {
+                offset_s: at,
+                unix_ms,
+                name,
+                value,
+            }));
+            true
+        }
+        Scrape::NoEndpoint => {
+            debug!("engine has no /metrics: not scraped again");
+            false
+        }
+        Scrape::Failed => {
+            debug!("engine /metrics not available");
+            true
+        }
+    }
 }
 
 #[cfg(test)]

@@ -34,13 +34,17 @@ const WORDS: &[&str] = &[
     "look",
 ];
 
-/// A prompt and what the server said its length is.
+/// A prompt, what the server said its length is, and the lengths its request asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prompt {
     pub text: String,
     /// Token count as the server counts it: by its `/tokenize` or the local tokenizer (None
     /// when neither is available).
     pub counted_tokens: Option<u32>,
+    /// The input length the prompt was built to.
+    pub target_input: u32,
+    /// The output length its request asks for (`max_tokens`).
+    pub target_output: u32,
 }
 
 impl Prompt {
@@ -221,6 +225,8 @@ pub async fn build_prompts(
             .map(|i| Prompt {
                 text: words(mix(seed, i as u64), target_words),
                 counted_tokens: None,
+                target_input: target,
+                target_output: 0,
             })
             .collect());
     };
@@ -242,9 +248,54 @@ pub async fn build_prompts(
         prompts.push(Prompt {
             text,
             counted_tokens: counted,
+            target_input: target,
+            target_output: 0,
         });
     }
     Ok(prompts)
+}
+
+/// One prompt of exactly `target` tokens that starts with `prefix` (empty: none) followed
+/// by seeded words; `guess` is the word count to try first (the last prompt's, adjusted
+/// by the length difference, saves most counts). Returns the prompt (its target output
+/// 0) and the word count it took.
+pub async fn exact_prompt(
+    counter: &TokenCounter,
+    endpoint: ApiEndpoint,
+    prefix: &str,
+    target: u32,
+    seed: u64,
+    guess: usize,
+) -> Result<(Prompt, usize), AgentError> {
+    let build = |k: usize| {
+        if prefix.is_empty() {
+            words(seed, k)
+        } else {
+            format!("{prefix} {}", words(seed, k))
+        }
+    };
+    let mut k = guess.max(1);
+    let mut text = build(k);
+    let mut counted = counter.count(endpoint, &text).await?;
+    let mut tries = 0;
+    while let Some(c) = counted {
+        if c == target || tries >= 8 {
+            break;
+        }
+        k = adjust(k, target, c);
+        text = build(k);
+        counted = counter.count(endpoint, &text).await?;
+        tries += 1;
+    }
+    Ok((
+        Prompt {
+            text,
+            counted_tokens: counted,
+            target_input: target,
+            target_output: 0,
+        },
+        k,
+    ))
 }
 
 async fn solve_word_count(

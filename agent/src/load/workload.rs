@@ -1,0 +1,162 @@
+//! A point's requests from its workload (`pb::Workload`): the prompts and each request's
+//! target input and output lengths.
+//!
+//! - Fixed lengths: distinct seeded prompts of exactly the input length (as before
+//!   distributions existed: [`build_prompts`]).
+//! - Length distributions: each request's lengths drawn ([`draw_lengths`]), its prompt
+//!   built to exactly its own input length.
+//! - Shared prefixes: request i belongs to group i mod N; its prompt is the group's
+//!   prefix (seeded words, one per token of `prefix_tokens` in the usual vocabularies and
+//!   exactly so in vllm-sim's) and a suffix of its own, the whole counted to exactly the
+//!   request's input length. Each group's prefix is its own seeded word sequence, so
+//!   groups share no cached block.
+
+use fleetbench_proto::pb;
+
+use crate::error::AgentError;
+use crate::load::lengths::draw_lengths;
+use crate::load::prompt::{Prompt, TokenCounter, build_prompts, exact_prompt, mix, words};
+use crate::load::request::ApiEndpoint;
+
+/// Seed offsets of the shared prefixes and of the suffixes, so they never repeat the
+/// request prompts' own word sequences.
+const PREFIX_STREAM: u64 = 0x5EED_0F9E_F1C5;
+
+/// Builds the prompts of `count` requests of `workload`, seeded by `seed`.
+pub async fn build_requests(
+    counter: &TokenCounter,
+    endpoint: ApiEndpoint,
+    workload: &pb::Workload,
+    count: usize,
+    seed: u64,
+) -> Result<Vec<Prompt>, AgentError> {
+    let fixed = matches!(
+        workload.dist(),
+        pb::LengthDist::Unspecified | pb::LengthDist::Fixed
+    );
+    if fixed && workload.prefix_groups == 0 {
+        let mut prompts =
+            build_prompts(counter, endpoint, workload.input_tokens, count, seed).await?;
+        for p in &mut prompts {
+            p.target_output = workload.output_tokens;
+        }
+        return Ok(prompts);
+    }
+    let lengths = draw_lengths(workload, count, seed);
+    let groups = workload.prefix_groups;
+    let prefixes: Vec<String> = (0..groups)
+        .map(|g| {
+            words(
+                mix(seed ^ PREFIX_STREAM, u64::from(g)),
+                usize::try_from(workload.prefix_tokens).unwrap_or(0),
+            )
+        })
+        .collect();
+    let mut prompts = Vec::with_capacity(count);
+    let mut guess = usize::try_from(workload.input_tokens).unwrap_or(1);
+    let mut last_target = workload.input_tokens;
+    for (i, l) in lengths.iter().enumerate() {
+        let prefix = match groups {
+            0 => "",
+            n => prefixes
+                .get(i % usize::try_from(n).unwrap_or(1))
+                .map_or("", String::as_str),
+        };
+        // Words after the prefix: the last prompt's count, moved by the length difference.
+        let start = i64::try_from(guess).unwrap_or(1) + i64::from(l.input)
+            - i64::from(last_target)
+            - if i == 0 && !prefix.is_empty() {
+                i64::from(workload.prefix_tokens)
+            } else {
+                0
+            };
+        let start = usize::try_from(start.max(1)).unwrap_or(1);
+        let (mut prompt, k) = exact_prompt(
+            counter,
+            endpoint,
+            prefix,
+            l.input,
+            mix(seed, i as u64),
+            start,
+        )
+        .await?;
+        prompt.target_output = l.output;
+        guess = k;
+        last_target = l.input;
+        prompts.push(prompt);
+    }
+    Ok(prompts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::tokenizer::LocalTokenizer;
+
+    fn counter() -> TokenCounter {
+        let tokenizer =
+            LocalTokenizer::from_json(&fleetbench_sim::tokenizer::tokenizer_json().to_string())
+                .unwrap();
+        // Nothing listens on port 9: completions counts are local.
+        TokenCounter::new(reqwest::Client::new(), "http://127.0.0.1:9/", "m").with_local(tokenizer)
+    }
+
+    #[tokio::test]
+    async fn distributed_lengths_give_prompts_exact_to_each_draw() {
+        let w = pb::Workload {
+            input_tokens: 100,
+            output_tokens: 20,
+            dist: pb::LengthDist::Normal.into(),
+            input_spread: 30,
+            output_spread: 5,
+            input_min: 10,
+            input_max: 220,
+            output_min: 1,
+            output_max: 40,
+            ..Default::default()
+        };
+        let prompts = build_requests(&counter(), ApiEndpoint::Completions, &w, 64, 3)
+            .await
+            .unwrap();
+        let drawn = draw_lengths(&w, 64, 3);
+        for (p, l) in prompts.iter().zip(&drawn) {
+            assert_eq!((p.target_input, p.target_output), (l.input, l.output));
+            assert!(p.is_exact(l.input), "{p:?}");
+        }
+        let distinct: std::collections::BTreeSet<u32> =
+            prompts.iter().map(|p| p.target_input).collect();
+        assert!(distinct.len() > 20, "{distinct:?}");
+    }
+
+    #[tokio::test]
+    async fn shared_prefix_groups_share_exactly_their_prefix() {
+        let w = pb::Workload {
+            input_tokens: 60,
+            output_tokens: 8,
+            prefix_groups: 3,
+            prefix_tokens: 40,
+            ..Default::default()
+        };
+        let prompts = build_requests(&counter(), ApiEndpoint::Completions, &w, 9, 11)
+            .await
+            .unwrap();
+        assert!(
+            prompts
+                .iter()
+                .all(|p| p.is_exact(60) && p.target_output == 8)
+        );
+        let words_of = |p: &Prompt| p.text.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        for (i, a) in prompts.iter().enumerate() {
+            for (j, b) in prompts.iter().enumerate().skip(i + 1) {
+                let (wa, wb) = (words_of(a), words_of(b));
+                let common = wa.iter().zip(&wb).take_while(|(x, y)| x == y).count();
+                if i % 3 == j % 3 {
+                    // Same group: the 40-word prefix, and not (much) more.
+                    assert!((40..45).contains(&common), "{i} {j}: {common}");
+                } else {
+                    assert!(common < 5, "{i} {j}: {common}");
+                }
+            }
+        }
+    }
+}
