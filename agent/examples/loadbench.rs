@@ -192,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
         workload: Some(pb::Workload {
             input_tokens: INPUT_TOKENS,
             output_tokens: output,
+            ..Default::default()
         }),
         batch_size: batch,
         request_rate: rate,

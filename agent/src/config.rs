@@ -116,6 +116,17 @@ pub struct AgentConfig {
     /// external hosts, the HF cache's and IPC's exposure (see [`crate::policy`]).
     #[serde(default)]
     pub policy: Policy,
+    /// Folders that dataset workloads (`dataset = "chat.jsonl"` in a sweep's `[matrix]
+    /// workloads) are read from, tried in order: a sweep names a file relative to them and
+    /// can read only files inside them (symlinks out of them are refused; see
+    /// [`crate::load::dataset`]). Absolute paths. Empty (the default): this host runs no
+    /// dataset workloads.
+    #[serde(default)]
+    pub dataset_dirs: Vec<PathBuf>,
+    /// The largest dataset file this agent reads, in bytes (default 1 GiB): a file is read
+    /// whole into memory, and parsed, before a point's load starts.
+    #[serde(default = "default_max_dataset_bytes")]
+    pub max_dataset_bytes: u64,
     /// `[tls]`: how to reach an `https://` controller: its CA, and this agent's certificate
     /// and key (SAN URI `fleetbench://agent/<name>`; `controllerctl certs` makes them).
     #[serde(default)]
@@ -229,6 +240,12 @@ fn default_log_tail() -> usize {
 fn default_heartbeat_s() -> u64 {
     5
 }
+/// Default [`AgentConfig::max_dataset_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_DATASET_BYTES: u64 = 1 << 30;
+
+fn default_max_dataset_bytes() -> u64 {
+    DEFAULT_MAX_DATASET_BYTES
+}
 fn default_max_engines() -> u32 {
     1
 }
@@ -269,6 +286,8 @@ impl Default for AgentConfig {
             docker: DockerConfig::default(),
             spool_dir: PathBuf::new(),
             policy: Policy::default(),
+            dataset_dirs: Vec::new(),
+            max_dataset_bytes: default_max_dataset_bytes(),
             tls: ClientTls::default(),
         }
     }
@@ -325,6 +344,23 @@ impl AgentConfig {
         if self.batch_records == 0 {
             return Err(AgentError::Config {
                 path: "batch_records".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if let Some((i, dir)) = self
+            .dataset_dirs
+            .iter()
+            .enumerate()
+            .find(|(_, d)| !d.is_absolute())
+        {
+            return Err(AgentError::Config {
+                path: format!("dataset_dirs[{i}]"),
+                message: format!("{} is not an absolute path", dir.display()),
+            });
+        }
+        if self.max_dataset_bytes == 0 {
+            return Err(AgentError::Config {
+                path: "max_dataset_bytes".into(),
                 message: "must be at least 1".into(),
             });
         }
@@ -460,6 +496,35 @@ mod tests {
         .unwrap()
         .finish()
         .unwrap();
+    }
+
+    #[test]
+    fn dataset_dirs_must_be_absolute() {
+        let cfg = AgentConfig::from_toml("", "a").unwrap().finish().unwrap();
+        assert!(cfg.dataset_dirs.is_empty());
+        assert_eq!(cfg.max_dataset_bytes, 1 << 30);
+        let cfg = AgentConfig::from_toml(
+            "dataset_dirs = [\"/srv/datasets\", \"/data/sets\"]\nmax_dataset_bytes = 1000\n",
+            "a",
+        )
+        .unwrap()
+        .finish()
+        .unwrap();
+        assert_eq!(
+            cfg.dataset_dirs,
+            vec![PathBuf::from("/srv/datasets"), PathBuf::from("/data/sets")]
+        );
+        assert_eq!(cfg.max_dataset_bytes, 1000);
+        let err = AgentConfig::from_toml("dataset_dirs = [\"/srv/a\", \"sets\"]\n", "a")
+            .unwrap()
+            .finish()
+            .unwrap_err();
+        assert!(err.to_string().contains("dataset_dirs[1]"), "{err}");
+        let err = AgentConfig::from_toml("max_dataset_bytes = 0\n", "a")
+            .unwrap()
+            .finish()
+            .unwrap_err();
+        assert!(err.to_string().contains("max_dataset_bytes"), "{err}");
     }
 
     #[test]

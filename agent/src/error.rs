@@ -26,6 +26,9 @@ pub enum AgentError {
     Docker(String),
     #[error("prompt: {0}")]
     Prompt(String),
+    /// A dataset file (see [`crate::load::dataset`]) could not be found, read or parsed.
+    #[error("dataset: {0}")]
+    Dataset(String),
     /// The results spool (see [`crate::link::spool`]) could not be opened, written or read.
     #[error("results spool: {0}")]
     Spool(String),

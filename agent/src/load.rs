@@ -20,6 +20,7 @@
 pub mod chat_template;
 pub mod clients;
 pub mod cpu;
+pub mod dataset;
 pub mod lengths;
 pub mod probe;
 pub mod prompt;
