@@ -9,6 +9,8 @@
 //! target/release/examples/loadbench fast --streams 1000     # content chunks per second
 //! target/release/examples/loadbench hold --streams 4096     # peak RSS with 4,096 streams
 //! target/release/examples/loadbench rate --rate 500 --duration 20
+//! target/release/examples/loadbench trace --rate 200 --duration 20  # replay send lag
+//! target/release/examples/loadbench trace --file azure_conv.csv --requests 5000
 //! ```
 //!
 //! Each scenario starts `vllm-sim` (found next to this binary's folder, or `--sim`) as its
@@ -91,9 +93,49 @@ enum Scenario {
         #[arg(long, default_value_t = 16)]
         output: u32,
     },
+    /// Trace replay (`[load] mode = "trace"`): send lag on a trace's own timeline. Without
+    /// `--file`, a seeded Poisson trace of `rate` arrivals/s over `duration` seconds with
+    /// inputs of 16..=79 and outputs of 8..=23 tokens.
+    Trace {
+        /// A trace file (CSV, e.g. the Azure LLM inference trace, or JSONL).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// Requests replayed, at most (0: all).
+        #[arg(long, default_value_t = 0)]
+        requests: u32,
+    },
 }
 
 const INPUT_TOKENS: u32 = 32;
+
+/// A seeded Poisson trace (see [`Scenario::Trace`]) as CSV.
+fn synthetic_trace(rate: f64, duration: f64) -> String {
+    let mut state = 0x2545_F491_4F6C_DD1D_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = String::from("arrival_s,input_tokens,output_tokens\n");
+    let mut t = 0.0;
+    while t < duration {
+        let u = (next() >> 11) as f64 / (1u64 << 53) as f64;
+        out.push_str(&format!(
+            "{t:.6},{},{}\n",
+            16 + next() % 64,
+            8 + next() % 16
+        ));
+        t += -(1.0 - u).ln() / rate;
+    }
+    out
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -131,9 +173,32 @@ async fn main() -> anyhow::Result<()> {
             "--sim-itl-ms".into(),
             itl_ms.to_string(),
         ],
-        Scenario::Fast { .. } | Scenario::Rate { .. } => {
+        Scenario::Fast { .. } | Scenario::Rate { .. } | Scenario::Trace { .. } => {
             vec!["--sim-timing".into(), "fast".into()]
         }
+    };
+    // A trace scenario's file, in a folder of its own (the agent reads traces only from
+    // its dataset folders).
+    let data_dir = std::env::temp_dir().join(format!("loadbench-trace-{}", std::process::id()));
+    let data = match &scenario {
+        Scenario::Trace {
+            file,
+            rate,
+            duration,
+            ..
+        } => {
+            std::fs::create_dir_all(&data_dir)?;
+            let text = match file {
+                Some(f) => std::fs::read_to_string(f).with_context(|| f.display().to_string())?,
+                None => synthetic_trace(*rate, *duration),
+            };
+            std::fs::write(data_dir.join("trace.csv"), text)?;
+            fleetbench_agent::load::DataDirs {
+                dirs: vec![data_dir.clone()],
+                max_bytes: 1 << 30,
+            }
+        }
+        _ => fleetbench_agent::load::DataDirs::default(),
     };
     let sim = Sim::start(&sim_bin, &sim_args).await?;
 
@@ -176,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
             output,
             ..
         } => ("rate", 0, rate, output, 0, duration, "", 64),
+        Scenario::Trace { .. } => ("trace", 0, 0.0, 0, 0, 0.0, "", 64),
     };
     let arrival = match &scenario {
         Scenario::Rate { arrival, .. } => arrival.clone(),
@@ -187,12 +253,20 @@ async fn main() -> anyhow::Result<()> {
         point_id: "p-0000".into(),
         engine: Some(pb::EngineSpec {
             served_model_name: "loadbench".into(),
+            max_model_len: 1 << 20,
             ..Default::default()
         }),
-        workload: Some(pb::Workload {
-            input_tokens: INPUT_TOKENS,
-            output_tokens: output,
-            ..Default::default()
+        workload: Some(match &scenario {
+            Scenario::Trace { time_scale, .. } => pb::Workload {
+                trace: "trace.csv".into(),
+                time_scale: *time_scale,
+                ..Default::default()
+            },
+            _ => pb::Workload {
+                input_tokens: INPUT_TOKENS,
+                output_tokens: output,
+                ..Default::default()
+            },
         }),
         batch_size: batch,
         request_rate: rate,
@@ -207,10 +281,10 @@ async fn main() -> anyhow::Result<()> {
             waves,
             seed: 1,
             duration_s: duration,
-            requests: if mode == "concurrency" {
-                batch * waves.max(1)
-            } else {
-                0
+            requests: match &scenario {
+                Scenario::Trace { requests, .. } => *requests,
+                _ if mode == "concurrency" => batch * waves.max(1),
+                _ => 0,
             },
             arrival_kind: pb::Arrival::from(if arrival.is_empty() {
                 fleetbench_proto::spec::Arrival::default()
@@ -242,6 +316,7 @@ async fn main() -> anyhow::Result<()> {
         &tx,
         Duration::from_secs(1),
         Some(tokenizer),
+        &data,
         &cancel,
     )
     .await?;
@@ -254,6 +329,7 @@ async fn main() -> anyhow::Result<()> {
     let report = report(&scenario, &outcome, &records, &trace);
     println!("{}", serde_json::to_string_pretty(&report)?);
     sim.stop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
 }
 
@@ -409,6 +485,15 @@ fn report(
             out["target_duration_s"] = json!(duration);
             out["achieved_rate"] = json!(achieved);
             out["rate_error_pct"] = json!((achieved - rate) / rate * 100.0);
+        }
+        Scenario::Trace { time_scale, .. } => {
+            out["time_scale"] = json!(time_scale);
+            out["trace_span_s"] = json!(
+                records
+                    .iter()
+                    .map(|r| r.scheduled_offset_s)
+                    .fold(0.0, f64::max)
+            );
         }
         Scenario::Fast { .. } | Scenario::Hold { .. } => {}
     }

@@ -30,6 +30,7 @@ pub mod schedule;
 pub mod sse;
 pub mod tokenize_api;
 pub mod tokenizer;
+pub mod trace;
 pub mod warmup;
 pub mod workload;
 
@@ -50,6 +51,8 @@ use crate::engine::telemetry::{MetricSample, spawn_scraper};
 use crate::error::AgentError;
 use crate::load::clients::{HttpClients, StreamClient};
 use crate::load::cpu::cpu_time;
+use crate::load::dataset::{DataFile, Dataset};
+use crate::load::lengths::Lengths;
 use crate::load::probe::{probe_extensions, resolve_endpoint};
 use crate::load::prompt::{Prompt, TokenCounter, mix};
 use crate::load::request::{
@@ -57,8 +60,9 @@ use crate::load::request::{
 };
 use crate::load::schedule::RateSchedule;
 use crate::load::tokenizer::{LocalTokenizer, find_tokenizer_json};
+use crate::load::trace::Trace;
 use crate::load::warmup::{WarmupOutcome, wave_output_tps};
-use crate::load::workload::build_requests;
+use crate::load::workload::{build_exact, build_from_dataset, build_requests};
 
 /// Concurrency mode bounded only by time cycles through this many distinct prompts per
 /// slot (the request count is unknown up front); bounds below and above.
@@ -86,6 +90,50 @@ pub struct LoadOutcome {
     pub client_cores: u32,
     /// The converging warm-up, when the point asked for one (`[load.warmup]`).
     pub warmup: Option<WarmupOutcome>,
+    /// The dataset or trace file the prompts came from.
+    pub data_file: Option<pb::DataFileUse>,
+}
+
+/// Where a point's dataset and trace files may be read: the agent config's
+/// `dataset_dirs`, and the largest file it reads (`max_dataset_bytes`).
+#[derive(Debug, Clone, Default)]
+pub struct DataDirs {
+    pub dirs: Vec<std::path::PathBuf>,
+    pub max_bytes: u64,
+}
+
+/// Reads and parses a trace file (blocking I/O off the runtime).
+async fn read_trace(
+    data: &DataDirs,
+    name: &str,
+    max_model_len: u32,
+) -> Result<(Trace, DataFile), AgentError> {
+    let (dirs, max_bytes, name) = (data.dirs.clone(), data.max_bytes, name.to_string());
+    tokio::task::spawn_blocking(move || {
+        let file = DataFile::read(&dirs, &name, max_bytes)?;
+        let text = std::str::from_utf8(&file.bytes)
+            .map_err(|e| AgentError::Dataset(format!("{}: not UTF-8: {e}", file.path.display())))?;
+        let trace = Trace::parse(&name, text, max_model_len)?;
+        Ok((trace, file))
+    })
+    .await
+    .map_err(|e| AgentError::Dataset(format!("trace reader task: {e}")))?
+}
+
+/// Opens a dataset file (blocking I/O off the runtime).
+async fn open_dataset(data: &DataDirs, name: &str) -> Result<Dataset, AgentError> {
+    let (dirs, max_bytes, name) = (data.dirs.clone(), data.max_bytes, name.to_string());
+    tokio::task::spawn_blocking(move || Dataset::open(&dirs, &name, max_bytes))
+        .await
+        .map_err(|e| AgentError::Dataset(format!("dataset reader task: {e}")))?
+}
+
+fn data_file_use(name: &str, file: &DataFile, skipped: usize) -> pb::DataFileUse {
+    pb::DataFileUse {
+        name: name.to_string(),
+        sha256: file.sha256.clone(),
+        skipped: u32::try_from(skipped).unwrap_or(u32::MAX),
+    }
 }
 
 /// The load of one point, decoded from its spec.
@@ -104,7 +152,12 @@ enum Plan {
 }
 
 impl Plan {
-    fn from_point(point: &pb::PointSpec, load: &pb::LoadSpec) -> Result<Plan, AgentError> {
+    /// `trace`: a trace replay's send offsets (trace mode only).
+    fn from_point(
+        point: &pb::PointSpec,
+        load: &pb::LoadSpec,
+        trace: Option<Vec<Duration>>,
+    ) -> Result<Plan, AgentError> {
         let mode = pb::LoadMode::try_from(load.load_mode)
             .map(LoadMode::from)
             .map_err(|_| AgentError::Engine(format!("unknown load mode {}", load.load_mode)))?;
@@ -148,6 +201,11 @@ impl Plan {
                     }
                     .offsets(),
                 )
+            }
+            LoadMode::Trace => {
+                Plan::Rate(trace.ok_or_else(|| {
+                    AgentError::Engine("trace mode needs a trace workload".into())
+                })?)
             }
         })
     }
@@ -198,6 +256,7 @@ pub fn local_tokenizer(
 /// Runs one point against a ready engine; each measured request's record is sent to
 /// `records` as soon as it completes. Prompts are counted with `tokenizer` when given,
 /// otherwise through the engine's `/tokenize`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_point(
     clients: &HttpClients,
     base_url: &str,
@@ -205,6 +264,7 @@ pub async fn run_point(
     records: &mpsc::Sender<RequestRecord>,
     metrics_interval: Duration,
     tokenizer: Option<LocalTokenizer>,
+    data: &DataDirs,
     cancel: &CancellationToken,
 ) -> Result<LoadOutcome, AgentError> {
     let load = point.load.unwrap_or_default();
@@ -212,7 +272,25 @@ pub async fn run_point(
     let engine = point.engine.clone().unwrap_or_default();
     let model = engine.served_model_name.clone();
     let deadline = Instant::now() + Duration::from_secs(u64::from(load.timeout_s.max(1)));
-    let plan = Plan::from_point(point, &load)?;
+    // A trace workload's file decides the schedule and the lengths.
+    let trace = if workload.trace.is_empty() {
+        None
+    } else {
+        let (trace, file) = read_trace(data, &workload.trace, engine.max_model_len).await?;
+        let requests = (load.requests > 0).then_some(load.requests);
+        let window = (load.duration_s > 0.0 && load.duration_s.is_finite())
+            .then(|| Duration::from_secs_f64(load.duration_s));
+        let (offsets, lengths) = trace.replay(workload.time_scale, requests, window);
+        info!(
+            trace = %workload.trace,
+            requests = offsets.len(),
+            skipped = trace.skipped,
+            time_scale = workload.time_scale,
+            "trace replay"
+        );
+        Some((offsets, lengths, file, trace.skipped))
+    };
+    let plan = Plan::from_point(point, &load, trace.as_ref().map(|t| t.0.clone()))?;
 
     let client = &clients.probes;
     let streams = &clients.streams;
@@ -247,8 +325,47 @@ pub async fn run_point(
         );
         counter = counter.with_local(local);
     }
-    let prompts = tokio::select! {
-        p = build_requests(&counter, endpoint, &workload, warmups + needed, seed) => p?,
+    let built = async {
+        if let Some((_, lengths, file, skipped)) = &trace {
+            // Warm-ups take the trace's first lengths, the measured requests all of them.
+            let all: Vec<Lengths> = lengths
+                .iter()
+                .cycle()
+                .take(warmups)
+                .chain(lengths)
+                .copied()
+                .collect();
+            let prompts = build_exact(&counter, endpoint, &workload, &all, seed).await?;
+            let used = data_file_use(&workload.trace, file, *skipped);
+            Ok::<_, AgentError>((prompts, Some(used)))
+        } else if !workload.dataset.is_empty() {
+            let dataset = open_dataset(data, &workload.dataset).await?;
+            let built = build_from_dataset(
+                &counter,
+                endpoint,
+                &workload,
+                &dataset,
+                warmups + needed,
+                seed,
+                engine.max_model_len,
+            )
+            .await?;
+            let used = pb::DataFileUse {
+                name: workload.dataset.clone(),
+                sha256: dataset.sha256.clone(),
+                skipped: u32::try_from(dataset.skipped_malformed + built.too_long)
+                    .unwrap_or(u32::MAX),
+            };
+            info!(dataset = %used.name, sha256 = %used.sha256, skipped = used.skipped, "dataset prompts");
+            Ok((built.prompts, Some(used)))
+        } else {
+            let prompts =
+                build_requests(&counter, endpoint, &workload, warmups + needed, seed).await?;
+            Ok((prompts, None))
+        }
+    };
+    let (prompts, data_file) = tokio::select! {
+        p = built => p?,
         () = cancel.cancelled() => return Err(AgentError::Cancelled),
     };
     let inexact = prompts
@@ -368,6 +485,7 @@ pub async fn run_point(
         client_cores: std::thread::available_parallelism()
             .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
         warmup,
+        data_file,
     })
 }
 
@@ -497,6 +615,7 @@ impl PlanTemplate {
             endpoint: self.endpoint,
             model: self.model.clone(),
             prompt: prompt.text.clone(),
+            messages: prompt.messages.clone(),
             target_input_tokens: prompt.target_input,
             target_output_tokens: prompt.target_output,
             scheduled_offset: scheduled,

@@ -45,6 +45,7 @@ async fn the_engine_sees_the_records_wave_and_index() {
         endpoint: ApiEndpoint::Chat,
         model: "m".into(),
         prompt: "hello there".into(),
+        messages: None,
         target_input_tokens: 0,
         target_output_tokens: 6,
         scheduled_offset: Duration::ZERO,

@@ -236,6 +236,7 @@ fn plan() -> RequestPlan {
         endpoint: ApiEndpoint::Chat,
         model: "m".into(),
         prompt: "hello".into(),
+        messages: None,
         target_input_tokens: 5,
         target_output_tokens: 4,
         scheduled_offset: Duration::ZERO,

@@ -77,6 +77,8 @@ pub struct AgentSpec {
     pub gpu_model: String,
     /// Where it serves its own metrics (`metrics_addr`), if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Folders its sweeps may read dataset and trace files from (`dataset_dirs`).
+    pub dataset_dirs: Vec<PathBuf>,
 }
 
 impl AgentSpec {
@@ -99,6 +101,7 @@ impl AgentSpec {
             engine_commands: BTreeMap::new(),
             gpu_model: "vllm-sim".into(),
             metrics_addr: None,
+            dataset_dirs: Vec::new(),
         }
     }
 }
@@ -264,6 +267,7 @@ impl Cluster {
                     policy: test_policy(),
                     spool_dir: tmp.path().join("spool").join(&a.name),
                     metrics_addr: a.metrics_addr,
+                    dataset_dirs: a.dataset_dirs,
                     ..AgentConfig::default()
                 };
                 tokio::spawn(fleetbench_agent::run(cfg, shutdown.clone()))

@@ -76,6 +76,8 @@ fn meta(sweep: &str, host: &str, gpus: u32, index: u32, batch: u32) -> PointMeta
         hardware: Default::default(),
         slo: None,
         workload: String::new(),
+        data_sha256: String::new(),
+        data_skipped: 0,
     }
 }
 

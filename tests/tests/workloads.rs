@@ -114,3 +114,182 @@ async fn length_distributions_and_shared_prefixes_reach_the_server() {
     );
     cluster.stop().await;
 }
+
+/// The SHA-256 of a file, by the system's `sha256sum` (not our code).
+fn sha256sum(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataset_prompts_go_out_verbatim_and_traces_replay_on_their_timeline() {
+    let data = tempfile::tempdir().unwrap();
+    // JSONL: plain prompts (some naming their output length), a conversation, an entry
+    // too long for max_model_len (skipped and counted), all of distinct lengths.
+    let mut jsonl = String::new();
+    let mut texts = Vec::new();
+    for i in 0..10u32 {
+        let text = (0..(5 + 7 * i))
+            .map(|w| format!("w{w}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if i % 2 == 0 {
+            jsonl.push_str(&format!(
+                "{{\"prompt\": \"{text}\", \"output_tokens\": {}, \"id\": {i}}}\n",
+                3 + i
+            ));
+        } else {
+            jsonl.push_str(&format!("{{\"prompt\": \"{text}\"}}\n"));
+        }
+        texts.push(text);
+    }
+    jsonl.push_str(
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"be brief\"}, {\"role\": \"user\", \"content\": \"hello there friend\"}]}\n",
+    );
+    texts.push("be brief\nhello there friend".into());
+    let long = (0..3000).map(|_| "x").collect::<Vec<_>>().join(" ");
+    jsonl.push_str(&format!("{{\"prompt\": \"{long}\"}}\n"));
+    std::fs::create_dir(data.path().join("sets")).unwrap();
+    let dataset = data.path().join("sets/mixed.jsonl");
+    std::fs::write(&dataset, &jsonl).unwrap();
+    // A trace: 60 arrivals 40 ms apart (jittered), replayed twice as fast.
+    let mut trace = String::from("arrival_s,input_tokens,output_tokens\n");
+    for i in 0..60u32 {
+        let jitter = f64::from((i * 7919) % 13) / 1000.0;
+        trace.push_str(&format!(
+            "{},{},{}\n",
+            10.0 + f64::from(i) * 0.04 + jitter,
+            20 + i,
+            2 + i % 3
+        ));
+    }
+    std::fs::write(data.path().join("trace.csv"), &trace).unwrap();
+
+    let agent = AgentSpec {
+        dataset_dirs: vec![data.path().to_path_buf()],
+        ..AgentSpec::sim(
+            "reader",
+            1,
+            &[
+                "--sim-timing",
+                "exact",
+                "--sim-ttft-ms",
+                "5",
+                "--sim-itl-ms",
+                "2",
+            ],
+        )
+    };
+    let cluster = Cluster::start(vec![agent]).await;
+    cluster.wait_agents(1).await;
+    let mut client = cluster.client().await;
+    let dir = partition_dir(&cluster.results, "test/workloads", 1);
+
+    let id = submit(
+        &mut client,
+        &sweep(
+            "dataset",
+            "",
+            "mode = \"concurrency\"\nrequests = 11",
+            "{ dataset = \"sets/mixed.jsonl\", output = 6 }",
+        )
+        .replace("batch_sizes = [8]", "batch_sizes = [4]"),
+    )
+    .await;
+    let status = watch_to_end(&mut client, &id).await;
+    assert_eq!(status.state, "done", "{status:?}");
+    let points = read_point_summaries(&dir.join(format!("{id}.points.parquet"))).unwrap();
+    let p = &points[0];
+    assert_eq!(p.meta.workload, "dataset sets/mixed.jsonl/6");
+    assert_eq!(p.meta.data_sha256, sha256sum(&dataset));
+    assert_eq!(p.meta.data_skipped, 1, "the 3000-token entry");
+    assert_eq!((p.completed, p.failed), (11, 0));
+    assert_eq!(
+        (p.input_len_mismatches, p.output_len_mismatches),
+        (0, 0),
+        "{p:?}"
+    );
+    // Every entry that fits went out once (11 requests, 11 entries, no replacement): the
+    // server's counts are the counts of the entries' texts, which differ in length.
+    let records = read_requests(&dir.join(format!("{id}.requests.parquet"))).unwrap();
+    let mut counted: Vec<u32> = records
+        .iter()
+        .map(|(_, _, r)| r.input_tokens.unwrap())
+        .collect();
+    counted.sort_unstable();
+    let mut expected: Vec<u32> = texts
+        .iter()
+        .map(|t| u32::try_from(fleetbench_sim::tokenizer::count(t)).unwrap())
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(counted, expected);
+    // Outputs: the entry's own where it names one, else the workload's 6.
+    let mut outputs: Vec<u32> = records
+        .iter()
+        .map(|(_, _, r)| r.output_tokens.unwrap())
+        .collect();
+    outputs.sort_unstable();
+    assert_eq!(outputs, vec![3, 5, 6, 6, 6, 6, 6, 6, 7, 9, 11]);
+
+    // Trace replay: 60 requests at the trace's offsets (less the first) / 2.
+    let id = submit(
+        &mut client,
+        &sweep(
+            "trace",
+            "",
+            "mode = \"trace\"",
+            "{ trace = \"trace.csv\", time_scale = 2 }",
+        )
+        .replace("batch_sizes = [8]\n", ""),
+    )
+    .await;
+    let status = watch_to_end(&mut client, &id).await;
+    assert_eq!(status.state, "done", "{status:?}");
+    let points = read_point_summaries(&dir.join(format!("{id}.points.parquet"))).unwrap();
+    let p = &points[0];
+    assert_eq!(p.meta.mode, "trace");
+    assert_eq!(p.meta.workload, "trace trace.csv x2");
+    assert_eq!(
+        p.meta.data_sha256,
+        sha256sum(&data.path().join("trace.csv"))
+    );
+    assert_eq!(
+        (p.completed, p.input_len_mismatches, p.output_len_mismatches),
+        (60, 0, 0)
+    );
+    let mut records: Vec<_> = read_requests(&dir.join(format!("{id}.requests.parquet")))
+        .unwrap()
+        .into_iter()
+        .map(|(_, _, r)| r)
+        .collect();
+    records.sort_by_key(|r| r.request_index);
+    for (i, r) in records.iter().enumerate() {
+        let i = u32::try_from(i).unwrap();
+        let jitter = f64::from((i * 7919) % 13) / 1000.0;
+        let first = f64::from((0u32 * 7919) % 13) / 1000.0;
+        let want = (f64::from(i) * 0.04 + jitter - first) / 2.0;
+        assert!(
+            (r.scheduled_offset_s - want).abs() < 1e-6,
+            "{i}: {} vs {want}",
+            r.scheduled_offset_s
+        );
+        assert_eq!(
+            (r.target_input_tokens, r.target_output_tokens),
+            (20 + i, 2 + i % 3)
+        );
+    }
+    // Sent on the timeline, never early; the lag's size is a benchmark's business
+    // (`loadbench trace`, release build), but a replay that sent everything at once
+    // would lag by up to 1.2 s.
+    assert!(
+        records
+            .iter()
+            .all(|r| r.send_offset_s >= r.scheduled_offset_s - 1e-6)
+    );
+    let lag_p50 = p.send_lag_s.p50.unwrap();
+    assert!(lag_p50 < 0.1, "send lag p50 {lag_p50} s");
+    cluster.stop().await;
+}

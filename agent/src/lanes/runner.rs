@@ -165,6 +165,7 @@ struct PointResult {
     load_wall_s: f64,
     client_cores: u32,
     warmup: Option<pb::WarmupResult>,
+    data_file: Option<pb::DataFileUse>,
 }
 
 impl PointResult {
@@ -194,6 +195,7 @@ impl PointResult {
                 max_waves: w.max_waves,
                 tolerance: w.tolerance,
             }),
+            data_file: o.data_file,
         }
     }
 }
@@ -581,6 +583,7 @@ impl Runner {
                 engine_crashed: result.engine_crashed,
                 warmup: result.warmup,
                 gpu_ids,
+                data_file: result.data_file,
             })),
         });
         if let Err(e) = pushed {
@@ -624,6 +627,10 @@ impl Runner {
             tx,
             interval,
             tokenizer,
+            &load::DataDirs {
+                dirs: self.cfg.dataset_dirs.clone(),
+                max_bytes: self.cfg.max_dataset_bytes,
+            },
             cancel,
         )
         .await;

@@ -37,20 +37,13 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::AgentError;
 use crate::load::prompt::SplitMix64;
+pub use crate::load::request::ChatMessage;
 
 /// What the error of a file in neither format says is accepted.
 const FORMATS: &str = "neither ShareGPT JSON (an array of {\"conversations\": [{\"from\": …, \
                        \"value\": …}, …]}) nor JSONL (one {\"prompt\": …} or {\"messages\": \
                        [{\"role\": …, \"content\": …}, …]} object per line, either with an \
                        optional \"output_tokens\")";
-
-/// One message of a chat prompt, OpenAI's `{"role": …, "content": …}` (other fields of
-/// the message, e.g. `name`, are ignored).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
 
 /// What an entry sends: a text, or a conversation for the chat endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,9 +101,11 @@ impl Dataset {
     /// without a single usable entry is an error too. Blocking I/O: run it in
     /// `spawn_blocking`.
     pub fn open(dirs: &[PathBuf], name: &str, max_bytes: u64) -> Result<Dataset, AgentError> {
-        let path = resolve(dirs, name)?;
-        let bytes = read_capped(&path, max_bytes)?;
-        let sha256 = hex(&Sha256::digest(&bytes));
+        let DataFile {
+            path,
+            bytes,
+            sha256,
+        } = DataFile::read(dirs, name, max_bytes)?;
         let parsed =
             parse(&bytes).map_err(|m| AgentError::Dataset(format!("{}: {m}", path.display())))?;
         drop(bytes);
@@ -154,6 +149,30 @@ impl Dataset {
             picks.extend(order[..take].iter().map(|&i| &self.entries[i]));
         }
         picks
+    }
+}
+
+/// A data file (dataset or trace) read from the agent's dataset directories: its real
+/// path, its bytes and their SHA-256 (lowercase hex).
+#[derive(Debug, Clone)]
+pub struct DataFile {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+}
+
+impl DataFile {
+    /// Resolves `name` in `dirs` and reads it, with the checks of [`Dataset::open`].
+    /// Blocking I/O.
+    pub fn read(dirs: &[PathBuf], name: &str, max_bytes: u64) -> Result<DataFile, AgentError> {
+        let path = resolve(dirs, name)?;
+        let bytes = read_capped(&path, max_bytes)?;
+        let sha256 = hex(&Sha256::digest(&bytes));
+        Ok(DataFile {
+            path,
+            bytes,
+            sha256,
+        })
     }
 }
 

@@ -141,6 +141,7 @@ async fn probe_once(
         endpoint,
         model: model.to_string(),
         prompt: "hello".into(),
+        messages: None,
         target_input_tokens: 0,
         target_output_tokens: 2,
         scheduled_offset: Duration::ZERO,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use fleetbench_proto::pb::EngineKind;
 
 use crate::error::AgentError;
-use crate::load::request::ApiEndpoint;
+use crate::load::request::{ApiEndpoint, ChatMessage, joined, messages_json};
 use crate::load::tokenize_api::TokenizeApi;
 use crate::load::tokenizer::LocalTokenizer;
 
@@ -45,6 +45,9 @@ pub struct Prompt {
     pub target_input: u32,
     /// The output length its request asks for (`max_tokens`).
     pub target_output: u32,
+    /// A dataset entry's conversation, sent as the chat request's `messages` instead of
+    /// one user message of `text`.
+    pub messages: Option<Vec<ChatMessage>>,
 }
 
 impl Prompt {
@@ -164,6 +167,21 @@ impl TokenCounter {
         }
     }
 
+    /// Token count of a dataset conversation: for completions, of its contents joined by
+    /// newlines (as sent); for chat, the server's count of the whole conversation (a local
+    /// tokenizer does not render multi-message templates here: `None` without a server
+    /// count).
+    pub async fn count_messages(
+        &self,
+        endpoint: ApiEndpoint,
+        messages: &[ChatMessage],
+    ) -> Result<Option<u32>, AgentError> {
+        match endpoint {
+            ApiEndpoint::Completions => self.count(endpoint, &joined(messages)).await,
+            ApiEndpoint::Chat => self.remote.count_messages(&messages_json(messages)).await,
+        }
+    }
+
     /// The chat template's tokens around one user message: the server's count of a chat
     /// request with `text` minus the local count of `text` (`content` tokens).
     async fn learn_chat_overhead(&self, text: &str, content: u32) -> Result<u32, AgentError> {
@@ -227,6 +245,7 @@ pub async fn build_prompts(
                 counted_tokens: None,
                 target_input: target,
                 target_output: 0,
+                messages: None,
             })
             .collect());
     };
@@ -250,6 +269,7 @@ pub async fn build_prompts(
             counted_tokens: counted,
             target_input: target,
             target_output: 0,
+            messages: None,
         });
     }
     Ok(prompts)
@@ -293,6 +313,7 @@ pub async fn exact_prompt(
             counted_tokens: counted,
             target_input: target,
             target_output: 0,
+            messages: None,
         },
         k,
     ))

@@ -41,6 +41,14 @@ impl ApiEndpoint {
     }
 }
 
+/// One message of a chat prompt, OpenAI's `{"role": …, "content": …}` (other fields of
+/// the message, e.g. `name`, are ignored).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
 /// Everything needed to send one request.
 #[derive(Debug, Clone)]
 pub struct RequestPlan {
@@ -49,6 +57,10 @@ pub struct RequestPlan {
     pub endpoint: ApiEndpoint,
     pub model: String,
     pub prompt: String,
+    /// A dataset entry's conversation, sent verbatim as the chat request's `messages`
+    /// (completions: the contents joined by newlines); `None`: one user message of
+    /// `prompt`.
+    pub messages: Option<Vec<ChatMessage>>,
     pub target_input_tokens: u32,
     pub target_output_tokens: u32,
     /// When the schedule means it to leave, relative to [`RequestContext::origin`].
@@ -108,15 +120,40 @@ pub fn request_body(plan: &RequestPlan) -> serde_json::Value {
     if ext.include_usage {
         body["stream_options"] = json!({"include_usage": true});
     }
-    match plan.endpoint {
-        ApiEndpoint::Chat => {
+    match (plan.endpoint, &plan.messages) {
+        (ApiEndpoint::Chat, None) => {
             body["messages"] = json!([{"role": "user", "content": plan.prompt}]);
         }
-        ApiEndpoint::Completions => {
+        (ApiEndpoint::Chat, Some(messages)) => {
+            body["messages"] = messages_json(messages);
+        }
+        (ApiEndpoint::Completions, None) => {
             body["prompt"] = json!(plan.prompt);
+        }
+        (ApiEndpoint::Completions, Some(messages)) => {
+            body["prompt"] = json!(joined(messages));
         }
     }
     body
+}
+
+/// A conversation as OpenAI's `messages` array.
+pub fn messages_json(messages: &[ChatMessage]) -> serde_json::Value {
+    serde_json::Value::Array(
+        messages
+            .iter()
+            .map(|m| json!({"role": m.role, "content": m.content}))
+            .collect(),
+    )
+}
+
+/// A conversation's contents joined by newlines: its text for a completions request.
+pub fn joined(messages: &[ChatMessage]) -> String {
+    messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// What the stream delivered, with arrival times relative to the send.

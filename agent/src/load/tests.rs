@@ -34,7 +34,7 @@ fn plans_follow_the_mode() {
             ..Default::default()
         },
     );
-    let plan = Plan::from_point(&p, &l).unwrap();
+    let plan = Plan::from_point(&p, &l, None).unwrap();
     assert_eq!(plan, Plan::Burst { batch: 4, waves: 3 });
     assert_eq!(plan.prompts_needed(), 12);
 
@@ -47,7 +47,10 @@ fn plans_follow_the_mode() {
             ..Default::default()
         },
     );
-    assert_eq!(Plan::from_point(&p, &l).unwrap().prompts_needed(), 100);
+    assert_eq!(
+        Plan::from_point(&p, &l, None).unwrap().prompts_needed(),
+        100
+    );
     let (p, l) = point(
         pb::LoadMode::Concurrency,
         8,
@@ -58,7 +61,7 @@ fn plans_follow_the_mode() {
         },
     );
     assert_eq!(
-        Plan::from_point(&p, &l).unwrap().prompts_needed(),
+        Plan::from_point(&p, &l, None).unwrap().prompts_needed(),
         MIN_PROMPT_POOL
     );
 
@@ -72,7 +75,7 @@ fn plans_follow_the_mode() {
             ..Default::default()
         },
     );
-    let plan = Plan::from_point(&p, &l).unwrap();
+    let plan = Plan::from_point(&p, &l, None).unwrap();
     assert!((200..=201).contains(&plan.prompts_needed()), "{plan:?}");
 
     let (p, l) = point(
@@ -84,9 +87,9 @@ fn plans_follow_the_mode() {
             ..Default::default()
         },
     );
-    assert!(Plan::from_point(&p, &l).is_err());
+    assert!(Plan::from_point(&p, &l, None).is_err());
     // A mode this agent does not know (a newer controller's).
     let (p, l) = point(pb::LoadMode::Burst, 1, 0.0, pb::LoadSpec::default());
     let l = pb::LoadSpec { load_mode: 99, ..l };
-    assert!(Plan::from_point(&p, &l).is_err());
+    assert!(Plan::from_point(&p, &l, None).is_err());
 }

@@ -91,6 +91,39 @@ impl TokenizeApi {
         }
     }
 
+    /// The engine's count of a chat request with `messages` (a whole conversation), or
+    /// `None` where the kind has no way to count one (llama.cpp, transformers) or the
+    /// engine no endpoint.
+    pub async fn count_messages(&self, messages: &Value) -> Result<Option<u32>, AgentError> {
+        match self.kind {
+            EngineKind::Vllm | EngineKind::Sglang | EngineKind::Unspecified => {
+                let body = json!({
+                    "model": self.model,
+                    "messages": messages,
+                    "add_generation_prompt": true,
+                });
+                let Some(answer) = self.post("/tokenize", &body).await? else {
+                    return Ok(None);
+                };
+                let count = answer["count"]
+                    .as_u64()
+                    .ok_or_else(|| self.unexpected("/tokenize", "no `count`", &answer))?;
+                Ok(Some(u32::try_from(count).unwrap_or(u32::MAX)))
+            }
+            EngineKind::Tgi => {
+                let body = json!({"model": self.model, "messages": messages});
+                let Some(answer) = self.post("/chat_tokenize", &body).await? else {
+                    return Ok(None);
+                };
+                let list = answer["tokenize_response"].as_array().ok_or_else(|| {
+                    self.unexpected("/chat_tokenize", "no `tokenize_response` list", &answer)
+                })?;
+                Ok(Some(len(list.len())))
+            }
+            EngineKind::LlamaCpp | EngineKind::Transformers => Ok(None),
+        }
+    }
+
     /// llama.cpp's count of `content` as its completion and chat handlers tokenize it.
     async fn llama_tokens(&self, content: &str) -> Result<Option<u32>, AgentError> {
         let body = json!({"content": content, "add_special": true, "parse_special": true});

@@ -14,9 +14,10 @@
 use fleetbench_proto::pb;
 
 use crate::error::AgentError;
-use crate::load::lengths::draw_lengths;
+use crate::load::dataset::{Dataset, DatasetPrompt};
+use crate::load::lengths::{Lengths, draw_lengths};
 use crate::load::prompt::{Prompt, TokenCounter, build_prompts, exact_prompt, mix, words};
-use crate::load::request::ApiEndpoint;
+use crate::load::request::{ApiEndpoint, joined};
 
 /// Seed offsets of the shared prefixes and of the suffixes, so they never repeat the
 /// request prompts' own word sequences.
@@ -43,6 +44,19 @@ pub async fn build_requests(
         return Ok(prompts);
     }
     let lengths = draw_lengths(workload, count, seed);
+    build_exact(counter, endpoint, workload, &lengths, seed).await
+}
+
+/// Prompts exact to each of `lengths` (and their outputs), with `workload`'s shared
+/// prefixes if it has them: distributions and trace replays.
+pub async fn build_exact(
+    counter: &TokenCounter,
+    endpoint: ApiEndpoint,
+    workload: &pb::Workload,
+    lengths: &[Lengths],
+    seed: u64,
+) -> Result<Vec<Prompt>, AgentError> {
+    let count = lengths.len();
     let groups = workload.prefix_groups;
     let prefixes: Vec<String> = (0..groups)
         .map(|g| {
@@ -53,8 +67,9 @@ pub async fn build_requests(
         })
         .collect();
     let mut prompts = Vec::with_capacity(count);
-    let mut guess = usize::try_from(workload.input_tokens).unwrap_or(1);
-    let mut last_target = workload.input_tokens;
+    let first = lengths.first().map_or(workload.input_tokens, |l| l.input);
+    let mut guess = usize::try_from(first).unwrap_or(1);
+    let mut last_target = first;
     for (i, l) in lengths.iter().enumerate() {
         let prefix = match groups {
             0 => "",
@@ -86,6 +101,90 @@ pub async fn build_requests(
         prompts.push(prompt);
     }
     Ok(prompts)
+}
+
+/// Prompts of a dataset workload, and the entries passed over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetPrompts {
+    pub prompts: Vec<Prompt>,
+    /// Entries drawn but not used: their prompt and output would not fit
+    /// `max_model_len` (skipped and counted, never truncated).
+    pub too_long: usize,
+}
+
+/// `count` prompts from `dataset`, sampled with `seed` (without replacement while the
+/// data lasts, see [`Dataset::sample`]), each sent verbatim: its target input length is
+/// the engine's count of it, its output length the entry's `output_tokens`, else the
+/// workload's `output` (when set), else the token count of the entry's reference reply
+/// (vLLM's ShareGPT rule). An entry without any of these is an error, as is a dataset
+/// none of whose entries fits `max_model_len`.
+pub async fn build_from_dataset(
+    counter: &TokenCounter,
+    endpoint: ApiEndpoint,
+    workload: &pb::Workload,
+    dataset: &Dataset,
+    count: usize,
+    seed: u64,
+    max_model_len: u32,
+) -> Result<DatasetPrompts, AgentError> {
+    // One walk through the whole data in seeded order; entries that fit are used, and
+    // reused in the same order once the walk is over.
+    let order = dataset.sample(dataset.entries.len(), seed);
+    let mut fitting: Vec<Prompt> = Vec::new();
+    let mut too_long = 0;
+    for entry in order {
+        if fitting.len() >= count {
+            break;
+        }
+        let (text, messages, counted) = match &entry.prompt {
+            DatasetPrompt::Text(text) => {
+                let counted = counter.count(endpoint, text).await?;
+                (text.clone(), None, counted)
+            }
+            DatasetPrompt::Messages(messages) => {
+                let counted = counter.count_messages(endpoint, messages).await?;
+                (joined(messages), Some(messages.clone()), counted)
+            }
+        };
+        let output = match (entry.output_tokens, workload.output_tokens, &entry.reply) {
+            (Some(n), _, _) => n,
+            (None, n, _) if n > 0 => n,
+            (None, _, Some(reply)) => counter
+                .count(ApiEndpoint::Completions, reply)
+                .await?
+                .unwrap_or_else(|| u32::try_from(reply.split_whitespace().count()).unwrap_or(0))
+                .max(1),
+            (None, _, None) => {
+                return Err(AgentError::Dataset(format!(
+                    "{}: an entry names no output length (no output_tokens, no reply): set                      `output` on the workload",
+                    dataset.name
+                )));
+            }
+        };
+        let input = counted.unwrap_or(0);
+        if u64::from(input) + u64::from(output) > u64::from(max_model_len) {
+            too_long += 1;
+            continue;
+        }
+        fitting.push(Prompt {
+            text,
+            counted_tokens: counted,
+            // The data decides the length: what the engine counted is the target (no
+            // count: unknown, and the point says its lengths are not exact).
+            target_input: input,
+            target_output: output,
+            messages,
+        });
+    }
+    if fitting.is_empty() {
+        return Err(AgentError::Dataset(format!(
+            "{}: none of its {} entries fits max_model_len {max_model_len} with its output",
+            dataset.name,
+            dataset.entries.len()
+        )));
+    }
+    let prompts = fitting.iter().cycle().take(count).cloned().collect();
+    Ok(DatasetPrompts { prompts, too_long })
 }
 
 #[cfg(test)]

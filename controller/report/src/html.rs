@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use crate::capacity::{answer, capacity_rows};
 use crate::charts::Section;
 use crate::data::{ReportData, output_speed};
 use crate::markup::escape;
@@ -135,6 +136,40 @@ fn settings_table(out: &mut String, data: &ReportData) {
     out.push_str("</tbody></table>\n");
 }
 
+/// "Capacity at the SLO": each judged group's largest load that met its SLO.
+fn capacity(out: &mut String, data: &ReportData) {
+    let rows = capacity_rows(&data.points);
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str(
+        "<h2 id=\"capacity\">Capacity at the SLO</h2>\n<p>Per sweep, GPU count and workload: \
+         the largest load whose point met the sweep's <code>[slo]</code>, below the smallest \
+         that missed it (a <code>[search]</code> sweep's answer).</p>\n<table \
+         class=\"capacity\"><thead><tr><th>sweep</th><th>model</th><th>gpus</th>\
+         <th>workload</th><th>SLO</th><th>capacity</th><th>goodput there (req/s)</th>\
+         <th>points</th></tr></thead><tbody>\n",
+    );
+    for r in &rows {
+        out.push_str("<tr>");
+        cell(out, &r.sweep_id, true);
+        cell(out, &r.model, true);
+        cell(out, &r.gpus.to_string(), false);
+        cell(out, &r.workload, true);
+        cell(out, &r.slo, true);
+        cell(out, &answer(r), true);
+        cell(
+            out,
+            &r.best
+                .map_or_else(|| "-".into(), |(_, g)| format!("{g:.2}")),
+            false,
+        );
+        cell(out, &r.points.to_string(), false);
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</tbody></table>\n");
+}
+
 fn verdicts(out: &mut String, data: &ReportData) {
     let bad: Vec<&PointSummary> = data
         .points
@@ -261,6 +296,9 @@ pub fn page(
     for (i, s) in sections.iter().enumerate() {
         let _ = writeln!(out, "<li><a href=\"#s{i}\">{}</a></li>", escape(&s.heading));
     }
+    if !capacity_rows(&data.points).is_empty() {
+        out.push_str("<li><a href=\"#capacity\">Capacity at the SLO</a></li>");
+    }
     out.push_str("<li><a href=\"#sweeps\">Sweeps</a></li><li><a href=\"#validity\">Validity</a></li><li><a href=\"#crashes\">Engine crashes</a></li>\n</ul></nav>\n");
     for (i, s) in sections.iter().enumerate() {
         let _ = writeln!(out, "<h2 id=\"s{i}\">{}</h2>", escape(&s.heading));
@@ -306,6 +344,7 @@ pub fn page(
     }
     sweeps_table(&mut out, data);
     settings_table(&mut out, data);
+    capacity(&mut out, data);
     verdicts(&mut out, data);
     forensics(&mut out, data);
     out.push_str("</body>\n</html>\n");

@@ -7,6 +7,7 @@
 //! `fleetbench-results` only: `controllerctl report` writes these files and the
 //! controller's HTTP pages serve [`html_page`].
 
+pub mod capacity;
 pub mod charts;
 pub mod csv;
 pub mod data;
@@ -154,6 +155,8 @@ mod tests {
                 hardware: Default::default(),
                 slo: None,
                 workload: String::new(),
+                data_sha256: String::new(),
+                data_skipped: 0,
             },
             completed: batch,
             failed: 0,

@@ -198,6 +198,8 @@ pub(crate) fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, Result
     columns.push(opt_f64s(rows, |s| s.slo_attainment));
     columns.push(utf8(rows, |s| &s.slo_verdict));
     columns.push(utf8(rows, |s| &s.meta.workload));
+    columns.push(utf8(rows, |s| &s.meta.data_sha256));
+    columns.push(u32s(rows, |s| s.meta.data_skipped));
     Ok(RecordBatch::try_new(Arc::new(points_schema()), columns)?)
 }
 

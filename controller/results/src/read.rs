@@ -89,6 +89,8 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
         // Files written before prefix-cache counters were kept lack these.
         let (prefix_queries, prefix_hits) = (queries?, hits?);
         let workload = c.opt::<StringArray>("workload")?;
+        let data_sha256 = c.opt::<StringArray>("data_sha256")?;
+        let data_skipped = c.opt::<UInt32Array>("data_skipped")?;
         let input_len_mismatches = c.get::<UInt32Array>("input_len_mismatches")?;
         let output_len_mismatches = c.get::<UInt32Array>("output_len_mismatches")?;
         let verdict = c.get::<StringArray>("verdict")?;
@@ -204,6 +206,8 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
                     },
                     slo: slo(i),
                     workload: text(workload, i),
+                    data_sha256: text(data_sha256, i),
+                    data_skipped: data_skipped.map_or(0, |c| c.value(i)),
                 },
                 completed: completed.value(i),
                 failed: failed.value(i),
@@ -442,6 +446,9 @@ const ADDED_COLUMNS: &[&str] = &[
     "workload",
     "server_prefix_cache_queries",
     "server_prefix_cache_hits",
+    // points files: the dataset or trace file used
+    "data_sha256",
+    "data_skipped",
 ];
 
 fn read_batches(path: &Path, expected: &Schema) -> Result<Vec<RecordBatch>, ResultsError> {

@@ -233,6 +233,10 @@ pub(crate) fn points_schema() -> Schema {
     // The workload described (its lengths are input_tokens/output_tokens when fixed,
     // their means otherwise).
     fields.push(utf8("workload"));
+    // Dataset and trace workloads: the file's SHA-256 (empty otherwise) and the entries
+    // skipped.
+    fields.push(utf8("data_sha256"));
+    fields.push(u32("data_skipped"));
     Schema::new(fields)
 }
 

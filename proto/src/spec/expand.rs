@@ -62,6 +62,8 @@ impl SweepSpec {
                 let min = self.search().map_or(1.0, |s| s.min);
                 vec![self.search_load(min)]
             }
+            // A trace's arrivals are its own: one point per trace workload.
+            _ if self.load.mode == LoadMode::Trace => vec![(0, 0.0)],
             Some(rates) if self.load.mode == LoadMode::Rate => {
                 rates.get_ref().iter().map(|r| (0, *r.get_ref())).collect()
             }

@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::locate::located;
-use super::sections::LoadMode;
 use crate::error::SpecError;
 
 /// What a search looks for.
@@ -119,9 +118,9 @@ pub struct Answer {
 }
 
 impl SearchSection {
-    /// The plain form for a sweep of load mode `mode` (call after validation).
-    pub fn to_search(&self, mode: LoadMode) -> Search {
-        let integer = mode != LoadMode::Rate;
+    /// The plain form for a sweep whose loads are batch sizes (`integer`) or rates (call
+    /// after validation).
+    pub fn to_search(&self, integer: bool) -> Search {
         let min = self.min.as_ref().map_or(1.0, |m| *m.get_ref());
         Search {
             goal: self.goal,
@@ -143,13 +142,14 @@ impl SearchSection {
         }
     }
 
-    /// Checks the values against the sweep's load mode, the largest batch size and
-    /// whether the sweep has an `[slo]`.
+    /// Checks the values against the sweep's load axis (`mode`: its load mode's name;
+    /// `integer`: batch sizes, not rates), the largest batch size and whether the sweep
+    /// has an `[slo]`.
     pub(super) fn validate(
         &self,
         text: &str,
         file: &str,
-        mode: LoadMode,
+        (mode, integer): (&str, bool),
         max_batch: u32,
         has_slo: bool,
     ) -> Result<(), SpecError> {
@@ -163,7 +163,6 @@ impl SearchSection {
                 "goal \"slo\" (the default) needs an [slo] section".into(),
             );
         }
-        let integer = mode != LoadMode::Rate;
         let (ceiling, unit) = if integer {
             (f64::from(max_batch), "requests")
         } else {
@@ -183,10 +182,7 @@ impl SearchSection {
                 return err(
                     span,
                     field,
-                    format!(
-                        "{v} is not a whole number: {} mode searches batch sizes",
-                        mode.as_str()
-                    ),
+                    format!("{v} is not a whole number: {mode} mode searches batch sizes"),
                 );
             }
         }

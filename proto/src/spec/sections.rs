@@ -227,6 +227,10 @@ pub enum LoadMode {
     /// Open loop: requests leave on an absolute timeline at `matrix.rates`, whatever the
     /// server does, for `duration_s` or `requests`.
     Rate,
+    /// Open loop replay of a trace workload (`{ trace = "file" }`): each request leaves
+    /// at its arrival offset in the trace (divided by the workload's `time_scale`) with
+    /// the trace's input and output lengths; `requests` / `duration_s` cut it short.
+    Trace,
 }
 
 impl LoadMode {
@@ -236,6 +240,7 @@ impl LoadMode {
             LoadMode::Burst => "burst",
             LoadMode::Concurrency => "concurrency",
             LoadMode::Rate => "rate",
+            LoadMode::Trace => "trace",
         }
     }
 }
@@ -545,7 +550,9 @@ impl SweepSpec {
 
     /// The sweep's search in plain form, if it is a search sweep.
     pub fn search(&self) -> Option<Search> {
-        self.search.as_ref().map(|s| s.to_search(self.load.mode))
+        self.search
+            .as_ref()
+            .map(|s| s.to_search(self.load.mode != LoadMode::Rate))
     }
 
     /// Name the engine serves the model under.

@@ -85,7 +85,7 @@ impl SweepSpec {
             text,
             "matrix.workloads",
             matrix.workloads.get_mut(),
-            |w| w.get_ref().clone(),
+            |w| format!("{:?}", w.get_ref()),
             |w| format!("workload {}", w.get_ref()),
             &mut notes,
         );
@@ -269,13 +269,9 @@ impl SweepSpec {
             slo.validate(text, file)?;
         }
         if let Some(search) = &self.search {
-            search.validate(
-                text,
-                file,
-                self.load.mode,
-                MAX_BATCH_SIZE,
-                self.slo.is_some(),
-            )?;
+            let mode = self.load.mode;
+            let axis = (mode.as_str(), mode != LoadMode::Rate);
+            search.validate(text, file, axis, MAX_BATCH_SIZE, self.slo.is_some())?;
         }
         match self
             .matrix
@@ -476,8 +472,63 @@ impl SweepSpec {
                 }
             }
         }
+        let traces = self
+            .matrix
+            .workloads
+            .get_ref()
+            .iter()
+            .position(|w| w.get_ref().trace.is_some());
+        let plain = self
+            .matrix
+            .workloads
+            .get_ref()
+            .iter()
+            .position(|w| w.get_ref().trace.is_none());
+        if mode == LoadMode::Trace {
+            if let Some(i) = plain {
+                return err(
+                    self.matrix.workloads.span(),
+                    &format!("matrix.workloads[{i}].trace"),
+                    "trace mode replays trace workloads only: every workload needs `trace`".into(),
+                );
+            }
+            for (field, span) in [
+                (
+                    "matrix.batch_sizes",
+                    self.matrix.batch_sizes.as_ref().map(Spanned::span),
+                ),
+                (
+                    "matrix.rates",
+                    self.matrix.rates.as_ref().map(Spanned::span),
+                ),
+            ] {
+                if let Some(span) = span {
+                    return err(
+                        span,
+                        field,
+                        "trace mode takes its arrivals from the trace; leave it out".into(),
+                    );
+                }
+            }
+            if let Some(s) = &self.search {
+                return err(
+                    s.max.span(),
+                    "search",
+                    "a trace replay has no load level to search".into(),
+                );
+            }
+        } else if let Some(i) = traces {
+            return err(
+                self.matrix.workloads.span(),
+                &format!("matrix.workloads[{i}].trace"),
+                format!(
+                    "a trace workload is replayed with load.mode = \"trace\" (mode is \"{}\")",
+                    mode.as_str()
+                ),
+            );
+        }
         match (mode, &self.matrix.batch_sizes, &self.matrix.rates) {
-            _ if self.search.is_some() => {}
+            _ if self.search.is_some() || mode == LoadMode::Trace => {}
             (LoadMode::Rate, Some(b), _) => {
                 return err(
                     b.span(),
@@ -543,6 +594,15 @@ impl SweepSpec {
                             "burst mode sends batch_size x waves requests; use waves".into(),
                         );
                     }
+                }
+            }
+            LoadMode::Trace => {
+                if waves_set {
+                    return err(
+                        load.waves.span(),
+                        "load.waves",
+                        "only applies with load.mode = \"burst\"".into(),
+                    );
                 }
             }
             LoadMode::Concurrency | LoadMode::Rate => {

@@ -90,6 +90,8 @@ impl WorkloadEntry {
             prefix_groups: self.prefix_groups,
             prefix_tokens: self.prefix_tokens,
             dataset: self.dataset.clone().unwrap_or_default(),
+            trace: self.trace.clone().unwrap_or_default(),
+            time_scale: self.time_scale.unwrap_or(1.0),
         }
     }
 }
@@ -176,6 +178,7 @@ impl From<LoadMode> for pb::LoadMode {
             LoadMode::Burst => pb::LoadMode::Burst,
             LoadMode::Concurrency => pb::LoadMode::Concurrency,
             LoadMode::Rate => pb::LoadMode::Rate,
+            LoadMode::Trace => pb::LoadMode::Trace,
         }
     }
 }
@@ -188,6 +191,7 @@ impl From<pb::LoadMode> for LoadMode {
             pb::LoadMode::Burst => LoadMode::Burst,
             pb::LoadMode::Concurrency => LoadMode::Concurrency,
             pb::LoadMode::Rate => LoadMode::Rate,
+            pb::LoadMode::Trace => LoadMode::Trace,
         }
     }
 }

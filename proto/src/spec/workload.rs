@@ -51,7 +51,7 @@ impl LengthDist {
 }
 
 /// One workload of the matrix (see the module docs).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadEntry {
     /// Input tokens (the mean with a distribution; 0 with a dataset).
@@ -78,6 +78,11 @@ pub struct WorkloadEntry {
     pub prefix_tokens: u32,
     /// A dataset file, relative to one of the agent's `dataset_dirs`.
     pub dataset: Option<String>,
+    /// A trace file (arrival offset, input and output tokens per request), relative to
+    /// one of the agent's `dataset_dirs`; replayed with `[load] mode = "trace"`.
+    pub trace: Option<String>,
+    /// Trace replay speed: offsets are divided by it (2 = twice as fast; default 1).
+    pub time_scale: Option<f64>,
 }
 
 impl WorkloadEntry {
@@ -93,7 +98,10 @@ impl WorkloadEntry {
     /// Whether every request has the same lengths and a prompt of its own (the workload
     /// every sweep had before distributions, prefixes and datasets).
     pub fn is_fixed(&self) -> bool {
-        self.dist == LengthDist::Fixed && self.prefix_groups == 0 && self.dataset.is_none()
+        self.dist == LengthDist::Fixed
+            && self.prefix_groups == 0
+            && self.dataset.is_none()
+            && self.trace.is_none()
     }
 }
 
@@ -107,6 +115,13 @@ impl fmt::Display for WorkloadEntry {
                 format!("{v}±{spread}")
             }
         };
+        if let Some(t) = &self.trace {
+            write!(f, "trace {t}")?;
+            if let Some(scale) = self.time_scale {
+                write!(f, " x{scale}")?;
+            }
+            return Ok(());
+        }
         if let Some(d) = &self.dataset {
             write!(f, "dataset {d}/")?;
             if self.output == 0 {
@@ -185,6 +200,12 @@ impl WorkloadEntry {
     /// Checks one entry (`at` is its field path, e.g. `matrix.workloads[2]`); the error
     /// is the field under it and the message.
     pub fn problem(&self, max_model_len: u32) -> Option<(&'static str, String)> {
+        if let Some(t) = &self.trace {
+            return self.trace_problem(t);
+        }
+        if self.time_scale.is_some() {
+            return Some(("time_scale", "only applies to a trace workload".into()));
+        }
         if let Some(d) = &self.dataset {
             return self.dataset_problem(d);
         }
@@ -296,24 +317,46 @@ impl WorkloadEntry {
         None
     }
 
-    fn dataset_problem(&self, name: &str) -> Option<(&'static str, String)> {
-        if name.is_empty() || name.len() > MAX_DATASET_NAME {
+    fn trace_problem(&self, name: &str) -> Option<(&'static str, String)> {
+        if let Some(problem) = file_name_problem(name) {
+            return Some(("trace", problem));
+        }
+        if let Some(scale) = self.time_scale
+            && !(scale.is_finite() && scale > 0.0 && scale <= 1e6)
+        {
             return Some((
-                "dataset",
-                format!("must be 1 to {MAX_DATASET_NAME} bytes long"),
+                "time_scale",
+                format!("{scale} is not a positive factor (2 = twice as fast)"),
             ));
         }
-        let bad_part = name
-            .split('/')
-            .any(|part| part.is_empty() || part == "." || part == "..");
-        if name.starts_with('/') || bad_part || name.chars().any(char::is_control) {
-            return Some((
-                "dataset",
-                format!(
-                    "{name:?} is not a relative path inside a dataset directory (no leading \
-                     '/', no '.' or '..' parts)"
-                ),
-            ));
+        for (field, set) in [
+            ("input", self.input != 0),
+            ("output", self.output != 0),
+            ("dataset", self.dataset.is_some()),
+            ("dist", self.dist != LengthDist::Fixed),
+            ("prefix_groups", self.prefix_groups != 0),
+            ("prefix_tokens", self.prefix_tokens != 0),
+            ("input_spread", self.input_spread != 0),
+            ("output_spread", self.output_spread != 0),
+            ("input_min", self.input_min.is_some()),
+            ("input_max", self.input_max.is_some()),
+            ("output_min", self.output_min.is_some()),
+            ("output_max", self.output_max.is_some()),
+        ] {
+            if set {
+                return Some((
+                    field,
+                    "does not apply to a trace workload: the trace gives each request's lengths"
+                        .into(),
+                ));
+            }
+        }
+        None
+    }
+
+    fn dataset_problem(&self, name: &str) -> Option<(&'static str, String)> {
+        if let Some(problem) = file_name_problem(name) {
+            return Some(("dataset", problem));
         }
         for (field, set) in [
             ("input", self.input != 0),
@@ -336,4 +379,22 @@ impl WorkloadEntry {
         }
         None
     }
+}
+
+/// Why a dataset or trace file name is refused, if it is: it must be a relative path
+/// inside one of the agent's dataset directories.
+fn file_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > MAX_DATASET_NAME {
+        return Some(format!("must be 1 to {MAX_DATASET_NAME} bytes long"));
+    }
+    let bad_part = name
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..");
+    if name.starts_with('/') || bad_part || name.chars().any(char::is_control) {
+        return Some(format!(
+            "{name:?} is not a relative path inside a dataset directory (no leading '/', no \
+             '.' or '..' parts)"
+        ));
+    }
+    None
 }

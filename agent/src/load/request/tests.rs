@@ -68,6 +68,7 @@ fn body_forces_output_length() {
         endpoint: ApiEndpoint::Chat,
         model: "m".into(),
         prompt: "hi".into(),
+        messages: None,
         target_input_tokens: 2,
         target_output_tokens: 32,
         scheduled_offset: Duration::ZERO,

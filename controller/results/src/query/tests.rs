@@ -52,6 +52,8 @@ fn point(sweep: &str, host: &str, gpus: u32, batch: u32, tput: f64) -> PointSumm
             hardware: Default::default(),
             slo: None,
             workload: String::new(),
+            data_sha256: String::new(),
+            data_skipped: 0,
         },
         completed: batch,
         failed: 0,

@@ -285,6 +285,8 @@ mod tests {
             hardware: Default::default(),
             slo: None,
             workload: String::new(),
+            data_sha256: String::new(),
+            data_skipped: 0,
         }
     }
 
@@ -555,6 +557,8 @@ mod tests {
             hardware: Default::default(),
             slo: None,
             workload: String::new(),
+            data_sha256: String::new(),
+            data_skipped: 0,
             ..meta()
         };
         let s = summarize(busy, &records, &[]);

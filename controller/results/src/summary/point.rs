@@ -53,6 +53,13 @@ pub struct PointMeta {
     /// `dataset chat.jsonl/data`); `input_tokens`/`output_tokens` are its means.
     #[serde(default)]
     pub workload: String,
+    /// Dataset and trace workloads: the SHA-256 of the file the agent read (empty for
+    /// synthetic prompts) and the entries it skipped (malformed, or too long for
+    /// `max_model_len`).
+    #[serde(default)]
+    pub data_sha256: String,
+    #[serde(default)]
+    pub data_skipped: u32,
 }
 
 /// What identifies a point's hardware beyond the GPU model and driver, from the agent's
@@ -267,6 +274,8 @@ impl From<&PointSummary> for pb::PointSummary {
             server_prefix_cache_queries: s.server.prefix_cache_queries,
             server_prefix_cache_hits: s.server.prefix_cache_hits,
             workload: m.workload.clone(),
+            data_sha256: m.data_sha256.clone(),
+            data_skipped: m.data_skipped,
         }
     }
 }

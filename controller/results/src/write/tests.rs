@@ -42,6 +42,8 @@ fn meta(point_index: u32) -> PointMeta {
         hardware: Default::default(),
         slo: None,
         workload: String::new(),
+        data_sha256: String::new(),
+        data_skipped: 0,
     }
 }
 

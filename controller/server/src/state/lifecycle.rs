@@ -493,6 +493,12 @@ impl State {
             hardware,
             slo,
             workload: p.planned.workload.to_string(),
+            data_sha256: pf
+                .data_file
+                .as_ref()
+                .map(|d| d.sha256.clone())
+                .unwrap_or_default(),
+            data_skipped: pf.data_file.as_ref().map_or(0, |d| d.skipped),
         };
         let template = meta.clone();
         let summary = summarize(meta, &records, &pf.engine_metrics);

@@ -171,5 +171,6 @@ fn axis(mode: LoadMode) -> &'static str {
         LoadMode::Burst => "batch",
         LoadMode::Concurrency => "concurrency",
         LoadMode::Rate => "rate",
+        LoadMode::Trace => "trace",
     }
 }
