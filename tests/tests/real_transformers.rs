@@ -82,6 +82,7 @@ async fn a_transformers_engine_is_measured_with_exact_chat_prompts_and_honest_ve
         )]),
         gpu_model: "cpu".into(),
         metrics_addr: None,
+        dataset_dirs: Vec::new(),
     };
     let cluster = Cluster::start(vec![agent]).await;
     cluster.wait_agents(1).await;

@@ -68,6 +68,7 @@ async fn sweeps_against_real_vllm_measure_exact_lengths_and_server_concurrency()
         engine_commands: BTreeMap::new(),
         gpu_model: "cpu".into(),
         metrics_addr: None,
+        dataset_dirs: Vec::new(),
     };
     let cluster = Cluster::start(vec![agent]).await;
     cluster.wait_agents(1).await;

@@ -470,10 +470,13 @@ mod tests {
         assert_eq!(
             checked,
             [
+                "capacity-slo-sweep.toml",
                 "concurrency-sweep.toml",
                 "demo-sweep.toml",
+                "prefix-caching-sweep.toml",
                 "rate-sweep.toml",
-                "seed-sweep.toml"
+                "seed-sweep.toml",
+                "trace-replay-sweep.toml"
             ]
         );
     }
