@@ -9,6 +9,7 @@ mod partition;
 mod persistence;
 mod placement;
 mod replicas;
+mod search;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
