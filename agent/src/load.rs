@@ -149,6 +149,15 @@ enum Plan {
         duration: Option<Duration>,
     },
     Rate(Vec<Duration>),
+    /// `[load] stages` in rate mode: each stage's seeded schedule laid after the last,
+    /// with the stage of every send.
+    StagedRate {
+        offsets: Vec<Duration>,
+        stage_of: Vec<u32>,
+    },
+    /// `[load] stages` in concurrency mode: (stage end since the load's start, requests in
+    /// flight during it).
+    StagedConcurrency(Vec<(Duration, u32)>),
 }
 
 impl Plan {
@@ -164,6 +173,9 @@ impl Plan {
         let requests = (load.requests > 0).then_some(load.requests);
         let duration = (load.duration_s > 0.0 && load.duration_s.is_finite())
             .then(|| Duration::from_secs_f64(load.duration_s));
+        if !load.stages.is_empty() {
+            return Self::staged(mode, load);
+        }
         Ok(match mode {
             LoadMode::Burst => Plan::Burst {
                 batch: point.batch_size,
@@ -210,6 +222,72 @@ impl Plan {
         })
     }
 
+    /// A multi-stage plan: rate mode lays each stage's schedule (the sweep's arrival, a
+    /// seed per stage) after the previous stage's end; concurrency mode keeps each stage's
+    /// count in flight until the stage ends.
+    fn staged(mode: LoadMode, load: &pb::LoadSpec) -> Result<Plan, AgentError> {
+        let mut start = Duration::ZERO;
+        let mut bounds = Vec::with_capacity(load.stages.len());
+        for s in &load.stages {
+            if !(s.duration_s.is_finite() && s.duration_s > 0.0) {
+                return Err(AgentError::Engine(format!(
+                    "a stage needs a positive duration, got {}",
+                    s.duration_s
+                )));
+            }
+            start += Duration::from_secs_f64(s.duration_s);
+            bounds.push(start);
+        }
+        match mode {
+            LoadMode::Rate => {
+                let arrival = pb::Arrival::try_from(load.arrival_kind)
+                    .map(Arrival::from)
+                    .map_err(|_| {
+                        AgentError::Engine(format!("unknown arrival {}", load.arrival_kind))
+                    })?;
+                let (mut offsets, mut stage_of) = (Vec::new(), Vec::new());
+                let mut begin = Duration::ZERO;
+                for (k, (s, end)) in load.stages.iter().zip(&bounds).enumerate() {
+                    if !(s.rate > 0.0 && s.rate.is_finite()) {
+                        return Err(AgentError::Engine(format!(
+                            "rate stage {k} needs a positive rate, got {}",
+                            s.rate
+                        )));
+                    }
+                    let schedule = RateSchedule {
+                        rate: s.rate,
+                        arrival,
+                        burstiness: if load.burstiness > 0.0 {
+                            load.burstiness
+                        } else {
+                            1.0
+                        },
+                        seed: mix(load.seed, s.rate.to_bits() ^ k as u64),
+                        duration: Some(end.saturating_sub(begin)),
+                        max_requests: None,
+                    };
+                    for offset in schedule.offsets() {
+                        offsets.push(begin + offset);
+                        stage_of.push(u32::try_from(k).unwrap_or(u32::MAX));
+                    }
+                    begin = *end;
+                }
+                Ok(Plan::StagedRate { offsets, stage_of })
+            }
+            LoadMode::Concurrency => Ok(Plan::StagedConcurrency(
+                load.stages
+                    .iter()
+                    .zip(bounds)
+                    .map(|(s, end)| (end, s.concurrency.max(1)))
+                    .collect(),
+            )),
+            other => Err(AgentError::Engine(format!(
+                "stages apply to rate and concurrency mode, not {}",
+                other.as_str()
+            ))),
+        }
+    }
+
     /// How many distinct prompts the measured load needs.
     fn prompts_needed(&self) -> usize {
         let n = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
@@ -221,7 +299,10 @@ impl Plan {
             Plan::Concurrency { slots, .. } => n(*slots)
                 .saturating_mul(PROMPTS_PER_SLOT)
                 .clamp(MIN_PROMPT_POOL, MAX_PROMPT_POOL),
-            Plan::Rate(offsets) => offsets.len(),
+            Plan::Rate(offsets) | Plan::StagedRate { offsets, .. } => offsets.len(),
+            Plan::StagedConcurrency(stages) => n(stages.iter().map(|s| s.1).max().unwrap_or(1))
+                .saturating_mul(PROMPTS_PER_SLOT)
+                .clamp(MIN_PROMPT_POOL, MAX_PROMPT_POOL),
         }
     }
 }
@@ -267,7 +348,7 @@ pub async fn run_point(
     data: &DataDirs,
     cancel: &CancellationToken,
 ) -> Result<LoadOutcome, AgentError> {
-    let load = point.load.unwrap_or_default();
+    let load = point.load.clone().unwrap_or_default();
     let workload = point.workload.clone().unwrap_or_default();
     let engine = point.engine.clone().unwrap_or_default();
     let model = engine.served_model_name.clone();
@@ -573,6 +654,57 @@ async fn drive(
                 let Some(p) = prompt(sent) else { break };
                 launcher.launch(at(p, index(sent), 0, offset), None);
                 sent += 1;
+            }
+        }
+        Plan::StagedRate { offsets, stage_of } => {
+            for (&offset, &stage) in offsets.iter().zip(stage_of) {
+                tokio::select! {
+                    () = tokio::time::sleep_until(launcher.ctx.origin + offset) => {}
+                    () = cancel.cancelled() => return Err(AgentError::Cancelled),
+                }
+                let Some(p) = prompt(sent) else { break };
+                launcher.launch(at(p, index(sent), stage, offset), None);
+                sent += 1;
+            }
+        }
+        Plan::StagedConcurrency(stages) => {
+            // One pool of slots, resized at each stage start: added at once when a stage
+            // asks for more, withdrawn as requests finish when it asks for fewer (in-flight
+            // requests are never cut).
+            let slots = Arc::new(Semaphore::new(0));
+            let mut current = 0u32;
+            for (k, &(end, want)) in stages.iter().enumerate() {
+                if want > current {
+                    slots.add_permits(usize::try_from(want - current).unwrap_or(0));
+                } else if want < current {
+                    let pool = Arc::clone(&slots);
+                    let excess = current - want;
+                    tokio::spawn(async move {
+                        if let Ok(p) = pool.acquire_many_owned(excess).await {
+                            p.forget();
+                        }
+                    });
+                }
+                current = want;
+                let end = launcher.ctx.origin + end;
+                let stage = u32::try_from(k).unwrap_or(u32::MAX);
+                loop {
+                    let permit = tokio::select! {
+                        p = Arc::clone(&slots).acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                        () = tokio::time::sleep_until(end) => break,
+                        () = cancel.cancelled() => return Err(AgentError::Cancelled),
+                    };
+                    if Instant::now() >= end {
+                        break;
+                    }
+                    let Some(p) = prompt(sent) else { break };
+                    let scheduled = launcher.now_offset();
+                    launcher.launch(at(p, index(sent), stage, scheduled), Some(permit));
+                    sent += 1;
+                }
             }
         }
     }

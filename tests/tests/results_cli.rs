@@ -78,6 +78,8 @@ fn meta(sweep: &str, host: &str, gpus: u32, index: u32, batch: u32) -> PointMeta
         workload: String::new(),
         data_sha256: String::new(),
         data_skipped: 0,
+        stage_durations_s: Vec::new(),
+        stage_loads: Vec::new(),
     }
 }
 

@@ -293,3 +293,116 @@ async fn dataset_prompts_go_out_verbatim_and_traces_replay_on_their_timeline() {
     assert!(lag_p50 < 0.1, "send lag p50 {lag_p50} s");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_stage_points_are_summarized_stage_by_stage() {
+    let agent = AgentSpec::sim(
+        "stager",
+        1,
+        &[
+            "--sim-timing",
+            "exact",
+            "--sim-ttft-ms",
+            "20",
+            "--sim-itl-ms",
+            "5",
+        ],
+    );
+    let cluster = Cluster::start(vec![agent]).await;
+    cluster.wait_agents(1).await;
+    let mut client = cluster.client().await;
+    let dir = partition_dir(&cluster.results, "test/workloads", 1);
+    let staged = |name: &str, load: &str| {
+        sweep(name, "", load, "{ input = 16, output = 4 }").replace("batch_sizes = [8]\n", "")
+    };
+
+    // Rate: 1 s at 20/s, then 0.5 s at 60/s, constant gaps.
+    let id = submit(
+        &mut client,
+        &staged(
+            "staged-rate",
+            "mode = \"rate\"\narrival = \"constant\"\n\
+             stages = [{ duration_s = 1, rate = 20 }, { duration_s = 0.5, rate = 60 }]",
+        ),
+    )
+    .await;
+    let status = watch_to_end(&mut client, &id).await;
+    assert_eq!(status.state, "done", "{status:?}");
+    let filter = fleetbench_results::query::Filter {
+        sweep: vec![id.clone()],
+        ..Default::default()
+    };
+    let (stages, _) = fleetbench_results::stages::load_stages(&cluster.results, &filter).unwrap();
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    // 20 sends in [0, 1 s), 30 in [1, 1.5 s): each stage's achieved rate is its own.
+    assert_eq!((stages[0].completed, stages[1].completed), (20, 30));
+    assert_eq!(
+        (stages[0].meta.request_rate, stages[1].meta.request_rate),
+        (20.0, 60.0)
+    );
+    assert!(
+        (stages[0].achieved_rate - 20.0).abs() < 0.5,
+        "{}",
+        stages[0].achieved_rate
+    );
+    assert!(
+        (stages[1].achieved_rate - 60.0).abs() < 3.0,
+        "{}",
+        stages[1].achieved_rate
+    );
+    let records = read_requests(&dir.join(format!("{id}.requests.parquet"))).unwrap();
+    for (_, _, r) in &records {
+        let want = u32::from(r.scheduled_offset_s >= 1.0 - 1e-9);
+        assert_eq!(r.wave, want, "{r:?}");
+    }
+    // controllerctl prints one row per stage.
+    let results = cluster.results.display().to_string();
+    let (code, text) = fleetbench_tests::controllerctl(
+        &cluster.addr,
+        &[
+            "results",
+            &id,
+            "--dir",
+            &results,
+            "--by-stage",
+            "--format",
+            "csv",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.matches("/stage-").count(), 2, "{text}");
+
+    // Concurrency: 2 in flight for 0.6 s, then 6 for 0.6 s.
+    let id = submit(
+        &mut client,
+        &staged(
+            "staged-conc",
+            "mode = \"concurrency\"\n\
+             stages = [{ duration_s = 0.6, concurrency = 2 }, { duration_s = 0.6, concurrency = 6 }]",
+        ),
+    )
+    .await;
+    let status = watch_to_end(&mut client, &id).await;
+    assert_eq!(status.state, "done", "{status:?}");
+    let filter = fleetbench_results::query::Filter {
+        sweep: vec![id.clone()],
+        ..Default::default()
+    };
+    let (stages, _) = fleetbench_results::stages::load_stages(&cluster.results, &filter).unwrap();
+    assert_eq!(stages.len(), 2);
+    assert_eq!(
+        (stages[0].meta.batch_size, stages[1].meta.batch_size),
+        (2, 6)
+    );
+    // A request lives 20 + 3 x 5 = 35 ms: about 2/0.035 = 57 a second with 2 slots, and
+    // three times that with 6.
+    let (a, b) = (
+        stages[0].achieved_concurrency,
+        stages[1].achieved_concurrency,
+    );
+    assert!(a > 1.5 && a <= 2.0 + 1e-9, "stage 1 in flight {a}");
+    assert!(b > 4.5 && b <= 6.0 + 1e-9, "stage 2 in flight {b}");
+    assert!(stages[1].completed > 2 * stages[0].completed, "{stages:?}");
+    cluster.stop().await;
+}

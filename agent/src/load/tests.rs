@@ -16,7 +16,7 @@ fn point(
         pb::PointSpec {
             batch_size: batch,
             request_rate: rate,
-            load: Some(load),
+            load: Some(load.clone()),
             ..Default::default()
         },
         load,

@@ -40,6 +40,10 @@ pub struct ResultsArgs {
     /// sweeps too) instead of reading --dir; no filters or grouping.
     #[arg(long)]
     pub live: bool,
+    /// Multi-stage points (`[load] stages`): one row per stage, summarized from the
+    /// stage's own requests (read from the requests files beside the points files).
+    #[arg(long, conflicts_with = "live")]
+    pub by_stage: bool,
 }
 
 /// Which points to show; every given filter must match, a list matches any of its values.
@@ -115,6 +119,7 @@ pub async fn run(
         group_by,
         format,
         live,
+        by_stage,
     } = args;
     let mut filter = Filter::from(filter);
     let group_by = group_by.map(GroupBy::from);
@@ -130,7 +135,11 @@ pub async fn run(
         return live_results(controller, credentials, sweep_id, format).await;
     }
     filter.narrow_to_sweep(sweep_id)?;
-    let (points, files) = load(&dir, &filter)?;
+    let (points, files) = if by_stage {
+        fleetbench_results::stages::load_stages(&dir, &filter)?
+    } else {
+        load(&dir, &filter)?
+    };
     if points.is_empty() {
         eprintln!(
             "no points match ({files} points files under {})",

@@ -157,6 +157,8 @@ mod tests {
                 workload: String::new(),
                 data_sha256: String::new(),
                 data_skipped: 0,
+                stage_durations_s: Vec::new(),
+                stage_loads: Vec::new(),
             },
             completed: batch,
             failed: 0,

@@ -200,6 +200,12 @@ pub(crate) fn points_batch(rows: &[&PointSummary]) -> Result<RecordBatch, Result
     columns.push(utf8(rows, |s| &s.meta.workload));
     columns.push(utf8(rows, |s| &s.meta.data_sha256));
     columns.push(u32s(rows, |s| s.meta.data_skipped));
+    columns.push(f64_lists(
+        rows.iter().map(|s| s.meta.stage_durations_s.as_slice()),
+    ));
+    columns.push(f64_lists(
+        rows.iter().map(|s| s.meta.stage_loads.as_slice()),
+    ));
     Ok(RecordBatch::try_new(Arc::new(points_schema()), columns)?)
 }
 

@@ -12,7 +12,8 @@
 //! writer properties); [`read`] (point summaries, requests, metric samples and metadata
 //! back from the files); [`write`](mod@write) (atomic partition writes and updates, the
 //! prepared next requests file); [`text`] (points as table, CSV and JSON text); [`query`]
-//! (filter, sort and group points).
+//! (filter, sort and group points); [`stages`] (per-stage summaries of multi-stage
+//! points).
 
 mod encode;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod metadata;
 pub mod query;
 pub mod read;
 pub mod schema;
+pub mod stages;
 pub mod summary;
 pub mod text;
 pub mod write;

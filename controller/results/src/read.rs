@@ -91,6 +91,24 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
         let workload = c.opt::<StringArray>("workload")?;
         let data_sha256 = c.opt::<StringArray>("data_sha256")?;
         let data_skipped = c.opt::<UInt32Array>("data_skipped")?;
+        let stage_durations = c.opt::<ListArray>("stage_durations_s")?;
+        let stage_loads = c.opt::<ListArray>("stage_loads")?;
+        let floats = |column: Option<&ListArray>, name: &str, i: usize| {
+            let Some(list) = column else {
+                return Ok(Vec::new());
+            };
+            let values = list.value(i);
+            values
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .map(|v| v.values().to_vec())
+                .ok_or_else(|| {
+                    bad(
+                        path,
+                        format!("column `{name}` does not hold Float64 values"),
+                    )
+                })
+        };
         let input_len_mismatches = c.get::<UInt32Array>("input_len_mismatches")?;
         let output_len_mismatches = c.get::<UInt32Array>("output_len_mismatches")?;
         let verdict = c.get::<StringArray>("verdict")?;
@@ -208,6 +226,8 @@ pub fn read_point_summaries(path: &Path) -> Result<Vec<PointSummary>, ResultsErr
                     workload: text(workload, i),
                     data_sha256: text(data_sha256, i),
                     data_skipped: data_skipped.map_or(0, |c| c.value(i)),
+                    stage_durations_s: floats(stage_durations, "stage_durations_s", i)?,
+                    stage_loads: floats(stage_loads, "stage_loads", i)?,
                 },
                 completed: completed.value(i),
                 failed: failed.value(i),
@@ -449,6 +469,9 @@ const ADDED_COLUMNS: &[&str] = &[
     // points files: the dataset or trace file used
     "data_sha256",
     "data_skipped",
+    // points files: multi-stage points
+    "stage_durations_s",
+    "stage_loads",
 ];
 
 fn read_batches(path: &Path, expected: &Schema) -> Result<Vec<RecordBatch>, ResultsError> {

@@ -237,6 +237,15 @@ pub(crate) fn points_schema() -> Schema {
     // skipped.
     fields.push(utf8("data_sha256"));
     fields.push(u32("data_skipped"));
+    // A multi-stage point: each stage's duration (s) and load (rate or concurrency);
+    // empty lists otherwise.
+    for name in ["stage_durations_s", "stage_loads"] {
+        fields.push(Field::new(
+            name,
+            DataType::List(Arc::new(itl_item_field())),
+            false,
+        ));
+    }
     Schema::new(fields)
 }
 

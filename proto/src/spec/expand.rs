@@ -62,8 +62,11 @@ impl SweepSpec {
                 let min = self.search().map_or(1.0, |s| s.min);
                 vec![self.search_load(min)]
             }
-            // A trace's arrivals are its own: one point per trace workload.
-            _ if self.load.mode == LoadMode::Trace => vec![(0, 0.0)],
+            // A trace's arrivals are its own: one point per trace workload; a staged point
+            // carries its loads in its stages.
+            _ if self.load.mode == LoadMode::Trace || self.load.stages.is_some() => {
+                vec![(0, 0.0)]
+            }
             Some(rates) if self.load.mode == LoadMode::Rate => {
                 rates.get_ref().iter().map(|r| (0, *r.get_ref())).collect()
             }

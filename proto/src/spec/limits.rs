@@ -102,7 +102,7 @@ impl SweepSpec {
         let loads = match (&self.matrix.rates, self.load.mode) {
             // A search runs at most `max_points` probes per group.
             _ if self.search.is_some() => u64::from(self.search().map_or(0, |s| s.max_points)),
-            _ if self.load.mode == LoadMode::Trace => 1,
+            _ if self.load.mode == LoadMode::Trace || self.load.stages.is_some() => 1,
             (Some(rates), LoadMode::Rate) => rates.get_ref().len() as u64,
             _ => match self.matrix.batch_sizes.as_ref().map(|b| b.get_ref()) {
                 None => 0,

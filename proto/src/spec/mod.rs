@@ -50,9 +50,9 @@ pub use search::{
 };
 pub use sections::{
     Arrival, BatchSizes, DEFAULT_CRASH_RETRIES, DEFAULT_MAX_FAILED_SHARE, DEFAULT_WARMUP_TOLERANCE,
-    Endpoint, EngineKind, EngineSection, GPU_VENDORS, LoadMode, LoadSection, MatrixSection,
-    OnEngineCrash, PlacementSection, PolicySection, Runtime, Strategy, SweepSpec, TokenizerSource,
-    WarmupSection, model_slug,
+    Endpoint, EngineKind, EngineSection, GPU_VENDORS, LoadMode, LoadSection, MAX_STAGES,
+    MatrixSection, OnEngineCrash, PlacementSection, PolicySection, Runtime, StageEntry, Strategy,
+    SweepSpec, TokenizerSource, WarmupSection, model_slug,
 };
 pub use slo::{DEFAULT_SLO_PERCENTILE, Objective, Slo, SloSection};
 pub use validate::MAX_BATCH_SIZE;

@@ -332,7 +332,27 @@ pub struct LoadSection {
     /// `[load.warmup]`: a warm-up that is measured until it converges.
     #[serde(default)]
     pub warmup: WarmupSection,
+    /// A multi-stage schedule within each point (rate or concurrency mode), e.g. warm 60 s
+    /// at 2 req/s, then 30 s at 8: `[{ duration_s = 60, rate = 2 }, { duration_s = 30,
+    /// rate = 8 }]`. Each stage is summarized on its own (`controllerctl results
+    /// --by-stage`); the matrix then lists no `rates`/`batch_sizes`.
+    pub stages: Option<Spanned<Vec<Spanned<StageEntry>>>>,
 }
+
+/// One stage of `[load] stages`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageEntry {
+    /// How long the stage sends new requests, in seconds.
+    pub duration_s: f64,
+    /// Rate mode: requests per second during the stage.
+    pub rate: Option<f64>,
+    /// Concurrency mode: requests kept in flight during the stage.
+    pub concurrency: Option<u32>,
+}
+
+/// The most stages a point may have.
+pub const MAX_STAGES: usize = 64;
 
 /// `[load.warmup]`: before each point's measured load, waves of the point's own batch size
 /// and prompt/output lengths until two consecutive waves' output throughput agree within
@@ -399,6 +419,7 @@ impl Default for LoadSection {
             idle_timeout_s: default_idle_timeout_s(),
             tokenizer: TokenizerSource::default(),
             warmup: WarmupSection::default(),
+            stages: None,
         }
     }
 }

@@ -874,3 +874,54 @@ fn a_rate_search_probes_rates() {
     );
     assert_eq!(spec.search().unwrap().resolution, 0.5);
 }
+
+#[test]
+fn stages_make_one_point_per_workload_and_travel_to_agents() {
+    let text = rate_spec(
+        "mode = \"rate\"\nstages = [{ duration_s = 60, rate = 2 }, { duration_s = 30, rate = 8.5 }]",
+        "",
+    );
+    let spec = SweepSpec::parse(&text, "staged.toml").unwrap();
+    // 2 GPU counts x 2 workloads, one staged point each.
+    assert_eq!(spec.expand().len(), 4);
+    let wire = spec.load_wire();
+    assert_eq!(wire.stages.len(), 2);
+    assert_eq!(
+        (wire.stages[1].duration_s, wire.stages[1].rate),
+        (30.0, 8.5)
+    );
+}
+
+#[test]
+fn stage_errors_name_the_field_and_line() {
+    for (load, matrix, field, needle) in [
+        (
+            "mode = \"rate\"\nstages = [{ duration_s = 6, concurrency = 2 }]",
+            "",
+            "load.stages[0].rate",
+            "need `rate`",
+        ),
+        (
+            "mode = \"concurrency\"\nstages = [{ duration_s = 0, concurrency = 2 }]",
+            "",
+            "load.stages[0].duration_s",
+            "not a positive",
+        ),
+        (
+            "mode = \"rate\"\nstages = [{ duration_s = 6, rate = 2 }]",
+            "rates = [1]\n",
+            "matrix.rates",
+            "takes its loads",
+        ),
+        (
+            "mode = \"burst\"\nstages = [{ duration_s = 6, rate = 2 }]",
+            "batch_sizes = [1]\n",
+            "load.stages",
+            "rate and concurrency mode",
+        ),
+    ] {
+        let e = SweepSpec::parse(&rate_spec(load, matrix), "bad.toml").unwrap_err();
+        assert_eq!(e.field, field, "{load}: {e}");
+        assert!(e.to_string().contains(needle), "{load}: {e}");
+    }
+}

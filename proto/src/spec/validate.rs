@@ -8,7 +8,8 @@ use toml::Spanned;
 use super::limits::{DEFAULT_MAX_POINTS, MAX_NAME_LEN, MAX_SWEEP_FILE_BYTES, model_name_problem};
 use super::locate::{line_col, located, toml_error};
 use super::sections::{
-    Arrival, BatchSizes, EngineKind, GPU_VENDORS, LoadMode, OnEngineCrash, Runtime, SweepSpec,
+    Arrival, BatchSizes, EngineKind, GPU_VENDORS, LoadMode, MAX_STAGES, OnEngineCrash, Runtime,
+    StageEntry, SweepSpec,
 };
 use crate::error::SpecError;
 
@@ -437,6 +438,110 @@ impl SweepSpec {
         Ok(())
     }
 
+    /// `[load] stages`: rate or concurrency mode, each stage a positive duration and the
+    /// mode's load, and no other load axis (matrix rates or batch sizes, a search, a
+    /// duration or request count).
+    fn validate_stages(
+        &self,
+        text: &str,
+        file: &str,
+        stages: &Spanned<Vec<Spanned<StageEntry>>>,
+    ) -> Result<(), SpecError> {
+        let err = |span: Range<usize>, field: &str, message: String| {
+            Err(located(text, file, span, field, message))
+        };
+        let mode = self.load.mode;
+        if !matches!(mode, LoadMode::Rate | LoadMode::Concurrency) {
+            return err(
+                stages.span(),
+                "load.stages",
+                format!(
+                    "stages apply to rate and concurrency mode (mode is \"{}\")",
+                    mode.as_str()
+                ),
+            );
+        }
+        if stages.get_ref().is_empty() || stages.get_ref().len() > MAX_STAGES {
+            return err(
+                stages.span(),
+                "load.stages",
+                format!("needs 1 to {MAX_STAGES} stages"),
+            );
+        }
+        for (field, span) in [
+            (
+                "matrix.batch_sizes",
+                self.matrix.batch_sizes.as_ref().map(Spanned::span),
+            ),
+            (
+                "matrix.rates",
+                self.matrix.rates.as_ref().map(Spanned::span),
+            ),
+            (
+                "load.duration_s",
+                self.load.duration_s.as_ref().map(Spanned::span),
+            ),
+            (
+                "load.requests",
+                self.load.requests.as_ref().map(Spanned::span),
+            ),
+            ("search", self.search.as_ref().map(|s| s.max.span())),
+        ] {
+            if let Some(span) = span {
+                return err(
+                    span,
+                    field,
+                    "a staged point takes its loads and durations from load.stages; leave it out"
+                        .into(),
+                );
+            }
+        }
+        for (i, s) in stages.get_ref().iter().enumerate() {
+            let stage = s.get_ref();
+            let at = |f: &str| format!("load.stages[{i}].{f}");
+            if !(stage.duration_s.is_finite() && stage.duration_s > 0.0) {
+                return err(
+                    s.span(),
+                    &at("duration_s"),
+                    format!("{} is not a positive number of seconds", stage.duration_s),
+                );
+            }
+            match (mode, stage.rate, stage.concurrency) {
+                (LoadMode::Rate, Some(r), None) if r.is_finite() && r > 0.0 && r <= 1e6 => {}
+                (LoadMode::Rate, Some(r), None) => {
+                    return err(
+                        s.span(),
+                        &at("rate"),
+                        format!("rate {r} is not in (0, 1000000]"),
+                    );
+                }
+                (LoadMode::Concurrency, None, Some(c)) if (1..=MAX_BATCH_SIZE).contains(&c) => {}
+                (LoadMode::Concurrency, None, Some(c)) => {
+                    return err(
+                        s.span(),
+                        &at("concurrency"),
+                        format!("{c} is not in 1..={MAX_BATCH_SIZE}"),
+                    );
+                }
+                (LoadMode::Rate, _, _) => {
+                    return err(
+                        s.span(),
+                        &at("rate"),
+                        "rate mode stages need `rate` (and no `concurrency`)".into(),
+                    );
+                }
+                _ => {
+                    return err(
+                        s.span(),
+                        &at("concurrency"),
+                        "concurrency mode stages need `concurrency` (and no `rate`)".into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that the matrix varies what the load mode needs (batch sizes for burst and
     /// concurrency, rates for rate mode) and that the mode's own settings make sense.
     fn validate_load_axis(&self, text: &str, file: &str) -> Result<(), SpecError> {
@@ -527,8 +632,11 @@ impl SweepSpec {
                 ),
             );
         }
+        if let Some(stages) = &load.stages {
+            self.validate_stages(text, file, stages)?;
+        }
         match (mode, &self.matrix.batch_sizes, &self.matrix.rates) {
-            _ if self.search.is_some() || mode == LoadMode::Trace => {}
+            _ if self.search.is_some() || mode == LoadMode::Trace || load.stages.is_some() => {}
             (LoadMode::Rate, Some(b), _) => {
                 return err(
                     b.span(),
@@ -613,7 +721,7 @@ impl SweepSpec {
                         "only applies with load.mode = \"burst\"".into(),
                     );
                 }
-                if load.duration_s.is_none() && load.requests.is_none() {
+                if load.duration_s.is_none() && load.requests.is_none() && load.stages.is_none() {
                     return err(
                         0..0,
                         "load.duration_s",

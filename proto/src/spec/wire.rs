@@ -69,6 +69,24 @@ impl SweepSpec {
             tokenizer_source: pb::TokenizerSource::from(l.tokenizer).into(),
             warmup_max_waves: *l.warmup.max_waves.get_ref(),
             warmup_tolerance: *l.warmup.tolerance.get_ref(),
+            stages: l
+                .stages
+                .as_ref()
+                .map(|stages| {
+                    stages
+                        .get_ref()
+                        .iter()
+                        .map(|s| {
+                            let s = s.get_ref();
+                            pb::Stage {
+                                duration_s: s.duration_s,
+                                rate: s.rate.unwrap_or(0.0),
+                                concurrency: s.concurrency.unwrap_or(0),
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

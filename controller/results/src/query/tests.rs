@@ -54,6 +54,8 @@ fn point(sweep: &str, host: &str, gpus: u32, batch: u32, tput: f64) -> PointSumm
             workload: String::new(),
             data_sha256: String::new(),
             data_skipped: 0,
+            stage_durations_s: Vec::new(),
+            stage_loads: Vec::new(),
         },
         completed: batch,
         failed: 0,

@@ -287,6 +287,8 @@ mod tests {
             workload: String::new(),
             data_sha256: String::new(),
             data_skipped: 0,
+            stage_durations_s: Vec::new(),
+            stage_loads: Vec::new(),
         }
     }
 
@@ -559,6 +561,8 @@ mod tests {
             workload: String::new(),
             data_sha256: String::new(),
             data_skipped: 0,
+            stage_durations_s: Vec::new(),
+            stage_loads: Vec::new(),
             ..meta()
         };
         let s = summarize(busy, &records, &[]);

@@ -60,6 +60,13 @@ pub struct PointMeta {
     pub data_sha256: String,
     #[serde(default)]
     pub data_skipped: u32,
+    /// A multi-stage point (`[load] stages`): each stage's duration in seconds and its
+    /// load (rate mode: requests/s; concurrency mode: requests in flight); the requests'
+    /// `wave` is their stage. Empty for other points.
+    #[serde(default)]
+    pub stage_durations_s: Vec<f64>,
+    #[serde(default)]
+    pub stage_loads: Vec<f64>,
 }
 
 /// What identifies a point's hardware beyond the GPU model and driver, from the agent's

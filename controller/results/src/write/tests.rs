@@ -44,6 +44,8 @@ fn meta(point_index: u32) -> PointMeta {
         workload: String::new(),
         data_sha256: String::new(),
         data_skipped: 0,
+        stage_durations_s: Vec::new(),
+        stage_loads: Vec::new(),
     }
 }
 

@@ -329,6 +329,24 @@ impl State {
         let model = sweep.spec.model.get_ref().clone();
         let mode = sweep.spec.load.mode.as_str().to_string();
         let slo = sweep.spec.slo();
+        let stages: Vec<(f64, f64)> = sweep
+            .spec
+            .load
+            .stages
+            .as_ref()
+            .map(|st| {
+                st.get_ref()
+                    .iter()
+                    .map(|s| {
+                        let s = s.get_ref();
+                        let load = s
+                            .rate
+                            .unwrap_or_else(|| f64::from(s.concurrency.unwrap_or(0)));
+                        (s.duration_s, load)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let cancelled = sweep.state == SweepState::Cancelled;
         let on_crash = sweep.spec.policy.on_engine_crash;
         let max_retries = sweep.spec.policy.crash_retries();
@@ -499,6 +517,8 @@ impl State {
                 .map(|d| d.sha256.clone())
                 .unwrap_or_default(),
             data_skipped: pf.data_file.as_ref().map_or(0, |d| d.skipped),
+            stage_durations_s: stages.iter().map(|s| s.0).collect(),
+            stage_loads: stages.iter().map(|s| s.1).collect(),
         };
         let template = meta.clone();
         let summary = summarize(meta, &records, &pf.engine_metrics);

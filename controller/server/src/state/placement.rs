@@ -239,7 +239,7 @@ impl State {
             let Some(s) = self.sweep_mut(&sid) else {
                 return false;
             };
-            let (engine, load) = (s.engine.clone(), s.load);
+            let (engine, load) = (s.engine.clone(), s.load.clone());
             s.agents_used.insert(name.clone());
             let Some(p) = s.points.get_mut(idx) else {
                 return false;

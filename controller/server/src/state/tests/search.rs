@@ -68,7 +68,10 @@ fn a_search_adds_each_groups_next_probe_and_resumes_after_a_restart() {
     finish_current(&mut st, "a");
     let after_one = batch_sizes(&st);
     assert_eq!(after_one.len(), 3, "{after_one:?}");
-    assert_eq!(after_one[2].1, 2, "the finished group's next probe: {after_one:?}");
+    assert_eq!(
+        after_one[2].1, 2,
+        "the finished group's next probe: {after_one:?}"
+    );
     store.apply(&st.store_ops()).unwrap();
     drop(store);
 
@@ -106,12 +109,24 @@ fn a_search_adds_each_groups_next_probe_and_resumes_after_a_restart() {
     per_group.sort_unstable();
     assert_eq!(
         per_group,
-        vec![(0, 1), (0, 2), (0, 4), (0, 8), (1, 1), (1, 2), (1, 4), (1, 8)]
+        vec![
+            (0, 1),
+            (0, 2),
+            (0, 4),
+            (0, 8),
+            (1, 1),
+            (1, 2),
+            (1, 4),
+            (1, 8)
+        ]
     );
     let results = super::super::search::search_results(s);
     assert_eq!(results.len(), 2);
     for r in &results {
-        assert_eq!((r.best, r.above, r.finished, r.probes), (Some(8.0), None, true, 4));
+        assert_eq!(
+            (r.best, r.above, r.finished, r.probes),
+            (Some(8.0), None, true, 4)
+        );
     }
 }
 
