@@ -22,6 +22,7 @@ pub mod clients;
 pub mod cpu;
 pub mod dataset;
 pub mod lengths;
+pub mod pacer;
 pub mod probe;
 pub mod prompt;
 pub mod request;
@@ -53,6 +54,7 @@ use crate::load::clients::{HttpClients, StreamClient};
 use crate::load::cpu::cpu_time;
 use crate::load::dataset::{DataFile, Dataset};
 use crate::load::lengths::Lengths;
+use crate::load::pacer::Pacer;
 use crate::load::probe::{probe_extensions, resolve_endpoint};
 use crate::load::prompt::{Prompt, TokenCounter, mix};
 use crate::load::request::{
@@ -646,26 +648,11 @@ async fn drive(
             }
         }
         Plan::Rate(offsets) => {
-            for &offset in offsets {
-                tokio::select! {
-                    () = tokio::time::sleep_until(launcher.ctx.origin + offset) => {}
-                    () = cancel.cancelled() => return Err(AgentError::Cancelled),
-                }
-                let Some(p) = prompt(sent) else { break };
-                launcher.launch(at(p, index(sent), 0, offset), None);
-                sent += 1;
-            }
+            sent = send_on_time(offsets, |_| 0, &prompt, launcher, cancel).await?;
         }
         Plan::StagedRate { offsets, stage_of } => {
-            for (&offset, &stage) in offsets.iter().zip(stage_of) {
-                tokio::select! {
-                    () = tokio::time::sleep_until(launcher.ctx.origin + offset) => {}
-                    () = cancel.cancelled() => return Err(AgentError::Cancelled),
-                }
-                let Some(p) = prompt(sent) else { break };
-                launcher.launch(at(p, index(sent), stage, offset), None);
-                sent += 1;
-            }
+            let stage = |i: usize| stage_of.get(i).copied().unwrap_or(0);
+            sent = send_on_time(offsets, stage, &prompt, launcher, cancel).await?;
         }
         Plan::StagedConcurrency(stages) => {
             // One pool of slots, resized at each stage start: added at once when a stage
@@ -709,6 +696,37 @@ async fn drive(
         }
     }
     Ok(u32::try_from(sent).unwrap_or(u32::MAX))
+}
+
+/// Sends request i at `offsets[i]` after the load's origin, on the pacer's sub-millisecond
+/// clock ([`Pacer`]), as `stage(i)`'s wave; returns how many were sent.
+async fn send_on_time<'a>(
+    offsets: &[Duration],
+    stage: impl Fn(usize) -> u32,
+    prompt: &impl Fn(usize) -> Option<&'a PreparedRequest>,
+    launcher: &mut Launcher,
+    cancel: &CancellationToken,
+) -> Result<usize, AgentError> {
+    let mut pacer = Pacer::start(launcher.ctx.origin.into_std(), offsets.to_vec())?;
+    let mut sent = 0usize;
+    loop {
+        let i = tokio::select! {
+            i = pacer.due.recv() => match i {
+                Some(i) => i,
+                None => break,
+            },
+            () = cancel.cancelled() => {
+                pacer.stop();
+                return Err(AgentError::Cancelled);
+            }
+        };
+        let (Some(p), Some(&offset)) = (prompt(i), offsets.get(i)) else {
+            break;
+        };
+        launcher.launch(at(p, index(i), stage(i), offset), None);
+        sent = i + 1;
+    }
+    Ok(sent)
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
