@@ -160,20 +160,24 @@ fn parse_csv(name: &str, text: &str) -> Result<Vec<TraceRequest>, AgentError> {
                 .into(),
         ));
     };
-    let time: Box<dyn Fn(&str) -> Option<f64>> = match (arrival, azure_time) {
-        (Some(_), _) => Box::new(|v: &str| v.parse::<f64>().ok().filter(|t| t.is_finite())),
-        (None, Some(_)) => Box::new(|v: &str| {
-            v.parse::<f64>()
-                .ok()
-                .filter(|t| t.is_finite())
-                .or_else(|| timestamp_seconds(v))
-        }),
+    // Seconds in `arrival_s`; the Azure trace's TIMESTAMP is a date and time (or seconds).
+    let azure = match (arrival, azure_time) {
+        (Some(_), _) => false,
+        (None, Some(_)) => true,
         (None, None) => {
             return Err(bad(
                 name,
                 1,
                 "needs an arrival column: arrival_s (seconds) or TIMESTAMP".into(),
             ));
+        }
+    };
+    let time = |v: &str| {
+        let seconds = v.parse::<f64>().ok().filter(|t| t.is_finite());
+        if azure {
+            seconds.or_else(|| timestamp_seconds(v))
+        } else {
+            seconds
         }
     };
     let time_column = arrival.or(azure_time).unwrap_or(0);

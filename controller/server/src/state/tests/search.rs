@@ -96,7 +96,7 @@ fn a_search_adds_each_groups_next_probe_and_resumes_after_a_restart() {
     // Run it to the end: each group probes 1, 2, 4, 8 and stops at max.
     back.register(agent("a", 1), &[]);
     back.schedule();
-    while back.agents["a"].running.first().is_some() {
+    while !back.agents["a"].running.is_empty() {
         finish_current(&mut back, "a");
     }
     let s = back.sweep("s").unwrap();
