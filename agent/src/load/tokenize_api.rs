@@ -63,13 +63,7 @@ impl TokenizeApi {
             }
             (EngineKind::Tgi, ApiEndpoint::Chat) => {
                 let body = json!({"model": self.model, "messages": user});
-                let Some(answer) = self.post("/chat_tokenize", &body).await? else {
-                    return Ok(None);
-                };
-                let list = answer["tokenize_response"].as_array().ok_or_else(|| {
-                    self.unexpected("/chat_tokenize", "no `tokenize_response` list", &answer)
-                })?;
-                Ok(Some(len(list.len())))
+                self.tgi_chat_count(&body).await
             }
             (EngineKind::Vllm | EngineKind::Sglang | EngineKind::Unspecified, _) => {
                 let body = match endpoint {
@@ -80,13 +74,7 @@ impl TokenizeApi {
                     }),
                     ApiEndpoint::Completions => json!({"model": self.model, "prompt": text}),
                 };
-                let Some(answer) = self.post("/tokenize", &body).await? else {
-                    return Ok(None);
-                };
-                let count = answer["count"]
-                    .as_u64()
-                    .ok_or_else(|| self.unexpected("/tokenize", "no `count`", &answer))?;
-                Ok(Some(u32::try_from(count).unwrap_or(u32::MAX)))
+                self.vllm_count(&body).await
             }
         }
     }
@@ -102,26 +90,36 @@ impl TokenizeApi {
                     "messages": messages,
                     "add_generation_prompt": true,
                 });
-                let Some(answer) = self.post("/tokenize", &body).await? else {
-                    return Ok(None);
-                };
-                let count = answer["count"]
-                    .as_u64()
-                    .ok_or_else(|| self.unexpected("/tokenize", "no `count`", &answer))?;
-                Ok(Some(u32::try_from(count).unwrap_or(u32::MAX)))
+                self.vllm_count(&body).await
             }
             EngineKind::Tgi => {
                 let body = json!({"model": self.model, "messages": messages});
-                let Some(answer) = self.post("/chat_tokenize", &body).await? else {
-                    return Ok(None);
-                };
-                let list = answer["tokenize_response"].as_array().ok_or_else(|| {
-                    self.unexpected("/chat_tokenize", "no `tokenize_response` list", &answer)
-                })?;
-                Ok(Some(len(list.len())))
+                self.tgi_chat_count(&body).await
             }
             EngineKind::LlamaCpp | EngineKind::Transformers => Ok(None),
         }
+    }
+
+    /// vLLM's and SGLang's `POST /tokenize` answer's `count` for `body`.
+    async fn vllm_count(&self, body: &Value) -> Result<Option<u32>, AgentError> {
+        let Some(answer) = self.post("/tokenize", body).await? else {
+            return Ok(None);
+        };
+        let count = answer["count"]
+            .as_u64()
+            .ok_or_else(|| self.unexpected("/tokenize", "no `count`", &answer))?;
+        Ok(Some(u32::try_from(count).unwrap_or(u32::MAX)))
+    }
+
+    /// TGI's `POST /chat_tokenize` answer's token count for `body`.
+    async fn tgi_chat_count(&self, body: &Value) -> Result<Option<u32>, AgentError> {
+        let Some(answer) = self.post("/chat_tokenize", body).await? else {
+            return Ok(None);
+        };
+        let list = answer["tokenize_response"].as_array().ok_or_else(|| {
+            self.unexpected("/chat_tokenize", "no `tokenize_response` list", &answer)
+        })?;
+        Ok(Some(len(list.len())))
     }
 
     /// llama.cpp's count of `content` as its completion and chat handlers tokenize it.

@@ -317,6 +317,22 @@ impl WorkloadEntry {
         None
     }
 
+    /// The fields that shape synthetic prompts (distribution, spreads, bounds, shared
+    /// prefix) and whether each is set: none applies to a dataset or a trace.
+    fn shape_fields(&self) -> [(&'static str, bool); 9] {
+        [
+            ("dist", self.dist != LengthDist::Fixed),
+            ("prefix_groups", self.prefix_groups != 0),
+            ("prefix_tokens", self.prefix_tokens != 0),
+            ("input_spread", self.input_spread != 0),
+            ("output_spread", self.output_spread != 0),
+            ("input_min", self.input_min.is_some()),
+            ("input_max", self.input_max.is_some()),
+            ("output_min", self.output_min.is_some()),
+            ("output_max", self.output_max.is_some()),
+        ]
+    }
+
     fn trace_problem(&self, name: &str) -> Option<(&'static str, String)> {
         if let Some(problem) = file_name_problem(name) {
             return Some(("trace", problem));
@@ -329,27 +345,16 @@ impl WorkloadEntry {
                 format!("{scale} is not a positive factor (2 = twice as fast)"),
             ));
         }
-        for (field, set) in [
+        let given = [
             ("input", self.input != 0),
             ("output", self.output != 0),
             ("dataset", self.dataset.is_some()),
-            ("dist", self.dist != LengthDist::Fixed),
-            ("prefix_groups", self.prefix_groups != 0),
-            ("prefix_tokens", self.prefix_tokens != 0),
-            ("input_spread", self.input_spread != 0),
-            ("output_spread", self.output_spread != 0),
-            ("input_min", self.input_min.is_some()),
-            ("input_max", self.input_max.is_some()),
-            ("output_min", self.output_min.is_some()),
-            ("output_max", self.output_max.is_some()),
-        ] {
-            if set {
-                return Some((
-                    field,
-                    "does not apply to a trace workload: the trace gives each request's lengths"
-                        .into(),
-                ));
-            }
+        ];
+        if let Some((field, _)) = given.into_iter().chain(self.shape_fields()).find(|f| f.1) {
+            return Some((
+                field,
+                "does not apply to a trace workload: the trace gives each request's lengths".into(),
+            ));
         }
         None
     }
@@ -358,24 +363,12 @@ impl WorkloadEntry {
         if let Some(problem) = file_name_problem(name) {
             return Some(("dataset", problem));
         }
-        for (field, set) in [
-            ("input", self.input != 0),
-            ("dist", self.dist != LengthDist::Fixed),
-            ("prefix_groups", self.prefix_groups != 0),
-            ("prefix_tokens", self.prefix_tokens != 0),
-            ("input_spread", self.input_spread != 0),
-            ("output_spread", self.output_spread != 0),
-            ("input_min", self.input_min.is_some()),
-            ("input_max", self.input_max.is_some()),
-            ("output_min", self.output_min.is_some()),
-            ("output_max", self.output_max.is_some()),
-        ] {
-            if set {
-                return Some((
-                    field,
-                    "does not apply to a dataset workload: the data decides the prompts".into(),
-                ));
-            }
+        let given = [("input", self.input != 0)];
+        if let Some((field, _)) = given.into_iter().chain(self.shape_fields()).find(|f| f.1) {
+            return Some((
+                field,
+                "does not apply to a dataset workload: the data decides the prompts".into(),
+            ));
         }
         None
     }
