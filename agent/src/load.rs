@@ -19,6 +19,7 @@
 
 pub mod chat_template;
 pub mod clients;
+pub mod conversation;
 pub mod cpu;
 pub mod dataset;
 pub mod lengths;
@@ -51,12 +52,13 @@ use tracing::{Instrument, info, warn};
 use crate::engine::telemetry::{MetricSample, spawn_scraper};
 use crate::error::AgentError;
 use crate::load::clients::{HttpClients, StreamClient};
+use crate::load::conversation::{Conversations, Wire, drive_conversations};
 use crate::load::cpu::cpu_time;
 use crate::load::dataset::{DataFile, Dataset};
 use crate::load::lengths::Lengths;
 use crate::load::pacer::Pacer;
 use crate::load::probe::{probe_extensions, resolve_endpoint};
-use crate::load::prompt::{Prompt, TokenCounter, mix};
+use crate::load::prompt::{Prompt, TokenCounter, build_prompts, mix};
 use crate::load::request::{
     ApiEndpoint, Extensions, PreparedRequest, RequestContext, RequestPlan, measure_prepared,
 };
@@ -441,6 +443,21 @@ pub async fn run_point(
             };
             info!(dataset = %used.name, sha256 = %used.sha256, skipped = used.skipped, "dataset prompts");
             Ok((built.prompts, Some(used)))
+        } else if workload.turns >= 2 {
+            // A conversation's user messages: `input_tokens` of content each (the
+            // conversation around them is counted whole before each turn).
+            let mut prompts = build_prompts(
+                &counter,
+                ApiEndpoint::Completions,
+                workload.input_tokens,
+                warmups + needed,
+                seed,
+            )
+            .await?;
+            for p in &mut prompts {
+                p.target_output = workload.output_tokens;
+            }
+            Ok((prompts, None))
         } else {
             let prompts =
                 build_requests(&counter, endpoint, &workload, warmups + needed, seed).await?;
@@ -479,6 +496,15 @@ pub async fn run_point(
         .iter()
         .map(|p| PreparedRequest::new(base_url, template.plan(0, 0, p, Duration::ZERO)))
         .collect::<Result<Vec<_>, _>>()?;
+    let user_messages: Vec<String> = if workload.turns >= 2 {
+        prompts
+            .iter()
+            .skip(warmups)
+            .map(|p| p.text.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
     drop(prompts);
     let (warmup_prompts, measured_prompts) = prepared.split_at(warmups.min(prepared.len()));
     let (warmup_prompts, wave_prompts) = warmup_prompts.split_at(
@@ -540,7 +566,40 @@ pub async fn run_point(
         cancel,
         records.clone(),
     );
-    let sent = drive(&plan, measured_prompts, &mut launcher, cancel).await;
+    let sent = if workload.turns >= 2 {
+        let Plan::Concurrency {
+            slots,
+            requests,
+            duration,
+        } = &plan
+        else {
+            return Err(AgentError::Engine(
+                "multi-turn conversations run in concurrency mode".into(),
+            ));
+        };
+        let conversations = Conversations {
+            users: *slots,
+            turns: workload.turns,
+            think: Duration::from_millis(u64::from(workload.think_time_ms)),
+            requests: *requests,
+            duration: *duration,
+            messages: user_messages,
+            output_tokens: workload.output_tokens,
+            model: template.model.clone(),
+            extensions: template.extensions,
+        };
+        let wire = Wire {
+            client: streams,
+            base_url,
+            counter: &counter,
+            ctx: launcher.ctx,
+            cancel,
+            sink: records,
+        };
+        drive_conversations(&conversations, &wire).await
+    } else {
+        drive(&plan, measured_prompts, &mut launcher, cancel).await
+    };
     launcher.finish().await;
     let load_wall_s = origin.elapsed().as_secs_f64();
     let client_cpu_s = match (cpu_before, cpu_time()) {

@@ -406,3 +406,68 @@ async fn multi_stage_points_are_summarized_stage_by_stage() {
     assert!(stages[1].completed > 2 * stages[0].completed, "{stages:?}");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_turn_conversations_carry_their_growing_history() {
+    let cluster = Cluster::start(vec![AgentSpec::sim("talker", 1, SIM)]).await;
+    cluster.wait_agents(1).await;
+    let mut client = cluster.client().await;
+    let dir = partition_dir(&cluster.results, "test/workloads", 1);
+    // 2 users, conversations of 3 turns (24 new tokens each, 6-token answers), 20 ms of
+    // thinking between an answer and the next turn, 12 turns in all.
+    let id = submit(
+        &mut client,
+        &sweep(
+            "talk",
+            "prefix_caching = true",
+            "mode = \"concurrency\"\nrequests = 12",
+            "{ input = 24, output = 6, turns = 3, think_time_ms = 20 }",
+        )
+        .replace("endpoint = \"completions\"", "endpoint = \"chat\"")
+        .replace("batch_sizes = [8]", "batch_sizes = [2]"),
+    )
+    .await;
+    let status = watch_to_end(&mut client, &id).await;
+    assert_eq!(status.state, "done", "{status:?}");
+    let points = read_point_summaries(&dir.join(format!("{id}.points.parquet"))).unwrap();
+    let p = &points[0];
+    assert_eq!(p.meta.workload, "24/6 3 turns think 20 ms");
+    assert_eq!((p.completed, p.failed), (12, 0), "{p:?}");
+    // Every turn's length was the engine's count of the whole conversation.
+    assert_eq!(
+        (p.input_len_mismatches, p.output_len_mismatches),
+        (0, 0),
+        "{p:?}"
+    );
+    // Later turns found their history in the simulator's prefix cache.
+    assert!(p.server.prefix_cache_hits.unwrap() > 0.0, "{:?}", p.server);
+
+    let records = read_requests(&dir.join(format!("{id}.requests.parquet"))).unwrap();
+    let mut conversations: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
+    for (_, _, r) in records {
+        assert_eq!(r.request_index % 3, r.wave, "{r:?}");
+        conversations
+            .entry(r.request_index / 3)
+            .or_default()
+            .push(r);
+    }
+    assert_eq!(conversations.len(), 4);
+    for turns in conversations.values_mut() {
+        turns.sort_by_key(|r| r.wave);
+        assert_eq!(
+            turns.iter().map(|r| r.wave).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        for pair in turns.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            // The next turn carries this one's prompt, its 6-token answer and 24 new
+            // tokens, plus the chat template's tokens around the two new messages.
+            let grown = b.input_tokens.unwrap() - a.input_tokens.unwrap();
+            assert!((30..=50).contains(&grown), "grew by {grown}: {a:?} {b:?}");
+            // Sent after the answer and the user's 20 ms of thinking.
+            let answered = a.send_offset_s + a.e2el_s.unwrap();
+            assert!(b.send_offset_s - answered >= 0.020, "{a:?} {b:?}");
+        }
+    }
+    cluster.stop().await;
+}

@@ -166,6 +166,9 @@ struct StreamTrace {
     done: bool,
     /// Resends of a request that never reached the server (see [`retry::never_reached`]).
     retries: u32,
+    /// The generated text, kept only when asked for (a conversation's next turn carries
+    /// it): `None` otherwise, so measured streams do not copy their content.
+    text: Option<String>,
 }
 
 /// A request ready to leave: its plan (the prompt text dropped once encoded), URL and
@@ -226,6 +229,28 @@ pub async fn measure_prepared(
     ctx: &RequestContext,
     cancel: &CancellationToken,
 ) -> RequestRecord {
+    measure_inner(client, prepared, ctx, cancel, false).await.0
+}
+
+/// [`measure_prepared`] that also returns the generated text (a conversation's turn,
+/// whose answer the next turn carries).
+pub async fn measure_keeping_text(
+    client: &StreamClient,
+    prepared: &PreparedRequest,
+    ctx: &RequestContext,
+    cancel: &CancellationToken,
+) -> (RequestRecord, String) {
+    let (record, text) = measure_inner(client, prepared, ctx, cancel, true).await;
+    (record, text.unwrap_or_default())
+}
+
+async fn measure_inner(
+    client: &StreamClient,
+    prepared: &PreparedRequest,
+    ctx: &RequestContext,
+    cancel: &CancellationToken,
+    keep_text: bool,
+) -> (RequestRecord, Option<String>) {
     let plan = &prepared.plan;
     let send_wall = fleetbench_proto::unix_micros_now();
     let sent = Instant::now();
@@ -240,7 +265,10 @@ pub async fn measure_prepared(
         send_offset_s: sent.saturating_duration_since(ctx.origin).as_secs_f64(),
         ..RequestRecord::default()
     };
-    let mut trace = StreamTrace::default();
+    let mut trace = StreamTrace {
+        text: keep_text.then(String::new),
+        ..StreamTrace::default()
+    };
     let flight = client.in_flight();
     let outcome = tokio::select! {
         r = stream(client, prepared, sent, ctx.idle_timeout, &mut trace) => r,
@@ -249,7 +277,7 @@ pub async fn measure_prepared(
     };
     finish_record(&mut record, &trace, outcome);
     flight.finish(record.success());
-    record
+    (record, trace.text)
 }
 
 async fn stream(
@@ -329,6 +357,9 @@ async fn stream(
                 } => {
                     if !content.is_empty() {
                         trace.content_times.push(at);
+                        if let Some(text) = trace.text.as_mut() {
+                            text.push_str(&content);
+                        }
                     }
                     if finish_reason.is_some() {
                         trace.finished = true;

@@ -925,3 +925,63 @@ fn stage_errors_name_the_field_and_line() {
         assert!(e.to_string().contains(needle), "{load}: {e}");
     }
 }
+
+#[test]
+fn multi_turn_workloads_need_concurrency_chat_and_room_for_every_turn() {
+    let conversation = |load: &str, workload: &str| {
+        GOOD.replace(
+            "workloads = [{ input = 1024, output = 512 }, { input = 128, output = 128 }]",
+            &format!("workloads = [{workload}]"),
+        )
+        .replace(
+            "[load]\nendpoint = \"auto\"\n",
+            &format!("[load]\n{load}\n"),
+        )
+    };
+    let ok = conversation(
+        "mode = \"concurrency\"\nrequests = 12\nendpoint = \"chat\"",
+        "{ input = 64, output = 16, turns = 4, think_time_ms = 500 }",
+    );
+    let spec = SweepSpec::parse(&ok, "talk.toml").unwrap();
+    let w = &spec.expand()[0].workload;
+    assert_eq!(w.to_string(), "64/16 4 turns think 500 ms");
+    assert_eq!((w.to_wire().turns, w.to_wire().think_time_ms), (4, 500));
+    for (text, field, needle) in [
+        (
+            conversation(
+                "mode = \"burst\"\nendpoint = \"chat\"",
+                "{ input = 64, output = 16, turns = 4 }",
+            ),
+            "matrix.workloads[0].turns",
+            "concurrency",
+        ),
+        (
+            conversation(
+                "mode = \"concurrency\"\nrequests = 4\nendpoint = \"completions\"",
+                "{ input = 64, output = 16, turns = 4 }",
+            ),
+            "matrix.workloads[0].turns",
+            "chat",
+        ),
+        (
+            conversation(
+                "mode = \"concurrency\"\nrequests = 4\nendpoint = \"chat\"",
+                "{ input = 1000, output = 100, turns = 4 }",
+            ),
+            "matrix.workloads[0].turns",
+            "exceed engine.max_model_len 4096",
+        ),
+        (
+            conversation(
+                "mode = \"concurrency\"\nrequests = 4\nendpoint = \"chat\"",
+                "{ input = 64, output = 16, think_time_ms = 5 }",
+            ),
+            "matrix.workloads[0].think_time_ms",
+            "turns = 2 or more",
+        ),
+    ] {
+        let e = SweepSpec::parse(&text, "bad.toml").unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+}

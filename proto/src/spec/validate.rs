@@ -8,8 +8,8 @@ use toml::Spanned;
 use super::limits::{DEFAULT_MAX_POINTS, MAX_NAME_LEN, MAX_SWEEP_FILE_BYTES, model_name_problem};
 use super::locate::{line_col, located, toml_error};
 use super::sections::{
-    Arrival, BatchSizes, EngineKind, GPU_VENDORS, LoadMode, MAX_STAGES, OnEngineCrash, Runtime,
-    StageEntry, SweepSpec,
+    Arrival, BatchSizes, Endpoint, EngineKind, GPU_VENDORS, LoadMode, MAX_STAGES, OnEngineCrash,
+    Runtime, StageEntry, SweepSpec,
 };
 use crate::error::SpecError;
 
@@ -332,6 +332,20 @@ impl SweepSpec {
         for (i, w) in self.matrix.workloads.get_ref().iter().enumerate() {
             if let Some((field, message)) = w.get_ref().problem(max_len) {
                 return err(w.span(), &format!("matrix.workloads[{i}].{field}"), message);
+            }
+            let conversation = w.get_ref().is_multi_turn();
+            if conversation
+                && (self.load.mode != LoadMode::Concurrency
+                    || self.load.endpoint != Endpoint::Chat
+                    || self.load.stages.is_some())
+            {
+                return err(
+                    w.span(),
+                    &format!("matrix.workloads[{i}].turns"),
+                    "multi-turn conversations run in load.mode = \"concurrency\" (users) with \
+                     endpoint = \"chat\" and no stages"
+                        .into(),
+                );
             }
         }
         if *self.load.timeout_s.get_ref() == 0 {

@@ -110,6 +110,8 @@ impl WorkloadEntry {
             dataset: self.dataset.clone().unwrap_or_default(),
             trace: self.trace.clone().unwrap_or_default(),
             time_scale: self.time_scale.unwrap_or(1.0),
+            turns: self.turns,
+            think_time_ms: self.think_time_ms,
         }
     }
 }

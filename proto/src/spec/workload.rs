@@ -83,6 +83,15 @@ pub struct WorkloadEntry {
     pub trace: Option<String>,
     /// Trace replay speed: offsets are divided by it (2 = twice as fast; default 1).
     pub time_scale: Option<f64>,
+    /// Multi-turn conversations (concurrency mode, chat endpoint): each user sends
+    /// `turns` requests in a row, turn k+1 carrying every earlier user message and the
+    /// engine's actual answers, then a new `input`-token user message (0 or 1: single
+    /// requests).
+    #[serde(default)]
+    pub turns: u32,
+    /// A user's pause between receiving an answer and sending the next turn, in ms.
+    #[serde(default)]
+    pub think_time_ms: u32,
 }
 
 impl WorkloadEntry {
@@ -102,6 +111,12 @@ impl WorkloadEntry {
             && self.prefix_groups == 0
             && self.dataset.is_none()
             && self.trace.is_none()
+            && self.turns <= 1
+    }
+
+    /// Whether requests come as multi-turn conversations.
+    pub fn is_multi_turn(&self) -> bool {
+        self.turns >= 2
     }
 }
 
@@ -143,9 +158,18 @@ impl fmt::Display for WorkloadEntry {
         if self.prefix_groups > 0 {
             write!(f, " prefix {}x{}", self.prefix_groups, self.prefix_tokens)?;
         }
+        if self.is_multi_turn() {
+            write!(f, " {} turns", self.turns)?;
+            if self.think_time_ms > 0 {
+                write!(f, " think {} ms", self.think_time_ms)?;
+            }
+        }
         Ok(())
     }
 }
+
+/// The most turns a conversation may have.
+pub const MAX_TURNS: u32 = 64;
 
 /// The longest dataset name (a path relative to an agent's dataset directory).
 pub const MAX_DATASET_NAME: usize = 255;
@@ -200,6 +224,15 @@ impl WorkloadEntry {
     /// Checks one entry (`at` is its field path, e.g. `matrix.workloads[2]`); the error
     /// is the field under it and the message.
     pub fn problem(&self, max_model_len: u32) -> Option<(&'static str, String)> {
+        if self.think_time_ms > 0 && !self.is_multi_turn() {
+            return Some((
+                "think_time_ms",
+                "only applies with turns = 2 or more".into(),
+            ));
+        }
+        if self.is_multi_turn() {
+            return self.conversation_problem(max_model_len);
+        }
         if let Some(t) = &self.trace {
             return self.trace_problem(t);
         }
@@ -331,6 +364,42 @@ impl WorkloadEntry {
             ("output_min", self.output_min.is_some()),
             ("output_max", self.output_max.is_some()),
         ]
+    }
+
+    /// A multi-turn workload: fixed lengths only, and the last turn (every user message
+    /// and answer of the conversation) must fit `max_model_len`, with room for the chat
+    /// template (not counted here: the engine refuses a longer prompt).
+    fn conversation_problem(&self, max_model_len: u32) -> Option<(&'static str, String)> {
+        let given = [
+            ("dataset", self.dataset.is_some()),
+            ("trace", self.trace.is_some()),
+        ];
+        if let Some((field, _)) = given.into_iter().chain(self.shape_fields()).find(|f| f.1) {
+            return Some((
+                field,
+                "does not apply to a multi-turn workload (fixed input and output per turn)".into(),
+            ));
+        }
+        if self.input == 0 || self.output == 0 {
+            return Some((
+                "input",
+                "a multi-turn workload needs input and output tokens per turn".into(),
+            ));
+        }
+        if self.turns > MAX_TURNS {
+            return Some(("turns", format!("{} is more than {MAX_TURNS}", self.turns)));
+        }
+        let last = u64::from(self.turns) * (u64::from(self.input) + u64::from(self.output));
+        if last > u64::from(max_model_len) {
+            return Some((
+                "turns",
+                format!(
+                    "{} turns of {} + {} tokens ({last}) exceed engine.max_model_len {max_model_len}",
+                    self.turns, self.input, self.output
+                ),
+            ));
+        }
+        None
     }
 
     fn trace_problem(&self, name: &str) -> Option<(&'static str, String)> {

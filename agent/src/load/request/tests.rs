@@ -11,6 +11,7 @@ fn trace(times_ms: &[u64], usage: Option<u32>) -> StreamTrace {
         finished: true,
         done: true,
         retries: 0,
+        text: None,
     }
 }
 
