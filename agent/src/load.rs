@@ -58,7 +58,7 @@ use crate::load::dataset::{DataFile, Dataset};
 use crate::load::lengths::Lengths;
 use crate::load::pacer::Pacer;
 use crate::load::probe::{probe_extensions, resolve_endpoint};
-use crate::load::prompt::{Prompt, TokenCounter, build_prompts, mix};
+use crate::load::prompt::{Filler, Prompt, TokenCounter, build_prompts_from, mix};
 use crate::load::request::{
     ApiEndpoint, Extensions, PreparedRequest, RequestContext, RequestPlan, measure_prepared,
 };
@@ -104,6 +104,14 @@ pub struct LoadOutcome {
 pub struct DataDirs {
     pub dirs: Vec<std::path::PathBuf>,
     pub max_bytes: u64,
+}
+
+/// Reads a data file (blocking I/O off the runtime).
+async fn read_data_file(data: &DataDirs, name: &str) -> Result<DataFile, AgentError> {
+    let (dirs, max_bytes, name) = (data.dirs.clone(), data.max_bytes, name.to_string());
+    tokio::task::spawn_blocking(move || DataFile::read(&dirs, &name, max_bytes))
+        .await
+        .map_err(|e| AgentError::Dataset(format!("data file reader task: {e}")))?
 }
 
 /// Reads and parses a trace file (blocking I/O off the runtime).
@@ -410,6 +418,21 @@ pub async fn run_point(
         );
         counter = counter.with_local(local);
     }
+    // A corpus fills synthetic prompts with its words.
+    let (filler, corpus_use) = if workload.corpus.is_empty() {
+        (Filler::Common, None)
+    } else {
+        let file = read_data_file(data, &workload.corpus).await?;
+        let text = String::from_utf8_lossy(&file.bytes);
+        let filler = Filler::corpus(&text);
+        if matches!(filler, Filler::Common) {
+            return Err(AgentError::Dataset(format!(
+                "corpus {}: holds no words",
+                workload.corpus
+            )));
+        }
+        (filler, Some(data_file_use(&workload.corpus, &file, 0)))
+    };
     let built = async {
         if let Some((_, lengths, file, skipped)) = &trace {
             // Warm-ups take the trace's first lengths, the measured requests all of them.
@@ -420,7 +443,7 @@ pub async fn run_point(
                 .chain(lengths)
                 .copied()
                 .collect();
-            let prompts = build_exact(&counter, endpoint, &workload, &all, seed).await?;
+            let prompts = build_exact(&filler, &counter, endpoint, &workload, &all, seed).await?;
             let used = data_file_use(&workload.trace, file, *skipped);
             Ok::<_, AgentError>((prompts, Some(used)))
         } else if !workload.dataset.is_empty() {
@@ -446,7 +469,8 @@ pub async fn run_point(
         } else if workload.turns >= 2 {
             // A conversation's user messages: `input_tokens` of content each (the
             // conversation around them is counted whole before each turn).
-            let mut prompts = build_prompts(
+            let mut prompts = build_prompts_from(
+                &filler,
                 &counter,
                 ApiEndpoint::Completions,
                 workload.input_tokens,
@@ -459,8 +483,15 @@ pub async fn run_point(
             }
             Ok((prompts, None))
         } else {
-            let prompts =
-                build_requests(&counter, endpoint, &workload, warmups + needed, seed).await?;
+            let prompts = build_requests(
+                &filler,
+                &counter,
+                endpoint,
+                &workload,
+                warmups + needed,
+                seed,
+            )
+            .await?;
             Ok((prompts, None))
         }
     };
@@ -468,6 +499,7 @@ pub async fn run_point(
         p = built => p?,
         () = cancel.cancelled() => return Err(AgentError::Cancelled),
     };
+    let data_file = data_file.or(corpus_use);
     let inexact = prompts
         .iter()
         .skip(warmups)

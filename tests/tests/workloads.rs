@@ -234,6 +234,33 @@ async fn dataset_prompts_go_out_verbatim_and_traces_replay_on_their_timeline() {
     outputs.sort_unstable();
     assert_eq!(outputs, vec![3, 5, 6, 6, 6, 6, 6, 6, 7, 9, 11]);
 
+    // A text corpus fills synthetic prompts: real words, still exact lengths.
+    let corpus = data.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "Call me Ishmael. Some years ago, never mind how long precisely, having little or \
+         no money in my purse, and nothing particular to interest me on shore, I thought I \
+         would sail about a little and see the watery part of the world.\n",
+    )
+    .unwrap();
+    let id = submit(
+        &mut client,
+        &sweep(
+            "corpus",
+            "",
+            "",
+            "{ input = 40, output = 4, corpus = \"corpus.txt\" }",
+        ),
+    )
+    .await;
+    let status = watch_to_end(&mut client, &id).await;
+    assert_eq!(status.state, "done", "{status:?}");
+    let points = read_point_summaries(&dir.join(format!("{id}.points.parquet"))).unwrap();
+    let p = &points[0];
+    assert_eq!(p.meta.workload, "40/4 corpus corpus.txt");
+    assert_eq!(p.meta.data_sha256, sha256sum(&corpus));
+    assert_eq!((p.completed, p.input_len_mismatches), (8, 0), "{p:?}");
+
     // Trace replay: 60 requests at the trace's offsets (less the first) / 2.
     let id = submit(
         &mut client,

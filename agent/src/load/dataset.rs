@@ -152,6 +152,21 @@ impl Dataset {
     }
 }
 
+impl Dataset {
+    /// `count` independent seeded draws (with replacement): an entry may come twice
+    /// before another comes once. Empty only for `count = 0`.
+    pub fn sample_with_replacement(&self, count: usize, seed: u64) -> Vec<&DatasetEntry> {
+        let len = self.entries.len();
+        if len == 0 {
+            return Vec::new();
+        }
+        let mut rng = SplitMix64::new(seed);
+        (0..count)
+            .map(|_| &self.entries[below(&mut rng, len)])
+            .collect()
+    }
+}
+
 /// A data file (dataset or trace) read from the agent's dataset directories: its real
 /// path, its bytes and their SHA-256 (lowercase hex).
 #[derive(Debug, Clone)]

@@ -227,6 +227,47 @@ async fn on_blocking_thread(
         .map_err(|e| AgentError::Prompt(format!("tokenizer task: {e}")))?
 }
 
+/// Where a synthetic prompt's words come from: the common-word list, or a text corpus
+/// (a workload's `corpus` file), so prompts read as real text.
+#[derive(Debug, Clone, Default)]
+pub enum Filler {
+    #[default]
+    Common,
+    /// The corpus's words in order; a prompt is a run of them from a seeded start
+    /// (wrapping around the end).
+    Corpus(Arc<[String]>),
+}
+
+impl Filler {
+    /// The corpus's whitespace-separated words (`Common` when it has none).
+    pub fn corpus(text: &str) -> Filler {
+        let words: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+        if words.is_empty() {
+            Filler::Common
+        } else {
+            Filler::Corpus(words.into())
+        }
+    }
+
+    /// `count` words, seeded.
+    pub fn words(&self, seed: u64, count: usize) -> String {
+        match self {
+            Filler::Common => words(seed, count),
+            Filler::Corpus(corpus) => {
+                let start = usize::try_from(seed % corpus.len() as u64).unwrap_or(0);
+                let mut out = String::with_capacity(count * 6);
+                for i in 0..count {
+                    if i > 0 {
+                        out.push(' ');
+                    }
+                    out.push_str(&corpus[(start + i) % corpus.len()]);
+                }
+                out
+            }
+        }
+    }
+}
+
 /// Builds `count` distinct prompts of exactly `target` tokens (as the server counts them
 /// for `endpoint`), seeded by `seed`.
 pub async fn build_prompts(
@@ -236,9 +277,22 @@ pub async fn build_prompts(
     count: usize,
     seed: u64,
 ) -> Result<Vec<Prompt>, AgentError> {
+    build_prompts_from(&Filler::Common, counter, endpoint, target, count, seed).await
+}
+
+/// [`build_prompts`] with words from `filler`.
+pub async fn build_prompts_from(
+    filler: &Filler,
+    counter: &TokenCounter,
+    endpoint: ApiEndpoint,
+    target: u32,
+    count: usize,
+    seed: u64,
+) -> Result<Vec<Prompt>, AgentError> {
+    let words = |seed: u64, k: usize| filler.words(seed, k);
     let target_words = usize::try_from(target).unwrap_or(usize::MAX);
     // Find how many words hit the target for the first variant.
-    let Some(mut k) = solve_word_count(counter, endpoint, target, seed).await? else {
+    let Some(mut k) = solve_word_count(filler, counter, endpoint, target, seed).await? else {
         return Ok((0..count)
             .map(|i| Prompt {
                 text: words(mix(seed, i as u64), target_words),
@@ -252,18 +306,9 @@ pub async fn build_prompts(
     let mut prompts = Vec::with_capacity(count);
     for i in 0..count {
         let variant_seed = mix(seed, i as u64);
-        let mut text = words(variant_seed, k);
-        let mut counted = counter.count(endpoint, &text).await?;
-        let mut tries = 0;
-        while let Some(c) = counted {
-            if c == target || tries >= 6 {
-                break;
-            }
-            k = adjust(k, target, c);
-            text = words(variant_seed, k);
-            counted = counter.count(endpoint, &text).await?;
-            tries += 1;
-        }
+        let build = |k: usize| words(variant_seed, k);
+        let (text, counted, took) = fit(filler, counter, endpoint, target, k, build).await?;
+        k = took;
         prompts.push(Prompt {
             text,
             counted_tokens: counted,
@@ -280,6 +325,7 @@ pub async fn build_prompts(
 /// by the length difference, saves most counts). Returns the prompt (its target output
 /// 0) and the word count it took.
 pub async fn exact_prompt(
+    filler: &Filler,
     counter: &TokenCounter,
     endpoint: ApiEndpoint,
     prefix: &str,
@@ -289,11 +335,36 @@ pub async fn exact_prompt(
 ) -> Result<(Prompt, usize), AgentError> {
     let build = |k: usize| {
         if prefix.is_empty() {
-            words(seed, k)
+            filler.words(seed, k)
         } else {
-            format!("{prefix} {}", words(seed, k))
+            format!("{prefix} {}", filler.words(seed, k))
         }
     };
+    let (text, counted, k) = fit(filler, counter, endpoint, target, guess.max(1), build).await?;
+    Ok((
+        Prompt {
+            text,
+            counted_tokens: counted,
+            target_input: target,
+            target_output: 0,
+            messages: None,
+        },
+        k,
+    ))
+}
+
+/// `build(k)` (a text of k filler words) made exactly `target` tokens long: k moves by the
+/// count's difference, a few tries. A corpus's words can be several tokens each, so whole
+/// words may step over the target: then the largest k under it is topped up with one-token
+/// common words. Returns the text, its count (`None`: nothing counts here) and k.
+async fn fit(
+    filler: &Filler,
+    counter: &TokenCounter,
+    endpoint: ApiEndpoint,
+    target: u32,
+    guess: usize,
+    build: impl Fn(usize) -> String,
+) -> Result<(String, Option<u32>, usize), AgentError> {
     let mut k = guess.max(1);
     let mut text = build(k);
     let mut counted = counter.count(endpoint, &text).await?;
@@ -307,19 +378,34 @@ pub async fn exact_prompt(
         counted = counter.count(endpoint, &text).await?;
         tries += 1;
     }
-    Ok((
-        Prompt {
-            text,
-            counted_tokens: counted,
-            target_input: target,
-            target_output: 0,
-            messages: None,
-        },
-        k,
-    ))
+    if matches!(filler, Filler::Common) || counted.is_none_or(|c| c == target) {
+        return Ok((text, counted, k));
+    }
+    // Step down to a count under the target, then top up word by word.
+    while let Some(c) = counted
+        && c > target
+        && k > 1
+    {
+        k -= 1;
+        text = build(k);
+        counted = counter.count(endpoint, &text).await?;
+    }
+    let mut padded = text.clone();
+    let mut pad_counted = counted;
+    for round in 0..4u64 {
+        let Some(c) = pad_counted else { break };
+        if c >= target {
+            break;
+        }
+        let missing = usize::try_from(target - c).unwrap_or(0);
+        padded = format!("{padded} {}", words(mix(round, k as u64), missing));
+        pad_counted = counter.count(endpoint, &padded).await?;
+    }
+    Ok((padded, pad_counted, k))
 }
 
 async fn solve_word_count(
+    filler: &Filler,
     counter: &TokenCounter,
     endpoint: ApiEndpoint,
     target: u32,
@@ -328,7 +414,10 @@ async fn solve_word_count(
     let variant_seed = mix(seed, 0);
     let mut k = usize::try_from(target).unwrap_or(1).max(1);
     for _ in 0..12 {
-        let Some(c) = counter.count(endpoint, &words(variant_seed, k)).await? else {
+        let Some(c) = counter
+            .count(endpoint, &filler.words(variant_seed, k))
+            .await?
+        else {
             return Ok(None);
         };
         if c == target {
@@ -356,6 +445,28 @@ pub fn mix(seed: u64, index: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_corpus_fills_prompts_with_runs_of_its_words() {
+        let corpus = Filler::corpus("It was the best of times,\nit was the worst of times.");
+        assert_eq!(corpus.words(0, 4), "It was the best");
+        // A seeded start, wrapping round the end.
+        assert_eq!(corpus.words(10, 4), "of times. It was");
+        assert_eq!(corpus.words(7, 3), corpus.words(7 + 12, 3));
+        assert!(matches!(Filler::corpus(" \n\t"), Filler::Common));
+    }
+
+    #[tokio::test]
+    async fn corpus_prompts_are_exact_too() {
+        let counter = TokenCounter::new(reqwest::Client::new(), "http://127.0.0.1:9/", "m")
+            .with_local(sim_tokenizer());
+        let corpus = Filler::corpus(&"alpha beta gamma, delta: epsilon! ".repeat(40));
+        let prompts = build_prompts_from(&corpus, &counter, ApiEndpoint::Completions, 37, 5, 9)
+            .await
+            .unwrap();
+        assert!(prompts.iter().all(|p| p.is_exact(37)), "{prompts:?}");
+        assert!(prompts.iter().all(|p| p.text.contains("gamma")));
+    }
 
     #[test]
     fn words_are_seeded_and_distinct() {

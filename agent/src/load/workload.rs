@@ -16,7 +16,7 @@ use fleetbench_proto::pb;
 use crate::error::AgentError;
 use crate::load::dataset::{Dataset, DatasetPrompt};
 use crate::load::lengths::{Lengths, draw_lengths};
-use crate::load::prompt::{Prompt, TokenCounter, build_prompts, exact_prompt, mix, words};
+use crate::load::prompt::{Filler, Prompt, TokenCounter, build_prompts_from, exact_prompt, mix};
 use crate::load::request::{ApiEndpoint, joined};
 
 /// Seed offsets of the shared prefixes and of the suffixes, so they never repeat the
@@ -25,6 +25,7 @@ const PREFIX_STREAM: u64 = 0x5EED_0F9E_F1C5;
 
 /// Builds the prompts of `count` requests of `workload`, seeded by `seed`.
 pub async fn build_requests(
+    filler: &Filler,
     counter: &TokenCounter,
     endpoint: ApiEndpoint,
     workload: &pb::Workload,
@@ -36,20 +37,28 @@ pub async fn build_requests(
         pb::LengthDist::Unspecified | pb::LengthDist::Fixed
     );
     if fixed && workload.prefix_groups == 0 {
-        let mut prompts =
-            build_prompts(counter, endpoint, workload.input_tokens, count, seed).await?;
+        let mut prompts = build_prompts_from(
+            filler,
+            counter,
+            endpoint,
+            workload.input_tokens,
+            count,
+            seed,
+        )
+        .await?;
         for p in &mut prompts {
             p.target_output = workload.output_tokens;
         }
         return Ok(prompts);
     }
     let lengths = draw_lengths(workload, count, seed);
-    build_exact(counter, endpoint, workload, &lengths, seed).await
+    build_exact(filler, counter, endpoint, workload, &lengths, seed).await
 }
 
 /// Prompts exact to each of `lengths` (and their outputs), with `workload`'s shared
 /// prefixes if it has them: distributions and trace replays.
 pub async fn build_exact(
+    filler: &Filler,
     counter: &TokenCounter,
     endpoint: ApiEndpoint,
     workload: &pb::Workload,
@@ -60,7 +69,7 @@ pub async fn build_exact(
     let groups = workload.prefix_groups;
     let prefixes: Vec<String> = (0..groups)
         .map(|g| {
-            words(
+            filler.words(
                 mix(seed ^ PREFIX_STREAM, u64::from(g)),
                 usize::try_from(workload.prefix_tokens).unwrap_or(0),
             )
@@ -87,6 +96,7 @@ pub async fn build_exact(
             };
         let start = usize::try_from(start.max(1)).unwrap_or(1);
         let (mut prompt, k) = exact_prompt(
+            filler,
             counter,
             endpoint,
             prefix,
@@ -113,7 +123,8 @@ pub struct DatasetPrompts {
 }
 
 /// `count` prompts from `dataset`, sampled with `seed` (without replacement while the
-/// data lasts, see [`Dataset::sample`]), each sent verbatim: its target input length is
+/// data lasts, see [`Dataset::sample`]; with the workload's `replacement`, independent
+/// draws), each sent verbatim: its target input length is
 /// the engine's count of it, its output length the entry's `output_tokens`, else the
 /// workload's `output` (when set), else the token count of the entry's reference reply
 /// (vLLM's ShareGPT rule). An entry without any of these is an error, as is a dataset
@@ -127,9 +138,14 @@ pub async fn build_from_dataset(
     seed: u64,
     max_model_len: u32,
 ) -> Result<DatasetPrompts, AgentError> {
-    // One walk through the whole data in seeded order; entries that fit are used, and
-    // reused in the same order once the walk is over.
-    let order = dataset.sample(dataset.entries.len(), seed);
+    // Without replacement: one walk through the whole data in seeded order; entries that
+    // fit are used, and reused in the same order once the walk is over. With: independent
+    // draws (twice as many as needed, so entries too long to fit can be passed over).
+    let order = if workload.replacement {
+        dataset.sample_with_replacement(count.saturating_mul(2).max(16), seed)
+    } else {
+        dataset.sample(dataset.entries.len(), seed)
+    };
     let mut fitting: Vec<Prompt> = Vec::new();
     let mut too_long = 0;
     for entry in order {
@@ -214,9 +230,16 @@ mod tests {
             output_max: 40,
             ..Default::default()
         };
-        let prompts = build_requests(&counter(), ApiEndpoint::Completions, &w, 64, 3)
-            .await
-            .unwrap();
+        let prompts = build_requests(
+            &Filler::Common,
+            &counter(),
+            ApiEndpoint::Completions,
+            &w,
+            64,
+            3,
+        )
+        .await
+        .unwrap();
         let drawn = draw_lengths(&w, 64, 3);
         for (p, l) in prompts.iter().zip(&drawn) {
             assert_eq!((p.target_input, p.target_output), (l.input, l.output));
@@ -236,9 +259,16 @@ mod tests {
             prefix_tokens: 40,
             ..Default::default()
         };
-        let prompts = build_requests(&counter(), ApiEndpoint::Completions, &w, 9, 11)
-            .await
-            .unwrap();
+        let prompts = build_requests(
+            &Filler::Common,
+            &counter(),
+            ApiEndpoint::Completions,
+            &w,
+            9,
+            11,
+        )
+        .await
+        .unwrap();
         assert!(
             prompts
                 .iter()

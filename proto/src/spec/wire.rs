@@ -112,6 +112,8 @@ impl WorkloadEntry {
             time_scale: self.time_scale.unwrap_or(1.0),
             turns: self.turns,
             think_time_ms: self.think_time_ms,
+            corpus: self.corpus.clone().unwrap_or_default(),
+            replacement: self.replacement,
         }
     }
 }

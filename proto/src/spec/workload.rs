@@ -92,6 +92,14 @@ pub struct WorkloadEntry {
     /// A user's pause between receiving an answer and sending the next turn, in ms.
     #[serde(default)]
     pub think_time_ms: u32,
+    /// A plain text file (relative to one of the agent's `dataset_dirs`) whose words
+    /// make up synthetic prompts instead of common English words: runs of the corpus's
+    /// words from seeded starts, still exact to each request's length.
+    pub corpus: Option<String>,
+    /// Datasets: sample with replacement (each request an independent seeded draw)
+    /// instead of without replacement while the data lasts.
+    #[serde(default)]
+    pub replacement: bool,
 }
 
 impl WorkloadEntry {
@@ -111,6 +119,7 @@ impl WorkloadEntry {
             && self.prefix_groups == 0
             && self.dataset.is_none()
             && self.trace.is_none()
+            && self.corpus.is_none()
             && self.turns <= 1
     }
 
@@ -157,6 +166,12 @@ impl fmt::Display for WorkloadEntry {
         }
         if self.prefix_groups > 0 {
             write!(f, " prefix {}x{}", self.prefix_groups, self.prefix_tokens)?;
+        }
+        if let Some(c) = &self.corpus {
+            write!(f, " corpus {c}")?;
+        }
+        if self.replacement {
+            f.write_str(" with replacement")?;
         }
         if self.is_multi_turn() {
             write!(f, " {} turns", self.turns)?;
@@ -224,6 +239,20 @@ impl WorkloadEntry {
     /// Checks one entry (`at` is its field path, e.g. `matrix.workloads[2]`); the error
     /// is the field under it and the message.
     pub fn problem(&self, max_model_len: u32) -> Option<(&'static str, String)> {
+        if let Some(c) = &self.corpus {
+            if let Some(problem) = file_name_problem(c) {
+                return Some(("corpus", problem));
+            }
+            if self.dataset.is_some() || self.trace.is_some() {
+                return Some((
+                    "corpus",
+                    "fills synthetic prompts: a dataset or trace workload has its own".into(),
+                ));
+            }
+        }
+        if self.replacement && self.dataset.is_none() {
+            return Some(("replacement", "only applies to a dataset workload".into()));
+        }
         if self.think_time_ms > 0 && !self.is_multi_turn() {
             return Some((
                 "think_time_ms",
@@ -374,6 +403,7 @@ impl WorkloadEntry {
             ("dataset", self.dataset.is_some()),
             ("trace", self.trace.is_some()),
         ];
+        // (A corpus may fill a conversation's messages.)
         if let Some((field, _)) = given.into_iter().chain(self.shape_fields()).find(|f| f.1) {
             return Some((
                 field,

@@ -386,3 +386,19 @@ fn sampling_past_the_data_goes_round_each_entry_again() {
     // The rounds are reshuffled, not repeated.
     assert_ne!(picks[..7], picks[7..14]);
 }
+
+#[test]
+fn sampling_with_replacement_draws_each_pick_independently() {
+    let ds = numbered(10);
+    let a = prompts(&ds.sample_with_replacement(1_000, 5));
+    assert_eq!(a, prompts(&ds.sample_with_replacement(1_000, 5)));
+    assert_ne!(a, prompts(&ds.sample_with_replacement(1_000, 6)));
+    // Repeats within the data's length (without replacement there are none)...
+    let first: BTreeSet<&String> = a[..10].iter().collect();
+    assert!(first.len() < 10, "{:?}", &a[..10]);
+    // ...and every entry about equally often: 100 expected each, sd about 9.5.
+    for i in 0..10 {
+        let n = a.iter().filter(|p| **p == format!("p{i}")).count();
+        assert!((60..=140).contains(&n), "p{i}: {n}");
+    }
+}
