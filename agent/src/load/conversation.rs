@@ -31,6 +31,9 @@ use crate::load::request::{
     measure_keeping_text,
 };
 
+/// History slots reserved up front at most (a sweep allows 64 turns; a longer one grows).
+const MAX_TURNS_RESERVED: u32 = 64;
+
 /// What a point's conversations are.
 #[derive(Debug, Clone)]
 pub struct Conversations {
@@ -85,7 +88,8 @@ async fn user(
     let turns = c.turns.max(1);
     loop {
         let conversation = next_conversation.fetch_add(1, Ordering::Relaxed);
-        let mut history: Vec<ChatMessage> = Vec::with_capacity(2 * turns as usize);
+        let mut history: Vec<ChatMessage> =
+            Vec::with_capacity(2 * turns.min(MAX_TURNS_RESERVED) as usize);
         for turn in 0..turns {
             if wire.cancel.is_cancelled() {
                 return Err(AgentError::Cancelled);

@@ -66,12 +66,19 @@ pub async fn build_exact(
     seed: u64,
 ) -> Result<Vec<Prompt>, AgentError> {
     let count = lengths.len();
-    let groups = workload.prefix_groups;
+    // Bounded by what the requests use, whatever the spec says: no more groups than
+    // requests, no prefix longer than the shortest prompt.
+    let groups = workload
+        .prefix_groups
+        .min(u32::try_from(count).unwrap_or(u32::MAX));
+    let prefix_words = workload
+        .prefix_tokens
+        .min(lengths.iter().map(|l| l.input).min().unwrap_or(0));
     let prefixes: Vec<String> = (0..groups)
         .map(|g| {
             filler.words(
                 mix(seed ^ PREFIX_STREAM, u64::from(g)),
-                usize::try_from(workload.prefix_tokens).unwrap_or(0),
+                usize::try_from(prefix_words).unwrap_or(0),
             )
         })
         .collect();
