@@ -106,38 +106,43 @@ pub struct DataDirs {
     pub max_bytes: u64,
 }
 
-/// Reads a data file (blocking I/O off the runtime).
-async fn read_data_file(data: &DataDirs, name: &str) -> Result<DataFile, AgentError> {
+/// Runs `read` (blocking file I/O and parsing) on a blocking thread with the point's
+/// dataset directories, the size cap and the file `name`.
+async fn off_runtime<T: Send + 'static>(
+    data: &DataDirs,
+    name: &str,
+    read: impl FnOnce(&[std::path::PathBuf], &str, u64) -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
     let (dirs, max_bytes, name) = (data.dirs.clone(), data.max_bytes, name.to_string());
-    tokio::task::spawn_blocking(move || DataFile::read(&dirs, &name, max_bytes))
+    tokio::task::spawn_blocking(move || read(&dirs, &name, max_bytes))
         .await
-        .map_err(|e| AgentError::Dataset(format!("data file reader task: {e}")))?
+        .map_err(|e| AgentError::Dataset(format!("file reader task: {e}")))?
 }
 
-/// Reads and parses a trace file (blocking I/O off the runtime).
+/// Reads a data file (a corpus).
+async fn read_data_file(data: &DataDirs, name: &str) -> Result<DataFile, AgentError> {
+    off_runtime(data, name, DataFile::read).await
+}
+
+/// Reads and parses a trace file.
 async fn read_trace(
     data: &DataDirs,
     name: &str,
     max_model_len: u32,
 ) -> Result<(Trace, DataFile), AgentError> {
-    let (dirs, max_bytes, name) = (data.dirs.clone(), data.max_bytes, name.to_string());
-    tokio::task::spawn_blocking(move || {
-        let file = DataFile::read(&dirs, &name, max_bytes)?;
+    off_runtime(data, name, move |dirs, name, max_bytes| {
+        let file = DataFile::read(dirs, name, max_bytes)?;
         let text = std::str::from_utf8(&file.bytes)
             .map_err(|e| AgentError::Dataset(format!("{}: not UTF-8: {e}", file.path.display())))?;
-        let trace = Trace::parse(&name, text, max_model_len)?;
+        let trace = Trace::parse(name, text, max_model_len)?;
         Ok((trace, file))
     })
     .await
-    .map_err(|e| AgentError::Dataset(format!("trace reader task: {e}")))?
 }
 
-/// Opens a dataset file (blocking I/O off the runtime).
+/// Opens a dataset file.
 async fn open_dataset(data: &DataDirs, name: &str) -> Result<Dataset, AgentError> {
-    let (dirs, max_bytes, name) = (data.dirs.clone(), data.max_bytes, name.to_string());
-    tokio::task::spawn_blocking(move || Dataset::open(&dirs, &name, max_bytes))
-        .await
-        .map_err(|e| AgentError::Dataset(format!("dataset reader task: {e}")))?
+    off_runtime(data, name, Dataset::open).await
 }
 
 fn data_file_use(name: &str, file: &DataFile, skipped: usize) -> pb::DataFileUse {
