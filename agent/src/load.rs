@@ -145,12 +145,46 @@ async fn open_dataset(data: &DataDirs, name: &str) -> Result<Dataset, AgentError
     off_runtime(data, name, Dataset::open).await
 }
 
-fn data_file_use(name: &str, file: &DataFile, skipped: usize) -> pb::DataFileUse {
+/// What the point records of a dataset, trace or corpus file it used.
+fn data_file_use(name: &str, sha256: &str, skipped: usize) -> pb::DataFileUse {
     pb::DataFileUse {
         name: name.to_string(),
-        sha256: file.sha256.clone(),
+        sha256: sha256.to_string(),
         skipped: u32::try_from(skipped).unwrap_or(u32::MAX),
     }
+}
+
+/// `[load] requests` and `duration_s` when set (0: not set).
+fn limits(load: &pb::LoadSpec) -> (Option<u32>, Option<Duration>) {
+    let requests = (load.requests > 0).then_some(load.requests);
+    let duration = (load.duration_s > 0.0 && load.duration_s.is_finite())
+        .then(|| Duration::from_secs_f64(load.duration_s));
+    (requests, duration)
+}
+
+/// A rate schedule with the point's arrival distribution and burstiness (0: Poisson's 1).
+fn rate_schedule(
+    load: &pb::LoadSpec,
+    rate: f64,
+    seed: u64,
+    duration: Option<Duration>,
+    max_requests: Option<u32>,
+) -> Result<RateSchedule, AgentError> {
+    let arrival = pb::Arrival::try_from(load.arrival_kind)
+        .map(Arrival::from)
+        .map_err(|_| AgentError::Engine(format!("unknown arrival {}", load.arrival_kind)))?;
+    Ok(RateSchedule {
+        rate,
+        arrival,
+        burstiness: if load.burstiness > 0.0 {
+            load.burstiness
+        } else {
+            1.0
+        },
+        seed,
+        duration,
+        max_requests,
+    })
 }
 
 /// The load of one point, decoded from its spec.
@@ -187,9 +221,7 @@ impl Plan {
         let mode = pb::LoadMode::try_from(load.load_mode)
             .map(LoadMode::from)
             .map_err(|_| AgentError::Engine(format!("unknown load mode {}", load.load_mode)))?;
-        let requests = (load.requests > 0).then_some(load.requests);
-        let duration = (load.duration_s > 0.0 && load.duration_s.is_finite())
-            .then(|| Duration::from_secs_f64(load.duration_s));
+        let (requests, duration) = limits(load);
         if !load.stages.is_empty() {
             return Self::staged(mode, load);
         }
@@ -210,25 +242,9 @@ impl Plan {
                         point.request_rate
                     )));
                 }
-                let arrival = pb::Arrival::try_from(load.arrival_kind)
-                    .map(Arrival::from)
-                    .map_err(|_| {
-                        AgentError::Engine(format!("unknown arrival {}", load.arrival_kind))
-                    })?;
+                let seed = mix(load.seed, point.request_rate.to_bits());
                 Plan::Rate(
-                    RateSchedule {
-                        rate: point.request_rate,
-                        arrival,
-                        burstiness: if load.burstiness > 0.0 {
-                            load.burstiness
-                        } else {
-                            1.0
-                        },
-                        seed: mix(load.seed, point.request_rate.to_bits()),
-                        duration,
-                        max_requests: requests,
-                    }
-                    .offsets(),
+                    rate_schedule(load, point.request_rate, seed, duration, requests)?.offsets(),
                 )
             }
             LoadMode::Trace => {
@@ -257,11 +273,6 @@ impl Plan {
         }
         match mode {
             LoadMode::Rate => {
-                let arrival = pb::Arrival::try_from(load.arrival_kind)
-                    .map(Arrival::from)
-                    .map_err(|_| {
-                        AgentError::Engine(format!("unknown arrival {}", load.arrival_kind))
-                    })?;
                 let (mut offsets, mut stage_of) = (Vec::new(), Vec::new());
                 let mut begin = Duration::ZERO;
                 for (k, (s, end)) in load.stages.iter().zip(&bounds).enumerate() {
@@ -271,18 +282,9 @@ impl Plan {
                             s.rate
                         )));
                     }
-                    let schedule = RateSchedule {
-                        rate: s.rate,
-                        arrival,
-                        burstiness: if load.burstiness > 0.0 {
-                            load.burstiness
-                        } else {
-                            1.0
-                        },
-                        seed: mix(load.seed, s.rate.to_bits() ^ k as u64),
-                        duration: Some(end.saturating_sub(begin)),
-                        max_requests: None,
-                    };
+                    let seed = mix(load.seed, s.rate.to_bits() ^ k as u64);
+                    let length = Some(end.saturating_sub(begin));
+                    let schedule = rate_schedule(load, s.rate, seed, length, None)?;
                     for offset in schedule.offsets() {
                         offsets.push(begin + offset);
                         stage_of.push(u32::try_from(k).unwrap_or(u32::MAX));
@@ -375,10 +377,10 @@ pub async fn run_point(
         None
     } else {
         let (trace, file) = read_trace(data, &workload.trace, engine.max_model_len).await?;
-        let requests = (load.requests > 0).then_some(load.requests);
-        let window = (load.duration_s > 0.0 && load.duration_s.is_finite())
-            .then(|| Duration::from_secs_f64(load.duration_s));
+        let (requests, window) = limits(&load);
         let (offsets, lengths) = trace.replay(workload.time_scale, requests, window);
+        // The record of the file, not its bytes, goes on with the point.
+        let used = data_file_use(&workload.trace, &file.sha256, trace.skipped);
         info!(
             trace = %workload.trace,
             requests = offsets.len(),
@@ -386,7 +388,7 @@ pub async fn run_point(
             time_scale = workload.time_scale,
             "trace replay"
         );
-        Some((offsets, lengths, file, trace.skipped))
+        Some((offsets, lengths, used))
     };
     let plan = Plan::from_point(point, &load, trace.as_ref().map(|t| t.0.clone()))?;
 
@@ -436,10 +438,13 @@ pub async fn run_point(
                 workload.corpus
             )));
         }
-        (filler, Some(data_file_use(&workload.corpus, &file, 0)))
+        (
+            filler,
+            Some(data_file_use(&workload.corpus, &file.sha256, 0)),
+        )
     };
     let built = async {
-        if let Some((_, lengths, file, skipped)) = &trace {
+        if let Some((_, lengths, used)) = &trace {
             // Warm-ups take the trace's first lengths, the measured requests all of them.
             let all: Vec<Lengths> = lengths
                 .iter()
@@ -449,8 +454,7 @@ pub async fn run_point(
                 .copied()
                 .collect();
             let prompts = build_exact(&filler, &counter, endpoint, &workload, &all, seed).await?;
-            let used = data_file_use(&workload.trace, file, *skipped);
-            Ok::<_, AgentError>((prompts, Some(used)))
+            Ok::<_, AgentError>((prompts, Some(used.clone())))
         } else if !workload.dataset.is_empty() {
             let dataset = open_dataset(data, &workload.dataset).await?;
             let built = build_from_dataset(
@@ -463,12 +467,8 @@ pub async fn run_point(
                 engine.max_model_len,
             )
             .await?;
-            let used = pb::DataFileUse {
-                name: workload.dataset.clone(),
-                sha256: dataset.sha256.clone(),
-                skipped: u32::try_from(dataset.skipped_malformed + built.too_long)
-                    .unwrap_or(u32::MAX),
-            };
+            let skipped = dataset.skipped_malformed + built.too_long;
+            let used = data_file_use(&workload.dataset, &dataset.sha256, skipped);
             info!(dataset = %used.name, sha256 = %used.sha256, skipped = used.skipped, "dataset prompts");
             Ok((built.prompts, Some(used)))
         } else if workload.turns >= 2 {
@@ -529,8 +529,15 @@ pub async fn run_point(
         extensions: accepted.extensions,
     };
     // Every body is encoded before the load starts: sending then costs no serialisation.
+    // Conversations send their turns themselves: only their warm-ups are encoded here.
+    let encoded = if workload.turns >= 2 {
+        warmups
+    } else {
+        prompts.len()
+    };
     let prepared = prompts
         .iter()
+        .take(encoded)
         .map(|p| PreparedRequest::new(base_url, template.plan(0, 0, p, Duration::ZERO)))
         .collect::<Result<Vec<_>, _>>()?;
     let user_messages: Vec<String> = if workload.turns >= 2 {
@@ -725,23 +732,13 @@ async fn drive(
             let slots = Arc::new(Semaphore::new(usize::try_from(*slots).unwrap_or(1)));
             let end = duration.map(|d| launcher.ctx.origin + d);
             let limit = requests.map_or(usize::MAX, |r| usize::try_from(r).unwrap_or(usize::MAX));
-            while sent < limit {
-                let permit = tokio::select! {
-                    p = Arc::clone(&slots).acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    () = sleep_until_opt(end) => break,
-                    () = cancel.cancelled() => return Err(AgentError::Cancelled),
-                };
-                if end.is_some_and(|e| Instant::now() >= e) {
-                    break;
-                }
-                let Some(p) = prompt(sent) else { break };
-                let scheduled = launcher.now_offset();
-                launcher.launch(at(p, index(sent), 0, scheduled), Some(permit));
-                sent += 1;
-            }
+            let fill = Fill {
+                slots: &slots,
+                end,
+                limit,
+                stage: 0,
+            };
+            fill.run(&mut sent, &prompt, launcher, cancel).await?;
         }
         Plan::Rate(offsets) => {
             sent = send_on_time(offsets, |_| 0, &prompt, launcher, cancel).await?;
@@ -769,29 +766,56 @@ async fn drive(
                     });
                 }
                 current = want;
-                let end = launcher.ctx.origin + end;
-                let stage = u32::try_from(k).unwrap_or(u32::MAX);
-                loop {
-                    let permit = tokio::select! {
-                        p = Arc::clone(&slots).acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => break,
-                        },
-                        () = tokio::time::sleep_until(end) => break,
-                        () = cancel.cancelled() => return Err(AgentError::Cancelled),
-                    };
-                    if Instant::now() >= end {
-                        break;
-                    }
-                    let Some(p) = prompt(sent) else { break };
-                    let scheduled = launcher.now_offset();
-                    launcher.launch(at(p, index(sent), stage, scheduled), Some(permit));
-                    sent += 1;
-                }
+                let fill = Fill {
+                    slots: &slots,
+                    end: Some(launcher.ctx.origin + end),
+                    limit: usize::MAX,
+                    stage: u32::try_from(k).unwrap_or(u32::MAX),
+                };
+                fill.run(&mut sent, &prompt, launcher, cancel).await?;
             }
         }
     }
     Ok(u32::try_from(sent).unwrap_or(u32::MAX))
+}
+
+/// Closed-loop sending: a request leaves whenever one of `slots` is free, until `end`
+/// (when given) or `limit` requests in all, each as `stage`'s wave.
+struct Fill<'s> {
+    slots: &'s Arc<Semaphore>,
+    end: Option<Instant>,
+    limit: usize,
+    stage: u32,
+}
+
+impl Fill<'_> {
+    /// Sends from request `*sent` on, counting them in `sent`.
+    async fn run<'a>(
+        &self,
+        sent: &mut usize,
+        prompt: &impl Fn(usize) -> Option<&'a PreparedRequest>,
+        launcher: &mut Launcher,
+        cancel: &CancellationToken,
+    ) -> Result<(), AgentError> {
+        while *sent < self.limit {
+            let permit = tokio::select! {
+                p = Arc::clone(self.slots).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = sleep_until_opt(self.end) => break,
+                () = cancel.cancelled() => return Err(AgentError::Cancelled),
+            };
+            if self.end.is_some_and(|e| Instant::now() >= e) {
+                break;
+            }
+            let Some(p) = prompt(*sent) else { break };
+            let scheduled = launcher.now_offset();
+            launcher.launch(at(p, index(*sent), self.stage, scheduled), Some(permit));
+            *sent += 1;
+        }
+        Ok(())
+    }
 }
 
 /// Sends request i at `offsets[i]` after the load's origin, on the pacer's sub-millisecond
