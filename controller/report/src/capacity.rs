@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use fleetbench_proto::spec::{Probe, slo_bracket};
 use fleetbench_results::summary::PointSummary;
 
 /// One group's answer.
@@ -54,17 +55,25 @@ pub fn capacity_rows(points: &[PointSummary]) -> Vec<CapacityRow> {
         .into_iter()
         .filter_map(|((sweep_id, gpus, workload), group)| {
             let first = group.first()?;
-            let met = |p: &&PointSummary| p.meta.state == "done" && p.slo_met() == Some(true);
-            let above = group
+            // The search rule's bracket: a point that did not end `done` missed.
+            let probes: Vec<Probe> = group
                 .iter()
-                .filter(|p| !met(p))
-                .map(|p| load_of(p))
-                .reduce(f64::min);
-            let best = group
-                .iter()
-                .filter(|p| met(p) && above.is_none_or(|a| load_of(p) < a))
-                .max_by(|a, b| load_of(a).total_cmp(&load_of(b)))
-                .map(|p| (load_of(p), p.goodput.unwrap_or(0.0)));
+                .map(|p| Probe {
+                    load: load_of(p),
+                    met: p.meta.state == "done" && p.slo_met() == Some(true),
+                    output_throughput: p.output_throughput,
+                })
+                .collect();
+            let (best_load, above) = slo_bracket(&probes);
+            let best = best_load.map(|b| {
+                let goodput = group
+                    .iter()
+                    .find(|p| {
+                        load_of(p) == b && p.meta.state == "done" && p.slo_met() == Some(true)
+                    })
+                    .and_then(|p| p.goodput);
+                (b, goodput.unwrap_or(0.0))
+            });
             Some(CapacityRow {
                 sweep_id,
                 model: first.meta.model.clone(),
