@@ -329,24 +329,14 @@ impl State {
         let model = sweep.spec.model.get_ref().clone();
         let mode = sweep.spec.load.mode.as_str().to_string();
         let slo = sweep.spec.slo();
+        // Each stage's duration and load (a rate stage has no concurrency and the other
+        // way round), from the load settings the agents got.
         let stages: Vec<(f64, f64)> = sweep
-            .spec
             .load
             .stages
-            .as_ref()
-            .map(|st| {
-                st.get_ref()
-                    .iter()
-                    .map(|s| {
-                        let s = s.get_ref();
-                        let load = s
-                            .rate
-                            .unwrap_or_else(|| f64::from(s.concurrency.unwrap_or(0)));
-                        (s.duration_s, load)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+            .iter()
+            .map(|s| (s.duration_s, s.rate.max(f64::from(s.concurrency))))
+            .collect();
         let cancelled = sweep.state == SweepState::Cancelled;
         let on_crash = sweep.spec.policy.on_engine_crash;
         let max_retries = sweep.spec.policy.crash_retries();
